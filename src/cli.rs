@@ -1,0 +1,124 @@
+//! What the user types: argh structures only. Values stay text here; `settings` turns them,
+//! together with the environment and `.env`, into validated settings with one set of messages.
+
+use argh::FromArgs;
+
+/// metricsctl: a system-metrics pipeline on Apache Kafka and MongoDB.
+/// Every flag falls back to its environment variable, then to `.env`, then to a default.
+#[derive(FromArgs, Debug)]
+pub struct Cli {
+    #[argh(subcommand)]
+    pub command: Command,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum Command {
+    Produce(ProduceArgs),
+    Consume(ConsumeArgs),
+    Kpis(KpisArgs),
+}
+
+/// Simulate the fleet and send one JSON message per server and report to Kafka.
+#[derive(FromArgs, Debug, Default)]
+#[argh(subcommand, name = "produce")]
+pub struct ProduceArgs {
+    /// kafka bootstrap brokers, host:port[,host:port] (KAFKA_BROKERS; 127.0.0.1:29092)
+    #[argh(option)]
+    pub brokers: Option<String>,
+    /// topic to write (KAFKA_TOPIC; system-metrics-topic-<METRICS_SUFFIX>)
+    #[argh(option)]
+    pub topic: Option<String>,
+    /// comma-separated server ids (SERVER_IDS; web01,web02,db01,app01,cache01)
+    #[argh(option)]
+    pub servers: Option<String>,
+    /// seconds between report starts, 0 = as fast as possible (REPORTING_INTERVAL_SECONDS; 10)
+    #[argh(option)]
+    pub interval: Option<String>,
+    /// send this many reports, then exit (REPORT_COUNT; unlimited)
+    #[argh(option)]
+    pub count: Option<String>,
+    /// seed for reproducible values (SIMULATION_SEED; random)
+    #[argh(option)]
+    pub seed: Option<String>,
+}
+
+/// Read the topic, store raw metrics in MongoDB and a KPI document per tumbling window.
+#[derive(FromArgs, Debug, Default)]
+#[argh(subcommand, name = "consume")]
+pub struct ConsumeArgs {
+    /// kafka bootstrap brokers, host:port[,host:port] (KAFKA_BROKERS; 127.0.0.1:29092)
+    #[argh(option)]
+    pub brokers: Option<String>,
+    /// topic to read (KAFKA_TOPIC; system-metrics-topic-<METRICS_SUFFIX>)
+    #[argh(option)]
+    pub topic: Option<String>,
+    /// consumer group whose offsets are committed in Kafka (KAFKA_GROUP_ID; grupo_<METRICS_SUFFIX>_id)
+    #[argh(option)]
+    pub group: Option<String>,
+    /// mongodb:// or mongodb+srv:// URI (MONGODB_URI or CONNECTION_STRING; mongodb://127.0.0.1:27017)
+    #[argh(option)]
+    pub mongodb_uri: Option<String>,
+    /// database (MONGODB_DATABASE; monitoring)
+    #[argh(option)]
+    pub database: Option<String>,
+    /// raw metrics collection (MONGODB_RAW_COLLECTION; system_metrics_raw_<METRICS_SUFFIX>)
+    #[argh(option)]
+    pub raw_collection: Option<String>,
+    /// KPI collection (MONGODB_KPI_COLLECTION; system_metrics_kpis_<METRICS_SUFFIX>)
+    #[argh(option)]
+    pub kpi_collection: Option<String>,
+    /// dead-letter collection (MONGODB_DLQ_COLLECTION; system_metrics_dlq_<METRICS_SUFFIX>)
+    #[argh(option)]
+    pub dlq_collection: Option<String>,
+    /// valid messages per tumbling window (WINDOW_SIZE; 20)
+    #[argh(option)]
+    pub window_size: Option<String>,
+    /// read only these partitions, e.g. 0,1, to split a topic between consumers (KAFKA_PARTITIONS; all)
+    #[argh(option)]
+    pub partitions: Option<String>,
+    /// exit 0 after this many seconds without new messages (EXIT_WHEN_IDLE_SECONDS; never)
+    #[argh(option)]
+    pub exit_when_idle: Option<String>,
+    /// stop after this many messages (MAX_MESSAGES; unlimited)
+    #[argh(option)]
+    pub max_messages: Option<String>,
+}
+
+/// Read the stored KPI windows.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "kpis")]
+pub struct KpisArgs {
+    #[argh(subcommand)]
+    pub command: KpisCommand,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum KpisCommand {
+    Show(ShowArgs),
+}
+
+/// Print the latest KPI windows, newest first.
+#[derive(FromArgs, Debug, Default)]
+#[argh(subcommand, name = "show")]
+pub struct ShowArgs {
+    /// mongodb:// or mongodb+srv:// URI (MONGODB_URI or CONNECTION_STRING; mongodb://127.0.0.1:27017)
+    #[argh(option)]
+    pub mongodb_uri: Option<String>,
+    /// database (MONGODB_DATABASE; monitoring)
+    #[argh(option)]
+    pub database: Option<String>,
+    /// KPI collection (MONGODB_KPI_COLLECTION; system_metrics_kpis_<METRICS_SUFFIX>)
+    #[argh(option)]
+    pub kpi_collection: Option<String>,
+    /// how many windows (KPIS_LIMIT; 10)
+    #[argh(option)]
+    pub limit: Option<String>,
+    /// one JSON object per window per line, for programs
+    #[argh(switch)]
+    pub json: bool,
+    /// keep printing new windows as they are stored, until Ctrl-C
+    #[argh(switch)]
+    pub follow: bool,
+}

@@ -1,0 +1,623 @@
+//! `metricsctl consume`: Kafka -> validate -> raw store and tumbling windows -> KPI store.
+//!
+//! Exactly-once windows without transactions:
+//! - the consumer owns its positions: it fetches at explicit offsets per partition;
+//! - every KPI document records, per partition, the next offset to read once it is stored;
+//! - a restart resumes from the later of the group's committed offsets and the positions in
+//!   the last stored window of this consumer's stream (topic, group, partition set);
+//! - the group's offsets are committed only at window boundaries, after the window is stored,
+//!   so the messages of the open window are read again after a restart and counted then;
+//! - re-read messages hit the unique index on `message_uuid` and are recognised as replays
+//!   (same Kafka position), so nothing is stored twice; a `message_uuid` stored from another
+//!   position is a duplicate event and goes to the dead-letter collection.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Display;
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info, warn};
+use time::OffsetDateTime;
+
+use super::{now_utc, CommandError};
+use crate::cli::ConsumeArgs;
+use crate::kafka::{
+    FetchedMessage, KafkaError, KafkaSource, FETCH_MAX_BYTES_LIMIT, FETCH_MAX_BYTES_PER_PARTITION,
+};
+use crate::metric::{validate, Rejection, RejectionCode, ValidMetric};
+use crate::redact::redact_uri;
+use crate::retry::Backoff;
+use crate::settings::{ConsumeSettings, SettingError, Sources};
+use crate::shutdown::Shutdown;
+use crate::store::{
+    CollectionNames, DeadLetter, Position, RawOutcome, RawRecord, Store, StoreError, WindowRecord,
+};
+use crate::window::{KpiWindow, TumblingWindows, WindowMessage};
+
+/// How often the throughput line is logged.
+const THROUGHPUT_EVERY: Duration = Duration::from_secs(10);
+
+/// Why a loop stopped before finishing what it held.
+enum Stop {
+    Shutdown,
+    Fatal(CommandError),
+}
+
+/// Errors that retrying cannot fix end the command instead of looping forever.
+trait Retryable: Display {
+    fn permanent(&self) -> bool {
+        false
+    }
+}
+
+impl Retryable for KafkaError {}
+
+impl Retryable for StoreError {
+    fn permanent(&self) -> bool {
+        self.permanent
+    }
+}
+
+/// Runs `op` until it succeeds, backing off between failures, logging each failure at ERROR and
+/// the recovery at INFO. Gives up only on a stop request or a permanent error.
+fn retry<T, E: Retryable>(
+    what: &str,
+    shutdown: &Shutdown,
+    mut op: impl FnMut() -> Result<T, E>,
+) -> Result<T, Stop> {
+    let mut backoff = Backoff::standard();
+    loop {
+        match op() {
+            Ok(v) => {
+                if backoff.failures() > 0 {
+                    info!(
+                        "{what}: recovered after {} failed attempts",
+                        backoff.failures()
+                    );
+                }
+                return Ok(v);
+            }
+            Err(e) if e.permanent() => {
+                return Err(Stop::Fatal(CommandError::Failed(format!(
+                    "{e}; check MONGODB_URI (user, password, options)"
+                ))))
+            }
+            Err(e) => {
+                let delay = backoff.next_delay();
+                error!("{e}; {what}: retrying in {:.1} s", delay.as_secs_f64());
+                if !shutdown.sleep(delay) {
+                    return Err(Stop::Shutdown);
+                }
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    messages: u64,
+    stored: u64,
+    replayed: u64,
+    dead_lettered: u64,
+    windows: u64,
+    batches: u64,
+}
+
+/// The consumer's state between batches.
+struct Pipeline<'a> {
+    settings: &'a ConsumeSettings,
+    store: &'a Store,
+    source: KafkaSource,
+    shutdown: &'a Shutdown,
+    stream: String,
+    /// Next offset to read per partition.
+    positions: BTreeMap<i32, i64>,
+    fetch_bytes: HashMap<i32, i32>,
+    windows: TumblingWindows,
+    next_seq: i64,
+    totals: Counters,
+    interval: Counters,
+    committed: Option<Vec<(i32, i64)>>,
+}
+
+pub fn run(args: &ConsumeArgs) -> Result<(), CommandError> {
+    let settings = ConsumeSettings::resolve(args, &Sources::load()?)?;
+    let shutdown = Shutdown::install().map_err(CommandError::Failed)?;
+    let names = CollectionNames {
+        raw: settings.raw_collection.clone(),
+        kpi: settings.kpi_collection.clone(),
+        dlq: settings.dlq_collection.clone(),
+    };
+    let store = Store::open(&settings.mongo, &names).map_err(|e| {
+        CommandError::Setting(SettingError {
+            setting: "MONGODB_URI".into(),
+            problem: e.detail.clone(),
+        })
+    })?;
+    info!(
+        "consuming topic {} as group {} from {} into {} database {} ({}, {}, {}); windows of {} messages",
+        settings.topic,
+        settings.group,
+        settings.brokers.join(","),
+        redact_uri(&settings.mongo.uri),
+        settings.mongo.database,
+        names.raw,
+        names.kpi,
+        names.dlq,
+        settings.window_size
+    );
+    let mut pipeline = match Pipeline::start(&settings, &store, &shutdown) {
+        Ok(p) => p,
+        Err(Stop::Shutdown) => {
+            info!("stopped before consuming anything");
+            return Ok(());
+        }
+        Err(Stop::Fatal(e)) => return Err(e),
+    };
+    let outcome = pipeline.run();
+    pipeline.log_totals();
+    match outcome {
+        Ok(()) | Err(Stop::Shutdown) => Ok(()),
+        Err(Stop::Fatal(e)) => Err(e),
+    }
+}
+
+impl<'a> Pipeline<'a> {
+    /// Finds the partitions, the indexes and where to resume.
+    fn start(
+        settings: &'a ConsumeSettings,
+        store: &'a Store,
+        shutdown: &'a Shutdown,
+    ) -> Result<Self, Stop> {
+        let mut source = KafkaSource::new(
+            settings.brokers.clone(),
+            settings.topic.clone(),
+            settings.group.clone(),
+        );
+        retry("database ping", shutdown, || store.ping())?;
+        retry("creating indexes", shutdown, || store.ensure_indexes())?;
+        let existing = retry("reading topic metadata", shutdown, || source.partitions())?;
+        let partitions = match &settings.partitions {
+            None => existing.clone(),
+            Some(wanted) => {
+                if let Some(missing) = wanted.iter().find(|p| !existing.contains(p)) {
+                    return Err(Stop::Fatal(CommandError::Setting(SettingError {
+                        setting: "--partitions (KAFKA_PARTITIONS)".into(),
+                        problem: format!(
+                            "topic {} has no partition {missing} (it has {}); name existing partitions",
+                            settings.topic,
+                            join(&existing)
+                        ),
+                    })));
+                }
+                wanted.clone()
+            }
+        };
+        let stream = format!(
+            "{}/{}/{}",
+            settings.topic,
+            settings.group,
+            join(&partitions)
+        );
+        let last = retry("reading the last window", shutdown, || {
+            store.last_window(&stream)
+        })?;
+        let committed = retry("fetching committed offsets", shutdown, || {
+            source.committed_offsets(&partitions)
+        })?;
+        let bounds = retry("listing offsets", shutdown, || source.offset_bounds())?;
+
+        let mut positions = BTreeMap::new();
+        for &p in &partitions {
+            let from_window = last.as_ref().and_then(|l| l.next_offsets.get(&p).copied());
+            let from_group = committed.get(&p).copied();
+            let (earliest, latest) = bounds.get(&p).copied().unwrap_or((0, 0));
+            let mut at = from_window.max(from_group).unwrap_or(earliest);
+            if at < earliest {
+                warn!(
+                    "partition {p}: offsets {at}..{earliest} were deleted by retention before being read; starting at {earliest}"
+                );
+                at = earliest;
+            }
+            info!(
+                "partition {p}: starting at offset {at} (committed {}, last window {}, log {earliest}..{latest})",
+                from_group.map_or("none".into(), |o| o.to_string()),
+                from_window.map_or("none".into(), |o| o.to_string()),
+            );
+            positions.insert(p, at);
+        }
+        let next_seq = last.as_ref().map_or(0, |l| l.seq + 1);
+        Ok(Pipeline {
+            settings,
+            store,
+            source,
+            shutdown,
+            stream,
+            fetch_bytes: partitions
+                .iter()
+                .map(|p| (*p, FETCH_MAX_BYTES_PER_PARTITION))
+                .collect(),
+            positions,
+            windows: TumblingWindows::new(settings.window_size),
+            next_seq,
+            totals: Counters::default(),
+            interval: Counters::default(),
+            committed: None,
+        })
+    }
+
+    fn run(&mut self) -> Result<(), Stop> {
+        let mut last_data = Instant::now();
+        let mut last_report = Instant::now();
+        let mut backoff = Backoff::standard();
+        loop {
+            if last_report.elapsed() >= THROUGHPUT_EVERY {
+                self.log_throughput(last_report.elapsed());
+                last_report = Instant::now();
+            }
+            if self.shutdown.requested() {
+                return Err(Stop::Shutdown);
+            }
+            let remaining = self
+                .settings
+                .max_messages
+                .map(|max| max.saturating_sub(self.totals.messages));
+            if remaining == Some(0) {
+                info!(
+                    "read {} messages (--max-messages): stopping",
+                    self.totals.messages
+                );
+                return Ok(());
+            }
+            if let Some(idle) = self.settings.exit_when_idle {
+                if last_data.elapsed() >= idle {
+                    info!("no new messages for {} s: stopping", idle.as_secs_f64());
+                    return Ok(());
+                }
+            }
+
+            let request: Vec<(i32, i64, i32)> = self
+                .positions
+                .iter()
+                .map(|(p, o)| (*p, *o, self.fetch_bytes[p]))
+                .collect();
+            let batches = match self.source.fetch(&request) {
+                Ok(b) => {
+                    if backoff.failures() > 0 {
+                        info!(
+                            "kafka fetch: recovered after {} failed attempts",
+                            backoff.failures()
+                        );
+                        backoff.reset();
+                    }
+                    b
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    error!(
+                        "{e}; retrying in {:.1} s (no offset advanced)",
+                        delay.as_secs_f64()
+                    );
+                    if !self.shutdown.sleep(delay) {
+                        return Err(Stop::Shutdown);
+                    }
+                    continue;
+                }
+            };
+            let arrival = now_utc();
+
+            let mut messages: Vec<FetchedMessage> = Vec::new();
+            for batch in batches {
+                let at = self.positions.get(&batch.partition).copied().unwrap_or(0);
+                if let Some(problem) = &batch.error {
+                    self.partition_problem(batch.partition, at, problem)?;
+                    continue;
+                }
+                if batch.stuck_below(at) {
+                    self.grow_fetch_size(batch.partition, at);
+                    continue;
+                }
+                messages.extend(batch.messages);
+            }
+            if let Some(n) = remaining {
+                messages.truncate(usize::try_from(n).unwrap_or(usize::MAX));
+            }
+            if messages.is_empty() {
+                continue;
+            }
+            last_data = Instant::now();
+            self.process(messages, arrival)?;
+        }
+    }
+
+    /// A fetch answered with an error for one partition.
+    fn partition_problem(&mut self, partition: i32, at: i64, problem: &str) -> Result<(), Stop> {
+        if problem.contains("OffsetOutOfRange") {
+            let bounds = retry("listing offsets", self.shutdown, || {
+                self.source.offset_bounds()
+            })?;
+            let (earliest, latest) = bounds.get(&partition).copied().unwrap_or((0, 0));
+            let to = if at < earliest { earliest } else { latest };
+            warn!(
+                "partition {partition}: offset {at} is outside the log ({earliest}..{latest}); \
+                 continuing at {to}{}",
+                if at < earliest {
+                    format!(
+                        " ({} messages were deleted by retention unread)",
+                        earliest - at
+                    )
+                } else {
+                    String::new()
+                }
+            );
+            self.positions.insert(partition, to);
+        } else {
+            warn!("partition {partition}: fetch at offset {at} answered {problem}; retrying");
+            self.shutdown.sleep(Duration::from_millis(500));
+        }
+        Ok(())
+    }
+
+    /// The next message is larger than the bytes requested: ask for more, up to the limit.
+    fn grow_fetch_size(&mut self, partition: i32, at: i64) {
+        let size = self
+            .fetch_bytes
+            .entry(partition)
+            .or_insert(FETCH_MAX_BYTES_PER_PARTITION);
+        if *size >= FETCH_MAX_BYTES_LIMIT {
+            error!(
+                "partition {partition}: the message at offset {at} is larger than {} MiB and cannot \
+                 be read; the consumer waits here (raise the limit or remove the message)",
+                FETCH_MAX_BYTES_LIMIT / (1024 * 1024)
+            );
+            self.shutdown.sleep(Duration::from_secs(5));
+        } else {
+            *size = size.saturating_mul(2).min(FETCH_MAX_BYTES_LIMIT);
+            warn!(
+                "partition {partition}: the message at offset {at} is larger than the fetch size; \
+                 fetching up to {} KiB",
+                *size / 1024
+            );
+        }
+    }
+
+    /// Stores one fetched batch: raw documents, dead letters, then the windows it closes, then
+    /// the offsets those windows cover.
+    fn process(
+        &mut self,
+        messages: Vec<FetchedMessage>,
+        arrival: OffsetDateTime,
+    ) -> Result<(), Stop> {
+        let topic = self.settings.topic.as_str();
+        let position = |m: &FetchedMessage| Position {
+            topic,
+            partition: m.partition,
+            offset: m.offset,
+        };
+        let mut verdicts: Vec<Result<ValidMetric, Rejection>> =
+            messages.iter().map(|m| validate(&m.value)).collect();
+        let mut duplicate_of: HashMap<usize, (String, i32, i64)> = HashMap::new();
+
+        // 1. Raw documents, one unordered insert for the whole batch.
+        let valid: Vec<usize> = (0..messages.len())
+            .filter(|i| verdicts[*i].is_ok())
+            .collect();
+        let outcomes = {
+            let records: Vec<RawRecord> = valid
+                .iter()
+                .filter_map(|&i| {
+                    verdicts[i].as_ref().ok().map(|message| RawRecord {
+                        message,
+                        position: position(&messages[i]),
+                        received_at: arrival,
+                    })
+                })
+                .collect();
+            retry("storing raw metrics", self.shutdown, || {
+                self.store.insert_raw(&records)
+            })?
+        };
+
+        // 2. Already stored: a replay of the same position, or a duplicate event.
+        let already: Vec<usize> = valid
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| **o == RawOutcome::AlreadyStored)
+            .map(|(i, _)| *i)
+            .collect();
+        let mut replayed = 0;
+        if !already.is_empty() {
+            let uuids: Vec<&str> = already
+                .iter()
+                .filter_map(|&i| verdicts[i].as_ref().ok().map(|v| v.message_uuid.as_str()))
+                .collect();
+            let stored = retry("looking up duplicates", self.shutdown, || {
+                self.store.stored_positions(&uuids)
+            })?;
+            for &i in &already {
+                let Ok(v) = &verdicts[i] else { continue };
+                let here = (topic.to_string(), messages[i].partition, messages[i].offset);
+                match stored.get(&v.message_uuid) {
+                    Some(first) if *first != here => {
+                        duplicate_of.insert(i, first.clone());
+                        verdicts[i] = Err(Rejection::duplicate());
+                    }
+                    _ => replayed += 1,
+                }
+            }
+        }
+        for (&i, outcome) in valid.iter().zip(&outcomes) {
+            if let RawOutcome::Refused(why) = outcome {
+                verdicts[i] = Err(Rejection::new(
+                    RejectionCode::RejectedByDatabase,
+                    format!("the database refused the document: {why}"),
+                ));
+            }
+        }
+
+        // 3. Dead letters, also in one write.
+        let letters: Vec<DeadLetter> = verdicts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| {
+                let r = v.as_ref().err()?;
+                Some(DeadLetter {
+                    code: r.code,
+                    reason: &r.reason,
+                    payload: &messages[i].value,
+                    position: position(&messages[i]),
+                    received_at: arrival,
+                    duplicate_of: duplicate_of.get(&i).cloned(),
+                })
+            })
+            .collect();
+        retry("storing dead letters", self.shutdown, || {
+            self.store.insert_dead_letters(&letters)
+        })?;
+        for l in &letters {
+            warn!(
+                "dead-lettered partition {} offset {}: {}",
+                l.position.partition, l.position.offset, l.reason
+            );
+        }
+        let dead = letters.len() as u64;
+
+        // 4. Windows, in consumption order; each records where a restart resumes.
+        let mut cursor = self.positions.clone();
+        let mut closed: Vec<(KpiWindow, Vec<(i32, i64)>)> = Vec::new();
+        for (m, verdict) in messages.iter().zip(&verdicts) {
+            cursor.insert(m.partition, m.offset + 1);
+            let Ok(v) = verdict else { continue };
+            debug!(
+                "partition {} offset {}: {} counted",
+                m.partition, m.offset, v.server_id
+            );
+            let member = WindowMessage {
+                server_id: v.server_id.clone(),
+                timestamp: v.timestamp,
+                metrics: v.metrics,
+                partition: m.partition,
+                offset: m.offset,
+            };
+            if let Some(w) = self.windows.push(member, arrival) {
+                closed.push((w, cursor.iter().map(|(p, o)| (*p, *o)).collect()));
+            }
+        }
+        let stored_now = outcomes
+            .iter()
+            .filter(|o| **o == RawOutcome::Inserted)
+            .count() as u64;
+        let n = messages.len() as u64;
+        for c in [&mut self.totals, &mut self.interval] {
+            c.messages += n;
+            c.stored += stored_now;
+            c.replayed += replayed;
+            c.dead_lettered += dead;
+            c.batches += 1;
+        }
+
+        for (window, next_offsets) in &closed {
+            let record = WindowRecord {
+                window,
+                stream: &self.stream,
+                seq: self.next_seq,
+                topic,
+                group: &self.settings.group,
+                next_offsets,
+                computed_at: now_utc(),
+            };
+            let new = retry("storing a KPI window", self.shutdown, || {
+                self.store.insert_window(&record)
+            })?;
+            log_window(&record, new);
+            self.next_seq += 1;
+            self.totals.windows += 1;
+            self.interval.windows += 1;
+        }
+        self.positions = cursor;
+
+        // 5. Commit what the stored windows cover. A failed commit loses nothing: the positions
+        //    are in the last window, which a restart reads.
+        if let Some((_, next_offsets)) = closed.last() {
+            match self.source.commit(next_offsets) {
+                Ok(()) => self.committed = Some(next_offsets.clone()),
+                Err(e) => error!("{e}; the next window's commit will cover these offsets"),
+            }
+        }
+        Ok(())
+    }
+
+    fn log_throughput(&mut self, elapsed: Duration) {
+        let c = std::mem::take(&mut self.interval);
+        info!(
+            "throughput: {} messages in {:.1} s ({:.1} msg/s), {} batches, {} stored, {} replayed, \
+             {} dead-lettered, {} windows; open window {}/{}",
+            c.messages,
+            elapsed.as_secs_f64(),
+            c.messages as f64 / elapsed.as_secs_f64().max(1e-9),
+            c.batches,
+            c.stored,
+            c.replayed,
+            c.dead_lettered,
+            c.windows,
+            self.windows.pending(),
+            self.settings.window_size
+        );
+    }
+
+    fn log_totals(&self) {
+        let t = &self.totals;
+        info!(
+            "consumer stopped: {} messages read ({} stored, {} replayed, {} dead-lettered), \
+             {} windows stored; the open window of {} messages is not stored and will be \
+             recomputed on the next run; committed offsets: {}",
+            t.messages,
+            t.stored,
+            t.replayed,
+            t.dead_lettered,
+            t.windows,
+            self.windows.pending(),
+            self.committed
+                .as_ref()
+                .map_or("unchanged".to_string(), |c| {
+                    c.iter()
+                        .map(|(p, o)| format!("{p}:{o}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+        );
+    }
+}
+
+fn log_window(r: &WindowRecord, new: bool) {
+    let w = r.window;
+    if !new {
+        info!(
+            "window {} was already stored (replayed after a restart)",
+            r.id()
+        );
+        return;
+    }
+    info!(
+        "window {} stored: {} messages in {:.1} s ({}), cpu {:.2} %, mem {:.2} %, disk {:.2} MB/s, \
+         net {:.2} Mbps, errors {}, alerts {}",
+        r.seq,
+        w.message_count,
+        w.duration_s,
+        w.messages_per_second
+            .map_or("rate n/a".to_string(), |r| format!("{r:.2} msg/s")),
+        w.totals.avg_cpu_percent,
+        w.totals.avg_memory_percent,
+        w.totals.avg_disk_io_mbps,
+        w.totals.avg_network_mbps,
+        w.totals.total_error_count,
+        w.alerts.len()
+    );
+}
+
+fn join(partitions: &[i32]) -> String {
+    partitions
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}

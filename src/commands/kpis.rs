@@ -1,0 +1,191 @@
+//! `metricsctl kpis show`: the latest KPI windows, as a table for people or JSON lines for
+//! programs, optionally following new windows as they are stored.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::time::Duration;
+
+use serde_json::Value;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use super::{now_utc, CommandError};
+use crate::cli::ShowArgs;
+use crate::redact::redact_uri;
+use crate::settings::{KpisSettings, SettingError, Sources};
+use crate::shutdown::Shutdown;
+use crate::store::{CollectionNames, Store, StoreError};
+
+/// How often `--follow` looks for new windows.
+const FOLLOW_POLL: Duration = Duration::from_secs(1);
+
+pub fn show(args: &ShowArgs) -> Result<(), CommandError> {
+    let settings = KpisSettings::resolve(args, &Sources::load()?)?;
+    let names = CollectionNames {
+        raw: String::new(),
+        kpi: settings.kpi_collection.clone(),
+        dlq: String::new(),
+    };
+    let store = Store::open(&settings.mongo, &names).map_err(|e| {
+        CommandError::Setting(SettingError {
+            setting: "MONGODB_URI".into(),
+            problem: e.detail,
+        })
+    })?;
+    let unreachable = |e: StoreError| {
+        CommandError::Failed(format!(
+            "{e}; is MongoDB running at {}? (`make up` starts a local one)",
+            redact_uri(&settings.mongo.uri)
+        ))
+    };
+    let latest = store.latest_windows(settings.limit).map_err(unreachable)?;
+    let mut out = std::io::stdout().lock();
+    if latest.is_empty() && !settings.follow {
+        let _ = writeln!(
+            out,
+            "No KPI windows yet in {}.{}: run `metricsctl consume` first.",
+            settings.mongo.database, settings.kpi_collection
+        );
+        return Ok(());
+    }
+    if !settings.json {
+        let _ = writeln!(out, "{}", header());
+    }
+    for w in &latest {
+        print_window(&mut out, w, settings.json);
+    }
+    if !settings.follow {
+        return Ok(());
+    }
+
+    drop(out);
+    let shutdown = Shutdown::install().map_err(CommandError::Failed)?;
+    let mut seen: HashSet<String> = latest.iter().filter_map(window_id).collect();
+    let mut since = latest
+        .iter()
+        .filter_map(computed_at)
+        .max()
+        .unwrap_or_else(|| now_utc() - Duration::from_secs(60));
+    while shutdown.sleep(FOLLOW_POLL) {
+        let fresh = match store.windows_since(since) {
+            Ok(w) => w,
+            Err(e) => {
+                log::error!("{e}; retrying");
+                continue;
+            }
+        };
+        let mut out = std::io::stdout().lock();
+        for w in fresh {
+            if let Some(id) = window_id(&w) {
+                if !seen.insert(id) {
+                    continue;
+                }
+            }
+            if let Some(at) = computed_at(&w) {
+                since = since.max(at);
+            }
+            print_window(&mut out, &w, settings.json);
+        }
+    }
+    Ok(())
+}
+
+fn window_id(w: &Value) -> Option<String> {
+    w.get("_id").map(|v| v.to_string())
+}
+
+fn computed_at(w: &Value) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(w.get("computed_at")?.as_str()?, &Rfc3339).ok()
+}
+
+fn print_window(out: &mut impl Write, w: &Value, json: bool) {
+    let line = if json { w.to_string() } else { row(w) };
+    // A closed pipe (e.g. `| head`) is not an error worth reporting.
+    let _ = writeln!(out, "{line}");
+}
+
+fn header() -> String {
+    format!(
+        "{:<19}  {:>9}  {:>4}  {:>7}  {:>6}  {:>6}  {:>9}  {:>8}  {:>6}  {:>6}",
+        "WINDOW END (UTC)",
+        "DURATION",
+        "MSGS",
+        "MSG/S",
+        "CPU %",
+        "MEM %",
+        "DISK MB/s",
+        "NET Mbps",
+        "ERRORS",
+        "ALERTS"
+    )
+}
+
+/// One aligned table row; a field missing from the document shows as `-`.
+fn row(w: &Value) -> String {
+    let kpis = &w["kpis"];
+    let num = |v: &Value, decimals: usize| {
+        v.as_f64()
+            .map_or("-".to_string(), |x| format!("{x:.decimals$}"))
+    };
+    let end = w["window_end"]
+        .as_str()
+        .and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok())
+        .map_or("-".to_string(), |t| {
+            format!(
+                "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second()
+            )
+        });
+    let duration = w["window_duration_s"]
+        .as_f64()
+        .map_or("-".to_string(), |d| format!("{d:.1}s"));
+    let alerts = w["alerts"].as_array().map_or(0, Vec::len);
+    format!(
+        "{:<19}  {:>9}  {:>4}  {:>7}  {:>6}  {:>6}  {:>9}  {:>8}  {:>6}  {:>6}",
+        end,
+        duration,
+        w["message_count"]
+            .as_i64()
+            .map_or("-".into(), |n| n.to_string()),
+        num(&kpis["messages_per_second"], 2),
+        num(&kpis["avg_cpu_percent"], 2),
+        num(&kpis["avg_memory_percent"], 2),
+        num(&kpis["avg_disk_io_mbps"], 2),
+        num(&kpis["avg_network_mbps"], 2),
+        kpis["total_error_count"]
+            .as_i64()
+            .map_or("-".into(), |n| n.to_string()),
+        alerts
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_align_with_the_header_and_show_missing_rates() {
+        let w = serde_json::json!({
+            "window_end": "2026-11-22T18:00:40.5Z",
+            "window_duration_s": 40.07,
+            "message_count": 20,
+            "kpis": {
+                "avg_cpu_percent": 41.234, "avg_memory_percent": 55.1, "avg_disk_io_mbps": 24.8,
+                "avg_network_mbps": 50.12, "total_error_count": 3, "messages_per_second": null
+            },
+            "alerts": [{}, {}]
+        });
+        let r = row(&w);
+        assert_eq!(r.len(), header().len());
+        assert!(
+            r.starts_with("2026-11-22 18:00:40      40.1s    20        -   41.23"),
+            "{r}"
+        );
+        assert!(r.ends_with("       3       2"), "{r}");
+    }
+}

@@ -1,0 +1,26 @@
+//! One file per command: each wires the pure core to the Kafka and MongoDB adapters and owns
+//! its loop.
+
+pub mod consume;
+pub mod kpis;
+pub mod produce;
+
+use crate::settings::SettingError;
+
+/// How a command ends badly: a wrong setting (exit 2) or a failure at run time (exit 1).
+#[derive(Debug)]
+pub enum CommandError {
+    Setting(SettingError),
+    Failed(String),
+}
+
+impl From<SettingError> for CommandError {
+    fn from(e: SettingError) -> Self {
+        CommandError::Setting(e)
+    }
+}
+
+/// The current instant in UTC; the only clock the commands read for event and window times.
+pub(crate) fn now_utc() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}

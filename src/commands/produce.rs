@@ -1,0 +1,201 @@
+//! `metricsctl produce`: simulate the fleet and send each report to Kafka.
+//!
+//! Reports start on a fixed schedule (a slow send does not stretch the period). Reports that
+//! cannot be sent wait in a bounded outbox while the sender backs off; when the outbox is full
+//! the oldest report is dropped and counted. Each report is retried until every one of its
+//! messages is acknowledged by all in-sync replicas.
+
+use std::time::{Duration, Instant};
+
+use log::{error, info, warn};
+use uuid::Uuid;
+
+use super::{now_utc, CommandError};
+use crate::cli::ProduceArgs;
+use crate::kafka::KafkaProducer;
+use crate::metric::MetricMessage;
+use crate::outbox::Outbox;
+use crate::retry::Backoff;
+use crate::settings::{ProduceSettings, Sources};
+use crate::shutdown::Shutdown;
+use crate::simulate::Fleet;
+
+/// Reports kept while Kafka is unreachable: 1000 reports are about 2.8 hours at the default
+/// 10 s interval, a few hundred KiB of memory.
+pub const OUTBOX_REPORTS: usize = 1000;
+
+/// A report, or what is left of it to send.
+struct PendingReport {
+    number: u64,
+    unsent: Vec<MetricMessage>,
+}
+
+#[derive(Default)]
+struct Totals {
+    reports: u64,
+    sent: u64,
+    failed_attempts: u64,
+}
+
+pub fn run(args: &ProduceArgs) -> Result<(), CommandError> {
+    let settings = ProduceSettings::resolve(args, &Sources::load()?)?;
+    let shutdown = Shutdown::install().map_err(CommandError::Failed)?;
+    info!(
+        "producing to topic {} on {}: servers {}, a report every {} s{}",
+        settings.topic,
+        settings.brokers.join(","),
+        settings.servers.join(","),
+        settings.interval.as_secs_f64(),
+        settings
+            .count
+            .map_or(String::new(), |c| format!(", {c} reports"))
+    );
+    let mut producer = KafkaProducer::new(settings.brokers.clone(), settings.topic.clone());
+    let (totals, outbox) = produce_loop(&settings, &mut producer, &shutdown);
+    let unsent: usize = outbox.iter().map(|r| r.unsent.len()).sum();
+    info!(
+        "producer stopped: {} reports made, {} messages sent, {} failed send attempts retried, \
+         {} reports dropped (outbox full), {} messages unsent",
+        totals.reports,
+        totals.sent,
+        totals.failed_attempts,
+        outbox.dropped(),
+        unsent
+    );
+    Ok(())
+}
+
+fn produce_loop(
+    settings: &ProduceSettings,
+    producer: &mut KafkaProducer,
+    shutdown: &Shutdown,
+) -> (Totals, Outbox<PendingReport>) {
+    let mut fleet = Fleet::new(settings.servers.clone(), settings.seed);
+    let mut outbox: Outbox<PendingReport> = Outbox::new(OUTBOX_REPORTS);
+    let mut totals = Totals::default();
+    let mut backoff = Backoff::standard();
+    let mut next_send_at = Instant::now();
+    let started = Instant::now();
+    let as_fast_as_possible = settings.interval.is_zero();
+
+    while !shutdown.requested() {
+        let now = Instant::now();
+        let more_to_make = settings.count.is_none_or(|c| totals.reports < c);
+        // Report k starts at start + k * interval, whatever the previous sends cost.
+        let due = started + settings.interval.saturating_mul(totals.reports as u32);
+        let make_now = more_to_make
+            && if as_fast_as_possible {
+                outbox.is_empty()
+            } else {
+                now >= due
+            };
+        if make_now {
+            totals.reports += 1;
+            let report = fleet.report(now_utc(), || Uuid::new_v4().to_string());
+            let pending = PendingReport {
+                number: totals.reports,
+                unsent: report,
+            };
+            if let Some(dropped) = outbox.push(pending) {
+                warn!(
+                    "outbox full ({OUTBOX_REPORTS} reports): dropped report {} with {} unsent messages",
+                    dropped.number,
+                    dropped.unsent.len()
+                );
+            }
+        }
+        if !more_to_make && outbox.is_empty() {
+            break;
+        }
+
+        if !outbox.is_empty() && Instant::now() >= next_send_at {
+            match send_front(producer, &mut outbox, &mut totals) {
+                Ok(()) => {
+                    if backoff.failures() > 0 {
+                        info!(
+                            "kafka reachable again after {} failed attempts; {} reports waiting",
+                            backoff.failures(),
+                            outbox.len()
+                        );
+                    }
+                    backoff.reset();
+                }
+                Err(problem) => {
+                    totals.failed_attempts += 1;
+                    let delay = backoff.next_delay();
+                    error!(
+                        "{problem}; retrying in {:.1} s ({} reports waiting)",
+                        delay.as_secs_f64(),
+                        outbox.len()
+                    );
+                    next_send_at = Instant::now() + delay;
+                }
+            }
+            continue;
+        }
+
+        // Sleep until a report is due or a retry may go out, whichever comes first.
+        let mut wake = Instant::now() + Duration::from_secs(1);
+        if more_to_make && !as_fast_as_possible {
+            wake = wake.min(due);
+        }
+        if !outbox.is_empty() {
+            wake = wake.min(next_send_at);
+        }
+        shutdown.sleep(wake.saturating_duration_since(Instant::now()));
+    }
+    (totals, outbox)
+}
+
+/// Sends what is left of the oldest report. Messages acknowledged are logged and removed, so a
+/// partial failure re-sends only the others.
+fn send_front(
+    producer: &mut KafkaProducer,
+    outbox: &mut Outbox<PendingReport>,
+    totals: &mut Totals,
+) -> Result<(), String> {
+    let Some(report) = outbox.front_mut() else {
+        return Ok(());
+    };
+    let records: Vec<(String, String)> = report
+        .unsent
+        .iter()
+        .map(|m| (m.server_id.clone(), m.to_json()))
+        .collect();
+    let outcomes = producer.send(records).map_err(|e| e.to_string())?;
+    let mut still_unsent = Vec::new();
+    let mut failures = Vec::new();
+    for (message, outcome) in report.unsent.drain(..).zip(outcomes) {
+        match outcome {
+            Ok(d) => {
+                totals.sent += 1;
+                info!(
+                    "sent {} to partition {} at offset {} (report {}, cpu {:.2} %, mem {:.2} %, errors {})",
+                    message.server_id,
+                    d.partition,
+                    d.offset,
+                    report.number,
+                    message.metrics.cpu_percent,
+                    message.metrics.memory_percent,
+                    message.metrics.error_count
+                );
+            }
+            Err(problem) => {
+                failures.push(format!("{}: {problem}", message.server_id));
+                still_unsent.push(message);
+            }
+        }
+    }
+    if still_unsent.is_empty() {
+        outbox.pop_front();
+        Ok(())
+    } else {
+        let n = still_unsent.len();
+        report.unsent = still_unsent;
+        Err(format!(
+            "kafka produce failed for {n} messages of report {} ({})",
+            report.number,
+            failures.join("; ")
+        ))
+    }
+}

@@ -1,0 +1,18 @@
+//! metricsctl: a system-metrics pipeline on Apache Kafka and MongoDB.
+//!
+//! The data path is `simulate -> Kafka -> validate -> (raw store, window) -> KPI store -> show`.
+//! The core (`metric`, `simulate`, `window`, `outbox`, `retry`) is pure and knows nothing of
+//! Kafka or MongoDB; `kafka` and `store` are the only adapters; `commands` wire them together.
+
+pub mod cli;
+pub mod commands;
+pub mod kafka;
+pub mod metric;
+pub mod outbox;
+pub mod redact;
+pub mod retry;
+pub mod settings;
+pub mod shutdown;
+pub mod simulate;
+pub mod store;
+pub mod window;

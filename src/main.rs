@@ -1,0 +1,82 @@
+//! Parse the command line, start logging, run the command, exit with its code.
+
+use std::io::Write;
+
+use argh::FromArgs;
+use metricsctl::cli::{Cli, Command, KpisCommand};
+use metricsctl::commands::{self, CommandError};
+use metricsctl::redact;
+
+/// Exit code for a setting that cannot be valid (and for a command line argh cannot parse).
+const EXIT_BAD_SETTING: i32 = 2;
+const EXIT_FAILED: i32 = 1;
+
+fn main() {
+    let cli = parse_command_line();
+    init_logging();
+    let result = match cli.command {
+        Command::Produce(args) => commands::produce::run(&args),
+        Command::Consume(args) => commands::consume::run(&args),
+        Command::Kpis(kpis) => match kpis.command {
+            KpisCommand::Show(args) => commands::kpis::show(&args),
+        },
+    };
+    let code = match result {
+        Ok(()) => 0,
+        Err(CommandError::Setting(e)) => {
+            eprintln!("error: {}", redact::scrub(&e.to_string()));
+            EXIT_BAD_SETTING
+        }
+        Err(CommandError::Failed(message)) => {
+            eprintln!("error: {}", redact::scrub(&message));
+            EXIT_FAILED
+        }
+    };
+    std::process::exit(code);
+}
+
+/// Like `argh::from_env`, but a command line that cannot be parsed exits with code 2, as every
+/// other wrong setting does.
+fn parse_command_line() -> Cli {
+    let args: Vec<String> = std::env::args().collect();
+    let command = args
+        .first()
+        .and_then(|p| std::path::Path::new(p).file_name())
+        .and_then(|n| n.to_str())
+        .unwrap_or("metricsctl")
+        .to_string();
+    let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+    match Cli::from_args(&[&command], &rest) {
+        Ok(cli) => cli,
+        Err(early) => match early.status {
+            Ok(()) => {
+                println!("{}", early.output);
+                std::process::exit(0);
+            }
+            Err(()) => {
+                let first = early
+                    .output
+                    .lines()
+                    .next()
+                    .unwrap_or("invalid command line");
+                eprintln!("error: {first}; see `{command} --help`");
+                std::process::exit(EXIT_BAD_SETTING);
+            }
+        },
+    }
+}
+
+/// `info` by default, `RUST_LOG` overrides; every line passes through the secret scrubber.
+fn init_logging() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format(|buf, record| {
+            writeln!(
+                buf,
+                "{} {:<5} {}",
+                buf.timestamp_millis(),
+                record.level(),
+                redact::scrub(&record.args().to_string())
+            )
+        })
+        .init();
+}

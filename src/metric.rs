@@ -1,0 +1,452 @@
+//! The metric message: what a server reports, how it is written, and how a received payload
+//! is validated. Pure: no Kafka, no MongoDB, no clock.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use time::format_description::well_known::{Iso8601, Rfc3339};
+use time::macros::format_description;
+use time::{OffsetDateTime, PrimitiveDateTime, UtcOffset};
+
+/// One report of one server, exactly as the exercise defines the message.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MetricMessage {
+    pub server_id: String,
+    /// RFC 3339 in UTC with an explicit `+00:00` offset and microseconds.
+    pub timestamp_utc: String,
+    pub metrics: Metrics,
+    pub message_uuid: String,
+}
+
+/// The five measured values of a report.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Metrics {
+    pub cpu_percent: f64,
+    pub memory_percent: f64,
+    pub disk_io_mbps: f64,
+    pub network_mbps: f64,
+    pub error_count: i64,
+}
+
+impl MetricMessage {
+    /// The JSON payload sent to Kafka.
+    pub fn to_json(&self) -> String {
+        // Serialising plain strings and finite floats cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Formats an instant the way the exercise's Python producer does
+/// (`datetime.now(timezone.utc).isoformat()`): `2026-11-22T18:00:00.123456+00:00`.
+pub fn format_timestamp(at: OffsetDateTime) -> String {
+    let utc = at.to_offset(UtcOffset::UTC);
+    let layout = format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]+00:00"
+    );
+    // Every UTC instant between years 0 and 9999 fits this layout.
+    utc.format(&layout).unwrap_or_default()
+}
+
+/// Parses `timestamp_utc`: RFC 3339 or ISO 8601 with an offset, or a naive ISO 8601 date-time
+/// (what Python's `datetime.utcnow().isoformat()` writes), which is taken as UTC.
+pub fn parse_timestamp(text: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(text, &Rfc3339)
+        .or_else(|_| OffsetDateTime::parse(text, &Iso8601::DEFAULT))
+        .or_else(|_| PrimitiveDateTime::parse(text, &Iso8601::DEFAULT).map(|t| t.assume_utc()))
+        .ok()
+        .map(|t| t.to_offset(UtcOffset::UTC))
+}
+
+/// A payload that passed validation: the typed fields the pipeline computes with, and the
+/// original JSON object, kept whole so the raw store holds the message exactly as received.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidMetric {
+    pub fields: Map<String, Value>,
+    pub server_id: String,
+    pub timestamp: OffsetDateTime,
+    pub metrics: Metrics,
+    pub message_uuid: String,
+}
+
+/// Why a payload was refused; `code` is stable for programs, `reason` is written for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub code: RejectionCode,
+    pub reason: String,
+}
+
+/// The kinds of bad input, as stored in the dead-letter collection's `reason_code`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectionCode {
+    NotUtf8,
+    InvalidJson,
+    NotAnObject,
+    BadServerId,
+    BadTimestamp,
+    BadMetrics,
+    BadMessageUuid,
+    /// The same `message_uuid` is already stored from another Kafka position.
+    DuplicateMessageUuid,
+    /// The database refused the document for a reason other than a duplicate.
+    RejectedByDatabase,
+}
+
+impl RejectionCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectionCode::NotUtf8 => "not_utf8",
+            RejectionCode::InvalidJson => "invalid_json",
+            RejectionCode::NotAnObject => "not_an_object",
+            RejectionCode::BadServerId => "bad_server_id",
+            RejectionCode::BadTimestamp => "bad_timestamp",
+            RejectionCode::BadMetrics => "bad_metrics",
+            RejectionCode::BadMessageUuid => "bad_message_uuid",
+            RejectionCode::DuplicateMessageUuid => "duplicate_message_uuid",
+            RejectionCode::RejectedByDatabase => "rejected_by_database",
+        }
+    }
+}
+
+/// The reason text of a duplicate event, as the dead-letter collection stores it.
+pub const DUPLICATE_REASON: &str = "duplicate message_uuid";
+
+impl Rejection {
+    pub fn new(code: RejectionCode, reason: impl Into<String>) -> Self {
+        Rejection {
+            code,
+            reason: reason.into(),
+        }
+    }
+
+    pub fn duplicate() -> Self {
+        Rejection::new(RejectionCode::DuplicateMessageUuid, DUPLICATE_REASON)
+    }
+}
+
+/// Validates one Kafka payload against the message contract.
+pub fn validate(payload: &[u8]) -> Result<ValidMetric, Rejection> {
+    use RejectionCode::*;
+    let text = std::str::from_utf8(payload)
+        .map_err(|e| Rejection::new(NotUtf8, format!("payload is not valid UTF-8 ({e})")))?;
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| Rejection::new(InvalidJson, format!("payload is not valid JSON ({e})")))?;
+    let Value::Object(fields) = value else {
+        return Err(Rejection::new(
+            NotAnObject,
+            format!(
+                "payload is JSON but not an object (got {})",
+                json_kind(&value)
+            ),
+        ));
+    };
+
+    let server_id = match fields.get("server_id") {
+        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+        Some(Value::String(_)) => {
+            return Err(Rejection::new(BadServerId, "server_id is an empty string"))
+        }
+        Some(other) => {
+            return Err(Rejection::new(
+                BadServerId,
+                format!("server_id must be a string (got {})", json_kind(other)),
+            ))
+        }
+        None => return Err(Rejection::new(BadServerId, "server_id is missing")),
+    };
+
+    let timestamp = match fields.get("timestamp_utc") {
+        Some(Value::String(s)) => parse_timestamp(s).ok_or_else(|| {
+            Rejection::new(
+                BadTimestamp,
+                format!("timestamp_utc {s:?} is not an RFC 3339 / ISO 8601 date-time"),
+            )
+        })?,
+        Some(other) => {
+            return Err(Rejection::new(
+                BadTimestamp,
+                format!("timestamp_utc must be a string (got {})", json_kind(other)),
+            ))
+        }
+        None => return Err(Rejection::new(BadTimestamp, "timestamp_utc is missing")),
+    };
+
+    let metrics = match fields.get("metrics") {
+        Some(Value::Object(m)) => parse_metrics(m).map_err(|r| Rejection::new(BadMetrics, r))?,
+        Some(other) => {
+            return Err(Rejection::new(
+                BadMetrics,
+                format!("metrics must be an object (got {})", json_kind(other)),
+            ))
+        }
+        None => return Err(Rejection::new(BadMetrics, "metrics is missing")),
+    };
+
+    let message_uuid = match fields.get("message_uuid") {
+        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+        Some(Value::String(_)) => {
+            return Err(Rejection::new(
+                BadMessageUuid,
+                "message_uuid is an empty string",
+            ))
+        }
+        Some(other) => {
+            return Err(Rejection::new(
+                BadMessageUuid,
+                format!("message_uuid must be a string (got {})", json_kind(other)),
+            ))
+        }
+        None => return Err(Rejection::new(BadMessageUuid, "message_uuid is missing")),
+    };
+
+    Ok(ValidMetric {
+        fields,
+        server_id,
+        timestamp,
+        metrics,
+        message_uuid,
+    })
+}
+
+fn parse_metrics(m: &Map<String, Value>) -> Result<Metrics, String> {
+    let percent = |name: &str| -> Result<f64, String> {
+        let v = number(m, name)?;
+        if (0.0..=100.0).contains(&v) {
+            Ok(v)
+        } else {
+            Err(format!("metrics.{name} must be within 0-100 (got {v})"))
+        }
+    };
+    let rate = |name: &str| -> Result<f64, String> {
+        let v = number(m, name)?;
+        if v >= 0.0 {
+            Ok(v)
+        } else {
+            Err(format!("metrics.{name} must be >= 0 (got {v})"))
+        }
+    };
+    let error_count = match m.get("error_count") {
+        Some(Value::Number(n)) => match n.as_i64() {
+            Some(i) if i >= 0 => i,
+            _ => {
+                return Err(format!(
+                    "metrics.error_count must be a non-negative integer (got {n})"
+                ))
+            }
+        },
+        Some(other) => {
+            return Err(format!(
+                "metrics.error_count must be a non-negative integer (got {})",
+                json_kind(other)
+            ))
+        }
+        None => return Err("metrics.error_count is missing".to_string()),
+    };
+    Ok(Metrics {
+        cpu_percent: percent("cpu_percent")?,
+        memory_percent: percent("memory_percent")?,
+        disk_io_mbps: rate("disk_io_mbps")?,
+        network_mbps: rate("network_mbps")?,
+        error_count,
+    })
+}
+
+/// A finite JSON number (integers accepted). JSON itself cannot spell NaN or infinity, but a
+/// huge literal such as `1e999` parses to infinity, so finiteness is still checked.
+fn number(m: &Map<String, Value>, name: &str) -> Result<f64, String> {
+    match m.get(name) {
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(v) if v.is_finite() => Ok(v),
+            _ => Err(format!("metrics.{name} must be a finite number (got {n})")),
+        },
+        Some(other) => Err(format!(
+            "metrics.{name} must be a number (got {})",
+            json_kind(other)
+        )),
+        None => Err(format!("metrics.{name} is missing")),
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    fn good() -> Value {
+        serde_json::json!({
+            "server_id": "web01",
+            "timestamp_utc": "2026-11-22T18:00:00.123456+00:00",
+            "metrics": {
+                "cpu_percent": 41.5, "memory_percent": 60, "disk_io_mbps": 12.25,
+                "network_mbps": 80.0, "error_count": 2
+            },
+            "message_uuid": "8f0c1c52-4a4e-4d59-9a39-4f8f1f8f0c11",
+            "extra": {"kept": true}
+        })
+    }
+
+    fn with(path: &[&str], v: Value) -> Vec<u8> {
+        let mut doc = good();
+        let mut cur = &mut doc;
+        for p in &path[..path.len() - 1] {
+            cur = cur.get_mut(*p).unwrap();
+        }
+        cur[path[path.len() - 1]] = v;
+        serde_json::to_vec(&doc).unwrap()
+    }
+
+    fn without(path: &[&str]) -> Vec<u8> {
+        let mut doc = good();
+        let mut cur = &mut doc;
+        for p in &path[..path.len() - 1] {
+            cur = cur.get_mut(*p).unwrap();
+        }
+        cur.as_object_mut().unwrap().remove(path[path.len() - 1]);
+        serde_json::to_vec(&doc).unwrap()
+    }
+
+    fn code_of(payload: &[u8]) -> RejectionCode {
+        validate(payload).unwrap_err().code
+    }
+
+    #[test]
+    fn accepts_the_exercise_message_and_keeps_every_field_in_order() {
+        let v = validate(&serde_json::to_vec(&good()).unwrap()).unwrap();
+        assert_eq!(v.server_id, "web01");
+        assert_eq!(v.timestamp, datetime!(2026-11-22 18:00:00.123456 UTC));
+        assert_eq!(v.metrics.memory_percent, 60.0);
+        assert_eq!(v.metrics.error_count, 2);
+        let keys: Vec<&str> = v.fields.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "server_id",
+                "timestamp_utc",
+                "metrics",
+                "message_uuid",
+                "extra"
+            ]
+        );
+    }
+
+    #[test]
+    fn naive_timestamps_are_utc_and_offsets_are_honoured() {
+        assert_eq!(
+            parse_timestamp("2026-11-22T18:00:00.123456"),
+            Some(datetime!(2026-11-22 18:00:00.123456 UTC))
+        );
+        assert_eq!(
+            parse_timestamp("2026-11-22T18:00:00"),
+            Some(datetime!(2026-11-22 18:00:00 UTC))
+        );
+        assert_eq!(
+            parse_timestamp("2026-11-22T20:00:00+02:00"),
+            Some(datetime!(2026-11-22 18:00:00 UTC))
+        );
+        assert_eq!(
+            parse_timestamp("2026-11-22T18:00:00Z"),
+            Some(datetime!(2026-11-22 18:00:00 UTC))
+        );
+        assert_eq!(parse_timestamp("22/11/2026 18:00"), None);
+        assert_eq!(parse_timestamp(""), None);
+    }
+
+    #[test]
+    fn formats_timestamps_like_python_isoformat_in_utc() {
+        let t = datetime!(2026-11-22 19:00:00.5 +01:00);
+        assert_eq!(format_timestamp(t), "2026-11-22T18:00:00.500000+00:00");
+        assert_eq!(parse_timestamp(&format_timestamp(t)), Some(t));
+    }
+
+    #[test]
+    fn refuses_each_kind_of_bad_input_with_its_code() {
+        use RejectionCode::*;
+        assert_eq!(code_of(&[0xff, 0xfe, b'{']), NotUtf8);
+        assert_eq!(code_of(b"{not json"), InvalidJson);
+        assert_eq!(code_of(b""), InvalidJson);
+        assert_eq!(code_of(b"[1,2]"), NotAnObject);
+        assert_eq!(code_of(b"\"text\""), NotAnObject);
+        assert_eq!(code_of(&without(&["server_id"])), BadServerId);
+        assert_eq!(code_of(&with(&["server_id"], "".into())), BadServerId);
+        assert_eq!(code_of(&with(&["server_id"], 7.into())), BadServerId);
+        assert_eq!(code_of(&without(&["timestamp_utc"])), BadTimestamp);
+        assert_eq!(
+            code_of(&with(&["timestamp_utc"], "yesterday".into())),
+            BadTimestamp
+        );
+        assert_eq!(code_of(&without(&["metrics"])), BadMetrics);
+        assert_eq!(code_of(&with(&["metrics"], "high".into())), BadMetrics);
+        assert_eq!(code_of(&without(&["metrics", "network_mbps"])), BadMetrics);
+        assert_eq!(
+            code_of(&with(&["metrics", "cpu_percent"], 100.5.into())),
+            BadMetrics
+        );
+        assert_eq!(
+            code_of(&with(&["metrics", "memory_percent"], (-1).into())),
+            BadMetrics
+        );
+        assert_eq!(
+            code_of(&with(&["metrics", "disk_io_mbps"], (-0.1).into())),
+            BadMetrics
+        );
+        assert_eq!(
+            code_of(&with(&["metrics", "cpu_percent"], "50".into())),
+            BadMetrics
+        );
+        assert_eq!(
+            code_of(&with(&["metrics", "error_count"], 1.5.into())),
+            BadMetrics
+        );
+        assert_eq!(
+            code_of(&with(&["metrics", "error_count"], (-1).into())),
+            BadMetrics
+        );
+        assert_eq!(code_of(&without(&["message_uuid"])), BadMessageUuid);
+        assert_eq!(
+            code_of(&with(&["message_uuid"], "  ".into())),
+            BadMessageUuid
+        );
+        assert_eq!(
+            code_of(&with(&["message_uuid"], Value::Null)),
+            BadMessageUuid
+        );
+    }
+
+    #[test]
+    fn overflowing_numbers_are_not_finite() {
+        let payload = String::from_utf8(with(&["metrics", "disk_io_mbps"], 1.0.into()))
+            .unwrap()
+            .replace("\"disk_io_mbps\":1.0", "\"disk_io_mbps\":1e999");
+        // serde_json refuses 1e999 outright; either way the message is refused, never stored.
+        assert!(validate(payload.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn boundaries_are_inclusive() {
+        let p = with(&["metrics", "cpu_percent"], 100.into());
+        assert!(validate(&p).is_ok());
+        let p = with(&["metrics", "disk_io_mbps"], 0.into());
+        assert!(validate(&p).is_ok());
+        let p = with(&["metrics", "error_count"], 0.into());
+        assert!(validate(&p).is_ok());
+    }
+
+    #[test]
+    fn reasons_name_the_field_and_the_value() {
+        let r = validate(&with(&["metrics", "cpu_percent"], 120.into())).unwrap_err();
+        assert_eq!(
+            r.reason,
+            "metrics.cpu_percent must be within 0-100 (got 120)"
+        );
+        assert_eq!(Rejection::duplicate().reason, "duplicate message_uuid");
+    }
+}

@@ -1,0 +1,610 @@
+//! Settings: each value comes from its flag, else its environment variable, else `.env`, else a
+//! default; it is validated once here, so commands receive typed values they can trust. A value
+//! that cannot be valid is a `SettingError`, which `main` turns into one line and exit code 2.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::num::NonZeroUsize;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::cli::{ConsumeArgs, ProduceArgs, ShowArgs};
+use crate::redact;
+
+pub const DEFAULT_BROKERS: &str = "127.0.0.1:29092";
+pub const DEFAULT_MONGODB_URI: &str = "mongodb://127.0.0.1:27017";
+pub const DEFAULT_DATABASE: &str = "monitoring";
+pub const DEFAULT_SUFFIX: &str = "iabdXX";
+pub const DEFAULT_SERVERS: &str = "web01,web02,db01,app01,cache01";
+pub const DEFAULT_WINDOW_SIZE: usize = 20;
+pub const DEFAULT_INTERVAL_SECONDS: f64 = 10.0;
+pub const DEFAULT_KPIS_LIMIT: usize = 10;
+
+/// A setting that cannot be valid: which one, where it came from, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingError {
+    pub setting: String,
+    pub problem: String,
+}
+
+impl fmt::Display for SettingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid setting {}: {}", self.setting, self.problem)
+    }
+}
+
+impl std::error::Error for SettingError {}
+
+/// Where values come from, besides the flags: the environment, then `.env`.
+pub struct Sources {
+    env: HashMap<String, String>,
+    dotenv: HashMap<String, String>,
+}
+
+impl Sources {
+    /// The process environment and `./.env` (if present). A `.env` that cannot be read or parsed
+    /// is itself a setting error.
+    pub fn load() -> Result<Sources, SettingError> {
+        let env = std::env::vars().collect();
+        let path = Path::new(".env");
+        let mut dotenv = HashMap::new();
+        if path.exists() {
+            let entries = dotenvy::from_path_iter(path).map_err(|e| SettingError {
+                setting: ".env".into(),
+                problem: format!("cannot read it ({e}); fix or remove the file"),
+            })?;
+            for entry in entries {
+                let (k, v) = entry.map_err(|e| SettingError {
+                    setting: ".env".into(),
+                    problem: format!("cannot parse it ({e}); each line should be NAME=value"),
+                })?;
+                dotenv.insert(k, v);
+            }
+        }
+        Ok(Sources { env, dotenv })
+    }
+
+    /// Sources from explicit maps, for tests.
+    pub fn from_maps(env: HashMap<String, String>, dotenv: HashMap<String, String>) -> Sources {
+        Sources { env, dotenv }
+    }
+
+    /// The first of the flag, the variables (in order) in the environment, then in `.env`.
+    fn pick(&self, flag: &Option<String>, flag_name: &str, vars: &[&str]) -> Option<Value> {
+        if let Some(v) = flag {
+            return Some(Value {
+                text: v.clone(),
+                origin: format!("--{flag_name}"),
+            });
+        }
+        for (map, place) in [(&self.env, "environment"), (&self.dotenv, ".env")] {
+            for var in vars {
+                if let Some(v) = map.get(*var) {
+                    return Some(Value {
+                        text: v.clone(),
+                        origin: format!("{var} (from {place})"),
+                    });
+                }
+            }
+        }
+        None
+    }
+
+    fn var(&self, name: &str) -> Option<Value> {
+        self.pick(&None, "", &[name])
+    }
+}
+
+/// A raw value and where it came from, for error messages.
+struct Value {
+    text: String,
+    origin: String,
+}
+
+impl Value {
+    fn error(&self, problem: impl fmt::Display) -> SettingError {
+        SettingError {
+            setting: self.origin.clone(),
+            problem: format!("{problem} (got {:?})", redact::scrub(&self.text)),
+        }
+    }
+}
+
+/// Where the MongoDB data lives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MongoSettings {
+    pub uri: String,
+    pub database: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProduceSettings {
+    pub brokers: Vec<String>,
+    pub topic: String,
+    pub servers: Vec<String>,
+    pub interval: Duration,
+    pub count: Option<u64>,
+    pub seed: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsumeSettings {
+    pub brokers: Vec<String>,
+    pub topic: String,
+    pub group: String,
+    pub mongo: MongoSettings,
+    pub raw_collection: String,
+    pub kpi_collection: String,
+    pub dlq_collection: String,
+    pub window_size: NonZeroUsize,
+    /// `None` reads every partition of the topic.
+    pub partitions: Option<Vec<i32>>,
+    pub exit_when_idle: Option<Duration>,
+    pub max_messages: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct KpisSettings {
+    pub mongo: MongoSettings,
+    pub kpi_collection: String,
+    pub limit: usize,
+    pub json: bool,
+    pub follow: bool,
+}
+
+impl ProduceSettings {
+    pub fn resolve(args: &ProduceArgs, src: &Sources) -> Result<Self, SettingError> {
+        let suffix = suffix(src)?;
+        Ok(ProduceSettings {
+            brokers: brokers(src.pick(&args.brokers, "brokers", &["KAFKA_BROKERS"]))?,
+            topic: topic(src.pick(&args.topic, "topic", &["KAFKA_TOPIC"]), &suffix)?,
+            servers: servers(src.pick(&args.servers, "servers", &["SERVER_IDS"]))?,
+            interval: match src.pick(&args.interval, "interval", &["REPORTING_INTERVAL_SECONDS"]) {
+                Some(v) => seconds(&v)?,
+                None => Duration::from_secs_f64(DEFAULT_INTERVAL_SECONDS),
+            },
+            count: src
+                .pick(&args.count, "count", &["REPORT_COUNT"])
+                .map(|v| positive(&v))
+                .transpose()?,
+            seed: src
+                .pick(&args.seed, "seed", &["SIMULATION_SEED"])
+                .map(|v| {
+                    v.text.trim().parse::<u64>().map_err(|_| {
+                        v.error("must be a whole number from 0 to 18446744073709551615")
+                    })
+                })
+                .transpose()?,
+        })
+    }
+}
+
+impl ConsumeSettings {
+    pub fn resolve(args: &ConsumeArgs, src: &Sources) -> Result<Self, SettingError> {
+        let suffix = suffix(src)?;
+        let window_size = match src.pick(&args.window_size, "window-size", &["WINDOW_SIZE"]) {
+            Some(v) => {
+                let n = positive(&v)?;
+                usize::try_from(n)
+                    .ok()
+                    .filter(|n| *n <= 1_000_000)
+                    .and_then(NonZeroUsize::new)
+                    .ok_or_else(|| v.error("must be a whole number from 1 to 1000000"))?
+            }
+            None => NonZeroUsize::new(DEFAULT_WINDOW_SIZE).unwrap_or(NonZeroUsize::MIN),
+        };
+        Ok(ConsumeSettings {
+            brokers: brokers(src.pick(&args.brokers, "brokers", &["KAFKA_BROKERS"]))?,
+            topic: topic(src.pick(&args.topic, "topic", &["KAFKA_TOPIC"]), &suffix)?,
+            group: match src.pick(&args.group, "group", &["KAFKA_GROUP_ID"]) {
+                Some(v) => non_empty_name(&v)?,
+                None => format!("grupo_{suffix}_id"),
+            },
+            mongo: mongo(src, &args.mongodb_uri, &args.database)?,
+            raw_collection: collection(
+                src.pick(
+                    &args.raw_collection,
+                    "raw-collection",
+                    &["MONGODB_RAW_COLLECTION"],
+                ),
+                format!("system_metrics_raw_{suffix}"),
+            )?,
+            kpi_collection: collection(
+                src.pick(
+                    &args.kpi_collection,
+                    "kpi-collection",
+                    &["MONGODB_KPI_COLLECTION"],
+                ),
+                format!("system_metrics_kpis_{suffix}"),
+            )?,
+            dlq_collection: collection(
+                src.pick(
+                    &args.dlq_collection,
+                    "dlq-collection",
+                    &["MONGODB_DLQ_COLLECTION"],
+                ),
+                format!("system_metrics_dlq_{suffix}"),
+            )?,
+            window_size,
+            partitions: src
+                .pick(&args.partitions, "partitions", &["KAFKA_PARTITIONS"])
+                .map(|v| partitions(&v))
+                .transpose()?,
+            exit_when_idle: src
+                .pick(
+                    &args.exit_when_idle,
+                    "exit-when-idle",
+                    &["EXIT_WHEN_IDLE_SECONDS"],
+                )
+                .map(|v| seconds(&v))
+                .transpose()?,
+            max_messages: src
+                .pick(&args.max_messages, "max-messages", &["MAX_MESSAGES"])
+                .map(|v| positive(&v))
+                .transpose()?,
+        })
+    }
+}
+
+impl KpisSettings {
+    pub fn resolve(args: &ShowArgs, src: &Sources) -> Result<Self, SettingError> {
+        let suffix = suffix(src)?;
+        let limit = match src.pick(&args.limit, "limit", &["KPIS_LIMIT"]) {
+            Some(v) => {
+                let n = positive(&v)?;
+                usize::try_from(n)
+                    .ok()
+                    .filter(|n| *n <= 100_000)
+                    .ok_or_else(|| v.error("must be a whole number from 1 to 100000"))?
+            }
+            None => DEFAULT_KPIS_LIMIT,
+        };
+        Ok(KpisSettings {
+            mongo: mongo(src, &args.mongodb_uri, &args.database)?,
+            kpi_collection: collection(
+                src.pick(
+                    &args.kpi_collection,
+                    "kpi-collection",
+                    &["MONGODB_KPI_COLLECTION"],
+                ),
+                format!("system_metrics_kpis_{suffix}"),
+            )?,
+            limit,
+            json: args.json,
+            follow: args.follow,
+        })
+    }
+}
+
+/// `METRICS_SUFFIX`, from which the exercise's default names are built.
+fn suffix(src: &Sources) -> Result<String, SettingError> {
+    match src.var("METRICS_SUFFIX") {
+        Some(v) => {
+            let ok = !v.text.is_empty()
+                && v.text
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if ok {
+                Ok(v.text)
+            } else {
+                Err(v.error("must be letters, digits, '_' or '-', e.g. iabd07"))
+            }
+        }
+        None => Ok(DEFAULT_SUFFIX.to_string()),
+    }
+}
+
+fn brokers(v: Option<Value>) -> Result<Vec<String>, SettingError> {
+    let Some(v) = v else {
+        return Ok(vec![DEFAULT_BROKERS.to_string()]);
+    };
+    let list: Vec<String> = v
+        .text
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    if list.is_empty() {
+        return Err(v.error("must list at least one broker as host:port"));
+    }
+    for b in &list {
+        let valid = match b.rsplit_once(':') {
+            Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
+            None => false,
+        };
+        if !valid {
+            return Err(v.error(format!(
+                "broker {b:?} is not host:port, e.g. 127.0.0.1:29092"
+            )));
+        }
+    }
+    Ok(list)
+}
+
+fn topic(v: Option<Value>, suffix: &str) -> Result<String, SettingError> {
+    let Some(v) = v else {
+        return Ok(format!("system-metrics-topic-{suffix}"));
+    };
+    let t = v.text.trim();
+    let legal = !t.is_empty()
+        && t.len() <= 249
+        && t != "."
+        && t != ".."
+        && t.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if legal {
+        Ok(t.to_string())
+    } else {
+        Err(v.error("must be 1-249 characters of letters, digits, '.', '_' or '-' (Kafka's rule)"))
+    }
+}
+
+fn non_empty_name(v: &Value) -> Result<String, SettingError> {
+    let t = v.text.trim();
+    if t.is_empty() {
+        Err(v.error("must not be empty"))
+    } else {
+        Ok(t.to_string())
+    }
+}
+
+fn servers(v: Option<Value>) -> Result<Vec<String>, SettingError> {
+    let Some(v) = v else {
+        return Ok(DEFAULT_SERVERS.split(',').map(String::from).collect());
+    };
+    let list: Vec<String> = v
+        .text
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    if list.is_empty() {
+        return Err(v.error("must name at least one server, e.g. web01,db01"));
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = list.iter().find(|s| !seen.insert(s.as_str())) {
+        return Err(v.error(format!("names {dup:?} twice")));
+    }
+    Ok(list)
+}
+
+fn seconds(v: &Value) -> Result<Duration, SettingError> {
+    v.text
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0 && *s <= 31_536_000.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| v.error("must be a number of seconds, 0 or more"))
+}
+
+fn positive(v: &Value) -> Result<u64, SettingError> {
+    v.text
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n >= 1)
+        .ok_or_else(|| v.error("must be a whole number of at least 1"))
+}
+
+fn partitions(v: &Value) -> Result<Vec<i32>, SettingError> {
+    let mut list = Vec::new();
+    for part in v.text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match part.parse::<i32>() {
+            Ok(p) if p >= 0 => list.push(p),
+            _ => return Err(v.error("must be partition numbers like 0,1,2")),
+        }
+    }
+    list.sort_unstable();
+    list.dedup();
+    if list.is_empty() {
+        return Err(v.error("must name at least one partition, like 0,1"));
+    }
+    Ok(list)
+}
+
+fn mongo(
+    src: &Sources,
+    uri_flag: &Option<String>,
+    database_flag: &Option<String>,
+) -> Result<MongoSettings, SettingError> {
+    let uri = match src.pick(
+        uri_flag,
+        "mongodb-uri",
+        &["MONGODB_URI", "CONNECTION_STRING"],
+    ) {
+        Some(v) => mongodb_uri(&v)?,
+        None => DEFAULT_MONGODB_URI.to_string(),
+    };
+    let database = match src.pick(database_flag, "database", &["MONGODB_DATABASE"]) {
+        Some(v) => {
+            let d = v.text.trim();
+            let legal =
+                !d.is_empty() && d.len() < 64 && !d.chars().any(|c| "/\\. \"$*<>:|?".contains(c));
+            if !legal {
+                return Err(v.error(
+                    "must be 1-63 characters without spaces or any of / \\ . \" $ * < > : | ?",
+                ));
+            }
+            d.to_string()
+        }
+        None => DEFAULT_DATABASE.to_string(),
+    };
+    Ok(MongoSettings { uri, database })
+}
+
+/// Checks the shape of a MongoDB URI and registers its password as a secret, so it is masked
+/// in every later log line and error. The driver checks the options when it connects.
+fn mongodb_uri(v: &Value) -> Result<String, SettingError> {
+    let uri = v.text.trim().to_string();
+    if let Some(p) = redact::uri_password(&uri) {
+        redact::register(p);
+        redact::register(&redact::percent_decode(p));
+    }
+    let rest = uri
+        .strip_prefix("mongodb://")
+        .or_else(|| uri.strip_prefix("mongodb+srv://"))
+        .ok_or_else(|| v.error("must start with mongodb:// or mongodb+srv://"))?;
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let hosts = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if hosts.is_empty() || hosts.split(',').any(str::is_empty) || uri.contains(char::is_whitespace)
+    {
+        return Err(v.error("has no host; expected e.g. mongodb://127.0.0.1:27017"));
+    }
+    Ok(uri)
+}
+
+/// Collection names: MongoDB forbids `$` and the `system.` prefix.
+fn collection(v: Option<Value>, default: String) -> Result<String, SettingError> {
+    let Some(v) = v else {
+        return Ok(default);
+    };
+    let c = v.text.trim();
+    if c.is_empty() || c.contains('$') || c.contains('\0') || c.starts_with("system.") {
+        return Err(v.error("must be a non-empty name without '$', not starting with 'system.'"));
+    }
+    Ok(c.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn src(env: &[(&str, &str)], dotenv: &[(&str, &str)]) -> Sources {
+        let m = |kv: &[(&str, &str)]| {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        Sources::from_maps(m(env), m(dotenv))
+    }
+
+    #[test]
+    fn defaults_follow_the_exercise_names() {
+        let c = ConsumeSettings::resolve(&ConsumeArgs::default(), &src(&[], &[])).unwrap();
+        assert_eq!(c.brokers, ["127.0.0.1:29092"]);
+        assert_eq!(c.topic, "system-metrics-topic-iabdXX");
+        assert_eq!(c.group, "grupo_iabdXX_id");
+        assert_eq!(c.raw_collection, "system_metrics_raw_iabdXX");
+        assert_eq!(c.kpi_collection, "system_metrics_kpis_iabdXX");
+        assert_eq!(c.dlq_collection, "system_metrics_dlq_iabdXX");
+        assert_eq!(c.mongo.uri, "mongodb://127.0.0.1:27017");
+        assert_eq!(c.mongo.database, "monitoring");
+        assert_eq!(c.window_size.get(), 20);
+        assert_eq!(c.partitions, None);
+        let p = ProduceSettings::resolve(&ProduceArgs::default(), &src(&[], &[])).unwrap();
+        assert_eq!(p.servers, ["web01", "web02", "db01", "app01", "cache01"]);
+        assert_eq!(p.interval, Duration::from_secs(10));
+        assert_eq!((p.count, p.seed), (None, None));
+    }
+
+    #[test]
+    fn the_suffix_names_everything() {
+        let c = ConsumeSettings::resolve(
+            &ConsumeArgs::default(),
+            &src(&[("METRICS_SUFFIX", "iabd07")], &[]),
+        )
+        .unwrap();
+        assert_eq!(c.topic, "system-metrics-topic-iabd07");
+        assert_eq!(c.group, "grupo_iabd07_id");
+        assert_eq!(c.raw_collection, "system_metrics_raw_iabd07");
+    }
+
+    #[test]
+    fn flag_beats_environment_beats_dotenv() {
+        let s = src(
+            &[("WINDOW_SIZE", "5")],
+            &[("WINDOW_SIZE", "7"), ("KAFKA_TOPIC", "from-dotenv")],
+        );
+        let c = ConsumeSettings::resolve(&ConsumeArgs::default(), &s).unwrap();
+        assert_eq!(c.window_size.get(), 5);
+        assert_eq!(c.topic, "from-dotenv");
+        let args = ConsumeArgs {
+            window_size: Some("3".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            ConsumeSettings::resolve(&args, &s)
+                .unwrap()
+                .window_size
+                .get(),
+            3
+        );
+    }
+
+    #[test]
+    fn connection_string_is_an_alias_that_mongodb_uri_overrides() {
+        let s = src(&[("CONNECTION_STRING", "mongodb://alias-host:27017")], &[]);
+        let k = KpisSettings::resolve(&ShowArgs::default(), &s).unwrap();
+        assert_eq!(k.mongo.uri, "mongodb://alias-host:27017");
+        let s = src(
+            &[
+                ("CONNECTION_STRING", "mongodb://alias-host"),
+                ("MONGODB_URI", "mongodb://main-host"),
+            ],
+            &[],
+        );
+        let k = KpisSettings::resolve(&ShowArgs::default(), &s).unwrap();
+        assert_eq!(k.mongo.uri, "mongodb://main-host");
+    }
+
+    #[test]
+    fn invalid_values_name_the_setting_and_its_origin() {
+        let bad = |env: &[(&str, &str)]| {
+            ConsumeSettings::resolve(&ConsumeArgs::default(), &src(env, &[]))
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            bad(&[("WINDOW_SIZE", "0")]),
+            "invalid setting WINDOW_SIZE (from environment): must be a whole number of at least 1 (got \"0\")"
+        );
+        assert!(bad(&[("MONGODB_URI", "http://x")]).contains("must start with mongodb://"));
+        assert!(bad(&[("MONGODB_URI", "mongodb://")]).contains("has no host"));
+        assert!(bad(&[("KAFKA_BROKERS", "localhost")]).contains("not host:port"));
+        assert!(bad(&[("KAFKA_PARTITIONS", "0,x")]).contains("partition numbers"));
+        assert!(bad(&[("EXIT_WHEN_IDLE_SECONDS", "-1")]).contains("seconds"));
+        assert!(bad(&[("KAFKA_TOPIC", "bad topic")]).contains("Kafka's rule"));
+        assert!(bad(&[("MONGODB_RAW_COLLECTION", "a$b")]).contains("'$'"));
+        let e = ProduceSettings::resolve(
+            &ProduceArgs {
+                servers: Some(" , ".into()),
+                ..Default::default()
+            },
+            &src(&[], &[]),
+        )
+        .unwrap_err();
+        assert_eq!(e.setting, "--servers");
+        assert!(e.problem.contains("at least one server"));
+    }
+
+    #[test]
+    fn a_uri_password_never_appears_in_a_setting_error() {
+        let e = ConsumeSettings::resolve(
+            &ConsumeArgs {
+                mongodb_uri: Some("mongodb://user:pa55-unit@".into()),
+                ..Default::default()
+            },
+            &src(&[], &[]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("has no host"), "{e}");
+        assert!(!e.contains("pa55-unit"), "{e}");
+    }
+
+    #[test]
+    fn partitions_are_sorted_and_unique() {
+        let c = ConsumeSettings::resolve(
+            &ConsumeArgs {
+                partitions: Some("2, 0,2".into()),
+                ..Default::default()
+            },
+            &src(&[], &[]),
+        )
+        .unwrap();
+        assert_eq!(c.partitions, Some(vec![0, 2]));
+    }
+}

@@ -1,0 +1,558 @@
+//! The MongoDB adapter: the only file that imports `mongodb`. It turns the pipeline's records
+//! into documents, writes them in batches, and reads KPI windows back as JSON.
+//!
+//! Idempotency lives in the database: raw documents are unique by `message_uuid`, dead letters
+//! and KPI windows have deterministic `_id`s, so replaying a batch after a crash or a retry
+//! stores nothing twice.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use mongodb::bson::{doc, oid::ObjectId, spec::BinarySubtype, Binary, Bson, DateTime, Document};
+use mongodb::error::{Error as DriverError, ErrorKind, WriteFailure};
+use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::sync::{Client, Collection, Database};
+use mongodb::IndexModel;
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+
+use crate::metric::{RejectionCode, ValidMetric};
+use crate::redact;
+use crate::settings::MongoSettings;
+use crate::window::KpiWindow;
+
+/// MongoDB's duplicate-key error code.
+const DUPLICATE_KEY: i32 = 11000;
+/// How long to look for a reachable server before an operation fails.
+const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A failed database operation, with secrets scrubbed, written for the operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreError {
+    pub operation: &'static str,
+    pub detail: String,
+    /// The settings are wrong (bad URI option, authentication): retrying will not help.
+    pub permanent: bool,
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "mongodb {} failed: {}", self.operation, self.detail)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+fn store_error(operation: &'static str, e: &DriverError) -> StoreError {
+    let permanent = matches!(
+        e.kind.as_ref(),
+        ErrorKind::InvalidArgument { .. }
+            | ErrorKind::Authentication { .. }
+            | ErrorKind::InvalidTlsConfig { .. }
+    );
+    StoreError {
+        operation,
+        // The driver's message may quote the connection string; never let a password through.
+        detail: redact::scrub(&first_line(&e.to_string())),
+        permanent,
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or_default().to_string()
+}
+
+/// Collection names of one pipeline.
+#[derive(Debug, Clone)]
+pub struct CollectionNames {
+    pub raw: String,
+    pub kpi: String,
+    pub dlq: String,
+}
+
+/// A valid message and where it was read, to be stored raw.
+pub struct RawRecord<'a> {
+    pub message: &'a ValidMetric,
+    pub position: Position<'a>,
+    pub received_at: OffsetDateTime,
+}
+
+/// A Kafka position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// What happened to each raw record of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawOutcome {
+    Inserted,
+    /// A document with this `message_uuid` already exists (from this or another position).
+    AlreadyStored,
+    /// The database refused the document for another reason.
+    Refused(String),
+}
+
+/// A message that could not be stored as a metric, kept losslessly with why and where.
+pub struct DeadLetter<'a> {
+    pub code: RejectionCode,
+    pub reason: &'a str,
+    pub payload: &'a [u8],
+    pub position: Position<'a>,
+    pub received_at: OffsetDateTime,
+    /// For a duplicate: where the first copy was read.
+    pub duplicate_of: Option<(String, i32, i64)>,
+}
+
+/// One KPI window with the bookkeeping that makes it exactly-once.
+pub struct WindowRecord<'a> {
+    pub window: &'a KpiWindow,
+    /// The consumer's window stream: topic, group and partition set.
+    pub stream: &'a str,
+    /// The window's number within its stream; with `stream` it makes the `_id`.
+    pub seq: i64,
+    pub topic: &'a str,
+    pub group: &'a str,
+    /// Next offset to read per partition once this window is stored: where a restart resumes.
+    pub next_offsets: &'a [(i32, i64)],
+    pub computed_at: OffsetDateTime,
+}
+
+impl WindowRecord<'_> {
+    /// Deterministic: the same window of the same stream, recomputed after a replay, gets the
+    /// same id, so it cannot be stored twice.
+    pub fn id(&self) -> String {
+        format!("{}#{}", self.stream, self.seq)
+    }
+}
+
+/// The last stored window of a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastWindow {
+    pub seq: i64,
+    pub next_offsets: HashMap<i32, i64>,
+}
+
+pub struct Store {
+    database: Database,
+    raw: Collection<Document>,
+    kpi: Collection<Document>,
+    dlq: Collection<Document>,
+}
+
+impl Store {
+    /// Parses the URI and prepares a client; no network traffic yet except the DNS lookups of a
+    /// `mongodb+srv://` URI. An invalid URI is a permanent error.
+    pub fn open(settings: &MongoSettings, names: &CollectionNames) -> Result<Store, StoreError> {
+        let mut options = ClientOptions::parse(&settings.uri)
+            .run()
+            .map_err(|e| store_error("connection-string parsing", &e))?;
+        options.app_name = Some("metricsctl".into());
+        options.server_selection_timeout = Some(SERVER_SELECTION_TIMEOUT);
+        options.connect_timeout = Some(SERVER_SELECTION_TIMEOUT);
+        let client = Client::with_options(options).map_err(|e| store_error("connect", &e))?;
+        let database = client.database(&settings.database);
+        Ok(Store {
+            raw: database.collection(&names.raw),
+            kpi: database.collection(&names.kpi),
+            dlq: database.collection(&names.dlq),
+            database,
+        })
+    }
+
+    /// Round-trips to the server.
+    pub fn ping(&self) -> Result<(), StoreError> {
+        self.database
+            .run_command(doc! {"ping": 1})
+            .run()
+            .map(|_| ())
+            .map_err(|e| store_error("ping", &e))
+    }
+
+    /// The unique index that makes raw storage idempotent, and the index a restart uses to
+    /// find its stream's last window.
+    pub fn ensure_indexes(&self) -> Result<(), StoreError> {
+        let unique = IndexOptions::builder()
+            .unique(true)
+            .name("message_uuid_unique".to_string())
+            .build();
+        self.raw
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! {"message_uuid": 1})
+                    .options(unique)
+                    .build(),
+            )
+            .run()
+            .map_err(|e| store_error("create raw index", &e))?;
+        self.kpi
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! {"stream": 1, "seq": -1})
+                    .build(),
+            )
+            .run()
+            .map_err(|e| store_error("create KPI index", &e))?;
+        Ok(())
+    }
+
+    /// Stores a batch of raw messages with one unordered `insert_many`. Duplicates and refused
+    /// documents are reported per record; the rest are stored whatever happens to those.
+    pub fn insert_raw(&self, records: &[RawRecord]) -> Result<Vec<RawOutcome>, StoreError> {
+        let mut outcomes = vec![RawOutcome::Inserted; records.len()];
+        if records.is_empty() {
+            return Ok(outcomes);
+        }
+        let docs: Vec<Document> = records.iter().map(raw_document).collect();
+        match self.raw.insert_many(docs).ordered(false).run() {
+            Ok(_) => Ok(outcomes),
+            Err(e) => match e.kind.as_ref() {
+                ErrorKind::InsertMany(failure) if failure.write_concern_error.is_none() => {
+                    for we in failure.write_errors.iter().flatten() {
+                        if let Some(slot) = outcomes.get_mut(we.index) {
+                            *slot = if we.code == DUPLICATE_KEY {
+                                RawOutcome::AlreadyStored
+                            } else {
+                                RawOutcome::Refused(format!("{} (code {})", we.message, we.code))
+                            };
+                        }
+                    }
+                    Ok(outcomes)
+                }
+                _ => Err(store_error("raw insert", &e)),
+            },
+        }
+    }
+
+    /// Where each of these `message_uuid`s was first read, for those stored.
+    pub fn stored_positions(
+        &self,
+        uuids: &[&str],
+    ) -> Result<HashMap<String, (String, i32, i64)>, StoreError> {
+        let mut found = HashMap::new();
+        if uuids.is_empty() {
+            return Ok(found);
+        }
+        let cursor = self
+            .raw
+            .find(doc! {"message_uuid": {"$in": uuids.to_vec()}})
+            .projection(doc! {"message_uuid": 1, "kafka": 1})
+            .run()
+            .map_err(|e| store_error("raw lookup", &e))?;
+        for d in cursor {
+            let d = d.map_err(|e| store_error("raw lookup", &e))?;
+            let (Ok(uuid), Ok(kafka)) = (d.get_str("message_uuid"), d.get_document("kafka")) else {
+                continue;
+            };
+            let topic = kafka.get_str("topic").unwrap_or_default().to_string();
+            let partition = kafka.get_i32("partition").unwrap_or(-1);
+            let offset = kafka.get_i64("offset").unwrap_or(-1);
+            found.insert(uuid.to_string(), (topic, partition, offset));
+        }
+        Ok(found)
+    }
+
+    /// Stores dead letters; one already stored for the same position is left as it is.
+    pub fn insert_dead_letters(&self, letters: &[DeadLetter]) -> Result<(), StoreError> {
+        if letters.is_empty() {
+            return Ok(());
+        }
+        let docs: Vec<Document> = letters.iter().map(dead_letter_document).collect();
+        match self.dlq.insert_many(docs).ordered(false).run() {
+            Ok(_) => Ok(()),
+            Err(e) => match e.kind.as_ref() {
+                ErrorKind::InsertMany(failure)
+                    if failure.write_concern_error.is_none()
+                        && failure
+                            .write_errors
+                            .iter()
+                            .flatten()
+                            .all(|we| we.code == DUPLICATE_KEY) =>
+                {
+                    Ok(())
+                }
+                _ => Err(store_error("dead-letter insert", &e)),
+            },
+        }
+    }
+
+    /// Stores a KPI window; returns false if this window was already stored.
+    pub fn insert_window(&self, record: &WindowRecord) -> Result<bool, StoreError> {
+        match self.kpi.insert_one(window_document(record)).run() {
+            Ok(_) => Ok(true),
+            Err(e) => match e.kind.as_ref() {
+                ErrorKind::Write(WriteFailure::WriteError(we)) if we.code == DUPLICATE_KEY => {
+                    Ok(false)
+                }
+                _ => Err(store_error("KPI insert", &e)),
+            },
+        }
+    }
+
+    /// The last stored window of a stream, if any.
+    pub fn last_window(&self, stream: &str) -> Result<Option<LastWindow>, StoreError> {
+        let found = self
+            .kpi
+            .find_one(doc! {"stream": stream})
+            .sort(doc! {"seq": -1})
+            .projection(doc! {"seq": 1, "kafka.next_offsets": 1})
+            .run()
+            .map_err(|e| store_error("KPI lookup", &e))?;
+        Ok(found.map(|d| {
+            let seq = int(d.get("seq")).unwrap_or(0);
+            let next_offsets = d
+                .get_document("kafka")
+                .ok()
+                .and_then(|k| k.get_array("next_offsets").ok())
+                .map(|arr| {
+                    arr.iter()
+                        .filter_map(|b| b.as_document())
+                        .filter_map(|o| {
+                            Some((int(o.get("partition"))? as i32, int(o.get("offset"))?))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            LastWindow { seq, next_offsets }
+        }))
+    }
+
+    /// The latest `limit` windows, newest first, as JSON with dates in RFC 3339.
+    pub fn latest_windows(&self, limit: usize) -> Result<Vec<Value>, StoreError> {
+        let cursor = self
+            .kpi
+            .find(doc! {})
+            .sort(doc! {"computed_at": -1, "seq": -1})
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .run()
+            .map_err(|e| store_error("KPI read", &e))?;
+        cursor
+            .map(|d| {
+                d.map(|d| to_json(Bson::Document(d)))
+                    .map_err(|e| store_error("KPI read", &e))
+            })
+            .collect()
+    }
+
+    /// Windows computed at or after `since`, oldest first (for `kpis show --follow`).
+    pub fn windows_since(&self, since: OffsetDateTime) -> Result<Vec<Value>, StoreError> {
+        let cursor = self
+            .kpi
+            .find(doc! {"computed_at": {"$gte": date(since)}})
+            .sort(doc! {"computed_at": 1, "seq": 1})
+            .run()
+            .map_err(|e| store_error("KPI read", &e))?;
+        cursor
+            .map(|d| {
+                d.map(|d| to_json(Bson::Document(d)))
+                    .map_err(|e| store_error("KPI read", &e))
+            })
+            .collect()
+    }
+}
+
+fn int(b: Option<&Bson>) -> Option<i64> {
+    match b? {
+        Bson::Int32(i) => Some(i64::from(*i)),
+        Bson::Int64(i) => Some(*i),
+        Bson::Double(f) if f.fract() == 0.0 => Some(*f as i64),
+        _ => None,
+    }
+}
+
+fn date(t: OffsetDateTime) -> DateTime {
+    DateTime::from_millis((t.unix_timestamp_nanos() / 1_000_000) as i64)
+}
+
+fn kafka_position(p: &Position) -> Document {
+    doc! {"topic": p.topic, "partition": p.partition, "offset": p.offset}
+}
+
+/// The message's own fields as received, then `timestamp`, `received_at` and `kafka`.
+fn raw_document(r: &RawRecord) -> Document {
+    let mut d = Document::new();
+    // Our own `_id`: a message carrying one must not collide with another's.
+    d.insert("_id", ObjectId::new());
+    for (k, v) in &r.message.fields {
+        if k != "_id" {
+            d.insert(k.clone(), json_to_bson(v));
+        }
+    }
+    d.insert("timestamp", date(r.message.timestamp));
+    d.insert("received_at", date(r.received_at));
+    d.insert("kafka", kafka_position(&r.position));
+    d
+}
+
+fn dead_letter_document(l: &DeadLetter) -> Document {
+    let (payload, encoding) = match std::str::from_utf8(l.payload) {
+        Ok(text) => (Bson::String(text.to_string()), "utf8"),
+        Err(_) => (
+            Bson::Binary(Binary {
+                subtype: BinarySubtype::Generic,
+                bytes: l.payload.to_vec(),
+            }),
+            "binary",
+        ),
+    };
+    let mut d = doc! {
+        "_id": format!("{}/{}/{}", l.position.topic, l.position.partition, l.position.offset),
+        "reason": l.reason,
+        "reason_code": l.code.as_str(),
+        "payload": payload,
+        "payload_encoding": encoding,
+        "kafka": kafka_position(&l.position),
+        "received_at": date(l.received_at),
+    };
+    if let Some((topic, partition, offset)) = &l.duplicate_of {
+        d.insert(
+            "duplicate_of",
+            doc! {"topic": topic.as_str(), "partition": *partition, "offset": *offset},
+        );
+    }
+    d
+}
+
+fn window_document(r: &WindowRecord) -> Document {
+    let w = r.window;
+    let averages = |a: &crate::window::Averages| {
+        doc! {
+            "avg_cpu_percent": a.avg_cpu_percent,
+            "avg_memory_percent": a.avg_memory_percent,
+            "avg_disk_io_mbps": a.avg_disk_io_mbps,
+            "avg_network_mbps": a.avg_network_mbps,
+            "total_error_count": a.total_error_count,
+        }
+    };
+    let mut kpis = averages(&w.totals);
+    kpis.insert(
+        "messages_per_second",
+        w.messages_per_second.map_or(Bson::Null, Bson::Double),
+    );
+    kpis.insert("max_cpu_percent", w.max_cpu_percent);
+    kpis.insert("max_memory_percent", w.max_memory_percent);
+    let servers: Vec<Document> = w
+        .servers
+        .iter()
+        .map(|s| {
+            let mut d = doc! {"server_id": &s.server_id, "message_count": s.message_count as i32};
+            d.extend(averages(&s.kpis));
+            d
+        })
+        .collect();
+    let alerts: Vec<Document> = w
+        .alerts
+        .iter()
+        .map(|a| {
+            doc! {"server_id": &a.server_id, "metric": a.metric, "value": a.value, "timestamp": date(a.timestamp)}
+        })
+        .collect();
+    let partitions: Vec<Document> = w
+        .partitions
+        .iter()
+        .map(|p| {
+            doc! {
+                "partition": p.partition,
+                "first_offset": p.first_offset,
+                "last_offset": p.last_offset,
+                "message_count": p.message_count as i32,
+            }
+        })
+        .collect();
+    let next_offsets: Vec<Document> = r
+        .next_offsets
+        .iter()
+        .map(|(p, o)| doc! {"partition": *p, "offset": *o})
+        .collect();
+    doc! {
+        "_id": r.id(),
+        "computed_at": date(r.computed_at),
+        "window_start": date(w.start),
+        "window_end": date(w.end),
+        "window_duration_s": w.duration_s,
+        "message_count": w.message_count as i32,
+        "kpis": kpis,
+        "servers": servers,
+        "alerts": alerts,
+        "event_time": {"first": date(w.first_event), "last": date(w.last_event)},
+        "kafka": {
+            "topic": r.topic,
+            "group": r.group,
+            "partitions": partitions,
+            "next_offsets": next_offsets,
+        },
+        "stream": r.stream,
+        "seq": r.seq,
+    }
+}
+
+/// JSON as received to BSON, value for value: integers stay integers (32-bit when they fit,
+/// as other drivers store them), other numbers become doubles.
+fn json_to_bson(v: &Value) -> Bson {
+    match v {
+        Value::Null => Bson::Null,
+        Value::Bool(b) => Bson::Boolean(*b),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                i32::try_from(i).map_or(Bson::Int64(i), Bson::Int32)
+            } else {
+                Bson::Double(n.as_f64().unwrap_or(f64::NAN))
+            }
+        }
+        Value::String(s) => Bson::String(s.clone()),
+        Value::Array(a) => Bson::Array(a.iter().map(json_to_bson).collect()),
+        Value::Object(o) => Bson::Document(
+            o.iter()
+                .map(|(k, v)| (k.clone(), json_to_bson(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// BSON read back to plain JSON for people and programs: dates as RFC 3339 strings.
+fn to_json(b: Bson) -> Value {
+    match b {
+        Bson::DateTime(d) => Value::String(
+            d.try_to_rfc3339_string()
+                .unwrap_or_else(|_| d.timestamp_millis().to_string()),
+        ),
+        Bson::Document(d) => Value::Object(
+            d.into_iter()
+                .map(|(k, v)| (k, to_json(v)))
+                .collect::<Map<_, _>>(),
+        ),
+        Bson::Array(a) => Value::Array(a.into_iter().map(to_json).collect()),
+        Bson::Int32(i) => Value::from(i),
+        Bson::Int64(i) => Value::from(i),
+        Bson::Double(f) => serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number),
+        other => other.into_relaxed_extjson(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_numbers_keep_their_kind() {
+        assert_eq!(json_to_bson(&serde_json::json!(3)), Bson::Int32(3));
+        assert_eq!(
+            json_to_bson(&serde_json::json!(5_000_000_000i64)),
+            Bson::Int64(5_000_000_000)
+        );
+        assert_eq!(json_to_bson(&serde_json::json!(2.5)), Bson::Double(2.5));
+        assert_eq!(json_to_bson(&serde_json::json!(60.0)), Bson::Double(60.0));
+    }
+
+    #[test]
+    fn dates_read_back_as_rfc3339() {
+        let t = time::macros::datetime!(2026-11-22 18:00:00.123 UTC);
+        assert_eq!(
+            to_json(Bson::DateTime(date(t))),
+            Value::String("2026-11-22T18:00:00.123Z".into())
+        );
+    }
+}
