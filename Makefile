@@ -8,7 +8,7 @@ BIN := target/release/metricsctl
 DEMO_REPORTS ?= 8
 DEMO_INTERVAL ?= 1
 
-.PHONY: up down status test demo build lint fmt bench clean-data
+.PHONY: up down status test demo build lint fmt
 
 up:
 	@bash $(SERVICES) up
@@ -41,5 +41,3 @@ demo: build up
 	$(BIN) consume --exit-when-idle 5 && \
 	$(BIN) kpis show --limit 5
 
-bench: build up
-	set -a && source $(SERVICES_ENV) && set +a && bash scripts/bench.sh

@@ -20,6 +20,8 @@ use kafka::client::{
     ProduceMessage, RequiredAcks,
 };
 
+use crate::shutdown::Shutdown;
+
 /// How long the broker may wait for data before answering an empty fetch.
 const FETCH_MAX_WAIT: Duration = Duration::from_millis(500);
 /// How long the broker may wait for all in-sync replicas before failing a produce.
@@ -55,14 +57,17 @@ struct Link {
     brokers: Vec<String>,
     topic: String,
     client: Option<KafkaClient>,
+    /// A stop request abandons the call in flight instead of waiting out its deadline.
+    shutdown: Shutdown,
 }
 
 impl Link {
-    fn new(brokers: Vec<String>, topic: String) -> Self {
+    fn new(brokers: Vec<String>, topic: String, shutdown: Shutdown) -> Self {
         Link {
             brokers,
             topic,
             client: None,
+            shutdown,
         }
     }
 
@@ -93,7 +98,15 @@ impl Link {
             })
             .map_err(|e| fail(format!("cannot start a worker thread: {e}")))?;
 
-        match rx.recv_timeout(CALL_DEADLINE) {
+        let deadline = Instant::now() + CALL_DEADLINE;
+        let answer = loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Err(mpsc::RecvTimeoutError::Timeout)
+                    if Instant::now() < deadline && !self.shutdown.requested() => {}
+                other => break other,
+            }
+        };
+        match answer {
             Ok(Ok(Ok((client, Ok(value))))) => {
                 self.client = Some(client);
                 Ok(value)
@@ -105,6 +118,7 @@ impl Link {
                 "the kafka client panicked ({}); it will be rebuilt",
                 panic_text(&panic)
             ))),
+            Err(_) if self.shutdown.requested() => Err(fail("abandoned: stop requested".into())),
             Err(_) => Err(fail(format!(
                 "no answer within {} s; the client will be rebuilt",
                 CALL_DEADLINE.as_secs()
@@ -129,20 +143,20 @@ fn connect(brokers: Vec<String>, topic: &str) -> Result<KafkaClient, String> {
         .map_err(|e| e.to_string())?;
 
     let deadline = Instant::now() + METADATA_WAIT;
-    let mut last_problem;
     loop {
-        last_problem = match client.load_metadata(&[topic]) {
-            Ok(()) => match client.topics().partitions(topic) {
-                Some(ps) if !ps.is_empty() && ps.iter().all(|p| p.leader().is_some()) => {
-                    return Ok(client)
-                }
-                Some(_) => format!("topic {topic} has partitions without a leader yet"),
-                None => format!("topic {topic} does not exist yet"),
-            },
-            Err(e) => format!("no broker of {} answered ({e})", brokers.join(",")),
+        // An unreachable broker fails at once: the caller's backoff paces the retries.
+        client
+            .load_metadata(&[topic])
+            .map_err(|e| format!("no broker of {} answered ({e})", brokers.join(",")))?;
+        let problem = match client.topics().partitions(topic) {
+            Some(ps) if !ps.is_empty() && ps.iter().all(|p| p.leader().is_some()) => {
+                return Ok(client)
+            }
+            Some(_) => format!("topic {topic} has partitions without a leader yet"),
+            None => format!("topic {topic} does not exist yet"),
         };
         if Instant::now() >= deadline {
-            return Err(last_problem);
+            return Err(problem);
         }
         std::thread::sleep(Duration::from_millis(250));
     }
@@ -177,9 +191,9 @@ pub struct KafkaProducer {
 }
 
 impl KafkaProducer {
-    pub fn new(brokers: Vec<String>, topic: String) -> Self {
+    pub fn new(brokers: Vec<String>, topic: String, shutdown: Shutdown) -> Self {
         KafkaProducer {
-            link: Link::new(brokers, topic),
+            link: Link::new(brokers, topic, shutdown),
         }
     }
 
@@ -273,9 +287,9 @@ pub struct KafkaSource {
 }
 
 impl KafkaSource {
-    pub fn new(brokers: Vec<String>, topic: String, group: String) -> Self {
+    pub fn new(brokers: Vec<String>, topic: String, group: String, shutdown: Shutdown) -> Self {
         KafkaSource {
-            link: Link::new(brokers, topic),
+            link: Link::new(brokers, topic, shutdown),
             group,
         }
     }

@@ -10,7 +10,7 @@ use std::fmt;
 use std::time::Duration;
 
 use mongodb::bson::{doc, oid::ObjectId, spec::BinarySubtype, Binary, Bson, DateTime, Document};
-use mongodb::error::{Error as DriverError, ErrorKind, WriteFailure};
+use mongodb::error::{Error as DriverError, ErrorKind};
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::sync::{Client, Collection, Database};
 use mongodb::IndexModel;
@@ -151,8 +151,13 @@ impl Store {
             .run()
             .map_err(|e| store_error("connection-string parsing", &e))?;
         options.app_name = Some("metricsctl".into());
-        options.server_selection_timeout = Some(SERVER_SELECTION_TIMEOUT);
-        options.connect_timeout = Some(SERVER_SELECTION_TIMEOUT);
+        // Fail fast by default; a timeout written in the URI wins.
+        options
+            .server_selection_timeout
+            .get_or_insert(SERVER_SELECTION_TIMEOUT);
+        options
+            .connect_timeout
+            .get_or_insert(SERVER_SELECTION_TIMEOUT);
         let client = Client::with_options(options).map_err(|e| store_error("connect", &e))?;
         let database = client.database(&settings.database);
         Ok(Store {
@@ -279,13 +284,31 @@ impl Store {
         }
     }
 
-    /// Stores a KPI window; returns false if this window was already stored.
-    pub fn insert_window(&self, record: &WindowRecord) -> Result<bool, StoreError> {
-        match self.kpi.insert_one(window_document(record)).run() {
-            Ok(_) => Ok(true),
+    /// Stores KPI windows with one unordered `insert_many`; for each, false if it was already
+    /// stored (a replay after a restart).
+    pub fn insert_windows(&self, records: &[WindowRecord]) -> Result<Vec<bool>, StoreError> {
+        let mut new = vec![true; records.len()];
+        if records.is_empty() {
+            return Ok(new);
+        }
+        let docs: Vec<Document> = records.iter().map(window_document).collect();
+        match self.kpi.insert_many(docs).ordered(false).run() {
+            Ok(_) => Ok(new),
             Err(e) => match e.kind.as_ref() {
-                ErrorKind::Write(WriteFailure::WriteError(we)) if we.code == DUPLICATE_KEY => {
-                    Ok(false)
+                ErrorKind::InsertMany(failure)
+                    if failure.write_concern_error.is_none()
+                        && failure
+                            .write_errors
+                            .iter()
+                            .flatten()
+                            .all(|we| we.code == DUPLICATE_KEY) =>
+                {
+                    for we in failure.write_errors.iter().flatten() {
+                        if let Some(slot) = new.get_mut(we.index) {
+                            *slot = false;
+                        }
+                    }
+                    Ok(new)
                 }
                 _ => Err(store_error("KPI insert", &e)),
             },

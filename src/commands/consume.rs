@@ -172,6 +172,7 @@ impl<'a> Pipeline<'a> {
             settings.brokers.clone(),
             settings.topic.clone(),
             settings.group.clone(),
+            shutdown.clone(),
         );
         retry("database ping", shutdown, || store.ping())?;
         retry("creating indexes", shutdown, || store.ensure_indexes())?;
@@ -515,24 +516,31 @@ impl<'a> Pipeline<'a> {
             c.batches += 1;
         }
 
-        for (window, next_offsets) in &closed {
-            let record = WindowRecord {
+        let computed_at = now_utc();
+        let records: Vec<WindowRecord> = closed
+            .iter()
+            .zip(self.next_seq..)
+            .map(|((window, next_offsets), seq)| WindowRecord {
                 window,
                 stream: &self.stream,
-                seq: self.next_seq,
+                seq,
                 topic,
                 group: &self.settings.group,
                 next_offsets,
-                computed_at: now_utc(),
-            };
-            let new = retry("storing a KPI window", self.shutdown, || {
-                self.store.insert_window(&record)
-            })?;
-            log_window(&record, new);
-            self.next_seq += 1;
-            self.totals.windows += 1;
-            self.interval.windows += 1;
+                computed_at,
+            })
+            .collect();
+        let new = retry("storing KPI windows", self.shutdown, || {
+            self.store.insert_windows(&records)
+        })?;
+        for (record, new) in records.iter().zip(new) {
+            log_window(record, new);
         }
+        let stored_windows = records.len();
+        drop(records);
+        self.next_seq += stored_windows as i64;
+        self.totals.windows += stored_windows as u64;
+        self.interval.windows += stored_windows as u64;
         self.positions = cursor;
 
         // 5. Commit what the stored windows cover. A failed commit loses nothing: the positions

@@ -50,7 +50,11 @@ pub fn run(args: &ProduceArgs) -> Result<(), CommandError> {
             .count
             .map_or(String::new(), |c| format!(", {c} reports"))
     );
-    let mut producer = KafkaProducer::new(settings.brokers.clone(), settings.topic.clone());
+    let mut producer = KafkaProducer::new(
+        settings.brokers.clone(),
+        settings.topic.clone(),
+        shutdown.clone(),
+    );
     let (totals, outbox) = produce_loop(&settings, &mut producer, &shutdown);
     let unsent: usize = outbox.iter().map(|r| r.unsent.len()).sum();
     info!(

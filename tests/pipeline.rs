@@ -1,0 +1,554 @@
+//! The pipeline end to end, against the real broker and database: what the producer sends is
+//! stored once, windowed once, and the KPIs match a recomputation from the raw documents.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{assert_ok, kafka_client, terminate, text, wait_with_limit, Sandbox};
+use kafka::client::FetchPartition;
+use mongodb::bson::{doc, Bson, Document};
+use serde_json::{json, Value};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// Every message in the topic: (partition, offset) -> payload.
+fn read_topic(sb: &Sandbox) -> BTreeMap<(i32, i64), Vec<u8>> {
+    let mut client = kafka_client(&sb.brokers, &sb.topic);
+    let partitions: Vec<i32> = client
+        .topics()
+        .partitions(&sb.topic)
+        .unwrap()
+        .iter()
+        .map(|p| p.id())
+        .collect();
+    let mut all = BTreeMap::new();
+    for p in partitions {
+        let mut offset = 0;
+        loop {
+            let mut got = 0;
+            let mut hw = 0;
+            for r in client
+                .fetch_messages(
+                    &[FetchPartition::new(&sb.topic, p, offset).with_max_bytes(1 << 20)],
+                )
+                .unwrap()
+            {
+                for t in r.topics() {
+                    for part in t.partitions() {
+                        let data = part.data().unwrap();
+                        hw = data.highwatermark_offset();
+                        let from = offset;
+                        for m in data.messages().iter().filter(|m| m.offset >= from) {
+                            all.insert((p, m.offset), m.value.to_vec());
+                            offset = m.offset + 1;
+                            got += 1;
+                        }
+                    }
+                }
+            }
+            if got == 0 || offset >= hw {
+                break;
+            }
+        }
+    }
+    all
+}
+
+fn produce(sb: &Sandbox, reports: u32, seed: u64) {
+    let out = sb.run(
+        &[
+            "produce",
+            "--count",
+            &reports.to_string(),
+            "--interval",
+            "0",
+            "--seed",
+            &seed.to_string(),
+        ],
+        LIMIT,
+    );
+    assert_ok(&out, "produce");
+}
+
+fn consume(sb: &Sandbox, extra: &[&str]) -> String {
+    let mut args = vec!["consume", "--exit-when-idle", "3"];
+    args.extend_from_slice(extra);
+    let out = sb.run(&args, LIMIT);
+    assert_ok(&out, "consume");
+    text(&out.stderr)
+}
+
+fn f64_of(d: &Document, path: &str) -> f64 {
+    let mut cur = Bson::Document(d.clone());
+    for key in path.split('.') {
+        cur = cur
+            .as_document()
+            .unwrap()
+            .get(key)
+            .cloned()
+            .unwrap_or(Bson::Null);
+    }
+    match cur {
+        Bson::Double(f) => f,
+        Bson::Int32(i) => f64::from(i),
+        Bson::Int64(i) => i as f64,
+        other => panic!("{path} is not a number: {other:?}"),
+    }
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(1.0)
+}
+
+/// Recomputes each window's KPIs from the raw documents it covers (per partition, the offsets
+/// first_offset..=last_offset) and checks every stored figure.
+fn check_windows_against_raw(sb: &Sandbox, window_size: usize) -> usize {
+    let raw = sb.docs("raw", doc! {}, doc! {});
+    let by_position: HashMap<(i32, i64), &Document> = raw
+        .iter()
+        .map(|d| {
+            let k = d.get_document("kafka").unwrap();
+            (
+                (
+                    k.get_i32("partition").unwrap(),
+                    k.get_i64("offset").unwrap(),
+                ),
+                d,
+            )
+        })
+        .collect();
+    let windows = sb.docs("kpis", doc! {}, doc! {"seq": 1});
+    let mut counted: HashSet<(i32, i64)> = HashSet::new();
+    for w in &windows {
+        let mut members = Vec::new();
+        for p in w
+            .get_document("kafka")
+            .unwrap()
+            .get_array("partitions")
+            .unwrap()
+        {
+            let p = p.as_document().unwrap();
+            let partition = p.get_i32("partition").unwrap();
+            let (first, last) = (
+                p.get_i64("first_offset").unwrap(),
+                p.get_i64("last_offset").unwrap(),
+            );
+            for offset in first..=last {
+                if let Some(d) = by_position.get(&(partition, offset)) {
+                    assert!(
+                        counted.insert((partition, offset)),
+                        "message {partition}/{offset} in two windows"
+                    );
+                    members.push(*d);
+                }
+            }
+        }
+        assert_eq!(
+            members.len(),
+            window_size,
+            "window {:?} members",
+            w.get("_id")
+        );
+        assert_eq!(w.get_i32("message_count").unwrap() as usize, window_size);
+        let n = members.len() as f64;
+        for (field, kpi) in [
+            ("cpu_percent", "avg_cpu_percent"),
+            ("memory_percent", "avg_memory_percent"),
+            ("disk_io_mbps", "avg_disk_io_mbps"),
+            ("network_mbps", "avg_network_mbps"),
+        ] {
+            let mean = members
+                .iter()
+                .map(|d| f64_of(d, &format!("metrics.{field}")))
+                .sum::<f64>()
+                / n;
+            let stored = f64_of(w, &format!("kpis.{kpi}"));
+            assert!(
+                close(mean, stored),
+                "{kpi}: stored {stored}, recomputed {mean}"
+            );
+        }
+        let errors: i64 = members
+            .iter()
+            .map(|d| f64_of(d, "metrics.error_count") as i64)
+            .sum();
+        assert_eq!(
+            w.get_document("kpis")
+                .unwrap()
+                .get_i64("total_error_count")
+                .unwrap(),
+            errors
+        );
+        let duration = f64_of(w, "window_duration_s");
+        match w.get_document("kpis").unwrap().get("messages_per_second") {
+            Some(Bson::Double(rate)) => assert!(close(*rate, n / duration)),
+            Some(Bson::Null) => assert_eq!(duration, 0.0),
+            other => panic!("messages_per_second: {other:?}"),
+        }
+        let max_cpu = members
+            .iter()
+            .map(|d| f64_of(d, "metrics.cpu_percent"))
+            .fold(0.0, f64::max);
+        assert_eq!(f64_of(w, "kpis.max_cpu_percent"), max_cpu);
+        let alerts = members
+            .iter()
+            .map(|d| {
+                [
+                    f64_of(d, "metrics.cpu_percent") >= 90.0,
+                    f64_of(d, "metrics.memory_percent") >= 90.0,
+                    f64_of(d, "metrics.error_count") >= 3.0,
+                ]
+                .iter()
+                .filter(|x| **x)
+                .count()
+            })
+            .sum::<usize>();
+        assert_eq!(w.get_array("alerts").unwrap().len(), alerts);
+        let servers: usize = w
+            .get_array("servers")
+            .unwrap()
+            .iter()
+            .map(|s| s.as_document().unwrap().get_i32("message_count").unwrap() as usize)
+            .sum();
+        assert_eq!(servers, window_size);
+    }
+    windows.len()
+}
+
+#[test]
+fn every_produced_message_is_stored_once_and_windowed_once() {
+    let sb = Sandbox::new("e2e");
+    produce(&sb, 12, 7);
+    let log = consume(&sb, &[]);
+
+    let produced: HashSet<String> = read_topic(&sb)
+        .values()
+        .map(|v| {
+            serde_json::from_slice::<Value>(v).unwrap()["message_uuid"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(produced.len(), 60, "12 reports of 5 servers");
+    let raw = sb.docs("raw", doc! {}, doc! {});
+    let stored: Vec<String> = raw
+        .iter()
+        .map(|d| d.get_str("message_uuid").unwrap().to_string())
+        .collect();
+    assert_eq!(stored.len(), 60, "each message stored exactly once");
+    assert_eq!(stored.iter().cloned().collect::<HashSet<_>>(), produced);
+
+    // The raw document is the message as sent, plus where and when it was read.
+    let first = &raw[0];
+    for field in [
+        "server_id",
+        "timestamp_utc",
+        "metrics",
+        "message_uuid",
+        "timestamp",
+        "received_at",
+        "kafka",
+    ] {
+        assert!(
+            first.contains_key(field),
+            "raw document lacks {field}: {first}"
+        );
+    }
+    assert!(matches!(first.get("timestamp"), Some(Bson::DateTime(_))));
+
+    assert_eq!(
+        check_windows_against_raw(&sb, 20),
+        3,
+        "floor(60 / 20) windows"
+    );
+    assert_eq!(sb.count("dlq"), 0);
+    assert!(log.contains("window 0 stored: 20 messages"), "{log}");
+
+    // kpis show: a table for people, JSON lines for programs.
+    let table = sb.run(&["kpis", "show", "--mongodb-uri", &sb.mongodb_uri], LIMIT);
+    assert_ok(&table, "kpis show");
+    let table = text(&table.stdout);
+    assert!(table.starts_with("WINDOW END (UTC)"), "{table}");
+    assert_eq!(table.lines().count(), 4, "header and 3 windows:\n{table}");
+    let json = sb.run(&["kpis", "show", "--json", "--limit", "2"], LIMIT);
+    assert_ok(&json, "kpis show --json");
+    let lines: Vec<Value> = text(&json.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["seq"], json!(2), "newest first");
+    assert_eq!(lines[0]["message_count"], json!(20));
+    assert!(lines[0]["kpis"]["avg_cpu_percent"].is_f64());
+}
+
+#[test]
+fn bad_input_is_dead_lettered_with_its_reason_and_the_stream_goes_on() {
+    let sb = Sandbox::new("badinput");
+    let good = |n: u32| {
+        json!({
+            "server_id": format!("web{n:02}"),
+            "timestamp_utc": "2026-11-22T18:00:00.123456+00:00",
+            "metrics": {"cpu_percent": 10.0 + n as f64, "memory_percent": 50, "disk_io_mbps": 1.5,
+                        "network_mbps": 20.25, "error_count": n % 4},
+            "message_uuid": format!("uuid-{n}"),
+            "extra_field": {"kept": n}
+        })
+    };
+    let bytes = |v: Value| serde_json::to_vec(&v).unwrap();
+    let with = |n: u32, f: &dyn Fn(&mut Value)| {
+        let mut v = good(n);
+        f(&mut v);
+        bytes(v)
+    };
+    let mut payloads: Vec<(Vec<u8>, Option<&str>)> = Vec::new();
+    let naive = with(100, &|v| {
+        v["timestamp_utc"] = json!("2026-11-22T18:00:00.5")
+    });
+    let bad: Vec<(Vec<u8>, &str)> = vec![
+        (vec![0xff, 0xfe, 0x00], "not_utf8"),
+        (b"{\"server_id\": ".to_vec(), "invalid_json"),
+        (b"[1, 2, 3]".to_vec(), "not_an_object"),
+        (
+            with(200, &|v| {
+                v.as_object_mut().unwrap().remove("server_id");
+            }),
+            "bad_server_id",
+        ),
+        (with(201, &|v| v["server_id"] = json!("")), "bad_server_id"),
+        (
+            with(202, &|v| v["timestamp_utc"] = json!("ayer")),
+            "bad_timestamp",
+        ),
+        (
+            with(203, &|v| {
+                v.as_object_mut().unwrap().remove("metrics");
+            }),
+            "bad_metrics",
+        ),
+        (
+            with(204, &|v| v["metrics"]["cpu_percent"] = json!(150.0)),
+            "bad_metrics",
+        ),
+        (
+            with(205, &|v| v["metrics"]["disk_io_mbps"] = json!(-1)),
+            "bad_metrics",
+        ),
+        (
+            with(206, &|v| v["metrics"]["error_count"] = json!(1.5)),
+            "bad_metrics",
+        ),
+        (
+            with(207, &|v| v["metrics"]["network_mbps"] = json!("fast")),
+            "bad_metrics",
+        ),
+        (
+            with(208, &|v| {
+                v.as_object_mut().unwrap().remove("message_uuid");
+            }),
+            "bad_message_uuid",
+        ),
+        // The same event again, from another position: a duplicate, not a second copy.
+        (bytes(good(1)), "duplicate_message_uuid"),
+    ];
+    // Interleave: good, bad, good, bad, ... then the naive-timestamp message (valid).
+    let mut n = 0;
+    for (payload, reason) in &bad {
+        n += 1;
+        payloads.push((bytes(good(n)), None));
+        payloads.push((payload.clone(), Some(reason)));
+    }
+    payloads.push((naive, None));
+    let valid = payloads.iter().filter(|(_, r)| r.is_none()).count();
+    assert_eq!(valid, 14);
+    sb.send_raw(
+        0,
+        &payloads.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>(),
+    );
+
+    consume(&sb, &["--window-size", "5"]);
+
+    assert_eq!(
+        sb.count("raw") as usize,
+        valid,
+        "every valid message stored"
+    );
+    let stored = sb.docs("raw", doc! {"message_uuid": "uuid-3"}, doc! {});
+    assert_eq!(
+        stored[0]
+            .get_document("extra_field")
+            .unwrap()
+            .get_i32("kept")
+            .unwrap(),
+        3,
+        "unknown fields kept"
+    );
+    let naive = sb.docs("raw", doc! {"message_uuid": "uuid-100"}, doc! {});
+    assert_eq!(
+        naive[0]
+            .get_datetime("timestamp")
+            .unwrap()
+            .try_to_rfc3339_string()
+            .unwrap(),
+        "2026-11-22T18:00:00.500Z",
+        "a naive timestamp is UTC"
+    );
+
+    let dlq = sb.docs("dlq", doc! {}, doc! {"kafka.offset": 1});
+    assert_eq!(
+        dlq.len(),
+        bad.len(),
+        "every invalid message dead-lettered once"
+    );
+    for (letter, (payload, reason)) in dlq.iter().zip(&bad) {
+        assert_eq!(letter.get_str("reason_code").unwrap(), *reason, "{letter}");
+        assert!(!letter.get_str("reason").unwrap().is_empty());
+        let kafka = letter.get_document("kafka").unwrap();
+        assert_eq!(kafka.get_str("topic").unwrap(), sb.topic);
+        assert_eq!(kafka.get_i32("partition").unwrap(), 0);
+        match letter.get("payload").unwrap() {
+            Bson::String(s) => assert_eq!(s.as_bytes(), payload.as_slice()),
+            Bson::Binary(b) => assert_eq!(&b.bytes, payload),
+            other => panic!("payload {other:?}"),
+        }
+    }
+    let dup = &dlq[bad.len() - 1];
+    assert_eq!(dup.get_str("reason").unwrap(), "duplicate message_uuid");
+    assert_eq!(
+        dup.get_document("duplicate_of")
+            .unwrap()
+            .get_i64("offset")
+            .unwrap(),
+        0
+    );
+
+    assert_eq!(check_windows_against_raw(&sb, 5), valid / 5);
+}
+
+#[test]
+fn a_second_run_on_the_same_group_stores_nothing_again_and_completes_the_open_window() {
+    let sb = Sandbox::new("restart");
+    produce(&sb, 5, 11); // 25 messages: one window of 20, 5 in the open window
+    consume(&sb, &[]);
+    assert_eq!((sb.count("raw"), sb.count("kpis")), (25, 1));
+
+    let log = consume(&sb, &[]);
+    assert_eq!(
+        (sb.count("raw"), sb.count("kpis")),
+        (25, 1),
+        "second run stores nothing new"
+    );
+    assert!(
+        log.contains("(0 stored, 5 replayed, 0 dead-lettered)"),
+        "{log}"
+    );
+
+    produce(&sb, 3, 12); // 15 more: the 5 replayed + 15 new close window 1
+    consume(&sb, &[]);
+    assert_eq!((sb.count("raw"), sb.count("kpis")), (40, 2));
+    assert_eq!(check_windows_against_raw(&sb, 20), 2);
+}
+
+#[test]
+fn a_killed_consumer_loses_nothing_and_doubles_nothing() {
+    let sb = Sandbox::new("kill9");
+    produce(&sb, 40, 21); // 200 messages, 10 windows
+                          // Small windows and a kill as soon as some are stored: the kill lands mid-stream.
+    let mut child = sb
+        .command(&["consume", "--window-size", "10"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + LIMIT;
+    while sb.count("kpis") < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    consume(&sb, &["--window-size", "10"]);
+    assert_eq!(sb.count("raw"), 200);
+    assert_eq!(check_windows_against_raw(&sb, 10), 20);
+}
+
+#[test]
+fn sigterm_stops_the_consumer_cleanly_and_the_password_never_shows() {
+    let sb = Sandbox::new("sigterm");
+    let uri = "mongodb://metrics:TopSecret-42@127.0.0.1:1/?serverSelectionTimeoutMS=500";
+    let child = sb
+        .command(&["consume", "--mongodb-uri", uri])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    terminate(&child);
+    let out = wait_with_limit(child, Duration::from_secs(15));
+    let log = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert!(
+        log.contains("ERROR"),
+        "an unreachable database is logged: {log}"
+    );
+    assert!(log.contains("retrying in"), "{log}");
+    assert!(!log.contains("TopSecret-42"), "{log}");
+    assert!(log.contains("metrics:****@127.0.0.1:1"), "{log}");
+}
+
+#[test]
+fn the_producer_keeps_reports_while_kafka_is_down_and_stops_on_sigterm() {
+    let sb = Sandbox::new("proddown");
+    let child = sb
+        .command(&["produce", "--brokers", "127.0.0.1:1", "--interval", "0.2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    terminate(&child);
+    let out = wait_with_limit(child, Duration::from_secs(10));
+    let log = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert!(
+        log.contains("ERROR") && log.contains("retrying in"),
+        "{log}"
+    );
+    assert!(log.contains("producer stopped:"), "{log}");
+    assert!(log.contains("0 messages sent"), "{log}");
+}
+
+#[test]
+fn kpis_show_is_friendly_when_empty_and_quick_when_unreachable() {
+    let sb = Sandbox::new("kpisshow");
+    let out = sb.run(&["kpis", "show"], LIMIT);
+    assert_ok(&out, "kpis show on an empty collection");
+    assert!(
+        text(&out.stdout).starts_with("No KPI windows yet"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let started = Instant::now();
+    let out = sb
+        .command(&["kpis", "show"])
+        .env_remove("MONGODB_URI")
+        .env(
+            "CONNECTION_STRING",
+            "mongodb://reader:Hidden-99@127.0.0.1:1",
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "fails within about 5 s"
+    );
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.contains("127.0.0.1:1"), "the alias was used: {err}");
+    assert!(!err.contains("Hidden-99"), "{err}");
+}

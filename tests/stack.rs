@@ -1,0 +1,133 @@
+//! The stack is real: a Kafka 3.9 broker and a MongoDB-wire server answer on loopback, seen
+//! through the same crates the program uses and through an independent client (kcat).
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{kafka_client, Sandbox};
+use kafka::client::{CommitOffset, FetchGroupOffset, FetchPartition, ProduceMessage, RequiredAcks};
+use mongodb::bson::{doc, Document};
+use mongodb::error::ErrorKind;
+use mongodb::options::IndexOptions;
+use mongodb::IndexModel;
+
+#[test]
+fn kafka_round_trips_keyed_messages_and_keeps_group_offsets() {
+    let sb = Sandbox::new("stack_kafka");
+    let mut client = kafka_client(&sb.brokers, &sb.topic);
+    let partitions = client.topics().partitions(&sb.topic).unwrap().len();
+    assert_eq!(
+        partitions, 3,
+        "the broker creates topics with num.partitions=3"
+    );
+
+    let keys = ["web01", "web02", "db01"];
+    let messages: Vec<ProduceMessage> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            ProduceMessage::new(&sb.topic, i as i32, Some(k.as_bytes()), Some(k.as_bytes()))
+        })
+        .collect();
+    let confirms = client
+        .produce_messages(RequiredAcks::All, Duration::from_secs(10), messages)
+        .unwrap();
+    let acked: usize = confirms
+        .iter()
+        .flat_map(|c| &c.partition_confirms)
+        .filter(|p| p.offset == Ok(0))
+        .count();
+    assert_eq!(
+        acked, 3,
+        "each partition acknowledged its first message at offset 0"
+    );
+
+    let fetches: Vec<FetchPartition> = (0..3)
+        .map(|p| FetchPartition::new(&sb.topic, p, 0))
+        .collect();
+    let mut read: HashMap<i32, (Vec<u8>, Vec<u8>)> = HashMap::new();
+    for r in client.fetch_messages(&fetches).unwrap() {
+        for t in r.topics() {
+            for p in t.partitions() {
+                for m in p.data().unwrap().messages() {
+                    read.insert(p.partition(), (m.key.to_vec(), m.value.to_vec()));
+                }
+            }
+        }
+    }
+    for (i, k) in keys.iter().enumerate() {
+        assert_eq!(
+            read[&(i as i32)],
+            (k.as_bytes().to_vec(), k.as_bytes().to_vec())
+        );
+    }
+
+    // Offsets committed under the group come back from the group coordinator.
+    let commits: Vec<CommitOffset> = (0..3).map(|p| CommitOffset::new(&sb.topic, p, 1)).collect();
+    client.commit_offsets(&sb.group, &commits).unwrap();
+    let wanted: Vec<FetchGroupOffset> = (0..3)
+        .map(|p| FetchGroupOffset::new(&sb.topic, p))
+        .collect();
+    let offsets = client.fetch_group_offsets(&sb.group, &wanted).unwrap();
+    let mut got: Vec<(i32, i64)> = offsets[&sb.topic]
+        .iter()
+        .map(|po| (po.partition, po.offset))
+        .collect();
+    got.sort();
+    assert_eq!(got, [(0, 1), (1, 1), (2, 1)]);
+}
+
+#[test]
+fn mongodb_reports_duplicate_keys_from_an_unordered_insert_many() {
+    let sb = Sandbox::new("stack_mongo");
+    let coll = sb.db().collection::<Document>("raw");
+    coll.create_index(
+        IndexModel::builder()
+            .keys(doc! {"message_uuid": 1})
+            .options(IndexOptions::builder().unique(true).build())
+            .build(),
+    )
+    .run()
+    .unwrap();
+    coll.insert_one(doc! {"message_uuid": "a"}).run().unwrap();
+    let err = coll
+        .insert_many([
+            doc! {"message_uuid": "b"},
+            doc! {"message_uuid": "a"},
+            doc! {"message_uuid": "c"},
+        ])
+        .ordered(false)
+        .run()
+        .unwrap_err();
+    let ErrorKind::InsertMany(failure) = err.kind.as_ref() else {
+        panic!("expected an InsertMany error, got {err}");
+    };
+    let errors: Vec<(usize, i32)> = failure
+        .write_errors
+        .iter()
+        .flatten()
+        .map(|e| (e.index, e.code))
+        .collect();
+    assert_eq!(errors, [(1, 11000)]);
+    assert_eq!(sb.count("raw"), 3, "the unordered insert stored the others");
+}
+
+#[test]
+fn kcat_sees_the_broker_too() {
+    let sb = Sandbox::new("stack_kcat");
+    let _ = kafka_client(&sb.brokers, &sb.topic);
+    let out = Command::new("kcat")
+        .args(["-b", &sb.brokers, "-L", "-t", &sb.topic, "-m", "10"])
+        .output()
+        .expect("kcat is installed by `make up`");
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{listing}");
+    assert!(listing.contains("1 brokers:"), "{listing}");
+    assert!(
+        listing.contains(&format!("topic \"{}\" with 3 partitions", sb.topic)),
+        "{listing}"
+    );
+}
