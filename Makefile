@@ -34,10 +34,11 @@ lint:
 fmt:
 	cargo fmt
 
-# The whole exercise in one command: services, a few reports, the consumer until idle, the KPIs.
+# The whole exercise in one command: services, the consumer running while the producer sends a
+# few reports, then the KPIs. The consumer exits once idle.
 demo: build up
 	set -a && source $(SERVICES_ENV) && set +a && \
+	{ $(BIN) consume --exit-when-idle 5 & consumer=$$!; } && \
 	$(BIN) produce --count $(DEMO_REPORTS) --interval $(DEMO_INTERVAL) && \
-	$(BIN) consume --exit-when-idle 5 && \
+	wait $$consumer && \
 	$(BIN) kpis show --limit 5
-

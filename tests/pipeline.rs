@@ -552,3 +552,88 @@ fn kpis_show_is_friendly_when_empty_and_quick_when_unreachable() {
     assert!(err.contains("127.0.0.1:1"), "the alias was used: {err}");
     assert!(!err.contains("Hidden-99"), "{err}");
 }
+
+#[test]
+fn keys_land_where_librdkafka_murmur2_puts_them() {
+    let sb = Sandbox::new("murmur");
+    produce(&sb, 1, 3);
+    let ours: BTreeMap<String, i32> = read_topic(&sb)
+        .iter()
+        .map(|((p, _), v)| {
+            let m: Value = serde_json::from_slice(v).unwrap();
+            (m["server_id"].as_str().unwrap().to_string(), *p)
+        })
+        .collect();
+    assert_eq!(ours.len(), 5);
+
+    // An independent client, told to partition like Java, writes the same keys elsewhere.
+    let other = format!("{}-kcat", sb.topic);
+    let _ = kafka_client(&sb.brokers, &other);
+    let input: String = ours.keys().map(|k| format!("{k}:x\n")).collect();
+    let mut kcat = std::process::Command::new("kcat")
+        .args([
+            "-b",
+            &sb.brokers,
+            "-P",
+            "-t",
+            &other,
+            "-K",
+            ":",
+            "-X",
+            "partitioner=murmur2_random",
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(kcat.stdin.as_mut().unwrap(), input.as_bytes()).unwrap();
+    drop(kcat.stdin.take());
+    assert!(kcat.wait().unwrap().success());
+    let read = std::process::Command::new("kcat")
+        .args(["-b", &sb.brokers, "-C", "-t", &other, "-e", "-f", "%k %p\n"])
+        .output()
+        .unwrap();
+    let theirs: BTreeMap<String, i32> = text(&read.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(k, p)| (k.to_string(), p.parse().unwrap()))
+        .collect();
+    let _ = common::delete_topic(&sb.brokers, &other);
+    assert_eq!(ours, theirs);
+}
+
+#[test]
+fn consumers_of_one_group_split_the_partitions_between_them() {
+    let sb = Sandbox::new("split");
+    produce(&sb, 20, 5); // 100 messages on partitions 0 and 1 (the default fleet's keys)
+    let spawn = |parts: &str| {
+        sb.command(&["consume", "--exit-when-idle", "3", "--partitions", parts])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn("0"), spawn("1,2"));
+    let (a, b) = (wait_with_limit(a, LIMIT), wait_with_limit(b, LIMIT));
+    assert_ok(&a, "consumer of partition 0");
+    assert_ok(&b, "consumer of partitions 1,2");
+    assert_eq!(sb.count("raw"), 100, "together they stored everything once");
+
+    let per_partition = |p: i32| sb.docs("raw", doc! {"kafka.partition": p}, doc! {}).len();
+    let expected = per_partition(0) / 20 + (per_partition(1) + per_partition(2)) / 20;
+    let windows = sb.docs("kpis", doc! {}, doc! {});
+    assert_eq!(windows.len(), expected);
+    let streams: HashSet<&str> = windows
+        .iter()
+        .map(|w| w.get_str("stream").unwrap())
+        .collect();
+    assert!(
+        streams
+            .iter()
+            .all(|s| s.ends_with("/0") || s.ends_with("/1,2")),
+        "{streams:?}"
+    );
+
+    let out = sb.run(&["consume", "--partitions", "7"], LIMIT);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("has no partition 7"));
+}

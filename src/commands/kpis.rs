@@ -143,7 +143,13 @@ fn row(w: &Value) -> String {
         });
     let duration = w["window_duration_s"]
         .as_f64()
-        .map_or("-".to_string(), |d| format!("{d:.1}s"));
+        .map_or("-".to_string(), |d| {
+            if d < 10.0 {
+                format!("{d:.3}s")
+            } else {
+                format!("{d:.1}s")
+            }
+        });
     let alerts = w["alerts"].as_array().map_or(0, Vec::len);
     format!(
         "{:<19}  {:>9}  {:>4}  {:>7}  {:>6}  {:>6}  {:>9}  {:>8}  {:>6}  {:>6}",
