@@ -183,14 +183,7 @@ impl ConsumeSettings {
     pub fn resolve(args: &ConsumeArgs, src: &Sources) -> Result<Self, SettingError> {
         let suffix = suffix(src)?;
         let window_size = match src.pick(&args.window_size, "window-size", &["WINDOW_SIZE"]) {
-            Some(v) => {
-                let n = positive(&v)?;
-                usize::try_from(n)
-                    .ok()
-                    .filter(|n| *n <= 1_000_000)
-                    .and_then(NonZeroUsize::new)
-                    .ok_or_else(|| v.error("must be a whole number from 1 to 1000000"))?
-            }
+            Some(v) => NonZeroUsize::new(bounded(&v, 1_000_000)?).unwrap_or(NonZeroUsize::MIN),
             None => NonZeroUsize::new(DEFAULT_WINDOW_SIZE).unwrap_or(NonZeroUsize::MIN),
         };
         Ok(ConsumeSettings {
@@ -250,13 +243,7 @@ impl KpisSettings {
     pub fn resolve(args: &ShowArgs, src: &Sources) -> Result<Self, SettingError> {
         let suffix = suffix(src)?;
         let limit = match src.pick(&args.limit, "limit", &["KPIS_LIMIT"]) {
-            Some(v) => {
-                let n = positive(&v)?;
-                usize::try_from(n)
-                    .ok()
-                    .filter(|n| *n <= 100_000)
-                    .ok_or_else(|| v.error("must be a whole number from 1 to 100000"))?
-            }
+            Some(v) => bounded(&v, 100_000)?,
             None => DEFAULT_KPIS_LIMIT,
         };
         Ok(KpisSettings {
@@ -298,13 +285,7 @@ fn brokers(v: Option<Value>) -> Result<Vec<String>, SettingError> {
     let Some(v) = v else {
         return Ok(vec![DEFAULT_BROKERS.to_string()]);
     };
-    let list: Vec<String> = v
-        .text
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(String::from)
-        .collect();
+    let list = list(&v.text);
     if list.is_empty() {
         return Err(v.error("must list at least one broker as host:port"));
     }
@@ -353,13 +334,7 @@ fn servers(v: Option<Value>) -> Result<Vec<String>, SettingError> {
     let Some(v) = v else {
         return Ok(DEFAULT_SERVERS.split(',').map(String::from).collect());
     };
-    let list: Vec<String> = v
-        .text
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(String::from)
-        .collect();
+    let list = list(&v.text);
     if list.is_empty() {
         return Err(v.error("must name at least one server, e.g. web01,db01"));
     }
@@ -387,6 +362,24 @@ fn positive(v: &Value) -> Result<u64, SettingError> {
         .ok()
         .filter(|n| *n >= 1)
         .ok_or_else(|| v.error("must be a whole number of at least 1"))
+}
+
+/// A whole number from 1 to `max`.
+fn bounded(v: &Value, max: usize) -> Result<usize, SettingError> {
+    let n = positive(v)?;
+    usize::try_from(n)
+        .ok()
+        .filter(|n| *n <= max)
+        .ok_or_else(|| v.error(format!("must be a whole number from 1 to {max}")))
+}
+
+/// A comma-separated list, items trimmed, empty items skipped.
+fn list(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 fn partitions(v: &Value) -> Result<Vec<i32>, SettingError> {

@@ -86,9 +86,9 @@ pub struct Position<'a> {
     pub offset: i64,
 }
 
-/// What happened to each raw record of a batch.
+/// What happened to each document of an unordered insert.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RawOutcome {
+pub enum InsertOutcome {
     Inserted,
     /// A document with this `message_uuid` already exists (from this or another position).
     AlreadyStored,
@@ -206,30 +206,9 @@ impl Store {
 
     /// Stores a batch of raw messages with one unordered `insert_many`. Duplicates and refused
     /// documents are reported per record; the rest are stored whatever happens to those.
-    pub fn insert_raw(&self, records: &[RawRecord]) -> Result<Vec<RawOutcome>, StoreError> {
-        let mut outcomes = vec![RawOutcome::Inserted; records.len()];
-        if records.is_empty() {
-            return Ok(outcomes);
-        }
-        let docs: Vec<Document> = records.iter().map(raw_document).collect();
-        match self.raw.insert_many(docs).ordered(false).run() {
-            Ok(_) => Ok(outcomes),
-            Err(e) => match e.kind.as_ref() {
-                ErrorKind::InsertMany(failure) if failure.write_concern_error.is_none() => {
-                    for we in failure.write_errors.iter().flatten() {
-                        if let Some(slot) = outcomes.get_mut(we.index) {
-                            *slot = if we.code == DUPLICATE_KEY {
-                                RawOutcome::AlreadyStored
-                            } else {
-                                RawOutcome::Refused(format!("{} (code {})", we.message, we.code))
-                            };
-                        }
-                    }
-                    Ok(outcomes)
-                }
-                _ => Err(store_error("raw insert", &e)),
-            },
-        }
+    pub fn insert_raw(&self, records: &[RawRecord]) -> Result<Vec<InsertOutcome>, StoreError> {
+        let docs = records.iter().map(raw_document).collect();
+        insert_unordered(&self.raw, docs, "raw insert")
     }
 
     /// Where each of these `message_uuid`s was first read, for those stored.
@@ -262,57 +241,21 @@ impl Store {
 
     /// Stores dead letters; one already stored for the same position is left as it is.
     pub fn insert_dead_letters(&self, letters: &[DeadLetter]) -> Result<(), StoreError> {
-        if letters.is_empty() {
-            return Ok(());
-        }
-        let docs: Vec<Document> = letters.iter().map(dead_letter_document).collect();
-        match self.dlq.insert_many(docs).ordered(false).run() {
-            Ok(_) => Ok(()),
-            Err(e) => match e.kind.as_ref() {
-                ErrorKind::InsertMany(failure)
-                    if failure.write_concern_error.is_none()
-                        && failure
-                            .write_errors
-                            .iter()
-                            .flatten()
-                            .all(|we| we.code == DUPLICATE_KEY) =>
-                {
-                    Ok(())
-                }
-                _ => Err(store_error("dead-letter insert", &e)),
-            },
-        }
+        let docs = letters.iter().map(dead_letter_document).collect();
+        let outcomes = insert_unordered(&self.dlq, docs, "dead-letter insert")?;
+        refusals_are_errors(&outcomes, "dead-letter insert")
     }
 
     /// Stores KPI windows with one unordered `insert_many`; for each, false if it was already
     /// stored (a replay after a restart).
     pub fn insert_windows(&self, records: &[WindowRecord]) -> Result<Vec<bool>, StoreError> {
-        let mut new = vec![true; records.len()];
-        if records.is_empty() {
-            return Ok(new);
-        }
-        let docs: Vec<Document> = records.iter().map(window_document).collect();
-        match self.kpi.insert_many(docs).ordered(false).run() {
-            Ok(_) => Ok(new),
-            Err(e) => match e.kind.as_ref() {
-                ErrorKind::InsertMany(failure)
-                    if failure.write_concern_error.is_none()
-                        && failure
-                            .write_errors
-                            .iter()
-                            .flatten()
-                            .all(|we| we.code == DUPLICATE_KEY) =>
-                {
-                    for we in failure.write_errors.iter().flatten() {
-                        if let Some(slot) = new.get_mut(we.index) {
-                            *slot = false;
-                        }
-                    }
-                    Ok(new)
-                }
-                _ => Err(store_error("KPI insert", &e)),
-            },
-        }
+        let docs = records.iter().map(window_document).collect();
+        let outcomes = insert_unordered(&self.kpi, docs, "KPI insert")?;
+        refusals_are_errors(&outcomes, "KPI insert")?;
+        Ok(outcomes
+            .iter()
+            .map(|o| *o == InsertOutcome::Inserted)
+            .collect())
     }
 
     /// The last stored window of a stream, if any.
@@ -345,35 +288,80 @@ impl Store {
 
     /// The latest `limit` windows, newest first, as JSON with dates in RFC 3339.
     pub fn latest_windows(&self, limit: usize) -> Result<Vec<Value>, StoreError> {
-        let cursor = self
-            .kpi
-            .find(doc! {})
-            .sort(doc! {"computed_at": -1, "seq": -1})
-            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
-            .run()
-            .map_err(|e| store_error("KPI read", &e))?;
-        cursor
-            .map(|d| {
-                d.map(|d| to_json(Bson::Document(d)))
-                    .map_err(|e| store_error("KPI read", &e))
-            })
-            .collect()
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read_windows(doc! {}, doc! {"computed_at": -1, "seq": -1}, Some(limit))
     }
 
     /// Windows computed at or after `since`, oldest first (for `kpis show --follow`).
     pub fn windows_since(&self, since: OffsetDateTime) -> Result<Vec<Value>, StoreError> {
-        let cursor = self
-            .kpi
-            .find(doc! {"computed_at": {"$gte": date(since)}})
-            .sort(doc! {"computed_at": 1, "seq": 1})
-            .run()
-            .map_err(|e| store_error("KPI read", &e))?;
-        cursor
-            .map(|d| {
-                d.map(|d| to_json(Bson::Document(d)))
-                    .map_err(|e| store_error("KPI read", &e))
-            })
+        let filter = doc! {"computed_at": {"$gte": date(since)}};
+        self.read_windows(filter, doc! {"computed_at": 1, "seq": 1}, None)
+    }
+
+    fn read_windows(
+        &self,
+        filter: Document,
+        sort: Document,
+        limit: Option<i64>,
+    ) -> Result<Vec<Value>, StoreError> {
+        let read_error = |e: DriverError| store_error("KPI read", &e);
+        let mut find = self.kpi.find(filter).sort(sort);
+        if let Some(limit) = limit {
+            find = find.limit(limit);
+        }
+        find.run()
+            .map_err(read_error)?
+            .map(|d| d.map(|d| to_json(Bson::Document(d))).map_err(read_error))
             .collect()
+    }
+}
+
+/// One unordered `insert_many`, with the outcome of each document: a duplicate key or a
+/// refusal of one document does not stop the others from being stored.
+fn insert_unordered(
+    collection: &Collection<Document>,
+    docs: Vec<Document>,
+    operation: &'static str,
+) -> Result<Vec<InsertOutcome>, StoreError> {
+    let mut outcomes = vec![InsertOutcome::Inserted; docs.len()];
+    if docs.is_empty() {
+        return Ok(outcomes);
+    }
+    match collection.insert_many(docs).ordered(false).run() {
+        Ok(_) => Ok(outcomes),
+        Err(e) => match e.kind.as_ref() {
+            ErrorKind::InsertMany(failure) if failure.write_concern_error.is_none() => {
+                for we in failure.write_errors.iter().flatten() {
+                    if let Some(slot) = outcomes.get_mut(we.index) {
+                        *slot = if we.code == DUPLICATE_KEY {
+                            InsertOutcome::AlreadyStored
+                        } else {
+                            InsertOutcome::Refused(format!("{} (code {})", we.message, we.code))
+                        };
+                    }
+                }
+                Ok(outcomes)
+            }
+            _ => Err(store_error(operation, &e)),
+        },
+    }
+}
+
+/// Our own documents (dead letters, windows) are never expected to be refused.
+fn refusals_are_errors(
+    outcomes: &[InsertOutcome],
+    operation: &'static str,
+) -> Result<(), StoreError> {
+    match outcomes.iter().find_map(|o| match o {
+        InsertOutcome::Refused(why) => Some(why),
+        _ => None,
+    }) {
+        Some(why) => Err(StoreError {
+            operation,
+            detail: redact::scrub(why),
+            permanent: false,
+        }),
+        None => Ok(()),
     }
 }
 

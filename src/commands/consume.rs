@@ -29,7 +29,8 @@ use crate::retry::Backoff;
 use crate::settings::{ConsumeSettings, SettingError, Sources};
 use crate::shutdown::Shutdown;
 use crate::store::{
-    CollectionNames, DeadLetter, Position, RawOutcome, RawRecord, Store, StoreError, WindowRecord,
+    CollectionNames, DeadLetter, InsertOutcome, Position, RawRecord, Store, StoreError,
+    WindowRecord,
 };
 use crate::window::{KpiWindow, TumblingWindows, WindowMessage};
 
@@ -422,7 +423,7 @@ impl<'a> Pipeline<'a> {
         let already: Vec<usize> = valid
             .iter()
             .zip(&outcomes)
-            .filter(|(_, o)| **o == RawOutcome::AlreadyStored)
+            .filter(|(_, o)| **o == InsertOutcome::AlreadyStored)
             .map(|(i, _)| *i)
             .collect();
         let mut replayed = 0;
@@ -447,7 +448,7 @@ impl<'a> Pipeline<'a> {
             }
         }
         for (&i, outcome) in valid.iter().zip(&outcomes) {
-            if let RawOutcome::Refused(why) = outcome {
+            if let InsertOutcome::Refused(why) = outcome {
                 verdicts[i] = Err(Rejection::new(
                     RejectionCode::RejectedByDatabase,
                     format!("the database refused the document: {why}"),
@@ -505,7 +506,7 @@ impl<'a> Pipeline<'a> {
         }
         let stored_now = outcomes
             .iter()
-            .filter(|o| **o == RawOutcome::Inserted)
+            .filter(|o| **o == InsertOutcome::Inserted)
             .count() as u64;
         let n = messages.len() as u64;
         for c in [&mut self.totals, &mut self.interval] {
