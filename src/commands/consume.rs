@@ -293,6 +293,7 @@ impl<'a> Pipeline<'a> {
                     }
                     b
                 }
+                Err(_) if self.shutdown.requested() => return Err(Stop::Shutdown),
                 Err(e) => {
                     let delay = backoff.next_delay();
                     error!(

@@ -124,6 +124,7 @@ fn produce_loop(
                     }
                     backoff.reset();
                 }
+                Err(_) if shutdown.requested() => break,
                 Err(problem) => {
                     totals.failed_attempts += 1;
                     let delay = backoff.next_delay();
