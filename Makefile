@@ -7,17 +7,23 @@ BIN := target/release/metricsctl
 # A demo of a few reports, fast; override e.g. `make demo DEMO_REPORTS=20`.
 DEMO_REPORTS ?= 8
 DEMO_INTERVAL ?= 1
+# Kafka nodes: 1 or 3 (a three-node KRaft cluster), e.g. `make up BROKERS=3`. Unset: the mode
+# `up` last started (remembered in .local/kafka/mode), else 1.
+BROKERS ?=
 
-.PHONY: up down status test demo build lint fmt
+.PHONY: up up-cluster down status test demo build lint fmt
 
 up:
-	@bash $(SERVICES) up
+	@BROKERS="$(BROKERS)" bash $(SERVICES) up
+
+up-cluster:
+	@BROKERS=3 bash $(SERVICES) up
 
 down:
-	@bash $(SERVICES) down
+	@BROKERS="$(BROKERS)" bash $(SERVICES) down
 
 status:
-	@bash $(SERVICES) status
+	@BROKERS="$(BROKERS)" bash $(SERVICES) status
 
 build:
 	cargo build --release

@@ -1,13 +1,28 @@
 #!/usr/bin/env bash
 # Local services for metricsctl's demo and integration tests, run natively (no Docker):
-#   - Apache Kafka 3.9.2, one KRaft node (broker + controller) on 127.0.0.1:29092
+#   - Apache Kafka 3.9.2 in KRaft mode, either one node (broker + controller) on 127.0.0.1:29092
+#     (BROKERS=1, the default) or a three-node cluster (BROKERS=3): node N is broker + controller
+#     with id N on 127.0.0.1:29092 / 29192 / 29292 (controllers on 29093 / 29193 / 29293)
 #   - FerretDB v1.24.2 (MongoDB wire protocol, SQLite backend) on 127.0.0.1:27017
 #
-# Usage: scripts/services.sh up | down | status
+# Usage: scripts/services.sh up [--brokers 1|3] | down | status | running
+#        scripts/services.sh kill-broker N | start-broker N | broker-pid N
+#   up            start what is not running (only that), wait until everything answers, write
+#                 .local/services.env. The Kafka mode is BROKERS (env) or --brokers, else the mode
+#                 `up` last started (remembered in .local/kafka/mode), else 1. Asking for the other
+#                 mode than the running one stops the running Kafka node(s) first.
+#   down          stop every Kafka node this script started (either mode) and FerretDB
+#   status        what runs where (informational, always exits 0)
+#   running       exit 0 when every Kafka node of the current mode and FerretDB run, else 1
+#   kill-broker N SIGKILL Kafka node N of the current mode; prints its pid
+#   start-broker N start Kafka node N of the current mode; waits until it answers
+#   broker-pid N  print the pid of Kafka node N of the current mode (exit 1 if it does not run)
+# Commands that change state take an exclusive lock on .local/services.lock (waiting up to
+# SERVICES_LOCK_TIMEOUT seconds, default 300), so concurrent runs cannot orphan a process.
 #
 # Everything the services need is fetched/built on first use and kept under the
 # git-ignored .local/ folder (jars, binary, data, logs, pid files), so a fresh machine only
-# needs java (11+), mvn, go and, for kcat, apt-get. `up` is idempotent: when both services
+# needs java (11+), mvn, go and, for kcat, apt-get. `up` is idempotent: when the services
 # already run it only checks that they answer. Data survives `down`; `rm -rf .local` resets all.
 set -euo pipefail
 
@@ -33,9 +48,12 @@ KAFKA_DATA="$KAFKA_HOME/data"
 KAFKA_LOGS="$KAFKA_HOME/logs"
 KAFKA_CONFIG="$KAFKA_HOME/server.properties"
 KAFKA_CLUSTER_ID_FILE="$KAFKA_HOME/cluster-id"
-KAFKA_LOG="$KAFKA_LOGS/server.log"      # log4j output
-KAFKA_CONSOLE="$KAFKA_LOGS/console.log" # JVM stdout/stderr (crashes before log4j is up)
 KAFKA_PID="$LOCAL/run/kafka.pid"
+# The three-node cluster (BROKERS=3) keeps its own storage: a KRaft log formatted for one voter
+# cannot join a three-voter quorum. Node N: cluster/node-N/{data,logs,server.properties} and
+# .local/run/kafka-N.pid. The single node keeps the paths above.
+KAFKA_CLUSTER_HOME="$KAFKA_HOME/cluster"
+KAFKA_MODE_FILE="$KAFKA_HOME/mode" # 1 or 3: the mode `up` last started
 
 FERRET_SRC="$ROOT/scripts/ferretdb"
 FERRET_BIN="$LOCAL/bin/ferretdb-runner"
@@ -43,6 +61,9 @@ FERRET_DATA="$LOCAL/ferretdb/data"
 FERRET_LOG="$LOCAL/ferretdb/ferretdb.log"
 FERRET_PID="$LOCAL/run/ferretdb.pid"
 MONGO_URI="mongodb://$HOST:$MONGO_PORT"
+
+LOCK_FILE="$LOCAL/services.lock"
+LOCK_TIMEOUT="${SERVICES_LOCK_TIMEOUT:-300}" # seconds to wait for another run's lock
 
 # --- Output helpers -------------------------------------------------------------------------
 say() { echo "services: $*"; }
@@ -66,12 +87,14 @@ show_tail() {
 # --- Process and port helpers ---------------------------------------------------------------
 # A pid file counts only if its process is alive AND is the program we started
 # (the command line contains the marker), so a recycled pid is never mistaken for ours.
+# A process that is exiting (a zombie, see pid_gone) does not count.
 pid_alive() {
   local pidfile="$1" marker="$2" pid cmdline
   [[ -s "$pidfile" ]] || return 1
   pid="$(<"$pidfile")"
   [[ "$pid" =~ ^[0-9]+$ ]] || return 1
   kill -0 "$pid" 2>/dev/null || return 1
+  [[ "$(proc_field "$pid" State)" != Z ]] || return 1
   cmdline="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" || return 1
   [[ "$cmdline" == *"$marker"* ]]
 }
@@ -102,12 +125,55 @@ require_free_port() {
 # Start a command detached from this shell: own session (Ctrl-C on `make up` or the end of
 # a CI step does not kill it), no stdin, output to a log file. setsid does not fork here
 # (a script's background job is not a process-group leader), so $! is the service's pid.
+# fd 9 (the lock) is closed for it: a service must not hold the lock for its lifetime.
 start_detached() {
   local pidfile="$1" logfile="$2"
   shift 2
   mkdir -p "$(dirname "$pidfile")" "$(dirname "$logfile")"
-  setsid nohup "$@" </dev/null >>"$logfile" 2>&1 &
+  setsid nohup "$@" </dev/null >>"$logfile" 2>&1 9>&- &
   echo "$!" >"$pidfile"
+}
+
+# One field of /proc/PID/status (State: its letter), empty when the process is gone.
+proc_field() {
+  awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status" 2>/dev/null || true
+}
+
+# Is this pid gone? A process whose parent has not reaped it yet (a zombie) counts, but only
+# once all its threads have exited: a JVM's main thread is a zombie while other threads still
+# run and still hold its sockets.
+pid_gone() {
+  local state
+  kill -0 "$1" 2>/dev/null || return 0
+  state="$(proc_field "$1" State)"
+  [[ -z "$state" ]] && return 0
+  [[ "$state" == Z && "$(proc_field "$1" Threads)" -le 1 ]]
+}
+
+# A process of ours killed a moment ago (say by a test, with SIGKILL) may still be exiting and
+# holding its ports: wait up to 10 s for that before starting its successor.
+await_exit() {
+  local pidfile="$1" pid i
+  [[ -s "$pidfile" ]] || return 0
+  pid="$(<"$pidfile")"
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 0
+  for ((i = 0; i < 100; i++)); do
+    [[ "$(proc_field "$pid" State)" == Z ]] || return 0
+    pid_gone "$pid" && return 0
+    sleep 0.1
+  done
+}
+
+# Commands that change state hold an exclusive lock on LOCK_FILE (fd 9) until they exit, so two
+# concurrent `up` runs cannot both start a node and orphan one of them.
+take_lock() {
+  command -v flock >/dev/null 2>&1 || die "flock (util-linux) is needed to serialise services.sh runs; install util-linux"
+  mkdir -p "$LOCAL"
+  exec 9>>"$LOCK_FILE"
+  flock -n 9 && return 0
+  say "waiting for another scripts/services.sh command to finish (lock $(rel "$LOCK_FILE"), up to ${LOCK_TIMEOUT}s)"
+  flock -w "$LOCK_TIMEOUT" 9 ||
+    die "another scripts/services.sh command held $(rel "$LOCK_FILE") for over ${LOCK_TIMEOUT}s; wait for it or find it with: fuser -v $(rel "$LOCK_FILE")"
 }
 
 # SIGTERM, wait up to STOP_TIMEOUT, then SIGKILL; only ever the pid from our pid file.
@@ -125,18 +191,18 @@ stop_pid() {
   pid="$(<"$pidfile")"
   kill -TERM "$pid" 2>/dev/null || true
   for ((i = 0; i < STOP_TIMEOUT * 10; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
+    pid_gone "$pid" && break
     sleep 0.1
   done
-  if kill -0 "$pid" 2>/dev/null; then
+  if ! pid_gone "$pid"; then
     say "$name: pid $pid ignored SIGTERM for ${STOP_TIMEOUT}s, sending SIGKILL"
     kill -KILL "$pid" 2>/dev/null || true
     for ((i = 0; i < 50; i++)); do
-      kill -0 "$pid" 2>/dev/null || break
+      pid_gone "$pid" && break
       sleep 0.1
     done
   fi
-  kill -0 "$pid" 2>/dev/null && die "$name: pid $pid is still alive after SIGKILL"
+  pid_gone "$pid" || die "$name: pid $pid is still alive after SIGKILL"
   rm -f "$pidfile"
   if port_open "$port"; then
     say "$name: stopped pid $pid, but port $port is still held by $(port_holder "$port")"
@@ -171,16 +237,17 @@ ensure_kcat() {
 }
 
 # --- Kafka ----------------------------------------------------------------------------------
-# Jars come from Maven (scripts/kafka/pom.xml) into a temp folder, renamed into place only
-# on success; the marker holds the pom's checksum, so editing the pom refetches them.
-ensure_kafka_libs() {
-  local want
-  want="$(sha256sum "$KAFKA_SRC/pom.xml" | cut -d' ' -f1)"
-  if [[ -f "$KAFKA_LIBS_MARKER" && "$(<"$KAFKA_LIBS_MARKER")" == "$want" ]]; then
-    return 0
-  fi
-  say "kafka: fetching Kafka $KAFKA_VERSION jars with Maven into $(rel "$KAFKA_LIBS") (first run only)"
-  local tmp="$KAFKA_HOME/libs.tmp"
+# Jars come from Maven (scripts/kafka/pom.xml) into libs.tmp; its marker holds the pom's
+# checksum, so editing the pom refetches them. They replace libs only while no Kafka node runs:
+# a running JVM still loads classes from the jars in libs.
+kafka_libs_want() { sha256sum "$KAFKA_SRC/pom.xml" | cut -d' ' -f1; }
+
+fetch_kafka_libs() {
+  local want tmp="$KAFKA_HOME/libs.tmp"
+  want="$(kafka_libs_want)"
+  [[ -f "$KAFKA_LIBS_MARKER" && "$(<"$KAFKA_LIBS_MARKER")" == "$want" ]] && return 0
+  [[ -f "$tmp/.complete" && "$(<"$tmp/.complete")" == "$want" ]] && return 0
+  say "kafka: fetching Kafka $KAFKA_VERSION jars with Maven into $(rel "$KAFKA_LIBS") (first run, or scripts/kafka/pom.xml changed)"
   rm -rf "$tmp"
   mkdir -p "$KAFKA_HOME"
   if ! mvn -B -q -f "$KAFKA_SRC/pom.xml" dependency:copy-dependencies \
@@ -190,61 +257,198 @@ ensure_kafka_libs() {
   fi
   compgen -G "$tmp/kafka_2.13-$KAFKA_VERSION.jar" >/dev/null ||
     die "kafka: mvn finished but kafka_2.13-$KAFKA_VERSION.jar is not in $(rel "$tmp")"
+  echo "$want" >"$tmp/.complete"
+}
+
+install_kafka_libs() {
+  local tmp="$KAFKA_HOME/libs.tmp"
+  [[ -f "$tmp/.complete" ]] || return 0
+  if any_kafka_running; then
+    [[ -f "$KAFKA_LIBS_MARKER" ]] || die "kafka: $(rel "$KAFKA_LIBS") is incomplete while a Kafka node runs; run: scripts/services.sh down"
+    say "kafka: new jars wait in $(rel "$tmp") while other nodes run from $(rel "$KAFKA_LIBS"); they are installed by the next up with no node running"
+    return 0
+  fi
   rm -rf "$KAFKA_LIBS"
   mv "$tmp" "$KAFKA_LIBS"
-  echo "$want" >"$KAFKA_LIBS_MARKER"
   say "kafka: $(find "$KAFKA_LIBS" -name '*.jar' | wc -l) jars ready"
+}
+
+ensure_kafka_libs() {
+  fetch_kafka_libs
+  install_kafka_libs
 }
 
 kafka_java() {
   java -cp "$KAFKA_LIBS/*" "$@"
 }
 
+# --- Kafka modes and nodes ------------------------------------------------------------------
+# Mode 1 has node 1; mode 3 has nodes 1, 2, 3. Node N listens on KAFKA_PORT + 100*(N-1), its
+# controller on KAFKA_CONTROLLER_PORT + 100*(N-1); so node 1 of either mode uses 29092/29093.
+check_mode() {
+  [[ "$1" == 1 || "$1" == 3 ]] || {
+    echo "services: error: BROKERS must be 1 (one Kafka node) or 3 (a three-node cluster), not '$1'" >&2
+    exit 2
+  }
+}
+
+# The mode `up` last started (1 when it never ran, or before cluster support existed).
+current_mode() {
+  local m=""
+  [[ -s "$KAFKA_MODE_FILE" ]] && m="$(<"$KAFKA_MODE_FILE")"
+  if [[ "$m" == 1 || "$m" == 3 ]]; then echo "$m"; else echo 1; fi
+}
+
+# The mode a command works on: --brokers N or BROKERS, else the remembered one.
+wanted_mode() {
+  if [[ -n "$WANT_BROKERS" ]]; then echo "$WANT_BROKERS"; else current_mode; fi
+}
+
+node_ids() { if (($1 == 1)); then echo 1; else echo 1 2 3; fi; }
+
+broker_list() {
+  local n out=()
+  for n in $(node_ids "$1"); do out+=("$HOST:$((KAFKA_PORT + 100 * (n - 1)))"); done
+  (
+    IFS=,
+    echo "${out[*]}"
+  )
+}
+
+# Set the NODE_* globals to node $2 of mode $1; everything below works on the selected node.
+select_node() {
+  local mode="$1" n="$2"
+  NODE_ID="$n"
+  NODE_PORT=$((KAFKA_PORT + 100 * (n - 1)))
+  NODE_CONTROLLER_PORT=$((KAFKA_CONTROLLER_PORT + 100 * (n - 1)))
+  if ((mode == 1)); then
+    NODE_NAME=kafka
+    NODE_DATA="$KAFKA_DATA"
+    NODE_LOGS="$KAFKA_LOGS"
+    NODE_CONFIG="$KAFKA_CONFIG"
+    NODE_PID="$KAFKA_PID"
+    NODE_TEMPLATE="$KAFKA_SRC/server.properties"
+    NODE_CLUSTER_ID_FILE="$KAFKA_CLUSTER_ID_FILE"
+    NODE_XMS=256m
+  else
+    NODE_NAME="kafka-$n"
+    NODE_DATA="$KAFKA_CLUSTER_HOME/node-$n/data"
+    NODE_LOGS="$KAFKA_CLUSTER_HOME/node-$n/logs"
+    NODE_CONFIG="$KAFKA_CLUSTER_HOME/node-$n/server.properties"
+    NODE_PID="$LOCAL/run/kafka-$n.pid"
+    NODE_TEMPLATE="$KAFKA_SRC/cluster.properties"
+    NODE_CLUSTER_ID_FILE="$KAFKA_CLUSTER_HOME/cluster-id"
+    NODE_XMS=128m # three JVMs share the machine
+  fi
+  NODE_LOG="$NODE_LOGS/server.log"      # log4j output
+  NODE_CONSOLE="$NODE_LOGS/console.log" # JVM stdout/stderr (crashes before log4j is up)
+  # The config path tells the nodes (and the two modes) apart in a process's command line.
+  NODE_MARKER="kafka.Kafka $NODE_CONFIG"
+}
+
+node_alive() { pid_alive "$NODE_PID" "$NODE_MARKER"; }
+
+any_kafka_running() {
+  local mode n
+  for mode in 1 3; do
+    for n in $(node_ids "$mode"); do
+      select_node "$mode" "$n"
+      node_alive && return 0
+    done
+  done
+  return 1
+}
+
 # server.properties is regenerated on each start (cheap), so template edits and a moved
-# checkout are picked up. Storage is formatted once, with a cluster id kept in .local.
-prepare_kafka() {
-  mkdir -p "$KAFKA_DATA" "$KAFKA_LOGS"
-  sed "s|@LOG_DIRS@|$KAFKA_DATA|" "$KAFKA_SRC/server.properties" >"$KAFKA_CONFIG"
-  [[ -f "$KAFKA_DATA/meta.properties" ]] && return 0
+# checkout are picked up. Storage is formatted once, with a cluster id kept in .local
+# (one id for all three cluster nodes).
+prepare_node() {
+  mkdir -p "$NODE_DATA" "$NODE_LOGS"
+  sed -e "s|@LOG_DIRS@|$NODE_DATA|" -e "s|@NODE_ID@|$NODE_ID|" \
+    -e "s|@PORT@|$NODE_PORT|" -e "s|@CONTROLLER_PORT@|$NODE_CONTROLLER_PORT|" \
+    "$NODE_TEMPLATE" >"$NODE_CONFIG"
+  [[ -f "$NODE_DATA/meta.properties" ]] && return 0
 
-  if [[ ! -s "$KAFKA_CLUSTER_ID_FILE" ]]; then
-    kafka_java kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1 >"$KAFKA_CLUSTER_ID_FILE.tmp"
-    [[ -s "$KAFKA_CLUSTER_ID_FILE.tmp" ]] || die "kafka: StorageTool random-uuid printed nothing"
-    mv "$KAFKA_CLUSTER_ID_FILE.tmp" "$KAFKA_CLUSTER_ID_FILE"
+  if [[ ! -s "$NODE_CLUSTER_ID_FILE" ]]; then
+    mkdir -p "$(dirname "$NODE_CLUSTER_ID_FILE")"
+    kafka_java kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1 >"$NODE_CLUSTER_ID_FILE.tmp"
+    [[ -s "$NODE_CLUSTER_ID_FILE.tmp" ]] || die "kafka: StorageTool random-uuid printed nothing"
+    mv "$NODE_CLUSTER_ID_FILE.tmp" "$NODE_CLUSTER_ID_FILE"
   fi
-  say "kafka: formatting storage in $(rel "$KAFKA_DATA") (cluster id $(<"$KAFKA_CLUSTER_ID_FILE"))"
-  if ! kafka_java -Dlog4j.configuration="file:$KAFKA_SRC/log4j.properties" -Dkafka.logs.dir="$KAFKA_LOGS" \
-    kafka.tools.StorageTool format -t "$(<"$KAFKA_CLUSTER_ID_FILE")" -c "$KAFKA_CONFIG" \
-    >"$KAFKA_LOGS/format.log" 2>&1; then
-    show_tail "$KAFKA_LOGS/format.log"
-    die "kafka: storage format failed"
+  say "$NODE_NAME: formatting storage in $(rel "$NODE_DATA") (cluster id $(<"$NODE_CLUSTER_ID_FILE"))"
+  if ! kafka_java -Dlog4j.configuration="file:$KAFKA_SRC/log4j.properties" -Dkafka.logs.dir="$NODE_LOGS" \
+    kafka.tools.StorageTool format -t "$(<"$NODE_CLUSTER_ID_FILE")" -c "$NODE_CONFIG" \
+    >"$NODE_LOGS/format.log" 2>&1; then
+    show_tail "$NODE_LOGS/format.log"
+    die "$NODE_NAME: storage format failed"
   fi
 }
 
-start_kafka() {
-  say "kafka: starting Kafka $KAFKA_VERSION (KRaft) on $HOST:$KAFKA_PORT"
-  start_detached "$KAFKA_PID" "$KAFKA_CONSOLE" \
-    java -Xms256m -Xmx512m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
-    -Dkafka.logs.dir="$KAFKA_LOGS" -Dlog4j.configuration="file:$KAFKA_SRC/log4j.properties" \
-    -cp "$KAFKA_LIBS/*" kafka.Kafka "$KAFKA_CONFIG"
+start_node() {
+  if [[ "$NODE_NAME" == kafka ]]; then
+    say "kafka: starting Kafka $KAFKA_VERSION (KRaft) on $HOST:$NODE_PORT"
+  else
+    say "$NODE_NAME: starting Kafka $KAFKA_VERSION (KRaft) node $NODE_ID on $HOST:$NODE_PORT (controller $NODE_CONTROLLER_PORT)"
+  fi
+  start_detached "$NODE_PID" "$NODE_CONSOLE" \
+    java "-Xms$NODE_XMS" -Xmx512m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
+    -Dkafka.logs.dir="$NODE_LOGS" -Dlog4j.configuration="file:$KAFKA_SRC/log4j.properties" \
+    -cp "$KAFKA_LIBS/*" kafka.Kafka "$NODE_CONFIG"
 }
 
-# Ready = a metadata request lists our broker (kcat), or, without kcat, the JDK's
-# own API-versions tool answers.
+# Ready = a metadata request to the node lists the node itself (kcat), or, without kcat, the
+# JDK's own API-versions tool answers.
 kafka_answers() {
   local out
+  port_open "$NODE_PORT" || return 1
   if command -v kcat >/dev/null 2>&1; then
     # Captured first: `kcat | grep -q` could fail under pipefail when grep exits early.
-    out="$(kcat -b "$HOST:$KAFKA_PORT" -L -m 5 2>/dev/null)" || return 1
-    [[ "$out" == *"broker 1 at $HOST:$KAFKA_PORT"* ]]
+    out="$(kcat -b "$HOST:$NODE_PORT" -L -m 5 2>/dev/null)" || return 1
+    [[ "$out" == *"broker $NODE_ID at $HOST:$NODE_PORT"* ]]
   else
-    kafka_java kafka.admin.BrokerApiVersionsCommand --bootstrap-server "$HOST:$KAFKA_PORT" >/dev/null 2>&1
+    kafka_java kafka.admin.BrokerApiVersionsCommand --bootstrap-server "$HOST:$NODE_PORT" >/dev/null 2>&1
   fi
+}
+
+# Cluster ready = the metadata lists all three brokers.
+kafka_cluster_answers() {
+  local out n
+  if command -v kcat >/dev/null 2>&1; then
+    out="$(kcat -b "$(broker_list 3)" -L -m 5 2>/dev/null)" || return 1
+    for n in 1 2 3; do
+      [[ "$out" == *"broker $n at $HOST:$((KAFKA_PORT + 100 * (n - 1)))"* ]] || return 1
+    done
+  else
+    out="$(kafka_java kafka.admin.BrokerApiVersionsCommand --bootstrap-server "$(broker_list 3)" 2>/dev/null)" || return 1
+    for n in 1 2 3; do
+      [[ "$out" == *"(id: $n rack"* ]] || return 1
+    done
+  fi
+}
+
+# Poll until all three cluster nodes are in the metadata; fail fast if a node died.
+wait_cluster() {
+  local deadline=$((SECONDS + READY_TIMEOUT)) n
+  while ! kafka_cluster_answers; do
+    for n in 1 2 3; do
+      select_node 3 "$n"
+      if ! node_alive; then
+        echo "services: error: $NODE_NAME exited while the cluster formed; last lines of $(rel "$NODE_LOG"):" >&2
+        tail -n 20 "$NODE_LOG" >&2 2>/dev/null || true
+        exit 1
+      fi
+    done
+    ((SECONDS < deadline)) || die "kafka: the metadata did not list all three brokers within ${READY_TIMEOUT}s; see .local/kafka/cluster/node-*/logs/server.log"
+    sleep 0.5
+  done
 }
 
 kafka_version() {
   local v=""
-  [[ -f "$KAFKA_LOG" ]] && v="$(grep -o 'Kafka version: [^ ]*' "$KAFKA_LOG" | tail -n 1 | cut -d' ' -f3)"
+  # `|| true`: a log without the line yet (a node just started) must not end the script.
+  if [[ -f "$NODE_LOG" ]]; then
+    v="$(grep -o 'Kafka version: [^ ]*' "$NODE_LOG" | tail -n 1 | cut -d' ' -f3)" || true
+  fi
   echo "${v:-unknown}"
 }
 
@@ -288,7 +492,9 @@ mongo_answers() {
 
 ferretdb_version() {
   local v=""
-  [[ -f "$FERRET_LOG" ]] && v="$(grep -o 'Starting FerretDB [^ ]*' "$FERRET_LOG" | tail -n 1 | cut -d' ' -f3)"
+  if [[ -f "$FERRET_LOG" ]]; then
+    v="$(grep -o 'Starting FerretDB [^ ]*' "$FERRET_LOG" | tail -n 1 | cut -d' ' -f3)" || true
+  fi
   echo "${v:-unknown}"
 }
 
@@ -315,43 +521,104 @@ wait_ready() {
 }
 
 write_env() {
+  local mode="$1"
   mkdir -p "$LOCAL"
   cat >"$ENV_FILE.tmp" <<EOF
 # Written by scripts/services.sh up; source with: set -a; source .local/services.env; set +a
-KAFKA_BROKERS=$HOST:$KAFKA_PORT
+KAFKA_BROKERS=$(broker_list "$mode")
+KAFKA_NODES=$mode
 MONGODB_URI=$MONGO_URI
 EOF
   mv "$ENV_FILE.tmp" "$ENV_FILE"
 }
 
+mode_name() { if (($1 == 1)); then echo "1 node"; else echo "3 nodes"; fi; }
+
+# Stop the given nodes of mode $1 all at once (SIGTERM to each, then each is awaited): a KRaft
+# cluster stopped one node at a time loses its quorum, and the last node's controlled shutdown
+# then waits for a controller that is gone.
+stop_nodes() {
+  local mode="$1" n rc=0 job jobs=()
+  shift
+  for n in "$@"; do
+    (
+      select_node "$mode" "$n"
+      stop_pid "$NODE_NAME" "$NODE_PID" "$NODE_MARKER" "$NODE_PORT"
+    ) &
+    jobs+=("$!")
+  done
+  for job in "${jobs[@]}"; do
+    wait "$job" || rc=1
+  done
+  ((rc == 0)) || die "kafka: a node did not stop (see above)"
+}
+
 # --- Commands -------------------------------------------------------------------------------
 cmd_up() {
-  local kafka_running=0 ferret_running=0 started=()
-  pid_alive "$KAFKA_PID" kafka.Kafka && kafka_running=1
+  local mode other n ferret_running=0 running=() missing=() stray=() started=()
+  take_lock
+  mode="$(wanted_mode)"
+  other=$((mode == 1 ? 3 : 1))
+  for n in $(node_ids "$other"); do
+    select_node "$other" "$n"
+    if node_alive; then stray+=("$n"); fi
+  done
+  for n in $(node_ids "$mode"); do
+    select_node "$mode" "$n"
+    if node_alive; then running+=("$n"); else missing+=("$n"); fi
+  done
   pid_alive "$FERRET_PID" ferretdb-runner && ferret_running=1
 
-  # Check every port before starting anything, so a conflict fails before minutes of setup.
-  if ((!kafka_running)); then
-    rm -f "$KAFKA_PID"
-    require_free_port kafka "$KAFKA_PORT"
-    require_free_port "kafka (controller)" "$KAFKA_CONTROLLER_PORT"
-  fi
+  # Check every port before starting (or stopping) anything, so a conflict fails before minutes
+  # of setup. Ports held by a node of the other mode (node N uses the same ports in both) are
+  # freed by the switch below.
+  for n in "${missing[@]}"; do
+    select_node "$mode" "$n"
+    await_exit "$NODE_PID"
+    rm -f "$NODE_PID"
+    [[ " ${stray[*]} " == *" $n "* ]] && continue
+    require_free_port "$NODE_NAME" "$NODE_PORT"
+    require_free_port "$NODE_NAME (controller)" "$NODE_CONTROLLER_PORT"
+  done
   if ((!ferret_running)); then
+    await_exit "$FERRET_PID"
     rm -f "$FERRET_PID"
     require_free_port ferretdb "$MONGO_PORT"
   fi
 
   ensure_kcat
-  if ((!kafka_running || !ferret_running)); then
+  if ((${#missing[@]} > 0 || !ferret_running)); then
     require_tools
   fi
+  # Jars fetched and storage formatted before a switch stops anything, to keep Kafka's downtime
+  # short (the two modes have separate storage).
+  if ((${#missing[@]} > 0)); then
+    fetch_kafka_libs
+    # On a fresh machine nothing runs from libs yet; otherwise new jars wait for the switch.
+    [[ -f "$KAFKA_LIBS_MARKER" ]] || install_kafka_libs
+    for n in "${missing[@]}"; do
+      select_node "$mode" "$n"
+      prepare_node
+    done
+  fi
+
+  if ((${#stray[@]} > 0)); then
+    say "kafka: switching from $(mode_name "$other") to $(mode_name "$mode") (BROKERS=$mode): stopping the running node(s) first"
+    stop_nodes "$other" "${stray[@]}"
+  elif [[ "$(current_mode)" != "$mode" ]]; then
+    say "kafka: switching from $(mode_name "$other") to $(mode_name "$mode") (BROKERS=$mode)"
+  fi
+  mkdir -p "$KAFKA_HOME"
+  echo "$mode" >"$KAFKA_MODE_FILE"
 
   # Kafka first: it boots while FerretDB is being built.
-  if ((!kafka_running)); then
-    ensure_kafka_libs
-    prepare_kafka
-    start_kafka
-    started+=(kafka)
+  if ((${#missing[@]} > 0)); then
+    install_kafka_libs
+    for n in "${missing[@]}"; do
+      select_node "$mode" "$n"
+      start_node
+      started+=("$NODE_NAME")
+    done
   fi
   if ((!ferret_running)); then
     ensure_ferretdb_binary
@@ -359,11 +626,18 @@ cmd_up() {
     started+=(ferretdb)
   fi
 
-  wait_ready kafka "$HOST:$KAFKA_PORT" kafka_answers "$KAFKA_PID" kafka.Kafka "$KAFKA_LOG" "$KAFKA_CONSOLE"
-  if ((kafka_running)); then
-    say "kafka: already running (pid $(<"$KAFKA_PID")) on $HOST:$KAFKA_PORT"
-  else
-    say "kafka: ready on $HOST:$KAFKA_PORT (pid $(<"$KAFKA_PID"), Kafka $(kafka_version))"
+  for n in $(node_ids "$mode"); do
+    select_node "$mode" "$n"
+    wait_ready "$NODE_NAME" "$HOST:$NODE_PORT" kafka_answers "$NODE_PID" "$NODE_MARKER" "$NODE_LOG" "$NODE_CONSOLE"
+    if [[ " ${running[*]} " == *" $n "* ]]; then
+      say "$NODE_NAME: already running (pid $(<"$NODE_PID")) on $HOST:$NODE_PORT"
+    else
+      say "$NODE_NAME: ready on $HOST:$NODE_PORT (pid $(<"$NODE_PID"), Kafka $(kafka_version))"
+    fi
+  done
+  if ((mode == 3)); then
+    wait_cluster
+    ((${#missing[@]} == 0)) || say "kafka: cluster ready, brokers 1, 2, 3 in the metadata"
   fi
 
   wait_ready ferretdb "$HOST:$MONGO_PORT" mongo_answers "$FERRET_PID" ferretdb-runner "$FERRET_LOG"
@@ -373,14 +647,107 @@ cmd_up() {
     say "ferretdb: ready on $HOST:$MONGO_PORT (pid $(<"$FERRET_PID"), FerretDB $(ferretdb_version))"
   fi
 
-  write_env
-  ((${#started[@]} == 0)) || say "wrote $(rel "$ENV_FILE") (KAFKA_BROKERS=$HOST:$KAFKA_PORT MONGODB_URI=$MONGO_URI)"
+  write_env "$mode"
+  ((${#started[@]} == 0)) || say "wrote $(rel "$ENV_FILE") (KAFKA_BROKERS=$(broker_list "$mode") MONGODB_URI=$MONGO_URI)"
 }
 
 cmd_down() {
+  local mode other n stray=()
+  take_lock
+  mode="$(current_mode)"
+  other=$((mode == 1 ? 3 : 1))
   # FerretDB first: it has no dependency on Kafka, and Kafka's shutdown is the slower one.
   stop_pid ferretdb "$FERRET_PID" ferretdb-runner "$MONGO_PORT"
-  stop_pid kafka "$KAFKA_PID" kafka.Kafka "$KAFKA_PORT"
+  # Every node of the current mode is reported; one of the other mode only if it runs.
+  for n in $(node_ids "$other"); do
+    select_node "$other" "$n"
+    if node_alive; then stray+=("$n"); fi
+  done
+  ((${#stray[@]} == 0)) || stop_nodes "$other" "${stray[@]}"
+  # shellcheck disable=SC2046 # node ids are single words
+  stop_nodes "$mode" $(node_ids "$mode")
+}
+
+# kill-broker, start-broker and broker-pid work on node N of the current mode; BROKERS, when
+# given, must name that mode. Sets NODE_* for the node.
+select_existing_node() {
+  local n="$1" mode
+  mode="$(current_mode)"
+  if [[ -n "$WANT_BROKERS" && "$WANT_BROKERS" != "$mode" ]]; then
+    echo "services: error: BROKERS=$WANT_BROKERS, but Kafka's current mode is $(mode_name "$mode"); switch first with: make up BROKERS=$WANT_BROKERS" >&2
+    exit 2
+  fi
+  if [[ ! "$n" =~ ^[0-9]+$ || " $(node_ids "$mode") " != *" $n "* ]]; then
+    echo "services: error: no Kafka node '$n': the current mode has $(mode_name "$mode") (ids: $(node_ids "$mode"))" >&2
+    exit 2
+  fi
+  select_node "$mode" "$n"
+}
+
+# SIGKILL node N (a crash, for failover tests); prints its pid on stdout.
+cmd_kill_broker() {
+  local pid i
+  select_existing_node "$1"
+  take_lock
+  node_alive || die "$NODE_NAME is not running"
+  pid="$(<"$NODE_PID")"
+  kill -KILL "$pid" 2>/dev/null || true
+  for ((i = 0; i < 100; i++)); do
+    pid_gone "$pid" && break
+    sleep 0.1
+  done
+  pid_gone "$pid" || die "$NODE_NAME: pid $pid is still alive after SIGKILL"
+  rm -f "$NODE_PID"
+  say "$NODE_NAME: killed pid $pid (SIGKILL); bring it back with: scripts/services.sh start-broker $NODE_ID (or up)" >&2
+  echo "$pid"
+}
+
+# Start node N of the current mode (FerretDB and the other nodes are left as they are) and wait
+# until it answers. In a cluster, the node answers once a controller quorum (2 of 3) is up.
+cmd_start_broker() {
+  local n="$1" mode
+  select_existing_node "$n"
+  mode="$(current_mode)"
+  take_lock
+  if node_alive; then
+    say "$NODE_NAME: already running (pid $(<"$NODE_PID")) on $HOST:$NODE_PORT"
+    return 0
+  fi
+  await_exit "$NODE_PID"
+  rm -f "$NODE_PID"
+  require_free_port "$NODE_NAME" "$NODE_PORT"
+  require_free_port "$NODE_NAME (controller)" "$NODE_CONTROLLER_PORT"
+  ensure_kcat
+  command -v java >/dev/null 2>&1 || die "java is missing (a JDK 11+ runs Kafka)"
+  ensure_kafka_libs # selects other nodes while it checks which run
+  select_node "$mode" "$n"
+  prepare_node
+  start_node
+  wait_ready "$NODE_NAME" "$HOST:$NODE_PORT" kafka_answers "$NODE_PID" "$NODE_MARKER" "$NODE_LOG" "$NODE_CONSOLE"
+  say "$NODE_NAME: ready on $HOST:$NODE_PORT (pid $(<"$NODE_PID"), Kafka $(kafka_version))"
+}
+
+cmd_broker_pid() {
+  select_existing_node "$1"
+  node_alive || die "$NODE_NAME is not running"
+  cat "$NODE_PID"
+}
+
+# Exit 0 when every node of the current Kafka mode and FerretDB run (CI leaves such services up).
+cmd_running() {
+  local mode n down=()
+  mode="$(current_mode)"
+  for n in $(node_ids "$mode"); do
+    select_node "$mode" "$n"
+    node_alive || down+=("$NODE_NAME")
+  done
+  pid_alive "$FERRET_PID" ferretdb-runner || down+=(ferretdb)
+  if ((${#down[@]} == 0)); then
+    say "running: kafka ($(mode_name "$mode")) and ferretdb"
+    return 0
+  fi
+  say "not running: ${down[*]}"
+  return 1
 }
 
 # One line per service: state, pid, address, version, log.
@@ -401,22 +768,68 @@ status_line() {
 
 # Informational only: exits 0 whether or not the services run (so `make status` never fails).
 cmd_status() {
-  status_line kafka "$KAFKA_PID" kafka.Kafka "$KAFKA_PORT" kafka_answers "Kafka $(kafka_version) (KRaft)" "$KAFKA_LOG" || true
+  local mode other n
+  mode="$(current_mode)"
+  other=$((mode == 1 ? 3 : 1))
+  say "kafka: mode $(mode_name "$mode") (BROKERS=$mode; remembered in $(rel "$KAFKA_MODE_FILE"))"
+  for n in $(node_ids "$mode"); do
+    select_node "$mode" "$n"
+    status_line "$NODE_NAME" "$NODE_PID" "$NODE_MARKER" "$NODE_PORT" kafka_answers "Kafka $(kafka_version) (KRaft)" "$NODE_LOG" || true
+  done
+  for n in $(node_ids "$other"); do
+    select_node "$other" "$n"
+    if node_alive; then
+      say "$NODE_NAME: runs, pid $(<"$NODE_PID"), but belongs to the $(mode_name "$other") mode; scripts/services.sh down stops it"
+    fi
+  done
   status_line ferretdb "$FERRET_PID" ferretdb-runner "$MONGO_PORT" mongo_answers "FerretDB $(ferretdb_version) (SQLite)" "$FERRET_LOG" || true
   if [[ -f "$ENV_FILE" ]]; then
     say "env: $(rel "$ENV_FILE"): $(grep -v '^#' "$ENV_FILE" | paste -sd ' ')"
   fi
 }
 
+usage() {
+  echo "usage: $0 up [--brokers 1|3] | down | status | running | kill-broker N | start-broker N | broker-pid N" >&2
+  exit 2
+}
+
+WANT_BROKERS="${BROKERS:-}" # empty: the remembered mode
+
 main() {
-  case "${1:-}" in
+  local cmd="${1:-}" arg=""
+  (($# == 0)) || shift
+  while (($# > 0)); do
+    case "$1" in
+      --brokers)
+        (($# >= 2)) || usage
+        WANT_BROKERS="$2"
+        shift 2
+        ;;
+      --brokers=*)
+        WANT_BROKERS="${1#*=}"
+        shift
+        ;;
+      *)
+        [[ -z "$arg" ]] || usage
+        arg="$1"
+        shift
+        ;;
+    esac
+  done
+  [[ -z "$WANT_BROKERS" ]] || check_mode "$WANT_BROKERS"
+  case "$cmd" in
+    up | down | status | running) [[ -z "$arg" ]] || usage ;;
+    kill-broker | start-broker | broker-pid) [[ -n "$arg" ]] || usage ;;
+  esac
+  case "$cmd" in
     up) cmd_up ;;
     down) cmd_down ;;
     status) cmd_status ;;
-    *)
-      echo "usage: $0 up|down|status" >&2
-      exit 2
-      ;;
+    running) cmd_running ;;
+    kill-broker) cmd_kill_broker "$arg" ;;
+    start-broker) cmd_start_broker "$arg" ;;
+    broker-pid) cmd_broker_pid "$arg" ;;
+    *) usage ;;
   esac
 }
 

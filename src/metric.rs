@@ -75,8 +75,10 @@ pub struct Rejection {
 }
 
 /// The kinds of bad input, as stored in the dead-letter collection's `reason_code`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RejectionCode {
+    /// The Kafka record has no value at all (a tombstone).
+    NoValue,
     NotUtf8,
     InvalidJson,
     NotAnObject,
@@ -93,6 +95,7 @@ pub enum RejectionCode {
 impl RejectionCode {
     pub fn as_str(self) -> &'static str {
         match self {
+            RejectionCode::NoValue => "no_value",
             RejectionCode::NotUtf8 => "not_utf8",
             RejectionCode::InvalidJson => "invalid_json",
             RejectionCode::NotAnObject => "not_an_object",
@@ -119,6 +122,18 @@ impl Rejection {
 
     pub fn duplicate() -> Self {
         Rejection::new(RejectionCode::DuplicateMessageUuid, DUPLICATE_REASON)
+    }
+}
+
+/// Validates one Kafka record's value against the message contract; a record without a value
+/// (a tombstone) is rejected too.
+pub fn validate_record(value: Option<&[u8]>) -> Result<ValidMetric, Rejection> {
+    match value {
+        Some(payload) => validate(payload),
+        None => Err(Rejection::new(
+            RejectionCode::NoValue,
+            "the Kafka record has no value (a tombstone); a metric message is a JSON object",
+        )),
     }
 }
 

@@ -78,12 +78,34 @@ pub struct RawRecord<'a> {
     pub received_at: OffsetDateTime,
 }
 
-/// A Kafka position.
+/// A Kafka position: an offset in a partition of one incarnation of a topic. The topic id
+/// tells a topic deleted and created again under the same name from the old one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Position<'a> {
     pub topic: &'a str,
+    pub topic_id: &'a str,
     pub partition: i32,
     pub offset: i64,
+}
+
+/// Where a stored raw message was read, as the database holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPosition {
+    pub topic: String,
+    /// Empty for documents stored before topic ids were recorded.
+    pub topic_id: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl StoredPosition {
+    /// The same position of the same log.
+    pub fn is(&self, p: &Position) -> bool {
+        self.topic == p.topic
+            && self.topic_id == p.topic_id
+            && self.partition == p.partition
+            && self.offset == p.offset
+    }
 }
 
 /// What happened to each document of an unordered insert.
@@ -100,11 +122,12 @@ pub enum InsertOutcome {
 pub struct DeadLetter<'a> {
     pub code: RejectionCode,
     pub reason: &'a str,
-    pub payload: &'a [u8],
+    /// `None` for a record without a value.
+    pub payload: Option<&'a [u8]>,
     pub position: Position<'a>,
     pub received_at: OffsetDateTime,
     /// For a duplicate: where the first copy was read.
-    pub duplicate_of: Option<(String, i32, i64)>,
+    pub duplicate_of: Option<StoredPosition>,
 }
 
 /// One KPI window with the bookkeeping that makes it exactly-once.
@@ -115,6 +138,7 @@ pub struct WindowRecord<'a> {
     /// The window's number within its stream; with `stream` it makes the `_id`.
     pub seq: i64,
     pub topic: &'a str,
+    pub topic_id: &'a str,
     pub group: &'a str,
     /// Next offset to read per partition once this window is stored: where a restart resumes.
     pub next_offsets: &'a [(i32, i64)],
@@ -215,7 +239,7 @@ impl Store {
     pub fn stored_positions(
         &self,
         uuids: &[&str],
-    ) -> Result<HashMap<String, (String, i32, i64)>, StoreError> {
+    ) -> Result<HashMap<String, StoredPosition>, StoreError> {
         let mut found = HashMap::new();
         if uuids.is_empty() {
             return Ok(found);
@@ -231,10 +255,15 @@ impl Store {
             let (Ok(uuid), Ok(kafka)) = (d.get_str("message_uuid"), d.get_document("kafka")) else {
                 continue;
             };
-            let topic = kafka.get_str("topic").unwrap_or_default().to_string();
-            let partition = kafka.get_i32("partition").unwrap_or(-1);
-            let offset = kafka.get_i64("offset").unwrap_or(-1);
-            found.insert(uuid.to_string(), (topic, partition, offset));
+            found.insert(
+                uuid.to_string(),
+                StoredPosition {
+                    topic: kafka.get_str("topic").unwrap_or_default().to_string(),
+                    topic_id: kafka.get_str("topic_id").unwrap_or_default().to_string(),
+                    partition: int(kafka.get("partition")).unwrap_or(-1) as i32,
+                    offset: int(kafka.get("offset")).unwrap_or(-1),
+                },
+            );
         }
         Ok(found)
     }
@@ -379,7 +408,7 @@ fn date(t: OffsetDateTime) -> DateTime {
 }
 
 fn kafka_position(p: &Position) -> Document {
-    doc! {"topic": p.topic, "partition": p.partition, "offset": p.offset}
+    doc! {"topic": p.topic, "topic_id": p.topic_id, "partition": p.partition, "offset": p.offset}
 }
 
 /// The message's own fields as received, then `timestamp`, `received_at` and `kafka`.
@@ -399,18 +428,21 @@ fn raw_document(r: &RawRecord) -> Document {
 }
 
 fn dead_letter_document(l: &DeadLetter) -> Document {
-    let (payload, encoding) = match std::str::from_utf8(l.payload) {
-        Ok(text) => (Bson::String(text.to_string()), "utf8"),
-        Err(_) => (
+    let (payload, encoding) = match l.payload.map(|p| (p, std::str::from_utf8(p))) {
+        None => (Bson::Null, "none"),
+        Some((_, Ok(text))) => (Bson::String(text.to_string()), "utf8"),
+        Some((bytes, Err(_))) => (
             Bson::Binary(Binary {
                 subtype: BinarySubtype::Generic,
-                bytes: l.payload.to_vec(),
+                bytes: bytes.to_vec(),
             }),
             "binary",
         ),
     };
+    let p = &l.position;
     let mut d = doc! {
-        "_id": format!("{}/{}/{}", l.position.topic, l.position.partition, l.position.offset),
+        // The topic id keeps a re-created topic's offsets apart from the old log's.
+        "_id": format!("{}/{}/{}/{}", p.topic, p.topic_id, p.partition, p.offset),
         "reason": l.reason,
         "reason_code": l.code.as_str(),
         "payload": payload,
@@ -418,10 +450,15 @@ fn dead_letter_document(l: &DeadLetter) -> Document {
         "kafka": kafka_position(&l.position),
         "received_at": date(l.received_at),
     };
-    if let Some((topic, partition, offset)) = &l.duplicate_of {
+    if let Some(first) = &l.duplicate_of {
         d.insert(
             "duplicate_of",
-            doc! {"topic": topic.as_str(), "partition": *partition, "offset": *offset},
+            doc! {
+                "topic": first.topic.as_str(),
+                "topic_id": first.topic_id.as_str(),
+                "partition": first.partition,
+                "offset": first.offset,
+            },
         );
     }
     d
@@ -491,6 +528,7 @@ fn window_document(r: &WindowRecord) -> Document {
         "event_time": {"first": date(w.first_event), "last": date(w.last_event)},
         "kafka": {
             "topic": r.topic,
+            "topic_id": r.topic_id,
             "group": r.group,
             "partitions": partitions,
             "next_offsets": next_offsets,

@@ -20,19 +20,42 @@ use time::OffsetDateTime;
 
 use super::{now_utc, CommandError};
 use crate::cli::ConsumeArgs;
-use crate::kafka::{
-    FetchedMessage, KafkaError, KafkaSource, FETCH_MAX_BYTES_LIMIT, FETCH_MAX_BYTES_PER_PARTITION,
-};
-use crate::metric::{validate, Rejection, RejectionCode, ValidMetric};
+use crate::kafka::{Fetched, FetchedRecord, KafkaError, KafkaSource, TopicInfo};
+use crate::metric::{validate_record, Rejection, RejectionCode, ValidMetric};
 use crate::redact::redact_uri;
 use crate::retry::Backoff;
 use crate::settings::{ConsumeSettings, SettingError, Sources};
 use crate::shutdown::Shutdown;
 use crate::store::{
     CollectionNames, DeadLetter, InsertOutcome, Position, RawRecord, Store, StoreError,
-    WindowRecord,
+    StoredPosition, WindowRecord,
 };
 use crate::window::{KpiWindow, TumblingWindows, WindowMessage};
+
+/// The most messages one processing step holds.
+const STEP_MESSAGES: usize = 2_000;
+/// The most payload bytes one processing step holds (a single larger message is a step alone).
+const STEP_BYTES: usize = 4 * 1024 * 1024;
+
+/// Splits fetched records into steps of at most `STEP_MESSAGES` messages and `STEP_BYTES`.
+fn steps(records: &[FetchedRecord]) -> Vec<&[FetchedRecord]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, r) in records.iter().enumerate() {
+        let size = r.value.as_ref().map_or(0, Vec::len);
+        if i > start && (i - start >= STEP_MESSAGES || bytes + size > STEP_BYTES) {
+            out.push(&records[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes += size;
+    }
+    if start < records.len() {
+        out.push(&records[start..]);
+    }
+    out
+}
 
 /// How often the throughput line is logged.
 const THROUGHPUT_EVERY: Duration = Duration::from_secs(10);
@@ -109,10 +132,13 @@ struct Pipeline<'a> {
     store: &'a Store,
     source: KafkaSource,
     shutdown: &'a Shutdown,
+    /// The id of the topic's incarnation being read.
+    topic_id: String,
     stream: String,
     /// Next offset to read per partition.
     positions: BTreeMap<i32, i64>,
-    fetch_bytes: HashMap<i32, i32>,
+    /// The latest high watermark seen per partition.
+    high_watermarks: HashMap<i32, i64>,
     windows: TumblingWindows,
     next_seq: i64,
     totals: Counters,
@@ -163,7 +189,7 @@ pub fn run(args: &ConsumeArgs) -> Result<(), CommandError> {
 }
 
 impl<'a> Pipeline<'a> {
-    /// Finds the partitions, the indexes and where to resume.
+    /// Finds the topic, the indexes and where to resume.
     fn start(
         settings: &'a ConsumeSettings,
         store: &'a Store,
@@ -177,38 +203,73 @@ impl<'a> Pipeline<'a> {
         );
         retry("database ping", shutdown, || store.ping())?;
         retry("creating indexes", shutdown, || store.ensure_indexes())?;
-        let existing = retry("reading topic metadata", shutdown, || source.partitions())?;
+        let topic = retry("reading topic metadata", shutdown, || source.open())?;
+        let mut pipeline = Pipeline {
+            settings,
+            store,
+            source,
+            shutdown,
+            topic_id: String::new(),
+            stream: String::new(),
+            positions: BTreeMap::new(),
+            high_watermarks: HashMap::new(),
+            windows: TumblingWindows::new(settings.window_size),
+            next_seq: 0,
+            totals: Counters::default(),
+            interval: Counters::default(),
+            committed: None,
+        };
+        pipeline.begin_log(&topic)?;
+        Ok(pipeline)
+    }
+
+    /// Starts reading one incarnation of the topic: its partitions, its window stream, and for
+    /// each partition the later of the group's committed offset and the last stored window's
+    /// position, else the log's start.
+    fn begin_log(&mut self, topic: &TopicInfo) -> Result<(), Stop> {
+        let settings = self.settings;
+        let shutdown = self.shutdown;
         let partitions = match &settings.partitions {
-            None => existing.clone(),
+            None => topic.partitions.clone(),
             Some(wanted) => {
-                if let Some(missing) = wanted.iter().find(|p| !existing.contains(p)) {
+                if let Some(missing) = wanted.iter().find(|p| !topic.partitions.contains(p)) {
                     return Err(Stop::Fatal(CommandError::Setting(SettingError {
                         setting: "--partitions (KAFKA_PARTITIONS)".into(),
                         problem: format!(
                             "topic {} has no partition {missing} (it has {}); name existing partitions",
                             settings.topic,
-                            join(&existing)
+                            join(&topic.partitions)
                         ),
                     })));
                 }
                 wanted.clone()
             }
         };
-        let stream = format!(
-            "{}/{}/{}",
+        self.topic_id = topic.topic_id.to_string();
+        // The topic id makes a re-created topic a new stream: its windows, positions and dead
+        // letters never collide with the old log's.
+        self.stream = format!(
+            "{}/{}/{}/{}",
             settings.topic,
+            self.topic_id,
             settings.group,
             join(&partitions)
         );
+        let store = self.store;
+        let stream = self.stream.clone();
         let last = retry("reading the last window", shutdown, || {
             store.last_window(&stream)
         })?;
+        let source = &mut self.source;
         let committed = retry("fetching committed offsets", shutdown, || {
             source.committed_offsets(&partitions)
         })?;
-        let bounds = retry("listing offsets", shutdown, || source.offset_bounds())?;
+        let bounds = retry("listing offsets", shutdown, || {
+            source.offset_bounds(&partitions)
+        })?;
 
-        let mut positions = BTreeMap::new();
+        self.positions.clear();
+        self.high_watermarks.clear();
         for &p in &partitions {
             let from_window = last.as_ref().and_then(|l| l.next_offsets.get(&p).copied());
             let from_group = committed.get(&p).copied();
@@ -225,30 +286,38 @@ impl<'a> Pipeline<'a> {
                 from_group.map_or("none".into(), |o| o.to_string()),
                 from_window.map_or("none".into(), |o| o.to_string()),
             );
-            positions.insert(p, at);
+            self.positions.insert(p, at);
+            self.high_watermarks.insert(p, latest);
         }
-        let next_seq = last.as_ref().map_or(0, |l| l.seq + 1);
-        Ok(Pipeline {
-            settings,
-            store,
-            source,
-            shutdown,
-            stream,
-            fetch_bytes: partitions
-                .iter()
-                .map(|p| (*p, FETCH_MAX_BYTES_PER_PARTITION))
-                .collect(),
-            positions,
-            windows: TumblingWindows::new(settings.window_size),
-            next_seq,
-            totals: Counters::default(),
-            interval: Counters::default(),
-            committed: None,
-        })
+        self.next_seq = last.as_ref().map_or(0, |l| l.seq + 1);
+        self.windows = TumblingWindows::new(settings.window_size);
+        Ok(())
+    }
+
+    /// The topic was deleted and created again while we read it: the old log is gone, so its
+    /// open window can never be completed; the new log is read from its start.
+    fn follow_new_log(&mut self, topic: TopicInfo) -> Result<(), Stop> {
+        warn!(
+            "topic {} was re-created (id {} -> {}): reading the new log from its start; the open \
+             window's {} messages of the old log are stored raw but will be in no window",
+            self.settings.topic,
+            self.topic_id,
+            topic.topic_id,
+            self.windows.pending()
+        );
+        self.source.follow(&topic);
+        self.begin_log(&topic)
+    }
+
+    /// True when every position has reached its partition's high watermark.
+    fn caught_up(&self) -> bool {
+        self.positions
+            .iter()
+            .all(|(p, at)| self.high_watermarks.get(p).is_none_or(|hw| at >= hw))
     }
 
     fn run(&mut self) -> Result<(), Stop> {
-        let mut last_data = Instant::now();
+        let mut idle_since = Instant::now();
         let mut last_report = Instant::now();
         let mut backoff = Backoff::standard();
         loop {
@@ -270,20 +339,21 @@ impl<'a> Pipeline<'a> {
                 );
                 return Ok(());
             }
+            // Idle means caught up: every partition read to its high watermark, and nothing new
+            // for the whole period since the last processing ended.
             if let Some(idle) = self.settings.exit_when_idle {
-                if last_data.elapsed() >= idle {
-                    info!("no new messages for {} s: stopping", idle.as_secs_f64());
+                if idle_since.elapsed() >= idle && self.caught_up() {
+                    info!(
+                        "caught up and no new messages for {} s: stopping",
+                        idle.as_secs_f64()
+                    );
                     return Ok(());
                 }
             }
 
-            let request: Vec<(i32, i64, i32)> = self
-                .positions
-                .iter()
-                .map(|(p, o)| (*p, *o, self.fetch_bytes[p]))
-                .collect();
-            let batches = match self.source.fetch(&request) {
-                Ok(b) => {
+            let request: Vec<(i32, i64)> = self.positions.iter().map(|(p, o)| (*p, *o)).collect();
+            let fetched = match self.source.fetch(&request) {
+                Ok(f) => {
                     if backoff.failures() > 0 {
                         info!(
                             "kafka fetch: recovered after {} failed attempts",
@@ -291,7 +361,7 @@ impl<'a> Pipeline<'a> {
                         );
                         backoff.reset();
                     }
-                    b
+                    f
                 }
                 Err(_) if self.shutdown.requested() => return Err(Stop::Shutdown),
                 Err(e) => {
@@ -303,83 +373,53 @@ impl<'a> Pipeline<'a> {
                     if !self.shutdown.sleep(delay) {
                         return Err(Stop::Shutdown);
                     }
+                    // An outage is not idleness.
+                    idle_since = Instant::now();
                     continue;
                 }
             };
             let arrival = now_utc();
-
-            let mut messages: Vec<FetchedMessage> = Vec::new();
-            for batch in batches {
-                let at = self.positions.get(&batch.partition).copied().unwrap_or(0);
-                if let Some(problem) = &batch.error {
-                    self.partition_problem(batch.partition, at, problem)?;
+            let parts = match fetched {
+                Fetched::Data(parts) => parts,
+                Fetched::TopicChanged(topic) => {
+                    self.follow_new_log(topic)?;
+                    idle_since = Instant::now();
                     continue;
                 }
-                if batch.stuck_below(at) {
-                    self.grow_fetch_size(batch.partition, at);
-                    continue;
-                }
-                messages.extend(batch.messages);
-            }
-            if let Some(n) = remaining {
-                messages.truncate(usize::try_from(n).unwrap_or(usize::MAX));
-            }
-            if messages.is_empty() {
-                continue;
-            }
-            last_data = Instant::now();
-            self.process(messages, arrival)?;
-        }
-    }
+            };
 
-    /// A fetch answered with an error for one partition.
-    fn partition_problem(&mut self, partition: i32, at: i64, problem: &str) -> Result<(), Stop> {
-        if problem.contains("OffsetOutOfRange") {
-            let bounds = retry("listing offsets", self.shutdown, || {
-                self.source.offset_bounds()
-            })?;
-            let (earliest, latest) = bounds.get(&partition).copied().unwrap_or((0, 0));
-            let to = if at < earliest { earliest } else { latest };
-            warn!(
-                "partition {partition}: offset {at} is outside the log ({earliest}..{latest}); \
-                 continuing at {to}{}",
-                if at < earliest {
-                    format!(
-                        " ({} messages were deleted by retention unread)",
-                        earliest - at
-                    )
-                } else {
-                    String::new()
+            let mut records: Vec<FetchedRecord> = Vec::new();
+            let mut next_offsets: Vec<(i32, i64)> = Vec::new();
+            for part in parts {
+                if let Some(hw) = part.high_watermark {
+                    self.high_watermarks.insert(part.partition, hw);
                 }
-            );
-            self.positions.insert(partition, to);
-        } else {
-            warn!("partition {partition}: fetch at offset {at} answered {problem}; retrying");
-            self.shutdown.sleep(Duration::from_millis(500));
-        }
-        Ok(())
-    }
-
-    /// The next message is larger than the bytes requested: ask for more, up to the limit.
-    fn grow_fetch_size(&mut self, partition: i32, at: i64) {
-        let size = self
-            .fetch_bytes
-            .entry(partition)
-            .or_insert(FETCH_MAX_BYTES_PER_PARTITION);
-        if *size >= FETCH_MAX_BYTES_LIMIT {
-            error!(
-                "partition {partition}: the message at offset {at} is larger than {} MiB and cannot \
-                 be read; the consumer waits here (raise the limit or remove the message)",
-                FETCH_MAX_BYTES_LIMIT / (1024 * 1024)
-            );
-            self.shutdown.sleep(Duration::from_secs(5));
-        } else {
-            *size = size.saturating_mul(2).min(FETCH_MAX_BYTES_LIMIT);
-            warn!(
-                "partition {partition}: the message at offset {at} is larger than the fetch size; \
-                 fetching up to {} KiB",
-                *size / 1024
-            );
+                next_offsets.push((part.partition, part.next_offset));
+                records.extend(part.records);
+            }
+            let truncated = match remaining {
+                Some(n) if (records.len() as u64) > n => {
+                    records.truncate(usize::try_from(n).unwrap_or(usize::MAX));
+                    true
+                }
+                _ => false,
+            };
+            // Bounded steps: whatever one fetch returned, a step stores and commits at most
+            // STEP_MESSAGES messages or STEP_BYTES of payload, so a consumer killed often still
+            // advances and memory stays flat.
+            for step in steps(&records) {
+                self.process(step, arrival)?;
+            }
+            if !records.is_empty() {
+                idle_since = Instant::now();
+            }
+            // Past control batches, compaction gaps and resets; not past what --max-messages
+            // left unread.
+            if !truncated {
+                for (p, next) in next_offsets {
+                    self.positions.insert(p, next);
+                }
+            }
         }
     }
 
@@ -387,18 +427,22 @@ impl<'a> Pipeline<'a> {
     /// the offsets those windows cover.
     fn process(
         &mut self,
-        messages: Vec<FetchedMessage>,
+        messages: &[FetchedRecord],
         arrival: OffsetDateTime,
     ) -> Result<(), Stop> {
         let topic = self.settings.topic.as_str();
-        let position = |m: &FetchedMessage| Position {
+        let topic_id = self.topic_id.as_str();
+        let position = |m: &FetchedRecord| Position {
             topic,
+            topic_id,
             partition: m.partition,
             offset: m.offset,
         };
-        let mut verdicts: Vec<Result<ValidMetric, Rejection>> =
-            messages.iter().map(|m| validate(&m.value)).collect();
-        let mut duplicate_of: HashMap<usize, (String, i32, i64)> = HashMap::new();
+        let mut verdicts: Vec<Result<ValidMetric, Rejection>> = messages
+            .iter()
+            .map(|m| validate_record(m.value.as_deref()))
+            .collect();
+        let mut duplicate_of: HashMap<usize, StoredPosition> = HashMap::new();
 
         // 1. Raw documents, one unordered insert for the whole batch.
         let valid: Vec<usize> = (0..messages.len())
@@ -438,9 +482,9 @@ impl<'a> Pipeline<'a> {
             })?;
             for &i in &already {
                 let Ok(v) = &verdicts[i] else { continue };
-                let here = (topic.to_string(), messages[i].partition, messages[i].offset);
+                let here = position(&messages[i]);
                 match stored.get(&v.message_uuid) {
-                    Some(first) if *first != here => {
+                    Some(first) if !first.is(&here) => {
                         duplicate_of.insert(i, first.clone());
                         verdicts[i] = Err(Rejection::duplicate());
                     }
@@ -466,7 +510,7 @@ impl<'a> Pipeline<'a> {
                 Some(DeadLetter {
                     code: r.code,
                     reason: &r.reason,
-                    payload: &messages[i].value,
+                    payload: messages[i].value.as_deref(),
                     position: position(&messages[i]),
                     received_at: arrival,
                     duplicate_of: duplicate_of.get(&i).cloned(),
@@ -527,6 +571,7 @@ impl<'a> Pipeline<'a> {
                 stream: &self.stream,
                 seq,
                 topic,
+                topic_id,
                 group: &self.settings.group,
                 next_offsets,
                 computed_at,

@@ -1,0 +1,350 @@
+//! The cluster as the consumer sees it: which broker leads each partition of our topic, the
+//! topic's id, the group's coordinator, and one connection per broker. Any connection that
+//! fails is dropped and metadata is reloaded, which is how the consumer follows leader moves,
+//! broker restarts and a topic that was deleted and created again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::{FindCoordinatorRequest, GroupId, MetadataRequest, TopicName};
+use kafka_protocol::protocol::{Request, StrBytes};
+use uuid::Uuid;
+
+use super::wire::{Connection, WireError};
+use super::KafkaError;
+use crate::shutdown::Shutdown;
+
+/// Protocol versions this client speaks (all supported by Kafka 3.x).
+pub const METADATA_VERSION: i16 = 12;
+const FIND_COORDINATOR_VERSION: i16 = 3;
+/// How long a request other than a fetch may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a fresh topic's partitions may take to get leaders after auto-creation.
+const LEADER_WAIT: Duration = Duration::from_secs(15);
+
+/// Where the topic lives now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicMeta {
+    /// Kafka's id of this incarnation of the topic: a topic deleted and created again under the
+    /// same name is a new log with a new id.
+    pub topic_id: Uuid,
+    /// Per partition, the leader's broker id (None while no leader is elected) and its epoch.
+    pub partitions: BTreeMap<i32, Leader>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leader {
+    pub broker: Option<i32>,
+    pub epoch: i32,
+}
+
+impl TopicMeta {
+    pub fn partition_ids(&self) -> Vec<i32> {
+        self.partitions.keys().copied().collect()
+    }
+}
+
+/// Whether a metadata request may create the topic (only at start, as the old client did; a
+/// running consumer never re-creates a topic someone just deleted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoCreate {
+    Yes,
+    No,
+}
+
+pub struct Cluster {
+    bootstrap: Vec<String>,
+    topic: String,
+    /// Broker id -> `host:port`, from the last metadata answer.
+    brokers: HashMap<i32, String>,
+    /// Open connections by address.
+    connections: HashMap<String, Connection>,
+    coordinator: Option<String>,
+    meta: Option<TopicMeta>,
+    shutdown: Shutdown,
+}
+
+impl Cluster {
+    pub fn new(bootstrap: Vec<String>, topic: String, shutdown: Shutdown) -> Cluster {
+        Cluster {
+            bootstrap,
+            topic,
+            brokers: HashMap::new(),
+            connections: HashMap::new(),
+            coordinator: None,
+            meta: None,
+            shutdown,
+        }
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The metadata of the last successful refresh.
+    pub fn meta(&self) -> Option<&TopicMeta> {
+        self.meta.as_ref()
+    }
+
+    /// Reloads the topic's metadata. Right after a topic is created its partitions have no
+    /// leader for a moment: that is waited out (up to `LEADER_WAIT`). A topic that does not
+    /// exist is an error, unless `auto_create` asks the broker to create it.
+    pub fn refresh(&mut self, auto_create: AutoCreate) -> Result<TopicMeta, KafkaError> {
+        let deadline = Instant::now() + LEADER_WAIT;
+        loop {
+            let problem = match self.load_metadata(auto_create)? {
+                Ok(meta) => {
+                    self.meta = Some(meta.clone());
+                    return Ok(meta);
+                }
+                Err(problem) => problem,
+            };
+            if Instant::now() >= deadline || self.shutdown.requested() {
+                return Err(fail("metadata", problem));
+            }
+            self.shutdown.sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// One Metadata request. The outer error: no broker answered; the inner one: the answer
+    /// says the topic is not usable yet.
+    fn load_metadata(
+        &mut self,
+        auto_create: AutoCreate,
+    ) -> Result<Result<TopicMeta, String>, KafkaError> {
+        let request = MetadataRequest::default()
+            .with_topics(Some(vec![MetadataRequestTopic::default()
+                .with_name(Some(TopicName(StrBytes::from_string(self.topic.clone()))))]))
+            .with_allow_auto_topic_creation(auto_create == AutoCreate::Yes);
+        let response = self.call_any(&request, METADATA_VERSION)?;
+        let brokers: HashMap<i32, String> = response
+            .brokers
+            .iter()
+            .map(|b| (b.node_id.0, format!("{}:{}", b.host.as_str(), b.port)))
+            .collect();
+        if !brokers.is_empty() {
+            // Connections to brokers that left the cluster are of no further use.
+            let live: Vec<&String> = brokers.values().collect();
+            self.connections.retain(|addr, _| live.contains(&addr));
+            self.brokers = brokers;
+        }
+        let Some(topic) = response
+            .topics
+            .iter()
+            .find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == self.topic))
+        else {
+            return Ok(Err(format!("the broker did not describe topic {}", self.topic)));
+        };
+        if let Some(e) = ResponseError::try_from_code(topic.error_code) {
+            return Ok(Err(match e {
+                ResponseError::UnknownTopicOrPartition => {
+                    format!("topic {} does not exist", self.topic)
+                }
+                ResponseError::LeaderNotAvailable => {
+                    format!("topic {} has partitions without a leader yet", self.topic)
+                }
+                other => format!("topic {}: {other}", self.topic),
+            }));
+        }
+        if topic.partitions.is_empty() {
+            return Ok(Err(format!("topic {} has no partitions yet", self.topic)));
+        }
+        let partitions: BTreeMap<i32, Leader> = topic
+            .partitions
+            .iter()
+            .map(|p| {
+                let broker = (p.leader_id.0 >= 0).then_some(p.leader_id.0);
+                (
+                    p.partition_index,
+                    Leader {
+                        broker,
+                        epoch: p.leader_epoch,
+                    },
+                )
+            })
+            .collect();
+        // A brand-new topic: wait until every partition has a leader. Later, a partition whose
+        // leader died is simply skipped by fetches until the controller elects another.
+        let fresh = self
+            .meta
+            .as_ref()
+            .is_none_or(|m| m.topic_id != topic.topic_id);
+        if fresh && partitions.values().any(|l| l.broker.is_none()) {
+            return Ok(Err(format!(
+                "topic {} has partitions without a leader yet",
+                self.topic
+            )));
+        }
+        Ok(Ok(TopicMeta {
+            topic_id: topic.topic_id,
+            partitions,
+        }))
+    }
+
+    /// Sends a request to any broker that answers: known brokers first, then the bootstrap list.
+    pub fn call_any<R: Request>(
+        &mut self,
+        request: &R,
+        version: i16,
+    ) -> Result<R::Response, KafkaError> {
+        let mut candidates: Vec<String> = self.connections.keys().cloned().collect();
+        for addr in self.brokers.values().chain(&self.bootstrap) {
+            if !candidates.contains(addr) {
+                candidates.push(addr.clone());
+            }
+        }
+        let mut failures = Vec::new();
+        for addr in candidates {
+            match self.call_addr(&addr, request, version, REQUEST_TIMEOUT) {
+                Ok(r) => return Ok(r),
+                Err(e) => failures.push(e),
+            }
+            if self.shutdown.requested() {
+                break;
+            }
+        }
+        Err(fail(
+            "metadata",
+            format!(
+                "no broker of {} answered ({})",
+                self.bootstrap.join(","),
+                failures.last().map_or("none tried".into(), |e| e.to_string())
+            ),
+        ))
+    }
+
+    /// Sends a request to one broker by id.
+    pub fn call_broker<R: Request>(
+        &mut self,
+        broker: i32,
+        request: &R,
+        version: i16,
+        timeout: Duration,
+    ) -> Result<R::Response, WireError> {
+        let addr = self
+            .brokers
+            .get(&broker)
+            .cloned()
+            .ok_or_else(|| WireError::Io(format!("broker {broker} is not in the metadata")))?;
+        self.call_addr(&addr, request, version, timeout)
+    }
+
+    /// Sends a request to `addr`, connecting first if needed; a failed connection is dropped so
+    /// the next call reconnects.
+    pub fn call_addr<R: Request>(
+        &mut self,
+        addr: &str,
+        request: &R,
+        version: i16,
+        timeout: Duration,
+    ) -> Result<R::Response, WireError> {
+        let mut connection = match self.connections.remove(addr) {
+            Some(c) => c,
+            None => Connection::open(addr)?,
+        };
+        let result = connection.call(request, version, timeout);
+        if !matches!(result, Err(WireError::Io(_))) {
+            self.connections.insert(addr.to_string(), connection);
+        }
+        result
+    }
+
+    /// Takes the connection to a broker out of the pool (opening it if needed), so that
+    /// fetches to several leaders can run on threads of their own; give it back with `put`.
+    pub fn take(&mut self, broker: i32) -> Result<Connection, WireError> {
+        let addr = self
+            .brokers
+            .get(&broker)
+            .cloned()
+            .ok_or_else(|| WireError::Io(format!("broker {broker} is not in the metadata")))?;
+        match self.connections.remove(&addr) {
+            Some(c) => Ok(c),
+            None => Connection::open(&addr),
+        }
+    }
+
+    pub fn put(&mut self, connection: Connection) {
+        self.connections
+            .insert(connection.addr().to_string(), connection);
+    }
+
+    /// Forgets every connection (after a failure whose broker is unknown).
+    pub fn disconnect_all(&mut self) {
+        self.connections.clear();
+        self.coordinator = None;
+    }
+
+    /// Sends a request to the group's coordinator, finding it first; a coordinator that moved or
+    /// failed is looked up again on the next call.
+    pub fn call_coordinator<R: Request>(
+        &mut self,
+        group: &str,
+        request: &R,
+        version: i16,
+        timeout: Duration,
+    ) -> Result<R::Response, KafkaError> {
+        let addr = match &self.coordinator {
+            Some(a) => a.clone(),
+            None => {
+                let a = self.find_coordinator(group)?;
+                self.coordinator = Some(a.clone());
+                a
+            }
+        };
+        self.call_addr(&addr, request, version, timeout)
+            .map_err(|e| {
+                self.coordinator = None;
+                fail("group coordinator", e.to_string())
+            })
+    }
+
+    /// Forgets the coordinator (after NOT_COORDINATOR or COORDINATOR_NOT_AVAILABLE).
+    pub fn forget_coordinator(&mut self) {
+        self.coordinator = None;
+    }
+
+    /// Asks any broker for the group's coordinator. A new group, or one whose coordinator just
+    /// moved, answers COORDINATOR_NOT_AVAILABLE for a moment while the offsets topic's
+    /// partition loads: that is waited out (up to `LEADER_WAIT`) rather than reported.
+    fn find_coordinator(&mut self, group: &str) -> Result<String, KafkaError> {
+        let request = FindCoordinatorRequest::default()
+            .with_key(StrBytes::from_string(group.to_string()))
+            .with_key_type(0);
+        let deadline = Instant::now() + LEADER_WAIT;
+        loop {
+            let response = self.call_any(&request, FIND_COORDINATOR_VERSION)?;
+            match ResponseError::try_from_code(response.error_code) {
+                None => return Ok(format!("{}:{}", response.host.as_str(), response.port)),
+                Some(e)
+                    if e.is_retriable()
+                        && Instant::now() < deadline
+                        && self.shutdown.sleep(Duration::from_millis(100)) => {}
+                Some(e) => {
+                    return Err(fail(
+                        "find-coordinator",
+                        format!("no coordinator for group {group} ({e})"),
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// A group id as the codecs want it.
+pub fn group_id(group: &str) -> GroupId {
+    GroupId(StrBytes::from_string(group.to_string()))
+}
+
+/// A topic name as the codecs want it.
+pub fn topic_name(topic: &str) -> TopicName {
+    TopicName(StrBytes::from_string(topic.to_string()))
+}
+
+pub fn fail(operation: &'static str, detail: impl Into<String>) -> KafkaError {
+    KafkaError {
+        operation,
+        detail: detail.into(),
+    }
+}

@@ -1,0 +1,389 @@
+//! Fetch v13 and the decoding of what it returns: record batches v2 in any codec a Kafka 3.9
+//! broker holds (none, gzip, snappy, lz4, zstd), mixed freely in one partition.
+//!
+//! A response is decoded batch by batch, because the broker cuts it at the byte limit and so
+//! may end in a partial batch; the position then advances to the end of the last whole batch.
+//! Control batches (transaction markers) are skipped: they carry no message. Fetch v13 names
+//! the topic by its id, so a topic deleted and created again answers UNKNOWN_TOPIC_ID instead
+//! of quietly serving the new log at the old log's offsets.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::FetchRequest;
+use kafka_protocol::records::RecordBatchDecoder;
+use uuid::Uuid;
+
+use super::wire::{Connection, WireError};
+
+pub const FETCH_VERSION: i16 = 13;
+/// Bytes in front of every batch: base offset (8) and batch length (4).
+const BATCH_FRAME: usize = 12;
+/// Where the v2 batch header keeps its magic byte, attributes and last offset delta.
+const MAGIC_AT: usize = 16;
+const ATTRIBUTES_AT: usize = 21;
+const LAST_OFFSET_DELTA_AT: usize = 23;
+const HEADER_LEN: usize = 27;
+/// The attributes bit of a control batch.
+const CONTROL_BIT: i16 = 1 << 5;
+/// Upper bound of one whole fetch response.
+const FETCH_MAX_BYTES: i32 = 64 * 1024 * 1024;
+
+/// One record read from a partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchedRecord {
+    pub partition: i32,
+    pub offset: i64,
+    /// `None` for a record without a value (a tombstone).
+    pub value: Option<Vec<u8>>,
+}
+
+/// A batch the consumer cannot read (corrupt, or a format Kafka 3 no longer writes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnreadableBatch {
+    pub first_offset: i64,
+    pub last_offset: i64,
+    pub reason: String,
+}
+
+/// The records of one partition's answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DecodedRecords {
+    /// Records at or after the fetch offset, in offset order.
+    pub records: Vec<FetchedRecord>,
+    /// The offset after the last whole batch, if the answer held one: where the next fetch
+    /// starts. It may lie past the last record (control batches, compaction gaps).
+    pub next_offset: Option<i64>,
+    pub unreadable: Vec<UnreadableBatch>,
+    /// Transaction markers skipped.
+    pub control_records: u64,
+    /// The answer ended in a batch cut short by the byte limit.
+    pub truncated: bool,
+}
+
+/// Decodes the `records` bytes of one partition, fetched from `fetch_offset`.
+pub fn decode_records(partition: i32, fetch_offset: i64, data: &Bytes) -> DecodedRecords {
+    let mut out = DecodedRecords::default();
+    let mut at = 0usize;
+    while data.len() - at >= BATCH_FRAME {
+        let base_offset = be_i64(&data[at..at + 8]);
+        let length = be_i32(&data[at + 8..at + 12]);
+        let Ok(length) = usize::try_from(length) else {
+            // A negative length cannot be framed past: treat the rest as one unreadable batch.
+            out.unreadable.push(UnreadableBatch {
+                first_offset: base_offset,
+                last_offset: base_offset,
+                reason: format!("batch at offset {base_offset} has a negative length"),
+            });
+            break;
+        };
+        let end = at + BATCH_FRAME + length;
+        if end > data.len() {
+            out.truncated = true;
+            break;
+        }
+        let batch = data.slice(at..end);
+        at = end;
+        if batch.len() < HEADER_LEN {
+            out.unreadable.push(UnreadableBatch {
+                first_offset: base_offset,
+                last_offset: base_offset,
+                reason: format!("batch at offset {base_offset} is shorter than its header"),
+            });
+            out.next_offset = Some(base_offset + 1);
+            continue;
+        }
+        let magic = batch[MAGIC_AT] as i8;
+        if magic != 2 {
+            // Message sets v0/v1: a Kafka 3 broker stores v2 only, so this cannot normally
+            // occur; their last offset is not in a fixed place, so name the first.
+            out.unreadable.push(UnreadableBatch {
+                first_offset: base_offset,
+                last_offset: base_offset,
+                reason: format!("message set v{magic} at offset {base_offset} is not supported"),
+            });
+            out.next_offset = Some(base_offset + 1);
+            continue;
+        }
+        let attributes = be_i16(&batch[ATTRIBUTES_AT..ATTRIBUTES_AT + 2]);
+        let last_offset = base_offset + i64::from(be_i32(&batch[LAST_OFFSET_DELTA_AT..HEADER_LEN]));
+        out.next_offset = Some(last_offset + 1);
+        if last_offset < fetch_offset {
+            continue;
+        }
+        if attributes & CONTROL_BIT != 0 {
+            out.control_records += 1;
+            continue;
+        }
+        let mut cursor = batch;
+        match RecordBatchDecoder::decode(&mut cursor) {
+            Ok(set) => out.records.extend(
+                set.records
+                    .into_iter()
+                    // A compressed batch may begin before the requested offset.
+                    .filter(|r| r.offset >= fetch_offset && !r.control)
+                    .map(|r| FetchedRecord {
+                        partition,
+                        offset: r.offset,
+                        value: r.value.map(|v| v.to_vec()),
+                    }),
+            ),
+            Err(e) => out.unreadable.push(UnreadableBatch {
+                first_offset: base_offset.max(fetch_offset),
+                last_offset,
+                reason: format!("cannot decode the batch ({e})"),
+            }),
+        }
+    }
+    out
+}
+
+fn be_i64(b: &[u8]) -> i64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(b);
+    i64::from_be_bytes(a)
+}
+
+fn be_i32(b: &[u8]) -> i32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(b);
+    i32::from_be_bytes(a)
+}
+
+fn be_i16(b: &[u8]) -> i16 {
+    i16::from_be_bytes([b[0], b[1]])
+}
+
+/// What to fetch from one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FetchPosition {
+    pub partition: i32,
+    pub offset: i64,
+    pub max_bytes: i32,
+}
+
+/// One partition's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionAnswer {
+    pub partition: i32,
+    pub error: Option<ResponseError>,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+    pub decoded: DecodedRecords,
+}
+
+/// Sends one Fetch to one leader for the partitions it leads.
+pub fn fetch_from(
+    connection: &mut Connection,
+    topic_id: Uuid,
+    positions: &[FetchPosition],
+    max_wait: Duration,
+) -> Result<Vec<PartitionAnswer>, WireError> {
+    let request = FetchRequest::default()
+        .with_max_wait_ms(i32::try_from(max_wait.as_millis()).unwrap_or(i32::MAX))
+        .with_min_bytes(1)
+        .with_max_bytes(FETCH_MAX_BYTES)
+        // read_uncommitted, Kafka's default: see the README.
+        .with_isolation_level(0)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic_id(topic_id)
+            .with_partitions(
+                positions
+                    .iter()
+                    .map(|p| {
+                        FetchPartition::default()
+                            .with_partition(p.partition)
+                            .with_fetch_offset(p.offset)
+                            .with_partition_max_bytes(p.max_bytes)
+                    })
+                    .collect(),
+            )]);
+    // The broker may hold the request for max_wait before it answers.
+    let response = connection.call(&request, FETCH_VERSION, max_wait + Duration::from_secs(15))?;
+    if let Some(e) = ResponseError::try_from_code(response.error_code) {
+        return Err(WireError::Protocol(format!("fetch refused: {e}")));
+    }
+    let mut answers = Vec::new();
+    for topic in response.responses {
+        for p in topic.partitions {
+            let offset = positions
+                .iter()
+                .find(|q| q.partition == p.partition_index)
+                .map_or(0, |q| q.offset);
+            let error = ResponseError::try_from_code(p.error_code);
+            let decoded = match (&error, &p.records) {
+                (None, Some(data)) => decode_records(p.partition_index, offset, data),
+                _ => DecodedRecords::default(),
+            };
+            answers.push(PartitionAnswer {
+                partition: p.partition_index,
+                error,
+                high_watermark: p.high_watermark,
+                log_start_offset: p.log_start_offset,
+                decoded,
+            });
+        }
+    }
+    Ok(answers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+
+    fn record(offset: i64, value: Option<&str>) -> Record {
+        Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset,
+            // The encoder keeps records in one batch while offset - sequence stays the same.
+            sequence: offset as i32,
+            timestamp: 0,
+            key: Some(Bytes::from_static(b"k")),
+            value: value.map(|v| Bytes::copy_from_slice(v.as_bytes())),
+            headers: Default::default(),
+        }
+    }
+
+    /// One batch of `values` starting at `base`, in `compression`.
+    fn batch(base: i64, values: &[&str], compression: Compression) -> BytesMut {
+        let records: Vec<Record> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| record(base + i as i64, Some(v)))
+            .collect();
+        let mut buf = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            &records,
+            &RecordEncodeOptions {
+                version: 2,
+                compression,
+            },
+        )
+        .unwrap();
+        buf
+    }
+
+    fn offsets(d: &DecodedRecords) -> Vec<i64> {
+        d.records.iter().map(|r| r.offset).collect()
+    }
+
+    #[test]
+    fn reads_every_codec_mixed_in_one_partition() {
+        let mut all = BytesMut::new();
+        all.extend_from_slice(&batch(0, &["a", "b", "c"], Compression::None));
+        all.extend_from_slice(&batch(3, &["d", "e"], Compression::Gzip));
+        all.extend_from_slice(&batch(5, &["f"], Compression::None));
+        all.extend_from_slice(&batch(6, &["g", "h"], Compression::Snappy));
+        all.extend_from_slice(&batch(8, &["i", "j"], Compression::Lz4));
+        all.extend_from_slice(&batch(10, &["k", "l"], Compression::Zstd));
+        let d = decode_records(0, 0, &all.freeze());
+        assert_eq!(offsets(&d), (0..12).collect::<Vec<_>>());
+        let values: Vec<&[u8]> = d
+            .records
+            .iter()
+            .map(|r| r.value.as_deref().unwrap())
+            .collect();
+        assert_eq!(values[3], b"d");
+        assert_eq!(values[11], b"l");
+        assert_eq!(d.next_offset, Some(12));
+        assert!(!d.truncated && d.unreadable.is_empty());
+    }
+
+    #[test]
+    fn a_partial_last_batch_is_left_for_the_next_fetch() {
+        let mut all = BytesMut::new();
+        all.extend_from_slice(&batch(0, &["a", "b"], Compression::None));
+        let second = batch(2, &["c", "d"], Compression::Gzip);
+        all.extend_from_slice(&second[..second.len() - 5]);
+        let d = decode_records(0, 0, &all.freeze());
+        assert_eq!(offsets(&d), [0, 1]);
+        assert_eq!(d.next_offset, Some(2));
+        assert!(d.truncated);
+
+        // Only a partial batch: no progress, and the caller knows it must ask for more bytes.
+        let d = decode_records(0, 2, &second.freeze().slice(..20));
+        assert_eq!(d.next_offset, None);
+        assert!(d.truncated);
+    }
+
+    #[test]
+    fn records_before_the_fetch_offset_are_dropped() {
+        let all = batch(10, &["a", "b", "c", "d"], Compression::Lz4).freeze();
+        let d = decode_records(3, 12, &all);
+        assert_eq!(offsets(&d), [12, 13]);
+        assert!(d.records.iter().all(|r| r.partition == 3));
+        assert_eq!(d.next_offset, Some(14));
+    }
+
+    #[test]
+    fn tombstones_are_records_without_value() {
+        let records = vec![record(0, None), record(1, Some("x"))];
+        let mut buf = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            &records,
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            },
+        )
+        .unwrap();
+        let d = decode_records(0, 0, &buf.freeze());
+        assert_eq!(d.records[0].value, None);
+        assert_eq!(d.records[1].value.as_deref(), Some(&b"x"[..]));
+    }
+
+    #[test]
+    fn control_batches_are_skipped_but_advance_the_position() {
+        let mut control = record(2, Some("marker"));
+        control.control = true;
+        control.transactional = true;
+        control.producer_id = 7;
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&batch(0, &["a", "b"], Compression::None));
+        RecordBatchEncoder::encode(
+            &mut buf,
+            &[control],
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            },
+        )
+        .unwrap();
+        let d = decode_records(0, 0, &buf.freeze());
+        assert_eq!(offsets(&d), [0, 1]);
+        assert_eq!(d.control_records, 1);
+        assert_eq!(d.next_offset, Some(3));
+    }
+
+    #[test]
+    fn a_corrupt_batch_is_named_and_passed() {
+        let mut buf = BytesMut::new();
+        let mut bad = batch(0, &["a", "b"], Compression::None);
+        let last = bad.len() - 1;
+        bad[last] ^= 0xff; // breaks the CRC
+        buf.extend_from_slice(&bad);
+        buf.extend_from_slice(&batch(2, &["c"], Compression::None));
+        let d = decode_records(0, 0, &buf.freeze());
+        assert_eq!(offsets(&d), [2]);
+        assert_eq!(d.unreadable.len(), 1);
+        assert_eq!(
+            (d.unreadable[0].first_offset, d.unreadable[0].last_offset),
+            (0, 1)
+        );
+        assert_eq!(d.next_offset, Some(3));
+    }
+}

@@ -1,0 +1,518 @@
+//! The consumer's Kafka side: reads one topic at positions the caller owns, follows partition
+//! leaders, recognises a re-created topic, and keeps the group's committed offsets.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
+use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+use kafka_protocol::messages::{
+    BrokerId, ListOffsetsRequest, OffsetCommitRequest, OffsetFetchRequest,
+};
+use kafka_protocol::protocol::StrBytes;
+use log::{error, warn};
+use uuid::Uuid;
+
+use super::cluster::{fail, group_id, topic_name, AutoCreate, Cluster, TopicMeta, REQUEST_TIMEOUT};
+use super::fetch::{fetch_from, FetchPosition, FetchedRecord, PartitionAnswer};
+use super::wire::WireError;
+use super::KafkaError;
+use crate::shutdown::Shutdown;
+
+const LIST_OFFSETS_VERSION: i16 = 7;
+const OFFSET_FETCH_VERSION: i16 = 7;
+const OFFSET_COMMIT_VERSION: i16 = 8;
+/// How long the broker may hold a fetch that finds no new data.
+pub const FETCH_MAX_WAIT: Duration = Duration::from_millis(500);
+/// Bytes asked per partition and fetch; a batch larger than this is still returned whole when
+/// it is the first of the response, and otherwise the size is doubled up to the limit.
+pub const FETCH_PARTITION_BYTES: i32 = 4 * 1024 * 1024;
+/// Above Kafka's largest configurable batch in practice (`max.message.bytes` is an int, but
+/// brokers cap requests at `socket.request.max.bytes`, 100 MiB by default).
+pub const FETCH_PARTITION_BYTES_LIMIT: i32 = 128 * 1024 * 1024;
+/// How long the coordinator may take to load a group after a restart or a move.
+const COORDINATOR_WAIT: Duration = Duration::from_secs(10);
+
+/// Which log the consumer reads: the topic's current incarnation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicInfo {
+    pub topic_id: Uuid,
+    pub partitions: Vec<i32>,
+}
+
+impl From<&TopicMeta> for TopicInfo {
+    fn from(meta: &TopicMeta) -> Self {
+        TopicInfo {
+            topic_id: meta.topic_id,
+            partitions: meta.partition_ids(),
+        }
+    }
+}
+
+/// What one partition gave in one fetch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionData {
+    pub partition: i32,
+    /// Records in offset order, every one at or after the requested offset.
+    pub records: Vec<FetchedRecord>,
+    /// Where the next fetch of this partition starts once these records are processed.
+    pub next_offset: i64,
+    /// The offset after the last record the partition holds, when the broker said so.
+    pub high_watermark: Option<i64>,
+}
+
+/// The outcome of one fetch round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fetched {
+    /// Data (possibly none) for the partitions that answered.
+    Data(Vec<PartitionData>),
+    /// The topic was deleted and created again: a new log, read from its start.
+    TopicChanged(TopicInfo),
+}
+
+/// Reads a topic at positions the caller owns, and keeps a group's offsets in Kafka.
+pub struct KafkaSource {
+    cluster: Cluster,
+    group: String,
+    shutdown: Shutdown,
+    /// The log being read, once known.
+    topic_id: Option<Uuid>,
+    /// Per-partition fetch size, grown for batches larger than the default.
+    fetch_bytes: HashMap<i32, i32>,
+}
+
+impl KafkaSource {
+    pub fn new(brokers: Vec<String>, topic: String, group: String, shutdown: Shutdown) -> Self {
+        KafkaSource {
+            cluster: Cluster::new(brokers, topic, shutdown.clone()),
+            group,
+            shutdown,
+            topic_id: None,
+            fetch_bytes: HashMap::new(),
+        }
+    }
+
+    /// The topic's id and partitions, creating the topic where the broker allows it (as a
+    /// consumer started before its producer expects). Fixes the log this source reads.
+    pub fn open(&mut self) -> Result<TopicInfo, KafkaError> {
+        let meta = self.cluster.refresh(AutoCreate::Yes)?;
+        self.topic_id = Some(meta.topic_id);
+        Ok(TopicInfo::from(&meta))
+    }
+
+    /// Adopts the log a `Fetched::TopicChanged` announced.
+    pub fn follow(&mut self, info: &TopicInfo) {
+        self.topic_id = Some(info.topic_id);
+        self.fetch_bytes.clear();
+    }
+
+    /// The earliest and the latest offset of each of these partitions.
+    pub fn offset_bounds(
+        &mut self,
+        partitions: &[i32],
+    ) -> Result<HashMap<i32, (i64, i64)>, KafkaError> {
+        let earliest = self.list_offsets(partitions, -2)?;
+        let latest = self.list_offsets(partitions, -1)?;
+        Ok(earliest
+            .into_iter()
+            .map(|(p, e)| (p, (e, latest.get(&p).copied().unwrap_or(e))))
+            .collect())
+    }
+
+    /// ListOffsets at `timestamp` (-2 earliest, -1 latest) from each partition's leader.
+    fn list_offsets(
+        &mut self,
+        partitions: &[i32],
+        timestamp: i64,
+    ) -> Result<HashMap<i32, i64>, KafkaError> {
+        let meta = match self.cluster.meta() {
+            Some(m) => m.clone(),
+            None => self.cluster.refresh(AutoCreate::No)?,
+        };
+        let mut by_leader: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
+        for p in partitions {
+            let leader = meta
+                .partitions
+                .get(p)
+                .and_then(|l| l.broker)
+                .ok_or_else(|| fail("list-offsets", format!("partition {p} has no leader")))?;
+            by_leader.entry(leader).or_default().push(*p);
+        }
+        let mut found = HashMap::new();
+        for (leader, ps) in by_leader {
+            let request = ListOffsetsRequest::default()
+                .with_replica_id(BrokerId(-1))
+                .with_topics(vec![ListOffsetsTopic::default()
+                    .with_name(topic_name(self.cluster.topic()))
+                    .with_partitions(
+                        ps.iter()
+                            .map(|p| {
+                                ListOffsetsPartition::default()
+                                    .with_partition_index(*p)
+                                    .with_timestamp(timestamp)
+                            })
+                            .collect(),
+                    )]);
+            let response = self
+                .cluster
+                .call_broker(leader, &request, LIST_OFFSETS_VERSION, REQUEST_TIMEOUT)
+                .map_err(|e| self.lost(e, "list-offsets"))?;
+            for t in response.topics {
+                for p in t.partitions {
+                    if let Some(e) = ResponseError::try_from_code(p.error_code) {
+                        self.cluster.disconnect_all();
+                        let _ = self.cluster.refresh(AutoCreate::No);
+                        return Err(fail(
+                            "list-offsets",
+                            format!("partition {}: {e}", p.partition_index),
+                        ));
+                    }
+                    found.insert(p.partition_index, p.offset);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// A failed exchange: reload metadata so the next call goes to the current leader.
+    fn lost(&mut self, e: WireError, operation: &'static str) -> KafkaError {
+        let _ = self.cluster.refresh(AutoCreate::No);
+        fail(operation, e.to_string())
+    }
+
+    /// The group's committed offsets for this log; partitions without one are absent. An
+    /// offset committed for another incarnation of the topic (its id is kept in the commit's
+    /// metadata) is ignored: it points into a log that no longer exists.
+    pub fn committed_offsets(
+        &mut self,
+        partitions: &[i32],
+    ) -> Result<HashMap<i32, i64>, KafkaError> {
+        let request = OffsetFetchRequest::default()
+            .with_group_id(group_id(&self.group))
+            .with_require_stable(true)
+            .with_topics(Some(vec![OffsetFetchRequestTopic::default()
+                .with_name(topic_name(self.cluster.topic()))
+                .with_partition_indexes(partitions.to_vec())]));
+        let this_log = self.topic_id.map(|id| id.to_string());
+        let deadline = Instant::now() + COORDINATOR_WAIT;
+        loop {
+            let response = self.cluster.call_coordinator(
+                &self.group,
+                &request,
+                OFFSET_FETCH_VERSION,
+                REQUEST_TIMEOUT,
+            )?;
+            let mut problem = ResponseError::try_from_code(response.error_code);
+            let mut found = HashMap::new();
+            for t in &response.topics {
+                for p in &t.partitions {
+                    if let Some(e) = ResponseError::try_from_code(p.error_code) {
+                        problem = Some(e);
+                        continue;
+                    }
+                    let label = p.metadata.as_ref().map_or("", |m| m.as_str());
+                    let other_log = !label.is_empty() && Some(label) != this_log.as_deref();
+                    if p.committed_offset >= 0 && !other_log {
+                        found.insert(p.partition_index, p.committed_offset);
+                    } else if other_log {
+                        warn!(
+                            "partition {}: the group's committed offset {} belongs to an earlier \
+                             topic of the same name (id {label}); ignored",
+                            p.partition_index, p.committed_offset
+                        );
+                    }
+                }
+            }
+            match problem {
+                None => return Ok(found),
+                Some(e) => self.coordinator_trouble("offset-fetch", e, deadline)?,
+            }
+        }
+    }
+
+    /// A retriable coordinator error waits a moment (the coordinator is loading or moved);
+    /// anything else, or running out of time, is returned.
+    fn coordinator_trouble(
+        &mut self,
+        operation: &'static str,
+        e: ResponseError,
+        deadline: Instant,
+    ) -> Result<(), KafkaError> {
+        let retriable = matches!(
+            e,
+            ResponseError::CoordinatorLoadInProgress
+                | ResponseError::CoordinatorNotAvailable
+                | ResponseError::NotCoordinator
+                | ResponseError::UnstableOffsetCommit
+                | ResponseError::RequestTimedOut
+        );
+        if matches!(
+            e,
+            ResponseError::CoordinatorNotAvailable | ResponseError::NotCoordinator
+        ) {
+            self.cluster.forget_coordinator();
+        }
+        if !retriable || Instant::now() >= deadline || self.shutdown.requested() {
+            return Err(fail(operation, format!("group {}: {e}", self.group)));
+        }
+        self.shutdown.sleep(Duration::from_millis(200));
+        Ok(())
+    }
+
+    /// Commits `(partition, next offset to read)` pairs for the group, labelled with the
+    /// topic's id.
+    pub fn commit(&mut self, offsets: &[(i32, i64)]) -> Result<(), KafkaError> {
+        let label = self.topic_id.map(|id| id.to_string()).unwrap_or_default();
+        let request = OffsetCommitRequest::default()
+            .with_group_id(group_id(&self.group))
+            .with_topics(vec![OffsetCommitRequestTopic::default()
+                .with_name(topic_name(self.cluster.topic()))
+                .with_partitions(
+                    offsets
+                        .iter()
+                        .map(|(p, o)| {
+                            OffsetCommitRequestPartition::default()
+                                .with_partition_index(*p)
+                                .with_committed_offset(*o)
+                                .with_committed_metadata(Some(StrBytes::from_string(
+                                    label.clone(),
+                                )))
+                        })
+                        .collect(),
+                )]);
+        let deadline = Instant::now() + COORDINATOR_WAIT;
+        loop {
+            let response = self.cluster.call_coordinator(
+                &self.group,
+                &request,
+                OFFSET_COMMIT_VERSION,
+                REQUEST_TIMEOUT,
+            )?;
+            let problem = response
+                .topics
+                .iter()
+                .flat_map(|t| &t.partitions)
+                .find_map(|p| ResponseError::try_from_code(p.error_code));
+            match problem {
+                None => return Ok(()),
+                Some(e) => self.coordinator_trouble("offset-commit", e, deadline)?,
+            }
+        }
+    }
+
+    /// Fetches from each `(partition, offset)`, from each partition's leader at once; the
+    /// broker waits up to `FETCH_MAX_WAIT` for data. Partitions whose leader is unknown or
+    /// failed are left out of this round (their position stays) and metadata is reloaded.
+    pub fn fetch(&mut self, positions: &[(i32, i64)]) -> Result<Fetched, KafkaError> {
+        let meta = match self.cluster.meta() {
+            Some(m) => m.clone(),
+            None => self.cluster.refresh(AutoCreate::No)?,
+        };
+        let topic_id = meta.topic_id;
+        if let Some(changed) = self.changed(&meta) {
+            return Ok(Fetched::TopicChanged(changed));
+        }
+
+        let mut by_leader: BTreeMap<i32, Vec<FetchPosition>> = BTreeMap::new();
+        let mut refresh = false;
+        for (p, o) in positions {
+            match meta.partitions.get(p).and_then(|l| l.broker) {
+                Some(leader) => by_leader.entry(leader).or_default().push(FetchPosition {
+                    partition: *p,
+                    offset: *o,
+                    max_bytes: self.fetch_bytes.get(p).copied().unwrap_or(FETCH_PARTITION_BYTES),
+                }),
+                None => refresh = true,
+            }
+        }
+
+        // One thread per leader, each with its own connection: a leader that holds its fetch
+        // for FETCH_MAX_WAIT does not delay the data another one has.
+        let mut work = Vec::new();
+        let mut failures: Vec<String> = Vec::new();
+        for (leader, ps) in by_leader {
+            match self.cluster.take(leader) {
+                Ok(connection) => work.push((connection, ps)),
+                Err(e) => {
+                    failures.push(format!("broker {leader}: {e}"));
+                    refresh = true;
+                }
+            }
+        }
+        let results: Vec<_> = std::thread::scope(|scope| {
+            let handles: Vec<_> = work
+                .into_iter()
+                .map(|(mut connection, ps)| {
+                    scope.spawn(move || {
+                        let r = fetch_from(&mut connection, topic_id, &ps, FETCH_MAX_WAIT);
+                        (connection, ps, r)
+                    })
+                })
+                .collect();
+            handles.into_iter().filter_map(|h| h.join().ok()).collect()
+        });
+
+        let mut data = Vec::new();
+        let asked: HashMap<i32, i64> = positions.iter().copied().collect();
+        for (connection, ps, result) in results {
+            match result {
+                Ok(answers) => {
+                    self.cluster.put(connection);
+                    for answer in answers {
+                        let at = asked.get(&answer.partition).copied().unwrap_or(0);
+                        match self.take_answer(answer, at) {
+                            Ok(Some(d)) => data.push(d),
+                            Ok(None) => refresh = true,
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+                Err(e) => {
+                    // A protocol error leaves the stream in an unknown state too: drop it.
+                    drop(connection);
+                    let names: Vec<String> = ps.iter().map(|p| p.partition.to_string()).collect();
+                    failures.push(format!("partitions {}: {e}", names.join(",")));
+                    refresh = true;
+                }
+            }
+        }
+
+        if refresh {
+            match self.cluster.refresh(AutoCreate::No) {
+                Ok(meta) => {
+                    if let Some(changed) = self.changed(&meta) {
+                        return Ok(Fetched::TopicChanged(changed));
+                    }
+                }
+                Err(e) if data.is_empty() => return Err(e),
+                Err(_) => {}
+            }
+        }
+        if data.is_empty() && !failures.is_empty() {
+            return Err(fail("fetch", failures.join("; ")));
+        }
+        data.sort_by_key(|d| d.partition);
+        Ok(Fetched::Data(data))
+    }
+
+    /// The log changed under us (a new topic id), if it did.
+    fn changed(&self, meta: &TopicMeta) -> Option<TopicInfo> {
+        match self.topic_id {
+            Some(id) if id != meta.topic_id => Some(TopicInfo::from(meta)),
+            _ => None,
+        }
+    }
+
+    /// Turns one partition's answer into data; `Ok(None)` asks for a metadata reload.
+    fn take_answer(
+        &mut self,
+        answer: PartitionAnswer,
+        at: i64,
+    ) -> Result<Option<PartitionData>, KafkaError> {
+        let partition = answer.partition;
+        match answer.error {
+            None => {}
+            Some(ResponseError::OffsetOutOfRange) => {
+                return self.out_of_range(partition, at).map(Some);
+            }
+            Some(
+                ResponseError::NotLeaderOrFollower
+                | ResponseError::LeaderNotAvailable
+                | ResponseError::UnknownTopicOrPartition
+                | ResponseError::UnknownTopicId
+                | ResponseError::InconsistentTopicId
+                | ResponseError::FencedLeaderEpoch
+                | ResponseError::UnknownLeaderEpoch
+                | ResponseError::ReplicaNotAvailable
+                | ResponseError::KafkaStorageError
+                | ResponseError::OffsetNotAvailable,
+            ) => return Ok(None),
+            Some(other) => {
+                warn!("partition {partition}: fetch at offset {at} answered {other}; retrying");
+                return Ok(None);
+            }
+        }
+        let decoded = answer.decoded;
+        for bad in &decoded.unreadable {
+            error!(
+                "partition {partition}: {} offset(s) {}..={} cannot be read and are passed \
+                 over: {}",
+                bad.last_offset - bad.first_offset + 1,
+                bad.first_offset,
+                bad.last_offset,
+                bad.reason
+            );
+        }
+        let next_offset = match decoded.next_offset {
+            Some(next) => {
+                self.fetch_bytes.remove(&partition);
+                next.max(at)
+            }
+            None => {
+                if decoded.truncated {
+                    self.grow_fetch_size(partition, at);
+                }
+                at
+            }
+        };
+        Ok(Some(PartitionData {
+            partition,
+            records: decoded.records,
+            next_offset,
+            high_watermark: (answer.high_watermark >= 0).then_some(answer.high_watermark),
+        }))
+    }
+
+    /// Kafka's `auto.offset.reset=earliest`: a position outside the log restarts at the log's
+    /// start, saying how many offsets that re-reads or how many retention deleted unread.
+    fn out_of_range(&mut self, partition: i32, at: i64) -> Result<PartitionData, KafkaError> {
+        let bounds = self.offset_bounds(&[partition])?;
+        let (earliest, latest) = bounds.get(&partition).copied().unwrap_or((0, 0));
+        if at < earliest {
+            warn!(
+                "partition {partition}: offset {at} is before the log start {earliest}: {} \
+                 offsets were deleted by retention unread; continuing at {earliest}",
+                earliest - at
+            );
+        } else {
+            warn!(
+                "partition {partition}: offset {at} is past the log end {latest} (the log was \
+                 truncated); re-reading from the log start {earliest} ({} offsets)",
+                latest - earliest
+            );
+        }
+        Ok(PartitionData {
+            partition,
+            records: Vec::new(),
+            next_offset: earliest,
+            high_watermark: Some(latest),
+        })
+    }
+
+    /// A batch larger than the fetch size came back cut: ask for more next time.
+    fn grow_fetch_size(&mut self, partition: i32, at: i64) {
+        let size = self
+            .fetch_bytes
+            .entry(partition)
+            .or_insert(FETCH_PARTITION_BYTES);
+        if *size >= FETCH_PARTITION_BYTES_LIMIT {
+            error!(
+                "partition {partition}: the batch at offset {at} is larger than {} MiB and \
+                 cannot be read; the consumer waits here",
+                FETCH_PARTITION_BYTES_LIMIT / (1024 * 1024)
+            );
+            self.shutdown.sleep(Duration::from_secs(5));
+        } else {
+            *size = size.saturating_mul(2).min(FETCH_PARTITION_BYTES_LIMIT);
+            warn!(
+                "partition {partition}: the batch at offset {at} is larger than the fetch size; \
+                 fetching up to {} KiB",
+                *size / 1024
+            );
+        }
+    }
+}
