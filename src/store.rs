@@ -315,6 +315,40 @@ impl Store {
         }))
     }
 
+    /// Per partition, the furthest position any stored window of this group on this log
+    /// recorded, whichever member stored it: a partition that moved between members resumes
+    /// after every window already counted, even when the commit that followed it was lost.
+    pub fn resume_positions(
+        &self,
+        topic_id: &str,
+        group: &str,
+        partitions: &[i32],
+    ) -> Result<HashMap<i32, i64>, StoreError> {
+        let mut found = HashMap::new();
+        for p in partitions {
+            let key = format!("kafka.resume.p{p}");
+            let best = self
+                .kpi
+                .find_one(doc! {"kafka.topic_id": topic_id, "kafka.group": group, &key: {"$exists": true}})
+                .sort(doc! {&key: -1})
+                .projection(doc! {&key: 1})
+                .run()
+                .map_err(|e| store_error("KPI lookup", &e))?;
+            let offset = best.as_ref().and_then(|d| {
+                int(d
+                    .get_document("kafka")
+                    .ok()?
+                    .get_document("resume")
+                    .ok()?
+                    .get(format!("p{p}")))
+            });
+            if let Some(offset) = offset {
+                found.insert(*p, offset);
+            }
+        }
+        Ok(found)
+    }
+
     /// The latest `limit` windows, newest first, as JSON with dates in RFC 3339.
     pub fn latest_windows(&self, limit: usize) -> Result<Vec<Value>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -515,6 +549,13 @@ fn window_document(r: &WindowRecord) -> Document {
         .iter()
         .map(|(p, o)| doc! {"partition": *p, "offset": *o})
         .collect();
+    // The same positions keyed by partition, so "the furthest window of partition p" is one
+    // sorted lookup (`resume_positions`).
+    let resume: Document = r
+        .next_offsets
+        .iter()
+        .map(|(p, o)| (format!("p{p}"), Bson::Int64(*o)))
+        .collect();
     doc! {
         "_id": r.id(),
         "computed_at": date(r.computed_at),
@@ -532,6 +573,7 @@ fn window_document(r: &WindowRecord) -> Document {
             "group": r.group,
             "partitions": partitions,
             "next_offsets": next_offsets,
+            "resume": resume,
         },
         "stream": r.stream,
         "seq": r.seq,

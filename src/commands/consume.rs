@@ -20,7 +20,9 @@ use time::OffsetDateTime;
 
 use super::{now_utc, CommandError};
 use crate::cli::ConsumeArgs;
-use crate::kafka::{Fetched, FetchedRecord, KafkaError, KafkaSource, TopicInfo};
+use crate::kafka::{
+    Fetched, FetchedRecord, GroupMember, GroupTimeouts, KafkaError, KafkaSource, TopicInfo,
+};
 use crate::metric::{validate_record, Rejection, RejectionCode, ValidMetric};
 use crate::redact::redact_uri;
 use crate::retry::Backoff;
@@ -56,6 +58,13 @@ fn steps(records: &[FetchedRecord]) -> Vec<&[FetchedRecord]> {
     }
     out
 }
+
+/// Group timeouts: a member silent for `session` is removed and its partitions move; members
+/// get `rebalance` to rejoin during a rebalance.
+const GROUP_TIMEOUTS: GroupTimeouts = GroupTimeouts {
+    session: Duration::from_secs(10),
+    rebalance: Duration::from_secs(30),
+};
 
 /// How often the throughput line is logged.
 const THROUGHPUT_EVERY: Duration = Duration::from_secs(10);
@@ -132,8 +141,13 @@ struct Pipeline<'a> {
     store: &'a Store,
     source: KafkaSource,
     shutdown: &'a Shutdown,
-    /// The id of the topic's incarnation being read.
+    /// Group membership; `None` with `--partitions` (static assignment).
+    member: Option<GroupMember>,
+    /// The topic's incarnation being read, and its id as documents record it.
+    topic: TopicInfo,
     topic_id: String,
+    /// The partitions this consumer reads: its assignment.
+    assigned: Vec<i32>,
     stream: String,
     /// Next offset to read per partition.
     positions: BTreeMap<i32, i64>,
@@ -182,6 +196,11 @@ pub fn run(args: &ConsumeArgs) -> Result<(), CommandError> {
     };
     let outcome = pipeline.run();
     pipeline.log_totals();
+    // Leaving hands our partitions to the other members at once instead of after the session
+    // timeout.
+    if let Some(member) = pipeline.member.as_mut() {
+        member.leave();
+    }
     match outcome {
         Ok(()) | Err(Stop::Shutdown) => Ok(()),
         Err(Stop::Fatal(e)) => Err(e),
@@ -204,12 +223,28 @@ impl<'a> Pipeline<'a> {
         retry("database ping", shutdown, || store.ping())?;
         retry("creating indexes", shutdown, || store.ensure_indexes())?;
         let topic = retry("reading topic metadata", shutdown, || source.open())?;
+        let member = match &settings.partitions {
+            Some(_) => {
+                refuse_shared_partitions(settings, &mut source, shutdown)?;
+                None
+            }
+            None => Some(GroupMember::new(
+                settings.brokers.clone(),
+                settings.topic.clone(),
+                settings.group.clone(),
+                GROUP_TIMEOUTS,
+                shutdown.clone(),
+            )),
+        };
         let mut pipeline = Pipeline {
             settings,
             store,
             source,
             shutdown,
+            member,
+            topic: topic.clone(),
             topic_id: String::new(),
+            assigned: Vec::new(),
             stream: String::new(),
             positions: BTreeMap::new(),
             high_watermarks: HashMap::new(),
@@ -219,19 +254,23 @@ impl<'a> Pipeline<'a> {
             interval: Counters::default(),
             committed: None,
         };
-        pipeline.begin_log(&topic)?;
+        pipeline.assign(topic)?;
         Ok(pipeline)
     }
 
-    /// Starts reading one incarnation of the topic: its partitions, its window stream, and for
-    /// each partition the later of the group's committed offset and the last stored window's
-    /// position, else the log's start.
-    fn begin_log(&mut self, topic: &TopicInfo) -> Result<(), Stop> {
+    /// Takes this consumer's partitions of `topic`: by joining the group (its share of the
+    /// partitions), or the `--partitions` named, then finds where each resumes.
+    fn assign(&mut self, topic: TopicInfo) -> Result<(), Stop> {
         let settings = self.settings;
         let shutdown = self.shutdown;
-        let partitions = match &settings.partitions {
-            None => topic.partitions.clone(),
-            Some(wanted) => {
+        let assigned = match self.member.as_mut() {
+            Some(member) => {
+                let partitions = retry("joining the consumer group", shutdown, || member.join())?;
+                self.source.set_generation(member.generation());
+                partitions
+            }
+            None => {
+                let wanted = settings.partitions.clone().unwrap_or_default();
                 if let Some(missing) = wanted.iter().find(|p| !topic.partitions.contains(p)) {
                     return Err(Stop::Fatal(CommandError::Setting(SettingError {
                         setting: "--partitions (KAFKA_PARTITIONS)".into(),
@@ -242,10 +281,37 @@ impl<'a> Pipeline<'a> {
                         ),
                     })));
                 }
-                wanted.clone()
+                wanted
             }
         };
-        self.topic_id = topic.topic_id.to_string();
+        self.topic = topic;
+        self.assigned = assigned;
+        self.begin_log()
+    }
+
+    /// The group is rebalancing, or this member lost its generation: the open window is
+    /// dropped (its messages are stored raw and will be counted by whoever owns their
+    /// partitions next, from the last stored window on), then the member rejoins.
+    fn rebalance(&mut self) -> Result<(), Stop> {
+        info!(
+            "group {}: rebalancing; dropping the open window of {} messages (read again from \
+             the last stored window by the partitions' next owner)",
+            self.settings.group,
+            self.windows.pending()
+        );
+        self.source.set_generation(None);
+        let topic = self.topic.clone();
+        self.assign(topic)
+    }
+
+    /// Starts reading one incarnation of the topic: its partitions, its window stream, and for
+    /// each partition the later of the group's committed offset and the last stored window's
+    /// position, else the log's start.
+    fn begin_log(&mut self) -> Result<(), Stop> {
+        let settings = self.settings;
+        let shutdown = self.shutdown;
+        let partitions = self.assigned.clone();
+        self.topic_id = self.topic.topic_id.to_string();
         // The topic id makes a re-created topic a new stream: its windows, positions and dead
         // letters never collide with the old log's.
         self.stream = format!(
@@ -257,8 +323,14 @@ impl<'a> Pipeline<'a> {
         );
         let store = self.store;
         let stream = self.stream.clone();
+        let topic_id = self.topic_id.clone();
         let last = retry("reading the last window", shutdown, || {
             store.last_window(&stream)
+        })?;
+        // Windows of other streams (other members, earlier assignments) may have covered these
+        // partitions too; resume after the furthest of them.
+        let stored = retry("reading window positions", shutdown, || {
+            store.resume_positions(&topic_id, &settings.group, &partitions)
         })?;
         let source = &mut self.source;
         let committed = retry("fetching committed offsets", shutdown, || {
@@ -271,7 +343,7 @@ impl<'a> Pipeline<'a> {
         self.positions.clear();
         self.high_watermarks.clear();
         for &p in &partitions {
-            let from_window = last.as_ref().and_then(|l| l.next_offsets.get(&p).copied());
+            let from_window = stored.get(&p).copied();
             let from_group = committed.get(&p).copied();
             let (earliest, latest) = bounds.get(&p).copied().unwrap_or((0, 0));
             let mut at = from_window.max(from_group).unwrap_or(earliest);
@@ -290,6 +362,13 @@ impl<'a> Pipeline<'a> {
             self.high_watermarks.insert(p, latest);
         }
         self.next_seq = last.as_ref().map_or(0, |l| l.seq + 1);
+        if self.member.is_some() && partitions.is_empty() {
+            info!(
+                "no partition assigned: the group has more members than topic {} has partitions; \
+                 waiting for a rebalance",
+                settings.topic
+            );
+        }
         self.windows = TumblingWindows::new(settings.window_size);
         Ok(())
     }
@@ -306,7 +385,13 @@ impl<'a> Pipeline<'a> {
             self.windows.pending()
         );
         self.source.follow(&topic);
-        self.begin_log(&topic)
+        if let Some(member) = self.member.as_ref() {
+            // The new topic may have other partitions: the group leader assigns them afresh.
+            member.request_rejoin();
+            self.topic = topic;
+            return Ok(());
+        }
+        self.assign(topic)
     }
 
     /// True when every position has reached its partition's high watermark.
@@ -351,6 +436,18 @@ impl<'a> Pipeline<'a> {
                 }
             }
 
+            if self.member.as_ref().is_some_and(GroupMember::rejoin_needed) {
+                self.rebalance()?;
+                idle_since = Instant::now();
+                continue;
+            }
+            if self.positions.is_empty() {
+                // No partition assigned: nothing to fetch until the group rebalances.
+                if !self.shutdown.sleep(Duration::from_millis(500)) {
+                    return Err(Stop::Shutdown);
+                }
+                continue;
+            }
             let request: Vec<(i32, i64)> = self.positions.iter().map(|(p, o)| (*p, *o)).collect();
             let fetched = match self.source.fetch(&request) {
                 Ok(f) => {
@@ -408,6 +505,9 @@ impl<'a> Pipeline<'a> {
             // STEP_MESSAGES messages or STEP_BYTES of payload, so a consumer killed often still
             // advances and memory stays flat.
             for step in steps(&records) {
+                if self.member.as_ref().is_some_and(GroupMember::rejoin_needed) {
+                    break;
+                }
                 self.process(step, arrival)?;
             }
             if !records.is_empty() {
@@ -562,6 +662,17 @@ impl<'a> Pipeline<'a> {
             c.batches += 1;
         }
 
+        // A member stores windows only while the coordinator still counts it as the owner of
+        // its partitions: after a pause past the session timeout another member may already
+        // be counting them. The raw documents and dead letters above are idempotent.
+        if !closed.is_empty() {
+            if let Some(member) = self.member.as_mut() {
+                if !member.still_owner() {
+                    member.request_rejoin();
+                    return Ok(());
+                }
+            }
+        }
         let computed_at = now_utc();
         let records: Vec<WindowRecord> = closed
             .iter()
@@ -595,6 +706,12 @@ impl<'a> Pipeline<'a> {
         if let Some((_, next_offsets)) = closed.last() {
             match self.source.commit(next_offsets) {
                 Ok(()) => self.committed = Some(next_offsets.clone()),
+                Err(e) if e.fenced => {
+                    warn!("{e}; rejoining the group (the stored windows stand)");
+                    if let Some(member) = self.member.as_ref() {
+                        member.fenced();
+                    }
+                }
                 Err(e) => error!("{e}; the next window's commit will cover these offsets"),
             }
         }
@@ -667,6 +784,43 @@ fn log_window(r: &WindowRecord, new: bool) {
         w.totals.total_error_count,
         w.alerts.len()
     );
+}
+
+/// `--partitions` reads outside group membership: refuse partitions a live member of the same
+/// group owns, since both would read and window them.
+fn refuse_shared_partitions(
+    settings: &ConsumeSettings,
+    source: &mut KafkaSource,
+    shutdown: &Shutdown,
+) -> Result<(), Stop> {
+    let wanted = settings.partitions.clone().unwrap_or_default();
+    let (_, members) = retry("describing the consumer group", shutdown, || {
+        source.group_members()
+    })?;
+    for m in &members {
+        let shared: Vec<i32> = m
+            .partitions
+            .iter()
+            .copied()
+            .filter(|p| wanted.contains(p))
+            .collect();
+        if !shared.is_empty() {
+            return Err(Stop::Fatal(CommandError::Setting(SettingError {
+                setting: "--partitions (KAFKA_PARTITIONS)".into(),
+                problem: format!(
+                    "partition(s) {} of topic {} are read by live member {} (client {}, host {}) \
+                     of group {}; use another group, or drop --partitions to join the group",
+                    join(&shared),
+                    settings.topic,
+                    m.member_id,
+                    m.client_id,
+                    m.host,
+                    settings.group
+                ),
+            })));
+        }
+    }
+    Ok(())
 }
 
 fn join(partitions: &[i32]) -> String {

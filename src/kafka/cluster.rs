@@ -83,6 +83,10 @@ impl Cluster {
         &self.topic
     }
 
+    pub fn bootstrap(&self) -> &[String] {
+        &self.bootstrap
+    }
+
     /// The metadata of the last successful refresh.
     pub fn meta(&self) -> Option<&TopicMeta> {
         self.meta.as_ref()
@@ -346,5 +350,6 @@ pub fn fail(operation: &'static str, detail: impl Into<String>) -> KafkaError {
     KafkaError {
         operation,
         detail: detail.into(),
+        fenced: false,
     }
 }

@@ -12,6 +12,7 @@
 
 mod cluster;
 mod fetch;
+mod group;
 mod producer;
 mod source;
 mod wire;
@@ -19,6 +20,7 @@ mod wire;
 use std::fmt;
 
 pub use fetch::FetchedRecord;
+pub use group::{Generation, GroupMember, GroupTimeouts, MemberInfo};
 pub use producer::{Delivery, KafkaProducer};
 pub use source::{Fetched, KafkaSource, PartitionData, TopicInfo};
 
@@ -27,6 +29,9 @@ pub use source::{Fetched, KafkaSource, PartitionData, TopicInfo};
 pub struct KafkaError {
     pub operation: &'static str,
     pub detail: String,
+    /// The group coordinator refused our generation: this member was fenced out of the group
+    /// (or the group is rebalancing) and must rejoin before it stores or commits more.
+    pub fenced: bool,
 }
 
 impl fmt::Display for KafkaError {

@@ -52,7 +52,11 @@ impl Link {
         T: Send + 'static,
         F: FnOnce(&mut KafkaClient, &str) -> Result<T, String> + Send + 'static,
     {
-        let fail = |detail: String| KafkaError { operation, detail };
+        let fail = |detail: String| KafkaError {
+            operation,
+            detail,
+            fenced: false,
+        };
         let existing = self.client.take();
         let brokers = self.brokers.clone();
         let topic = self.topic.clone();

@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use super::cluster::{fail, group_id, topic_name, AutoCreate, Cluster, TopicMeta, REQUEST_TIMEOUT};
 use super::fetch::{fetch_from, FetchPosition, FetchedRecord, PartitionAnswer};
+use super::group::{describe_group, Generation, MemberInfo};
 use super::wire::WireError;
 use super::KafkaError;
 use crate::shutdown::Shutdown;
@@ -83,6 +84,9 @@ pub struct KafkaSource {
     topic_id: Option<Uuid>,
     /// Per-partition fetch size, grown for batches larger than the default.
     fetch_bytes: HashMap<i32, i32>,
+    /// The member's generation when the consumer is a group member; commits carry it so that
+    /// a member fenced out of the group cannot commit.
+    generation: Option<Generation>,
 }
 
 impl KafkaSource {
@@ -93,6 +97,7 @@ impl KafkaSource {
             shutdown,
             topic_id: None,
             fetch_bytes: HashMap::new(),
+            generation: None,
         }
     }
 
@@ -263,12 +268,29 @@ impl KafkaSource {
         Ok(())
     }
 
+    /// Commits from now on carry this generation (`None`: commits outside group membership).
+    pub fn set_generation(&mut self, generation: Option<Generation>) {
+        self.generation = generation;
+    }
+
+    /// The group's state and live members (with their partitions of our topic).
+    pub fn group_members(&mut self) -> Result<(String, Vec<MemberInfo>), KafkaError> {
+        let topic = self.cluster.topic().to_string();
+        describe_group(&mut self.cluster, &self.group, &topic)
+    }
+
     /// Commits `(partition, next offset to read)` pairs for the group, labelled with the
-    /// topic's id.
+    /// topic's id. A refusal of our generation is returned with `fenced` set.
     pub fn commit(&mut self, offsets: &[(i32, i64)]) -> Result<(), KafkaError> {
         let label = self.topic_id.map(|id| id.to_string()).unwrap_or_default();
+        let (generation_id, member_id) = match &self.generation {
+            Some(g) => (g.id, g.member_id.clone()),
+            None => (-1, String::new()),
+        };
         let request = OffsetCommitRequest::default()
             .with_group_id(group_id(&self.group))
+            .with_generation_id_or_member_epoch(generation_id)
+            .with_member_id(StrBytes::from_string(member_id))
             .with_topics(vec![OffsetCommitRequestTopic::default()
                 .with_name(topic_name(self.cluster.topic()))
                 .with_partitions(
@@ -299,6 +321,19 @@ impl KafkaSource {
                 .find_map(|p| ResponseError::try_from_code(p.error_code));
             match problem {
                 None => return Ok(()),
+                Some(
+                    e @ (ResponseError::IllegalGeneration
+                    | ResponseError::UnknownMemberId
+                    | ResponseError::RebalanceInProgress
+                    | ResponseError::FencedInstanceId),
+                ) => {
+                    let mut refused = fail(
+                        "offset-commit",
+                        format!("group {} refused this member's commit ({e})", self.group),
+                    );
+                    refused.fenced = true;
+                    return Err(refused);
+                }
                 Some(e) => self.coordinator_trouble("offset-commit", e, deadline)?,
             }
         }

@@ -1,0 +1,707 @@
+//! Consumer-group membership with Kafka's classic group protocol: FindCoordinator, JoinGroup,
+//! SyncGroup, Heartbeat and LeaveGroup, with protocol type `consumer`, the `range` assignor and
+//! the standard consumer-protocol encoding, so Kafka's own tools show our members, their client
+//! id and host, and their partitions.
+//!
+//! The rebalance protocol is eager: on every rebalance each member gives up all its partitions
+//! and receives a new assignment. A heartbeat thread keeps the membership alive and raises a
+//! flag when the group rebalances or the coordinator has fenced this member out; the consume
+//! loop checks that flag between steps and before it stores a window.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::consumer_protocol_assignment::TopicPartition as AssignedTopic;
+use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+use kafka_protocol::messages::leave_group_request::MemberIdentity;
+use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
+use kafka_protocol::messages::{
+    ConsumerProtocolAssignment, ConsumerProtocolSubscription, DescribeGroupsRequest,
+    HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest, SyncGroupRequest,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use log::{debug, info, warn};
+
+use super::cluster::{fail, group_id, topic_name, AutoCreate, Cluster};
+use super::KafkaError;
+use crate::shutdown::Shutdown;
+
+const JOIN_GROUP_VERSION: i16 = 7;
+const SYNC_GROUP_VERSION: i16 = 5;
+const HEARTBEAT_VERSION: i16 = 4;
+const LEAVE_GROUP_VERSION: i16 = 4;
+const DESCRIBE_GROUPS_VERSION: i16 = 5;
+/// The consumer-protocol version of our subscription and assignment bytes (any Kafka tool
+/// reads version 0).
+const CONSUMER_PROTOCOL_VERSION: i16 = 0;
+pub const PROTOCOL_TYPE: &str = "consumer";
+pub const ASSIGNOR: &str = "range";
+
+/// How long the member may go without a heartbeat before the coordinator removes it, and how
+/// long a rebalance may wait for members to rejoin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupTimeouts {
+    pub session: Duration,
+    pub rebalance: Duration,
+}
+
+impl GroupTimeouts {
+    /// A third of the session, as Kafka's clients do, so two lost heartbeats are survivable.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.session / 3
+    }
+}
+
+/// This member's place in the group after a completed join.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Generation {
+    pub id: i32,
+    pub member_id: String,
+}
+
+/// What the heartbeat thread and the consume loop share.
+#[derive(Debug)]
+struct State {
+    generation: Option<Generation>,
+    /// The group is rebalancing, or this member was fenced: rejoin before storing more.
+    rejoin: bool,
+    /// When the coordinator last confirmed this member's generation.
+    confirmed_at: Instant,
+}
+
+/// A member of one consumer group, subscribed to one topic.
+pub struct GroupMember {
+    cluster: Cluster,
+    group: String,
+    topic: String,
+    timeouts: GroupTimeouts,
+    state: Arc<Mutex<State>>,
+    stop_heartbeats: Arc<AtomicBool>,
+    heartbeats: Option<JoinHandle<()>>,
+    shutdown: Shutdown,
+}
+
+impl GroupMember {
+    pub fn new(
+        brokers: Vec<String>,
+        topic: String,
+        group: String,
+        timeouts: GroupTimeouts,
+        shutdown: Shutdown,
+    ) -> Self {
+        GroupMember {
+            cluster: Cluster::new(brokers, topic.clone(), shutdown.clone()),
+            group,
+            topic,
+            timeouts,
+            state: Arc::new(Mutex::new(State {
+                generation: None,
+                rejoin: true,
+                confirmed_at: Instant::now(),
+            })),
+            stop_heartbeats: Arc::new(AtomicBool::new(false)),
+            heartbeats: None,
+            shutdown,
+        }
+    }
+
+    /// The current generation, if this member holds one.
+    pub fn generation(&self) -> Option<Generation> {
+        lock(&self.state).generation.clone()
+    }
+
+    /// True when the member must rejoin: the group is rebalancing or this member was fenced.
+    pub fn rejoin_needed(&self) -> bool {
+        lock(&self.state).rejoin
+    }
+
+    /// Asks for a rejoin before anything more is stored (the member could not confirm it still
+    /// owns its partitions, or the topic changed).
+    pub fn request_rejoin(&self) {
+        lock(&self.state).rejoin = true;
+    }
+
+    /// Called when a commit was refused for our generation: the member was fenced out.
+    pub fn fenced(&self) {
+        let mut s = lock(&self.state);
+        s.rejoin = true;
+        s.generation = None;
+    }
+
+    /// Whether the member may still store work for its partitions: it holds a generation the
+    /// coordinator confirmed recently. After a long pause (SIGSTOP, a stall) the last
+    /// confirmation is old, so the member asks the coordinator before trusting it.
+    pub fn still_owner(&mut self) -> bool {
+        let (generation, fresh) = {
+            let s = lock(&self.state);
+            if s.rejoin {
+                return false;
+            }
+            (
+                s.generation.clone(),
+                s.confirmed_at.elapsed() < self.timeouts.heartbeat_interval() * 2,
+            )
+        };
+        let Some(generation) = generation else {
+            return false;
+        };
+        if fresh {
+            return true;
+        }
+        match heartbeat(&mut self.cluster, &self.group, &generation) {
+            Ok(()) => {
+                lock(&self.state).confirmed_at = Instant::now();
+                true
+            }
+            Err(HeartbeatError::Rejoin(why)) => {
+                warn!("group {}: {why}; rejoining before storing more", self.group);
+                let mut s = lock(&self.state);
+                s.rejoin = true;
+                if why.fenced() {
+                    s.generation = None;
+                }
+                false
+            }
+            // The coordinator is unreachable: the membership may have lapsed, so store nothing
+            // until it answers.
+            Err(HeartbeatError::Unreachable(e)) => {
+                warn!("group {}: cannot confirm membership ({e})", self.group);
+                false
+            }
+        }
+    }
+
+    /// Joins (or rejoins) the group and returns this member's partitions of the topic. Blocks
+    /// through the rebalance; the heartbeat thread runs once the member holds a generation.
+    pub fn join(&mut self) -> Result<Vec<i32>, KafkaError> {
+        self.stop_heartbeat_thread();
+        let mut member_id = lock(&self.state)
+            .generation
+            .as_ref()
+            .map(|g| g.member_id.clone())
+            .unwrap_or_default();
+        let started = Instant::now();
+        loop {
+            if self.shutdown.requested() {
+                return Err(fail("join-group", "stop requested"));
+            }
+            let joined = match self.join_once(&member_id)? {
+                JoinOutcome::Joined(j) => j,
+                JoinOutcome::Retry { member_id: m } => {
+                    member_id = m;
+                    continue;
+                }
+            };
+            member_id = joined.member_id.clone();
+            let assignments = if joined.leader == joined.member_id {
+                self.assign(&joined.members)?
+            } else {
+                Vec::new()
+            };
+            let generation = Generation {
+                id: joined.generation,
+                member_id: joined.member_id.clone(),
+            };
+            match self.sync(&generation, assignments)? {
+                Some(partitions) => {
+                    {
+                        let mut s = lock(&self.state);
+                        s.generation = Some(generation.clone());
+                        s.rejoin = false;
+                        s.confirmed_at = Instant::now();
+                    }
+                    self.start_heartbeat_thread();
+                    info!(
+                        "group {}: joined as {} (generation {}, {}), partitions [{}] after {:.1} s",
+                        self.group,
+                        generation.member_id,
+                        generation.id,
+                        if joined.leader == joined.member_id {
+                            format!("leader of {} members", joined.members.len())
+                        } else {
+                            "follower".to_string()
+                        },
+                        partitions
+                            .iter()
+                            .map(|p| p.to_string())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        started.elapsed().as_secs_f64()
+                    );
+                    return Ok(partitions);
+                }
+                // The group moved on while we synced: join again.
+                None => continue,
+            }
+        }
+    }
+
+    fn join_once(&mut self, member_id: &str) -> Result<JoinOutcome, KafkaError> {
+        let request = JoinGroupRequest::default()
+            .with_group_id(group_id(&self.group))
+            .with_session_timeout_ms(millis(self.timeouts.session))
+            .with_rebalance_timeout_ms(millis(self.timeouts.rebalance))
+            .with_member_id(StrBytes::from_string(member_id.to_string()))
+            .with_protocol_type(StrBytes::from_static_str(PROTOCOL_TYPE))
+            .with_protocols(vec![JoinGroupRequestProtocol::default()
+                .with_name(StrBytes::from_static_str(ASSIGNOR))
+                .with_metadata(encode_subscription(&self.topic))]);
+        // The coordinator holds a JoinGroup until every member rejoined (or the rebalance
+        // timeout passed).
+        let timeout = self.timeouts.rebalance + Duration::from_secs(5);
+        let response = self.cluster.call_coordinator(
+            &self.group,
+            &request,
+            JOIN_GROUP_VERSION,
+            timeout,
+        )?;
+        match ResponseError::try_from_code(response.error_code) {
+            None => Ok(JoinOutcome::Joined(Joined {
+                generation: response.generation_id,
+                leader: response.leader.to_string(),
+                member_id: response.member_id.to_string(),
+                members: response
+                    .members
+                    .iter()
+                    .map(|m| (m.member_id.to_string(), m.metadata.clone()))
+                    .collect(),
+            })),
+            // Since KIP-394 a first join is answered with the member id to join with.
+            Some(ResponseError::MemberIdRequired) => Ok(JoinOutcome::Retry {
+                member_id: response.member_id.to_string(),
+            }),
+            Some(ResponseError::UnknownMemberId) => Ok(JoinOutcome::Retry {
+                member_id: String::new(),
+            }),
+            Some(e) => {
+                self.coordinator_trouble(e);
+                if e.is_retriable() || e == ResponseError::RebalanceInProgress {
+                    self.shutdown.sleep(Duration::from_millis(200));
+                    Ok(JoinOutcome::Retry {
+                        member_id: member_id.to_string(),
+                    })
+                } else {
+                    Err(fail("join-group", format!("group {}: {e}", self.group)))
+                }
+            }
+        }
+    }
+
+    /// The leader's `range` assignment: partitions in order, split into contiguous ranges over
+    /// the members sorted by id, the first ones taking one more when they do not divide evenly.
+    fn assign(&mut self, members: &[(String, Bytes)]) -> Result<Vec<(String, Bytes)>, KafkaError> {
+        let meta = self.cluster.refresh(AutoCreate::No)?;
+        let subscribed: Vec<&str> = members
+            .iter()
+            .filter(|(_, metadata)| subscribes_to(metadata, &self.topic))
+            .map(|(id, _)| id.as_str())
+            .collect();
+        let plan = range_assign(&meta.partition_ids(), &subscribed);
+        Ok(members
+            .iter()
+            .map(|(id, _)| {
+                let mine = plan
+                    .iter()
+                    .find(|(m, _)| m == id)
+                    .map(|(_, ps)| ps.clone())
+                    .unwrap_or_default();
+                (id.clone(), encode_assignment(&self.topic, &mine))
+            })
+            .collect())
+    }
+
+    /// SyncGroup: `Some(partitions)` once the assignment arrived, `None` when the group is
+    /// rebalancing again and the member must rejoin.
+    fn sync(
+        &mut self,
+        generation: &Generation,
+        assignments: Vec<(String, Bytes)>,
+    ) -> Result<Option<Vec<i32>>, KafkaError> {
+        let request = SyncGroupRequest::default()
+            .with_group_id(group_id(&self.group))
+            .with_generation_id(generation.id)
+            .with_member_id(StrBytes::from_string(generation.member_id.clone()))
+            .with_protocol_type(Some(StrBytes::from_static_str(PROTOCOL_TYPE)))
+            .with_protocol_name(Some(StrBytes::from_static_str(ASSIGNOR)))
+            .with_assignments(
+                assignments
+                    .into_iter()
+                    .map(|(id, bytes)| {
+                        SyncGroupRequestAssignment::default()
+                            .with_member_id(StrBytes::from_string(id))
+                            .with_assignment(bytes)
+                    })
+                    .collect(),
+            );
+        let timeout = self.timeouts.rebalance + Duration::from_secs(5);
+        let response =
+            self.cluster
+                .call_coordinator(&self.group, &request, SYNC_GROUP_VERSION, timeout)?;
+        match ResponseError::try_from_code(response.error_code) {
+            None => Ok(Some(decode_assignment(&response.assignment, &self.topic))),
+            Some(
+                e @ (ResponseError::RebalanceInProgress
+                | ResponseError::IllegalGeneration
+                | ResponseError::UnknownMemberId),
+            ) => {
+                debug!("group {}: sync answered {e}; rejoining", self.group);
+                Ok(None)
+            }
+            Some(e) => {
+                self.coordinator_trouble(e);
+                if e.is_retriable() {
+                    Ok(None)
+                } else {
+                    Err(fail("sync-group", format!("group {}: {e}", self.group)))
+                }
+            }
+        }
+    }
+
+    fn coordinator_trouble(&mut self, e: ResponseError) {
+        if matches!(
+            e,
+            ResponseError::NotCoordinator | ResponseError::CoordinatorNotAvailable
+        ) {
+            self.cluster.forget_coordinator();
+        }
+    }
+
+    fn start_heartbeat_thread(&mut self) {
+        let stop = Arc::new(AtomicBool::new(false));
+        self.stop_heartbeats = stop.clone();
+        let state = self.state.clone();
+        let mut cluster = Cluster::new(
+            self.cluster.bootstrap().to_vec(),
+            self.topic.clone(),
+            self.shutdown.clone(),
+        );
+        let group = self.group.clone();
+        let interval = self.timeouts.heartbeat_interval();
+        let spawned = std::thread::Builder::new()
+            .name("group-heartbeat".into())
+            .spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let generation = {
+                        let s = lock(&state);
+                        if s.rejoin {
+                            None
+                        } else {
+                            s.generation.clone()
+                        }
+                    };
+                    if let Some(generation) = generation {
+                        match heartbeat(&mut cluster, &group, &generation) {
+                            Ok(()) => lock(&state).confirmed_at = Instant::now(),
+                            Err(HeartbeatError::Rejoin(why)) => {
+                                info!("group {group}: {why}; the member will rejoin");
+                                let mut s = lock(&state);
+                                s.rejoin = true;
+                                if why.fenced() {
+                                    s.generation = None;
+                                }
+                            }
+                            Err(HeartbeatError::Unreachable(e)) => {
+                                warn!("group {group}: heartbeat failed ({e}); retrying");
+                            }
+                        }
+                    }
+                    let until = Instant::now() + interval;
+                    while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            });
+        match spawned {
+            Ok(handle) => self.heartbeats = Some(handle),
+            Err(e) => warn!("cannot start the heartbeat thread ({e}); the member may be removed"),
+        }
+    }
+
+    fn stop_heartbeat_thread(&mut self) {
+        self.stop_heartbeats.store(true, Ordering::SeqCst);
+        if let Some(handle) = self.heartbeats.take() {
+            let _ = handle.join();
+        }
+    }
+
+    /// Leaves the group so its partitions move to the other members at once, instead of after
+    /// the session timeout.
+    pub fn leave(&mut self) {
+        self.stop_heartbeat_thread();
+        let Some(generation) = lock(&self.state).generation.take() else {
+            return;
+        };
+        let request = LeaveGroupRequest::default()
+            .with_group_id(group_id(&self.group))
+            .with_members(vec![MemberIdentity::default()
+                .with_member_id(StrBytes::from_string(generation.member_id.clone()))
+                .with_reason(Some(StrBytes::from_static_str("the consumer is stopping")))]);
+        match self.cluster.call_coordinator(
+            &self.group,
+            &request,
+            LEAVE_GROUP_VERSION,
+            Duration::from_secs(5),
+        ) {
+            Ok(r) if r.error_code == 0 => {
+                info!("group {}: left as {}", self.group, generation.member_id)
+            }
+            Ok(r) => warn!(
+                "group {}: leaving answered {:?}; the coordinator will drop the member after \
+                 its session timeout",
+                self.group,
+                ResponseError::try_from_code(r.error_code)
+            ),
+            Err(e) => warn!(
+                "group {}: cannot leave ({e}); the coordinator will drop the member after its \
+                 session timeout",
+                self.group
+            ),
+        }
+    }
+}
+
+impl Drop for GroupMember {
+    fn drop(&mut self) {
+        self.stop_heartbeat_thread();
+    }
+}
+
+struct Joined {
+    generation: i32,
+    leader: String,
+    member_id: String,
+    members: Vec<(String, Bytes)>,
+}
+
+enum JoinOutcome {
+    Joined(Joined),
+    Retry { member_id: String },
+}
+
+/// Why a heartbeat asks the member to rejoin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RejoinReason {
+    Rebalancing,
+    Fenced(ResponseError),
+}
+
+impl RejoinReason {
+    fn fenced(self) -> bool {
+        matches!(self, RejoinReason::Fenced(_))
+    }
+}
+
+impl std::fmt::Display for RejoinReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RejoinReason::Rebalancing => f.write_str("the group is rebalancing"),
+            RejoinReason::Fenced(e) => write!(f, "this member was fenced out of the group ({e})"),
+        }
+    }
+}
+
+enum HeartbeatError {
+    Rejoin(RejoinReason),
+    Unreachable(String),
+}
+
+fn heartbeat(
+    cluster: &mut Cluster,
+    group: &str,
+    generation: &Generation,
+) -> Result<(), HeartbeatError> {
+    let request = HeartbeatRequest::default()
+        .with_group_id(group_id(group))
+        .with_generation_id(generation.id)
+        .with_member_id(StrBytes::from_string(generation.member_id.clone()));
+    let response = cluster
+        .call_coordinator(group, &request, HEARTBEAT_VERSION, Duration::from_secs(5))
+        .map_err(|e| HeartbeatError::Unreachable(e.to_string()))?;
+    match ResponseError::try_from_code(response.error_code) {
+        None => Ok(()),
+        Some(ResponseError::RebalanceInProgress) => {
+            Err(HeartbeatError::Rejoin(RejoinReason::Rebalancing))
+        }
+        Some(
+            e @ (ResponseError::UnknownMemberId
+            | ResponseError::IllegalGeneration
+            | ResponseError::FencedInstanceId),
+        ) => Err(HeartbeatError::Rejoin(RejoinReason::Fenced(e))),
+        Some(e) => {
+            if matches!(
+                e,
+                ResponseError::NotCoordinator | ResponseError::CoordinatorNotAvailable
+            ) {
+                cluster.forget_coordinator();
+            }
+            Err(HeartbeatError::Unreachable(e.to_string()))
+        }
+    }
+}
+
+/// A live member of a group, as DescribeGroups reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    pub member_id: String,
+    pub client_id: String,
+    pub host: String,
+    /// Its partitions of our topic.
+    pub partitions: Vec<i32>,
+}
+
+/// The group's state (`Stable`, `Empty`, `PreparingRebalance`, ...) and live members.
+pub fn describe_group(
+    cluster: &mut Cluster,
+    group: &str,
+    topic: &str,
+) -> Result<(String, Vec<MemberInfo>), KafkaError> {
+    let request = DescribeGroupsRequest::default().with_groups(vec![group_id(group)]);
+    let response = cluster.call_coordinator(
+        group,
+        &request,
+        DESCRIBE_GROUPS_VERSION,
+        Duration::from_secs(10),
+    )?;
+    let Some(described) = response.groups.into_iter().next() else {
+        return Err(fail("describe-group", format!("no answer for group {group}")));
+    };
+    if let Some(e) = ResponseError::try_from_code(described.error_code) {
+        return Err(fail("describe-group", format!("group {group}: {e}")));
+    }
+    let members = described
+        .members
+        .iter()
+        .map(|m| MemberInfo {
+            member_id: m.member_id.to_string(),
+            client_id: m.client_id.to_string(),
+            host: m.client_host.to_string(),
+            partitions: decode_assignment(&m.member_assignment, topic),
+        })
+        .collect();
+    Ok((described.group_state.to_string(), members))
+}
+
+/// Range assignment of `partitions` over `members`: contiguous runs, sorted member ids, the
+/// first `partitions % members` members taking one extra.
+pub fn range_assign(partitions: &[i32], members: &[&str]) -> Vec<(String, Vec<i32>)> {
+    let mut partitions = partitions.to_vec();
+    partitions.sort_unstable();
+    let mut members: Vec<&str> = members.to_vec();
+    members.sort_unstable();
+    members.dedup();
+    if members.is_empty() {
+        return Vec::new();
+    }
+    let per = partitions.len() / members.len();
+    let extra = partitions.len() % members.len();
+    let mut next = 0;
+    members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let n = per + usize::from(i < extra);
+            let mine = partitions[next..next + n].to_vec();
+            next += n;
+            (m.to_string(), mine)
+        })
+        .collect()
+}
+
+/// The consumer-protocol subscription: a version, then the subscribed topics.
+pub fn encode_subscription(topic: &str) -> Bytes {
+    let subscription = ConsumerProtocolSubscription::default()
+        .with_topics(vec![StrBytes::from_string(topic.to_string())]);
+    with_version(|buf| subscription.encode(buf, CONSUMER_PROTOCOL_VERSION))
+}
+
+fn subscribes_to(metadata: &Bytes, topic: &str) -> bool {
+    let mut buf = metadata.clone();
+    if buf.remaining() < 2 {
+        return false;
+    }
+    let version = buf.get_i16();
+    ConsumerProtocolSubscription::decode(&mut buf, version.clamp(0, 3))
+        .map(|s| s.topics.iter().any(|t| t.as_str() == topic))
+        .unwrap_or(false)
+}
+
+/// The consumer-protocol assignment of `partitions` of `topic`.
+pub fn encode_assignment(topic: &str, partitions: &[i32]) -> Bytes {
+    let assignment =
+        ConsumerProtocolAssignment::default().with_assigned_partitions(vec![AssignedTopic::default()
+            .with_topic(topic_name(topic))
+            .with_partitions(partitions.to_vec())]);
+    with_version(|buf| assignment.encode(buf, CONSUMER_PROTOCOL_VERSION))
+}
+
+/// Our topic's partitions in an assignment (empty bytes: no partitions).
+pub fn decode_assignment(bytes: &Bytes, topic: &str) -> Vec<i32> {
+    let mut buf = bytes.clone();
+    if buf.remaining() < 2 {
+        return Vec::new();
+    }
+    let version = buf.get_i16();
+    let mut partitions: Vec<i32> = ConsumerProtocolAssignment::decode(&mut buf, version.clamp(0, 3))
+        .map(|a| {
+            a.assigned_partitions
+                .into_iter()
+                .filter(|t| t.topic.0.as_str() == topic)
+                .flat_map(|t| t.partitions)
+                .collect()
+        })
+        .unwrap_or_default();
+    partitions.sort_unstable();
+    partitions
+}
+
+fn with_version<E>(encode: impl FnOnce(&mut BytesMut) -> Result<(), E>) -> Bytes {
+    let mut buf = BytesMut::new();
+    buf.put_i16(CONSUMER_PROTOCOL_VERSION);
+    // Encoding plain strings and integers into a growable buffer cannot fail.
+    let _ = encode(&mut buf);
+    buf.freeze()
+}
+
+fn millis(d: Duration) -> i32 {
+    i32::try_from(d.as_millis()).unwrap_or(i32::MAX)
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    // A panic while holding the lock leaves plain data behind; keep using it.
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_assignment_splits_contiguously_first_members_take_the_rest() {
+        let plan = range_assign(&[2, 0, 1], &["b", "a"]);
+        assert_eq!(
+            plan,
+            vec![("a".to_string(), vec![0, 1]), ("b".to_string(), vec![2])]
+        );
+        let plan = range_assign(&[0, 1, 2], &["a", "b", "c", "d"]);
+        assert_eq!(plan[3], ("d".to_string(), vec![]));
+        assert!(range_assign(&[0], &[]).is_empty());
+    }
+
+    #[test]
+    fn consumer_protocol_bytes_round_trip() {
+        let s = encode_subscription("metrics");
+        assert!(subscribes_to(&s, "metrics"));
+        assert!(!subscribes_to(&s, "other"));
+        // Version 0 header, then an array of one string.
+        assert_eq!(&s[..2], &[0, 0]);
+        let a = encode_assignment("metrics", &[2, 0]);
+        assert_eq!(decode_assignment(&a, "metrics"), vec![0, 2]);
+        assert!(decode_assignment(&a, "other").is_empty());
+        assert!(decode_assignment(&Bytes::new(), "metrics").is_empty());
+    }
+}
