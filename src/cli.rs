@@ -17,6 +17,7 @@ pub enum Command {
     Produce(ProduceArgs),
     Consume(ConsumeArgs),
     Kpis(KpisArgs),
+    Status(StatusArgs),
 }
 
 /// Simulate the fleet and send one JSON message per server and report to Kafka.
@@ -83,6 +84,41 @@ pub struct ConsumeArgs {
     /// stop after this many messages (MAX_MESSAGES; unlimited)
     #[argh(option)]
     pub max_messages: Option<String>,
+}
+
+/// Per partition of the topic: log bounds, the group's committed offset and lag, the member that
+/// owns it, the last stored window; exit 0 when every partition is owned and its lag is under
+/// --max-lag, 1 otherwise (for cron jobs and health checks).
+#[derive(FromArgs, Debug, Default)]
+#[argh(subcommand, name = "status")]
+pub struct StatusArgs {
+    /// kafka bootstrap brokers, host:port[,host:port] (KAFKA_BROKERS; 127.0.0.1:29092)
+    #[argh(option)]
+    pub brokers: Option<String>,
+    /// topic (KAFKA_TOPIC; system-metrics-topic-<METRICS_SUFFIX>)
+    #[argh(option)]
+    pub topic: Option<String>,
+    /// consumer group (KAFKA_GROUP_ID; grupo_<METRICS_SUFFIX>_id)
+    #[argh(option)]
+    pub group: Option<String>,
+    /// mongodb:// or mongodb+srv:// URI (MONGODB_URI or CONNECTION_STRING; mongodb://127.0.0.1:27017)
+    #[argh(option)]
+    pub mongodb_uri: Option<String>,
+    /// database (MONGODB_DATABASE; monitoring)
+    #[argh(option)]
+    pub database: Option<String>,
+    /// KPI collection (MONGODB_KPI_COLLECTION; system_metrics_kpis_<METRICS_SUFFIX>)
+    #[argh(option)]
+    pub kpi_collection: Option<String>,
+    /// dead-letter collection (MONGODB_DLQ_COLLECTION; system_metrics_dlq_<METRICS_SUFFIX>)
+    #[argh(option)]
+    pub dlq_collection: Option<String>,
+    /// a partition lagging by this many messages or more is unhealthy (STATUS_MAX_LAG; 10000)
+    #[argh(option)]
+    pub max_lag: Option<String>,
+    /// one JSON object, for programs
+    #[argh(switch)]
+    pub json: bool,
 }
 
 /// Read the stored KPI windows.

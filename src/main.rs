@@ -20,6 +20,7 @@ fn main() {
         Command::Kpis(kpis) => match kpis.command {
             KpisCommand::Show(args) => commands::kpis::show(&args),
         },
+        Command::Status(args) => commands::status::run(&args),
     };
     let code = match result {
         Ok(()) => 0,
@@ -31,6 +32,8 @@ fn main() {
             eprintln!("error: {}", redact::scrub(&message));
             EXIT_FAILED
         }
+        // Already reported on stdout: the exit code is the answer.
+        Err(CommandError::Unhealthy) => EXIT_FAILED,
     };
     std::process::exit(code);
 }

@@ -8,7 +8,7 @@ use std::num::NonZeroUsize;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::cli::{ConsumeArgs, ProduceArgs, ShowArgs};
+use crate::cli::{ConsumeArgs, ProduceArgs, ShowArgs, StatusArgs};
 use crate::redact;
 
 pub const DEFAULT_BROKERS: &str = "127.0.0.1:29092";
@@ -19,6 +19,7 @@ pub const DEFAULT_SERVERS: &str = "web01,web02,db01,app01,cache01";
 pub const DEFAULT_WINDOW_SIZE: usize = 20;
 pub const DEFAULT_INTERVAL_SECONDS: f64 = 10.0;
 pub const DEFAULT_KPIS_LIMIT: usize = 10;
+pub const DEFAULT_MAX_LAG: u64 = 10_000;
 
 /// A setting that cannot be valid: which one, where it came from, and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,6 +153,18 @@ pub struct KpisSettings {
     pub follow: bool,
 }
 
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusSettings {
+    pub brokers: Vec<String>,
+    pub topic: String,
+    pub group: String,
+    pub mongo: MongoSettings,
+    pub kpi_collection: String,
+    pub dlq_collection: String,
+    pub max_lag: u64,
+    pub json: bool,
+}
+
 impl ProduceSettings {
     pub fn resolve(args: &ProduceArgs, src: &Sources) -> Result<Self, SettingError> {
         let suffix = suffix(src)?;
@@ -189,10 +202,7 @@ impl ConsumeSettings {
         Ok(ConsumeSettings {
             brokers: brokers(src.pick(&args.brokers, "brokers", &["KAFKA_BROKERS"]))?,
             topic: topic(src.pick(&args.topic, "topic", &["KAFKA_TOPIC"]), &suffix)?,
-            group: match src.pick(&args.group, "group", &["KAFKA_GROUP_ID"]) {
-                Some(v) => non_empty_name(&v)?,
-                None => format!("grupo_{suffix}_id"),
-            },
+            group: group(src.pick(&args.group, "group", &["KAFKA_GROUP_ID"]), &suffix)?,
             mongo: mongo(src, &args.mongodb_uri, &args.database)?,
             raw_collection: collection(
                 src.pick(
@@ -235,6 +245,40 @@ impl ConsumeSettings {
                 .pick(&args.max_messages, "max-messages", &["MAX_MESSAGES"])
                 .map(|v| positive(&v))
                 .transpose()?,
+        })
+    }
+}
+
+impl StatusSettings {
+    pub fn resolve(args: &StatusArgs, src: &Sources) -> Result<Self, SettingError> {
+        let suffix = suffix(src)?;
+        Ok(StatusSettings {
+            brokers: brokers(src.pick(&args.brokers, "brokers", &["KAFKA_BROKERS"]))?,
+            topic: topic(src.pick(&args.topic, "topic", &["KAFKA_TOPIC"]), &suffix)?,
+            group: group(src.pick(&args.group, "group", &["KAFKA_GROUP_ID"]), &suffix)?,
+            mongo: mongo(src, &args.mongodb_uri, &args.database)?,
+            kpi_collection: collection(
+                src.pick(
+                    &args.kpi_collection,
+                    "kpi-collection",
+                    &["MONGODB_KPI_COLLECTION"],
+                ),
+                format!("system_metrics_kpis_{suffix}"),
+            )?,
+            dlq_collection: collection(
+                src.pick(
+                    &args.dlq_collection,
+                    "dlq-collection",
+                    &["MONGODB_DLQ_COLLECTION"],
+                ),
+                format!("system_metrics_dlq_{suffix}"),
+            )?,
+            max_lag: src
+                .pick(&args.max_lag, "max-lag", &["STATUS_MAX_LAG"])
+                .map(|v| positive(&v))
+                .transpose()?
+                .unwrap_or(DEFAULT_MAX_LAG),
+            json: args.json,
         })
     }
 }
@@ -318,6 +362,14 @@ fn topic(v: Option<Value>, suffix: &str) -> Result<String, SettingError> {
         Ok(t.to_string())
     } else {
         Err(v.error("must be 1-249 characters of letters, digits, '.', '_' or '-' (Kafka's rule)"))
+    }
+}
+
+/// The consumer group, by default the exercise's `grupo_<suffix>_id`.
+fn group(v: Option<Value>, suffix: &str) -> Result<String, SettingError> {
+    match v {
+        Some(v) => non_empty_name(&v),
+        None => Ok(format!("grupo_{suffix}_id")),
     }
 }
 

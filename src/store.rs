@@ -349,6 +349,46 @@ impl Store {
         Ok(found)
     }
 
+    /// When the latest window covering `partition` of this log and group was stored.
+    pub fn last_window_at(
+        &self,
+        topic_id: &str,
+        group: &str,
+        partition: i32,
+    ) -> Result<Option<OffsetDateTime>, StoreError> {
+        let found = self
+            .kpi
+            .find_one(doc! {
+                "kafka.topic_id": topic_id,
+                "kafka.group": group,
+                "kafka.partitions.partition": partition,
+            })
+            .sort(doc! {"computed_at": -1})
+            .projection(doc! {"computed_at": 1})
+            .run()
+            .map_err(|e| store_error("KPI lookup", &e))?;
+        Ok(found
+            .and_then(|d| d.get_datetime("computed_at").ok().copied())
+            .and_then(|t| {
+                OffsetDateTime::from_unix_timestamp_nanos(
+                    i128::from(t.timestamp_millis()) * 1_000_000,
+                )
+                .ok()
+            }))
+    }
+
+    /// Dead letters of `topic` received at or after `since`.
+    pub fn dead_letters_since(
+        &self,
+        topic: &str,
+        since: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        self.dlq
+            .count_documents(doc! {"kafka.topic": topic, "received_at": {"$gte": date(since)}})
+            .run()
+            .map_err(|e| store_error("dead-letter count", &e))
+    }
+
     /// The latest `limit` windows, newest first, as JSON with dates in RFC 3339.
     pub fn latest_windows(&self, limit: usize) -> Result<Vec<Value>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);

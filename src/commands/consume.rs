@@ -525,11 +525,7 @@ impl<'a> Pipeline<'a> {
 
     /// Stores one fetched batch: raw documents, dead letters, then the windows it closes, then
     /// the offsets those windows cover.
-    fn process(
-        &mut self,
-        messages: &[FetchedRecord],
-        arrival: OffsetDateTime,
-    ) -> Result<(), Stop> {
+    fn process(&mut self, messages: &[FetchedRecord], arrival: OffsetDateTime) -> Result<(), Stop> {
         let topic = self.settings.topic.as_str();
         let topic_id = self.topic_id.as_str();
         let position = |m: &FetchedRecord| Position {

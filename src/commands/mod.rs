@@ -4,14 +4,17 @@
 pub mod consume;
 pub mod kpis;
 pub mod produce;
+pub mod status;
 
 use crate::settings::SettingError;
 
-/// How a command ends badly: a wrong setting (exit 2) or a failure at run time (exit 1).
+/// How a command ends badly: a wrong setting (exit 2), a failure at run time (exit 1), or a
+/// health check that found trouble and has printed it (exit 1).
 #[derive(Debug)]
 pub enum CommandError {
     Setting(SettingError),
     Failed(String),
+    Unhealthy,
 }
 
 impl From<SettingError> for CommandError {

@@ -24,6 +24,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a fresh topic's partitions may take to get leaders after auto-creation.
 const LEADER_WAIT: Duration = Duration::from_secs(15);
 
+/// How a metadata problem says the topic is not there.
+const MISSING: &str = " does not exist";
+
 /// Where the topic lives now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicMeta {
@@ -105,6 +108,11 @@ impl Cluster {
                 }
                 Err(problem) => problem,
             };
+            // A missing topic that we may not create will not appear by waiting here.
+            let missing = problem.ends_with(MISSING);
+            if missing && auto_create == AutoCreate::No {
+                return Err(fail("metadata", problem));
+            }
             if Instant::now() >= deadline || self.shutdown.requested() {
                 return Err(fail("metadata", problem));
             }
@@ -119,8 +127,9 @@ impl Cluster {
         auto_create: AutoCreate,
     ) -> Result<Result<TopicMeta, String>, KafkaError> {
         let request = MetadataRequest::default()
-            .with_topics(Some(vec![MetadataRequestTopic::default()
-                .with_name(Some(TopicName(StrBytes::from_string(self.topic.clone()))))]))
+            .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(
+                TopicName(StrBytes::from_string(self.topic.clone())),
+            ))]))
             .with_allow_auto_topic_creation(auto_create == AutoCreate::Yes);
         let response = self.call_any(&request, METADATA_VERSION)?;
         let brokers: HashMap<i32, String> = response
@@ -139,13 +148,14 @@ impl Cluster {
             .iter()
             .find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == self.topic))
         else {
-            return Ok(Err(format!("the broker did not describe topic {}", self.topic)));
+            return Ok(Err(format!(
+                "the broker did not describe topic {}",
+                self.topic
+            )));
         };
         if let Some(e) = ResponseError::try_from_code(topic.error_code) {
             return Ok(Err(match e {
-                ResponseError::UnknownTopicOrPartition => {
-                    format!("topic {} does not exist", self.topic)
-                }
+                ResponseError::UnknownTopicOrPartition => format!("topic {}{MISSING}", self.topic),
                 ResponseError::LeaderNotAvailable => {
                     format!("topic {} has partitions without a leader yet", self.topic)
                 }
@@ -214,7 +224,9 @@ impl Cluster {
             format!(
                 "no broker of {} answered ({})",
                 self.bootstrap.join(","),
-                failures.last().map_or("none tried".into(), |e| e.to_string())
+                failures
+                    .last()
+                    .map_or("none tried".into(), |e| e.to_string())
             ),
         ))
     }

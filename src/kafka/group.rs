@@ -253,12 +253,9 @@ impl GroupMember {
         // The coordinator holds a JoinGroup until every member rejoined (or the rebalance
         // timeout passed).
         let timeout = self.timeouts.rebalance + Duration::from_secs(5);
-        let response = self.cluster.call_coordinator(
-            &self.group,
-            &request,
-            JOIN_GROUP_VERSION,
-            timeout,
-        )?;
+        let response =
+            self.cluster
+                .call_coordinator(&self.group, &request, JOIN_GROUP_VERSION, timeout)?;
         match ResponseError::try_from_code(response.error_code) {
             None => Ok(JoinOutcome::Joined(Joined {
                 generation: response.generation_id,
@@ -440,7 +437,9 @@ impl GroupMember {
             .with_group_id(group_id(&self.group))
             .with_members(vec![MemberIdentity::default()
                 .with_member_id(StrBytes::from_string(generation.member_id.clone()))
-                .with_reason(Some(StrBytes::from_static_str("the consumer is stopping")))]);
+                .with_reason(Some(StrBytes::from_static_str(
+                    "the consumer is stopping",
+                )))]);
         match self.cluster.call_coordinator(
             &self.group,
             &request,
@@ -568,7 +567,10 @@ pub fn describe_group(
         Duration::from_secs(10),
     )?;
     let Some(described) = response.groups.into_iter().next() else {
-        return Err(fail("describe-group", format!("no answer for group {group}")));
+        return Err(fail(
+            "describe-group",
+            format!("no answer for group {group}"),
+        ));
     };
     if let Some(e) = ResponseError::try_from_code(described.error_code) {
         return Err(fail("describe-group", format!("group {group}: {e}")));
@@ -632,10 +634,11 @@ fn subscribes_to(metadata: &Bytes, topic: &str) -> bool {
 
 /// The consumer-protocol assignment of `partitions` of `topic`.
 pub fn encode_assignment(topic: &str, partitions: &[i32]) -> Bytes {
-    let assignment =
-        ConsumerProtocolAssignment::default().with_assigned_partitions(vec![AssignedTopic::default()
+    let assignment = ConsumerProtocolAssignment::default().with_assigned_partitions(vec![
+        AssignedTopic::default()
             .with_topic(topic_name(topic))
-            .with_partitions(partitions.to_vec())]);
+            .with_partitions(partitions.to_vec()),
+    ]);
     with_version(|buf| assignment.encode(buf, CONSUMER_PROTOCOL_VERSION))
 }
 
@@ -646,15 +649,16 @@ pub fn decode_assignment(bytes: &Bytes, topic: &str) -> Vec<i32> {
         return Vec::new();
     }
     let version = buf.get_i16();
-    let mut partitions: Vec<i32> = ConsumerProtocolAssignment::decode(&mut buf, version.clamp(0, 3))
-        .map(|a| {
-            a.assigned_partitions
-                .into_iter()
-                .filter(|t| t.topic.0.as_str() == topic)
-                .flat_map(|t| t.partitions)
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut partitions: Vec<i32> =
+        ConsumerProtocolAssignment::decode(&mut buf, version.clamp(0, 3))
+            .map(|a| {
+                a.assigned_partitions
+                    .into_iter()
+                    .filter(|t| t.topic.0.as_str() == topic)
+                    .flat_map(|t| t.partitions)
+                    .collect()
+            })
+            .unwrap_or_default();
     partitions.sort_unstable();
     partitions
 }

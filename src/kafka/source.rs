@@ -109,6 +109,13 @@ impl KafkaSource {
         Ok(TopicInfo::from(&meta))
     }
 
+    /// The topic's id and partitions, without creating it: an error when it does not exist.
+    pub fn inspect(&mut self) -> Result<TopicInfo, KafkaError> {
+        let meta = self.cluster.refresh(AutoCreate::No)?;
+        self.topic_id = Some(meta.topic_id);
+        Ok(TopicInfo::from(&meta))
+    }
+
     /// Adopts the log a `Fetched::TopicChanged` announced.
     pub fn follow(&mut self, info: &TopicInfo) {
         self.topic_id = Some(info.topic_id);
@@ -300,9 +307,7 @@ impl KafkaSource {
                             OffsetCommitRequestPartition::default()
                                 .with_partition_index(*p)
                                 .with_committed_offset(*o)
-                                .with_committed_metadata(Some(StrBytes::from_string(
-                                    label.clone(),
-                                )))
+                                .with_committed_metadata(Some(StrBytes::from_string(label.clone())))
                         })
                         .collect(),
                 )]);
@@ -359,7 +364,11 @@ impl KafkaSource {
                 Some(leader) => by_leader.entry(leader).or_default().push(FetchPosition {
                     partition: *p,
                     offset: *o,
-                    max_bytes: self.fetch_bytes.get(p).copied().unwrap_or(FETCH_PARTITION_BYTES),
+                    max_bytes: self
+                        .fetch_bytes
+                        .get(p)
+                        .copied()
+                        .unwrap_or(FETCH_PARTITION_BYTES),
                 }),
                 None => refresh = true,
             }
