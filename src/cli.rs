@@ -42,6 +42,9 @@ pub struct ProduceArgs {
     /// seed for reproducible values (SIMULATION_SEED; random)
     #[argh(option)]
     pub seed: Option<String>,
+    /// on SIGINT/SIGTERM, keep sending reports already made for up to this many seconds (PRODUCER_DRAIN_TIMEOUT_SECONDS; 10)
+    #[argh(option)]
+    pub drain_timeout: Option<String>,
 }
 
 /// Read the topic, store raw metrics in MongoDB and a KPI document per tumbling window.

@@ -20,6 +20,7 @@ pub const DEFAULT_WINDOW_SIZE: usize = 20;
 pub const DEFAULT_INTERVAL_SECONDS: f64 = 10.0;
 pub const DEFAULT_KPIS_LIMIT: usize = 10;
 pub const DEFAULT_MAX_LAG: u64 = 10_000;
+pub const DEFAULT_DRAIN_TIMEOUT_SECONDS: u64 = 10;
 
 /// A setting that cannot be valid: which one, where it came from, and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +127,8 @@ pub struct ProduceSettings {
     pub interval: Duration,
     pub count: Option<u64>,
     pub seed: Option<u64>,
+    /// After a stop signal, how long reports already made may still be sent.
+    pub drain_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -188,6 +191,14 @@ impl ProduceSettings {
                     })
                 })
                 .transpose()?,
+            drain_timeout: match src.pick(
+                &args.drain_timeout,
+                "drain-timeout",
+                &["PRODUCER_DRAIN_TIMEOUT_SECONDS"],
+            ) {
+                Some(v) => seconds(&v)?,
+                None => Duration::from_secs(DEFAULT_DRAIN_TIMEOUT_SECONDS),
+            },
         })
     }
 }

@@ -23,6 +23,10 @@ use crate::simulate::Fleet;
 /// Reports kept while Kafka is unreachable: 1000 reports are about 2.8 hours at the default
 /// 10 s interval, a few hundred KiB of memory.
 pub const OUTBOX_REPORTS: usize = 1000;
+/// Report intervals at least this long log every message sent at info.
+const CHATTY_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a fast producer logs what it sent.
+const SUMMARY_EVERY: Duration = Duration::from_secs(10);
 
 /// A report, or what is left of it to send.
 struct PendingReport {
@@ -50,12 +54,18 @@ pub fn run(args: &ProduceArgs) -> Result<(), CommandError> {
             .count
             .map_or(String::new(), |c| format!(", {c} reports"))
     );
+    // Kafka calls are abandoned only once the drain period after a stop signal is over, so the
+    // reports already made still go out when Kafka answers within it.
+    let give_up = drain_deadline(&shutdown, settings.drain_timeout);
     let mut producer = KafkaProducer::new(
         settings.brokers.clone(),
         settings.topic.clone(),
-        shutdown.clone(),
+        give_up.clone(),
     );
-    let (totals, outbox) = produce_loop(&settings, &mut producer, &shutdown);
+    let (mut totals, mut outbox) = produce_loop(&settings, &mut producer, &shutdown);
+    if !outbox.is_empty() {
+        drain(&mut producer, &mut outbox, &mut totals, &give_up, &settings);
+    }
     let unsent: usize = outbox.iter().map(|r| r.unsent.len()).sum();
     info!(
         "producer stopped: {} reports made, {} messages sent, {} failed send attempts retried, \
@@ -67,6 +77,60 @@ pub fn run(args: &ProduceArgs) -> Result<(), CommandError> {
         unsent
     );
     Ok(())
+}
+
+/// A flag raised `drain` after the first stop signal.
+fn drain_deadline(shutdown: &Shutdown, drain: Duration) -> Shutdown {
+    let give_up = Shutdown::default();
+    let (watched, raised) = (shutdown.clone(), give_up.clone());
+    let spawned = std::thread::Builder::new()
+        .name("drain-deadline".into())
+        .spawn(move || {
+            while watched.sleep(Duration::from_secs(3600)) {}
+            std::thread::sleep(drain);
+            raised.request();
+        });
+    if spawned.is_err() {
+        // Without the watcher, stop at once as before.
+        return shutdown.clone();
+    }
+    give_up
+}
+
+/// After a stop signal: sends the reports already made until none is left or the drain period
+/// is over, then says what stays unsent.
+fn drain(
+    producer: &mut KafkaProducer,
+    outbox: &mut Outbox<PendingReport>,
+    totals: &mut Totals,
+    give_up: &Shutdown,
+    settings: &ProduceSettings,
+) {
+    let waiting: usize = outbox.iter().map(|r| r.unsent.len()).sum();
+    info!(
+        "stopping: sending the {waiting} messages already made (up to {} s, --drain-timeout)",
+        settings.drain_timeout.as_secs_f64()
+    );
+    let mut backoff = Backoff::standard();
+    while !outbox.is_empty() && !give_up.requested() {
+        if let Err(problem) = send_front(producer, outbox, totals, false) {
+            totals.failed_attempts += 1;
+            let delay = backoff.next_delay();
+            warn!(
+                "{problem}; retrying in {:.1} s while draining",
+                delay.as_secs_f64()
+            );
+            give_up.sleep(delay);
+        }
+    }
+    let unsent: usize = outbox.iter().map(|r| r.unsent.len()).sum();
+    if unsent > 0 {
+        error!(
+            "{unsent} messages of {} reports could not be sent within the drain period and are \
+             lost (raise --drain-timeout, or check Kafka)",
+            outbox.len()
+        );
+    }
 }
 
 fn produce_loop(
@@ -81,9 +145,25 @@ fn produce_loop(
     let mut next_send_at = Instant::now();
     let started = Instant::now();
     let as_fast_as_possible = settings.interval.is_zero();
+    // One line per message suits a report every few seconds; faster than that, the lines cost
+    // more than the sends, so they move to debug and a summary is logged every 10 s.
+    let chatty = settings.interval >= CHATTY_INTERVAL;
+    let mut summary_at = Instant::now() + SUMMARY_EVERY;
+    let mut sent_at_summary = 0;
 
     while !shutdown.requested() {
         let now = Instant::now();
+        if !chatty && now >= summary_at {
+            info!(
+                "sent {} messages in the last {} s ({} in all, {} reports waiting)",
+                totals.sent - sent_at_summary,
+                SUMMARY_EVERY.as_secs(),
+                totals.sent,
+                outbox.len()
+            );
+            sent_at_summary = totals.sent;
+            summary_at = now + SUMMARY_EVERY;
+        }
         let more_to_make = settings.count.is_none_or(|c| totals.reports < c);
         // Report k starts at start + k * interval, whatever the previous sends cost.
         let due = started + settings.interval.saturating_mul(totals.reports as u32);
@@ -113,7 +193,7 @@ fn produce_loop(
         }
 
         if !outbox.is_empty() && Instant::now() >= next_send_at {
-            match send_front(producer, &mut outbox, &mut totals) {
+            match send_front(producer, &mut outbox, &mut totals, chatty) {
                 Ok(()) => {
                     if backoff.failures() > 0 {
                         info!(
@@ -158,6 +238,7 @@ fn send_front(
     producer: &mut KafkaProducer,
     outbox: &mut Outbox<PendingReport>,
     totals: &mut Totals,
+    chatty: bool,
 ) -> Result<(), String> {
     let Some(report) = outbox.front_mut() else {
         return Ok(());
@@ -174,7 +255,13 @@ fn send_front(
         match outcome {
             Ok(d) => {
                 totals.sent += 1;
-                info!(
+                let level = if chatty {
+                    log::Level::Info
+                } else {
+                    log::Level::Debug
+                };
+                log::log!(
+                    level,
                     "sent {} to partition {} at offset {} (report {}, cpu {:.2} %, mem {:.2} %, errors {})",
                     message.server_id,
                     d.partition,
