@@ -142,7 +142,6 @@ pub struct WindowRecord<'a> {
     pub group: &'a str,
     /// Next offset to read per partition once this window is stored: where a restart resumes.
     pub next_offsets: &'a [(i32, i64)],
-    pub computed_at: OffsetDateTime,
 }
 
 impl WindowRecord<'_> {
@@ -225,6 +224,11 @@ impl Store {
             )
             .run()
             .map_err(|e| store_error("create KPI index", &e))?;
+        // `kpis show` sorts and `--follow` polls by the time windows were stored.
+        self.kpi
+            .create_index(IndexModel::builder().keys(doc! {"computed_at": 1}).build())
+            .run()
+            .map_err(|e| store_error("create KPI index", &e))?;
         Ok(())
     }
 
@@ -278,7 +282,14 @@ impl Store {
     /// Stores KPI windows with one unordered `insert_many`; for each, false if it was already
     /// stored (a replay after a restart).
     pub fn insert_windows(&self, records: &[WindowRecord]) -> Result<Vec<bool>, StoreError> {
-        let docs = records.iter().map(window_document).collect();
+        // Stamped at each attempt, not when the window closed: `kpis show --follow` reads
+        // windows by this time, and one stamped long before a delayed insert would slip behind
+        // its cursor.
+        let stored_at = OffsetDateTime::now_utc();
+        let docs = records
+            .iter()
+            .map(|r| window_document(r, stored_at))
+            .collect();
         let outcomes = insert_unordered(&self.kpi, docs, "KPI insert")?;
         refusals_are_errors(&outcomes, "KPI insert")?;
         Ok(outcomes
@@ -538,7 +549,7 @@ fn dead_letter_document(l: &DeadLetter) -> Document {
     d
 }
 
-fn window_document(r: &WindowRecord) -> Document {
+fn window_document(r: &WindowRecord, stored_at: OffsetDateTime) -> Document {
     let w = r.window;
     let averages = |a: &crate::window::Averages| {
         doc! {
@@ -598,7 +609,7 @@ fn window_document(r: &WindowRecord) -> Document {
         .collect();
     doc! {
         "_id": r.id(),
-        "computed_at": date(r.computed_at),
+        "computed_at": date(stored_at),
         "window_start": date(w.start),
         "window_end": date(w.end),
         "window_duration_s": w.duration_s,

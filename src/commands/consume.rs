@@ -669,7 +669,6 @@ impl<'a> Pipeline<'a> {
                 }
             }
         }
-        let computed_at = now_utc();
         let records: Vec<WindowRecord> = closed
             .iter()
             .zip(self.next_seq..)
@@ -681,7 +680,6 @@ impl<'a> Pipeline<'a> {
                 topic_id,
                 group: &self.settings.group,
                 next_offsets,
-                computed_at,
             })
             .collect();
         let new = retry("storing KPI windows", self.shutdown, || {

@@ -1,7 +1,7 @@
 //! `metricsctl kpis show`: the latest KPI windows, as a table for people or JSON lines for
 //! programs, optionally following new windows as they are stored.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io::Write;
 use std::time::Duration;
 
@@ -18,6 +18,9 @@ use crate::store::{CollectionNames, Store, StoreError};
 
 /// How often `--follow` looks for new windows.
 const FOLLOW_POLL: Duration = Duration::from_secs(1);
+/// How far behind the newest window seen `--follow` looks again (clock differences between
+/// consumers).
+const FOLLOW_LOOKBACK: Duration = Duration::from_secs(60);
 
 pub fn show(args: &ShowArgs) -> Result<(), CommandError> {
     let settings = KpisSettings::resolve(args, &Sources::load()?)?;
@@ -60,14 +63,20 @@ pub fn show(args: &ShowArgs) -> Result<(), CommandError> {
 
     drop(out);
     let shutdown = Shutdown::install().map_err(CommandError::Failed)?;
-    let mut seen: HashSet<String> = latest.iter().filter_map(window_id).collect();
+    // Windows are stamped when stored, but by several consumers on clocks that may differ a
+    // little: each poll looks back FOLLOW_LOOKBACK behind the newest stamp seen and skips the
+    // windows already printed, so none is missed and none printed twice.
+    let mut seen: HashMap<String, OffsetDateTime> = latest
+        .iter()
+        .filter_map(|w| Some((window_id(w)?, computed_at(w)?)))
+        .collect();
     let mut since = latest
         .iter()
         .filter_map(computed_at)
         .max()
-        .unwrap_or_else(|| now_utc() - Duration::from_secs(60));
+        .unwrap_or_else(now_utc);
     while shutdown.sleep(FOLLOW_POLL) {
-        let fresh = match store.windows_since(since) {
+        let fresh = match store.windows_since(since - FOLLOW_LOOKBACK) {
             Ok(w) => w,
             Err(e) => {
                 log::error!("{e}; retrying");
@@ -76,16 +85,19 @@ pub fn show(args: &ShowArgs) -> Result<(), CommandError> {
         };
         let mut out = std::io::stdout().lock();
         for w in fresh {
+            let at = computed_at(&w);
             if let Some(id) = window_id(&w) {
-                if !seen.insert(id) {
+                if seen.insert(id, at.unwrap_or(since)).is_some() {
                     continue;
                 }
             }
-            if let Some(at) = computed_at(&w) {
+            if let Some(at) = at {
                 since = since.max(at);
             }
             print_window(&mut out, &w, settings.json);
         }
+        // What is older than the look-back cannot come back in a poll.
+        seen.retain(|_, at| *at >= since - FOLLOW_LOOKBACK);
     }
     Ok(())
 }
