@@ -54,7 +54,10 @@ mod tests {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
         let d: Vec<Duration> = (0..6).map(|_| b.next_delay()).collect();
         for (got, ceiling) in d.iter().zip([100u64, 200, 400, 800, 1000, 1000]) {
-            assert!(*got <= Duration::from_millis(ceiling), "{got:?} vs {ceiling}");
+            assert!(
+                *got <= Duration::from_millis(ceiling),
+                "{got:?} vs {ceiling}"
+            );
         }
         assert_eq!(b.failures(), 6);
         b.reset();

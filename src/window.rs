@@ -12,6 +12,10 @@ use crate::metric::Metrics;
 pub const ALERT_PERCENT: f64 = 90.0;
 /// An `error_count` at or above this raises an alert.
 pub const ALERT_ERROR_COUNT: i64 = 3;
+/// How many servers and how many alerts a window lists; the rest are only counted. A window of
+/// many messages from many servers must still fit in one MongoDB document (16 MiB), and a
+/// hundred entries are more than a person reads.
+pub const MAX_LISTED: usize = 100;
 
 /// One valid message as the window sees it: what it measured and where it came from.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,9 +43,14 @@ pub struct KpiWindow {
     pub messages_per_second: Option<f64>,
     pub max_cpu_percent: f64,
     pub max_memory_percent: f64,
-    /// Per `server_id`, sorted by name.
+    /// Per `server_id`, sorted by name: the first [`MAX_LISTED`].
     pub servers: Vec<ServerKpis>,
+    /// Servers of this window beyond the first [`MAX_LISTED`], counted but not listed.
+    pub servers_omitted: usize,
+    /// Readings that crossed a threshold, in message order: the first [`MAX_LISTED`].
     pub alerts: Vec<Alert>,
+    /// Alerts beyond the first [`MAX_LISTED`], counted but not listed.
+    pub alerts_omitted: usize,
     /// Earliest and latest `timestamp_utc` among the window's messages.
     pub first_event: OffsetDateTime,
     pub last_event: OffsetDateTime,
@@ -137,6 +146,7 @@ pub fn compute(members: &[WindowMessage], start: OffsetDateTime, end: OffsetDate
     let mut by_server: BTreeMap<&str, Vec<&Metrics>> = BTreeMap::new();
     let mut by_partition: BTreeMap<i32, PartitionSpan> = BTreeMap::new();
     let mut alerts = Vec::new();
+    let mut alerts_omitted = 0;
     for m in members {
         by_server.entry(&m.server_id).or_default().push(&m.metrics);
         by_partition
@@ -170,7 +180,9 @@ pub fn compute(members: &[WindowMessage], start: OffsetDateTime, end: OffsetDate
             ),
         ];
         for (metric, crossed, value) in readings {
-            if crossed {
+            if crossed && alerts.len() >= MAX_LISTED {
+                alerts_omitted += 1;
+            } else if crossed {
                 alerts.push(Alert {
                     server_id: m.server_id.clone(),
                     metric,
@@ -181,6 +193,7 @@ pub fn compute(members: &[WindowMessage], start: OffsetDateTime, end: OffsetDate
         }
     }
 
+    let servers_omitted = by_server.len().saturating_sub(MAX_LISTED);
     let all: Vec<&Metrics> = members.iter().map(|m| &m.metrics).collect();
     let max = |f: fn(&Metrics) -> f64| all.iter().map(|m| f(m)).fold(f64::NEG_INFINITY, f64::max);
     KpiWindow {
@@ -194,13 +207,16 @@ pub fn compute(members: &[WindowMessage], start: OffsetDateTime, end: OffsetDate
         max_memory_percent: max(|m| m.memory_percent),
         servers: by_server
             .into_iter()
+            .take(MAX_LISTED)
             .map(|(server_id, metrics)| ServerKpis {
                 server_id: server_id.to_string(),
                 message_count: metrics.len(),
                 kpis: averages(&metrics),
             })
             .collect(),
+        servers_omitted,
         alerts,
+        alerts_omitted,
         first_event: members.iter().map(|m| m.timestamp).min().unwrap_or(start),
         last_event: members.iter().map(|m| m.timestamp).max().unwrap_or(end),
         partitions: by_partition.into_values().collect(),
@@ -382,6 +398,36 @@ mod tests {
             assert!(w.push(msg("a", 1.0, 1.0, 0, 0, i), T0).is_none());
         }
         assert_eq!(w.pending(), 19);
+    }
+
+    #[test]
+    fn long_server_and_alert_lists_are_cut_and_counted() {
+        // 150 servers, each with a CPU and an error-count alert: 300 alerts.
+        let n = MAX_LISTED + 50;
+        let mut w = TumblingWindows::new(size(n));
+        let mut closed = None;
+        for i in 0..n {
+            closed = w.push(msg(&format!("s{i:03}"), 95.0, 10.0, 5, 0, i as i64), T0);
+        }
+        let k = closed.unwrap();
+        assert_eq!(k.servers.len(), MAX_LISTED);
+        assert_eq!(k.servers_omitted, 50);
+        assert_eq!(k.servers[0].server_id, "s000");
+        assert_eq!(k.servers[MAX_LISTED - 1].server_id, "s099");
+        assert_eq!(k.alerts.len(), MAX_LISTED);
+        assert_eq!(k.alerts_omitted, 2 * n - MAX_LISTED);
+        // The KPIs still cover every message, listed or not.
+        assert_eq!(k.message_count, n);
+        assert_eq!(k.totals.total_error_count, 5 * n as i64);
+    }
+
+    #[test]
+    fn short_lists_omit_nothing() {
+        let mut w = TumblingWindows::new(size(2));
+        w.push(msg("a", 95.0, 1.0, 0, 0, 0), T0);
+        let k = w.push(msg("b", 1.0, 1.0, 0, 0, 1), T0).unwrap();
+        assert_eq!((k.servers.len(), k.servers_omitted), (2, 0));
+        assert_eq!((k.alerts.len(), k.alerts_omitted), (1, 0));
     }
 
     #[test]

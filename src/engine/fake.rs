@@ -1,0 +1,340 @@
+//! In-memory fakes of the store and the group's offsets, with the same uniqueness rules as the
+//! real indexes (raw unique by `message_uuid`, dead letters and windows unique by `_id`), and a
+//! crash switch: after a set number of sink calls the next call fails, possibly after writing
+//! part of what it was given, as a process killed mid-write would leave it.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+
+use serde_json::{Map, Value};
+
+use super::sink::*;
+use crate::window::KpiWindow;
+
+/// How a failing unordered insert leaves the collection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Partial {
+    /// The first k documents are stored (one server applying the insert in order).
+    Prefix,
+    /// Any subset is stored (a sharded insert applied in parallel).
+    Subset,
+}
+
+/// A raw document as the fake stores it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRaw {
+    pub fields: Map<String, Value>,
+    pub position: StoredPosition,
+}
+
+/// A dead letter as the fake stores it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredDead {
+    pub code: &'static str,
+    pub reason: String,
+    /// `None` for a record without value.
+    pub payload: Option<Vec<u8>>,
+    /// For a truncated payload: full length and SHA-256.
+    pub truncated: Option<(usize, String)>,
+    pub position: StoredPosition,
+    pub duplicate_of: Option<StoredPosition>,
+}
+
+/// A KPI window as the fake stores it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredWindow {
+    pub stream: String,
+    pub seq: i64,
+    pub topic_id: String,
+    pub window: KpiWindow,
+    pub next_offsets: Vec<(i32, i64)>,
+}
+
+/// Everything the fakes hold, shared by the store and committer handles.
+#[derive(Debug)]
+pub struct World {
+    pub raw: HashMap<String, StoredRaw>,
+    pub dead: BTreeMap<String, StoredDead>,
+    pub windows: BTreeMap<String, StoredWindow>,
+    pub committed: HashMap<i32, i64>,
+    /// Every commit that took effect, in order.
+    pub commits: Vec<Vec<(i32, i64)>>,
+    /// Broken rules seen at call time (a commit not on a stored window's boundary).
+    pub violations: Vec<String>,
+    /// Window inserts that met a window already stored.
+    pub window_replays: usize,
+    /// Raw documents of this server are refused, as a schema validator would.
+    pub refuse_server: Option<String>,
+    /// Sink calls left before the next one fails; `None`: never fails.
+    pub budget: Option<usize>,
+    pub partial: Partial,
+    pub calls: usize,
+    /// Injected crashes per operation, to show the schedule reaches every call.
+    pub crashed_in: BTreeMap<&'static str, usize>,
+    pub rng: fastrand::Rng,
+}
+
+impl World {
+    pub fn new(seed: u64) -> Self {
+        World {
+            raw: HashMap::new(),
+            dead: BTreeMap::new(),
+            windows: BTreeMap::new(),
+            committed: HashMap::new(),
+            commits: Vec::new(),
+            violations: Vec::new(),
+            window_replays: 0,
+            refuse_server: None,
+            budget: None,
+            partial: Partial::Prefix,
+            calls: 0,
+            crashed_in: BTreeMap::new(),
+            rng: fastrand::Rng::with_seed(seed),
+        }
+    }
+
+    /// Shares the world between a store and a committer.
+    pub fn shared(self) -> (FakeStore, FakeCommitter) {
+        let w = Rc::new(RefCell::new(self));
+        (FakeStore(Rc::clone(&w)), FakeCommitter(w))
+    }
+
+    /// Counts a call; true if this one is the crash.
+    fn crashes(&mut self, operation: &'static str) -> bool {
+        self.calls += 1;
+        match &mut self.budget {
+            None => false,
+            Some(0) => {
+                *self.crashed_in.entry(operation).or_default() += 1;
+                true
+            }
+            Some(n) => {
+                *n -= 1;
+                false
+            }
+        }
+    }
+
+    /// Which of `n` documents a failing insert stores.
+    fn partial_mask(&mut self, n: usize, mode: Partial) -> Vec<bool> {
+        match mode {
+            Partial::Prefix => {
+                let k = self.rng.usize(..=n);
+                (0..n).map(|i| i < k).collect()
+            }
+            Partial::Subset => (0..n).map(|_| self.rng.bool()).collect(),
+        }
+    }
+
+    /// The stored windows of `stream`, by `seq`.
+    pub fn stream_windows(&self, stream: &str) -> Vec<&StoredWindow> {
+        let mut ws: Vec<&StoredWindow> = self
+            .windows
+            .values()
+            .filter(|w| w.stream == stream)
+            .collect();
+        ws.sort_by_key(|w| w.seq);
+        ws
+    }
+}
+
+fn crash(operation: &'static str) -> SinkError {
+    SinkError {
+        operation,
+        detail: "injected crash".into(),
+    }
+}
+
+/// The store half of a [`World`].
+pub struct FakeStore(pub Rc<RefCell<World>>);
+
+/// The committer half of a [`World`].
+pub struct FakeCommitter(pub Rc<RefCell<World>>);
+
+impl FakeStore {
+    /// The world, to read or arm.
+    pub fn world(&self) -> std::cell::RefMut<'_, World> {
+        self.0.borrow_mut()
+    }
+}
+
+impl StoreSink for FakeStore {
+    fn insert_raw(&mut self, records: &[RawRecord<'_>]) -> Result<Vec<InsertOutcome>, SinkError> {
+        let mut w = self.0.borrow_mut();
+        let fails = w.crashes("raw insert");
+        let mode = w.partial;
+        let mask = if fails {
+            w.partial_mask(records.len(), mode)
+        } else {
+            vec![true; records.len()]
+        };
+        let mut outcomes = Vec::with_capacity(records.len());
+        for (r, apply) in records.iter().zip(mask) {
+            let outcome = if w.refuse_server.as_deref() == Some(r.message.server_id.as_str()) {
+                InsertOutcome::Refused("Document failed validation (code 121)".into())
+            } else if w.raw.contains_key(&r.message.message_uuid) {
+                InsertOutcome::AlreadyStored
+            } else {
+                if apply {
+                    w.raw.insert(
+                        r.message.message_uuid.clone(),
+                        StoredRaw {
+                            fields: r.message.fields.clone(),
+                            position: r.position.to_stored(),
+                        },
+                    );
+                }
+                InsertOutcome::Inserted
+            };
+            outcomes.push(outcome);
+        }
+        if fails {
+            Err(crash("raw insert"))
+        } else {
+            Ok(outcomes)
+        }
+    }
+
+    fn stored_positions(
+        &mut self,
+        uuids: &[&str],
+    ) -> Result<HashMap<String, StoredPosition>, SinkError> {
+        let mut w = self.0.borrow_mut();
+        if w.crashes("raw lookup") {
+            return Err(crash("raw lookup"));
+        }
+        Ok(uuids
+            .iter()
+            .filter_map(|u| Some((u.to_string(), w.raw.get(*u)?.position.clone())))
+            .collect())
+    }
+
+    fn insert_dead_letters(&mut self, letters: &[DeadLetter<'_>]) -> Result<(), SinkError> {
+        let mut w = self.0.borrow_mut();
+        let fails = w.crashes("dead-letter insert");
+        let mask = if fails {
+            w.partial_mask(letters.len(), Partial::Subset)
+        } else {
+            vec![true; letters.len()]
+        };
+        for (l, apply) in letters.iter().zip(mask) {
+            if !apply {
+                continue;
+            }
+            let (payload, truncated) = match l.payload {
+                DeadPayload::Missing => (None, None),
+                DeadPayload::Whole(b) => (Some(b.to_vec()), None),
+                DeadPayload::Truncated { head, len, sha256 } => {
+                    (Some(head.to_vec()), Some((len, sha256.to_string())))
+                }
+            };
+            // Idempotent by _id: the first stored stays.
+            w.dead.entry(l.id()).or_insert(StoredDead {
+                code: l.code.as_str(),
+                reason: l.reason.to_string(),
+                payload,
+                truncated,
+                position: l.position.to_stored(),
+                duplicate_of: l.duplicate_of.cloned(),
+            });
+        }
+        if fails {
+            Err(crash("dead-letter insert"))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn insert_windows(
+        &mut self,
+        windows: &[WindowRecord<'_>],
+    ) -> Result<Vec<WindowOutcome>, SinkError> {
+        let mut w = self.0.borrow_mut();
+        let fails = w.crashes("window insert");
+        // The contract: a failing window insert leaves a prefix.
+        let mask = if fails {
+            w.partial_mask(windows.len(), Partial::Prefix)
+        } else {
+            vec![true; windows.len()]
+        };
+        let mut outcomes = Vec::with_capacity(windows.len());
+        for (r, apply) in windows.iter().zip(mask) {
+            let id = r.id();
+            if w.windows.contains_key(&id) {
+                w.window_replays += 1;
+                outcomes.push(WindowOutcome::AlreadyStored);
+                continue;
+            }
+            if apply {
+                w.windows.insert(
+                    id,
+                    StoredWindow {
+                        stream: r.stream.to_string(),
+                        seq: r.seq,
+                        topic_id: r.topic_id.to_string(),
+                        window: r.window.clone(),
+                        next_offsets: r.next_offsets.to_vec(),
+                    },
+                );
+            }
+            outcomes.push(WindowOutcome::Inserted);
+        }
+        if fails {
+            Err(crash("window insert"))
+        } else {
+            Ok(outcomes)
+        }
+    }
+
+    fn last_window(&mut self, stream: &str) -> Result<Option<LastWindow>, SinkError> {
+        let mut w = self.0.borrow_mut();
+        if w.crashes("window lookup") {
+            return Err(crash("window lookup"));
+        }
+        Ok(w.stream_windows(stream).last().map(|l| LastWindow {
+            seq: l.seq,
+            next_offsets: l.next_offsets.iter().copied().collect(),
+        }))
+    }
+}
+
+impl OffsetCommitter for FakeCommitter {
+    fn commit(&mut self, offsets: &[(i32, i64)]) -> Result<(), SinkError> {
+        let mut w = self.0.borrow_mut();
+        let fails = w.crashes("offset commit");
+        // A failed commit may still have reached the broker (the answer was lost).
+        if fails && w.rng.bool() {
+            return Err(crash("offset commit"));
+        }
+        if !w.windows.values().any(|s| s.next_offsets == offsets) {
+            let v = format!("commit {offsets:?} is not the boundary of a stored window");
+            w.violations.push(v);
+        }
+        for &(p, o) in offsets {
+            if let Some(old) = w.committed.insert(p, o) {
+                if o < old {
+                    let v = format!("partition {p}: commit moved back from {old} to {o}");
+                    w.violations.push(v);
+                }
+            }
+        }
+        w.commits.push(offsets.to_vec());
+        if fails {
+            Err(crash("offset commit"))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn committed(&mut self, partitions: &[i32]) -> Result<HashMap<i32, i64>, SinkError> {
+        let mut w = self.0.borrow_mut();
+        if w.crashes("offset fetch") {
+            return Err(crash("offset fetch"));
+        }
+        Ok(partitions
+            .iter()
+            .filter_map(|p| Some((*p, *w.committed.get(p)?)))
+            .collect())
+    }
+}

@@ -1,0 +1,276 @@
+//! What the engine writes and the two small traits it writes through.
+//!
+//! The records here are plain data borrowed from the engine's step; the MongoDB adapter turns
+//! them into documents and the Kafka adapter turns a commit into an OffsetCommit request. Every
+//! identity that contains a Kafka position also contains the topic id, because a topic deleted
+//! and recreated under the same name is a new log whose offsets start again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use time::OffsetDateTime;
+
+use crate::metric::{RejectionCode, ValidMetric};
+use crate::window::KpiWindow;
+
+/// Where a record was read: one offset of one partition of one log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Position<'a> {
+    /// The topic's name.
+    pub topic: &'a str,
+    /// The topic's Kafka id (a UUID string): tells two logs of the same name apart.
+    pub topic_id: &'a str,
+    /// The partition within the topic.
+    pub partition: i32,
+    /// The record's offset within the partition.
+    pub offset: i64,
+}
+
+impl Position<'_> {
+    /// Whether a stored position is this one: same log (name and id), partition and offset.
+    pub fn is(&self, stored: &StoredPosition) -> bool {
+        self.topic == stored.topic
+            && self.topic_id == stored.topic_id
+            && self.partition == stored.partition
+            && self.offset == stored.offset
+    }
+
+    /// An owned copy, for a position that must outlive the step.
+    pub fn to_stored(&self) -> StoredPosition {
+        StoredPosition {
+            topic: self.topic.to_string(),
+            topic_id: self.topic_id.to_string(),
+            partition: self.partition,
+            offset: self.offset,
+        }
+    }
+}
+
+/// A position read back from the store: where a `message_uuid` was first stored from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StoredPosition {
+    /// The topic's name.
+    pub topic: String,
+    /// The topic's Kafka id; empty for a document written before topic ids were recorded,
+    /// which therefore never matches a position read now.
+    pub topic_id: String,
+    /// The partition within the topic.
+    pub partition: i32,
+    /// The offset within the partition.
+    pub offset: i64,
+}
+
+impl fmt::Display for StoredPosition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{}/{}/{}",
+            self.topic, self.topic_id, self.partition, self.offset
+        )
+    }
+}
+
+/// A valid message and where it was read, to be stored raw (unique by `message_uuid`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RawRecord<'a> {
+    /// The validated message; `message.fields` is the payload's JSON object as received.
+    pub message: &'a ValidMetric,
+    /// Where it was read; goes in the document's `kafka` sub-document with the topic id.
+    pub position: Position<'a>,
+    /// When the step that read it began (passed in by the caller).
+    pub received_at: OffsetDateTime,
+}
+
+/// What happened to one document of an unordered raw insert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InsertOutcome {
+    /// The document is stored now.
+    Inserted,
+    /// A document with this `message_uuid` already exists (a duplicate-key error), stored from
+    /// this position (a replay) or from another one (a duplicate event).
+    AlreadyStored,
+    /// The database refused the document for another reason; the text says why.
+    Refused(String),
+}
+
+/// Why a record was dead-lettered, as stored in the dead-letter collection's `reason_code`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeadLetterCode {
+    /// Validation refused the record (`no_value` for a record without value), a duplicate
+    /// `message_uuid`, or a database refusal.
+    Rejected(RejectionCode),
+    /// The payload is larger than [`super::MAX_PAYLOAD_BYTES`]: storing it would risk a
+    /// document over MongoDB's 16 MiB limit, so only its head and its digest are kept.
+    PayloadTooLarge,
+}
+
+impl DeadLetterCode {
+    /// The stable code programs read.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterCode::Rejected(code) => code.as_str(),
+            DeadLetterCode::PayloadTooLarge => "payload_too_large",
+        }
+    }
+}
+
+/// The payload a dead letter keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadPayload<'a> {
+    /// The record had no value.
+    Missing,
+    /// The whole payload, byte for byte.
+    Whole(&'a [u8]),
+    /// An oversized payload: its first bytes, its full length and the SHA-256 of all of it.
+    Truncated {
+        /// The first bytes (cut back to a character boundary when the payload is UTF-8).
+        head: &'a [u8],
+        /// The payload's full length in bytes.
+        len: usize,
+        /// The SHA-256 of the whole payload, lowercase hex.
+        sha256: &'a str,
+    },
+}
+
+/// A record that could not be stored as a metric, kept with why and where. Its `_id` is its
+/// position, so storing it again after a crash changes nothing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter<'a> {
+    /// The stable reason code.
+    pub code: DeadLetterCode,
+    /// The reason written for people.
+    pub reason: &'a str,
+    /// What is kept of the payload.
+    pub payload: DeadPayload<'a>,
+    /// Where the record was read.
+    pub position: Position<'a>,
+    /// When the step that read it began.
+    pub received_at: OffsetDateTime,
+    /// For a duplicate event: where the stored copy was read.
+    pub duplicate_of: Option<&'a StoredPosition>,
+}
+
+impl DeadLetter<'_> {
+    /// `{topic}/{topic_id}/{partition}/{offset}`: one dead letter per record of one log.
+    pub fn id(&self) -> String {
+        let p = &self.position;
+        format!("{}/{}/{}/{}", p.topic, p.topic_id, p.partition, p.offset)
+    }
+}
+
+/// One KPI window with the bookkeeping that makes it exactly-once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WindowRecord<'a> {
+    /// The KPIs.
+    pub window: &'a KpiWindow,
+    /// The window stream: `{topic}/{topic_id}/{group}/{partitions}`.
+    pub stream: &'a str,
+    /// The window's number within its stream, from 0; with `stream` it makes the `_id`.
+    pub seq: i64,
+    /// The topic's name.
+    pub topic: &'a str,
+    /// The topic's Kafka id.
+    pub topic_id: &'a str,
+    /// The consumer group.
+    pub group: &'a str,
+    /// Per partition, the next offset to read once this window is stored: where a restart
+    /// resumes, and what the group commits.
+    pub next_offsets: &'a [(i32, i64)],
+    /// When it was computed: the arrival time of the step that closed it.
+    pub computed_at: OffsetDateTime,
+}
+
+impl WindowRecord<'_> {
+    /// `{stream}#{seq}`: the same window recomputed after a replay gets the same id, so it
+    /// cannot be stored twice.
+    pub fn id(&self) -> String {
+        window_id(self.stream, self.seq)
+    }
+}
+
+/// The `_id` of window `seq` of `stream`.
+pub fn window_id(stream: &str, seq: i64) -> String {
+    format!("{stream}#{seq}")
+}
+
+/// What happened to one window of a window insert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowOutcome {
+    /// Stored now.
+    Inserted,
+    /// A window with this `_id` was already stored; the stored one is kept.
+    AlreadyStored,
+}
+
+/// The last stored window of a stream: where a restart resumes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastWindow {
+    /// Its number within the stream.
+    pub seq: i64,
+    /// Its next offset per partition.
+    pub next_offsets: BTreeMap<i32, i64>,
+}
+
+/// A sink call that failed. The real adapters retry transient failures themselves, so an
+/// error here means a stop request or a failure that retrying cannot fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkError {
+    /// What was being done, e.g. `raw insert`.
+    pub operation: &'static str,
+    /// What went wrong, written for the operator (no secrets).
+    pub detail: String,
+}
+
+impl fmt::Display for SinkError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} failed: {}", self.operation, self.detail)
+    }
+}
+
+impl std::error::Error for SinkError {}
+
+/// Where raw metrics, dead letters and KPI windows are stored (MongoDB in production).
+///
+/// The engine stays correct if the process dies during or after any of these calls: every
+/// write is idempotent by a unique key, so it only has to be repeated.
+pub trait StoreSink {
+    /// Stores valid messages with one unordered insert, unique by `message_uuid`; one outcome
+    /// per record, in order. A duplicate or a refusal of one record does not stop the others.
+    fn insert_raw(&mut self, records: &[RawRecord<'_>]) -> Result<Vec<InsertOutcome>, SinkError>;
+
+    /// Where each of these `message_uuid`s was stored from, for those stored.
+    fn stored_positions(
+        &mut self,
+        uuids: &[&str],
+    ) -> Result<HashMap<String, StoredPosition>, SinkError>;
+
+    /// Stores dead letters, idempotent by `_id` ([`DeadLetter::id`]): one already stored is
+    /// left as it is.
+    fn insert_dead_letters(&mut self, letters: &[DeadLetter<'_>]) -> Result<(), SinkError>;
+
+    /// Stores windows, idempotent by `_id` ([`WindowRecord::id`]); one outcome per window, in
+    /// order.
+    ///
+    /// The windows come in `seq` order and must be stored in that order: if the call fails,
+    /// the windows stored must be a prefix of `windows` (an ordered insert that treats a
+    /// duplicate `_id` as already stored and carries on after it). A restart resumes after the
+    /// stored window with the highest `seq`; a gap below it would lose the missing window's
+    /// messages.
+    fn insert_windows(
+        &mut self,
+        windows: &[WindowRecord<'_>],
+    ) -> Result<Vec<WindowOutcome>, SinkError>;
+
+    /// The stored window of `stream` with the highest `seq`, if any.
+    fn last_window(&mut self, stream: &str) -> Result<Option<LastWindow>, SinkError>;
+}
+
+/// The consumer group's committed offsets (Kafka in production). The committer knows the group
+/// and the topic.
+pub trait OffsetCommitter {
+    /// Commits, per partition, the next offset to read.
+    fn commit(&mut self, offsets: &[(i32, i64)]) -> Result<(), SinkError>;
+
+    /// The group's committed next offset of each of these partitions, for those committed.
+    fn committed(&mut self, partitions: &[i32]) -> Result<HashMap<i32, i64>, SinkError>;
+}
