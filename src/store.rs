@@ -17,10 +17,12 @@ use mongodb::IndexModel;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
-use crate::metric::{RejectionCode, ValidMetric};
+use crate::engine::{
+    DeadLetter, DeadPayload, InsertOutcome, LastWindow, Position, RawRecord, StoredPosition,
+    WindowOutcome, WindowRecord,
+};
 use crate::redact;
 use crate::settings::MongoSettings;
-use crate::window::KpiWindow;
 
 /// MongoDB's duplicate-key error code.
 const DUPLICATE_KEY: i32 = 11000;
@@ -69,94 +71,6 @@ pub struct CollectionNames {
     pub raw: String,
     pub kpi: String,
     pub dlq: String,
-}
-
-/// A valid message and where it was read, to be stored raw.
-pub struct RawRecord<'a> {
-    pub message: &'a ValidMetric,
-    pub position: Position<'a>,
-    pub received_at: OffsetDateTime,
-}
-
-/// A Kafka position: an offset in a partition of one incarnation of a topic. The topic id
-/// tells a topic deleted and created again under the same name from the old one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Position<'a> {
-    pub topic: &'a str,
-    pub topic_id: &'a str,
-    pub partition: i32,
-    pub offset: i64,
-}
-
-/// Where a stored raw message was read, as the database holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredPosition {
-    pub topic: String,
-    /// Empty for documents stored before topic ids were recorded.
-    pub topic_id: String,
-    pub partition: i32,
-    pub offset: i64,
-}
-
-impl StoredPosition {
-    /// The same position of the same log.
-    pub fn is(&self, p: &Position) -> bool {
-        self.topic == p.topic
-            && self.topic_id == p.topic_id
-            && self.partition == p.partition
-            && self.offset == p.offset
-    }
-}
-
-/// What happened to each document of an unordered insert.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum InsertOutcome {
-    Inserted,
-    /// A document with this `message_uuid` already exists (from this or another position).
-    AlreadyStored,
-    /// The database refused the document for another reason.
-    Refused(String),
-}
-
-/// A message that could not be stored as a metric, kept losslessly with why and where.
-pub struct DeadLetter<'a> {
-    pub code: RejectionCode,
-    pub reason: &'a str,
-    /// `None` for a record without a value.
-    pub payload: Option<&'a [u8]>,
-    pub position: Position<'a>,
-    pub received_at: OffsetDateTime,
-    /// For a duplicate: where the first copy was read.
-    pub duplicate_of: Option<StoredPosition>,
-}
-
-/// One KPI window with the bookkeeping that makes it exactly-once.
-pub struct WindowRecord<'a> {
-    pub window: &'a KpiWindow,
-    /// The consumer's window stream: topic, group and partition set.
-    pub stream: &'a str,
-    /// The window's number within its stream; with `stream` it makes the `_id`.
-    pub seq: i64,
-    pub topic: &'a str,
-    pub topic_id: &'a str,
-    pub group: &'a str,
-    /// Next offset to read per partition once this window is stored: where a restart resumes.
-    pub next_offsets: &'a [(i32, i64)],
-}
-
-impl WindowRecord<'_> {
-    /// Deterministic: the same window of the same stream, recomputed after a replay, gets the
-    /// same id, so it cannot be stored twice.
-    pub fn id(&self) -> String {
-        format!("{}#{}", self.stream, self.seq)
-    }
-}
-
-/// The last stored window of a stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LastWindow {
-    pub seq: i64,
-    pub next_offsets: HashMap<i32, i64>,
 }
 
 pub struct Store {
@@ -279,23 +193,60 @@ impl Store {
         refusals_are_errors(&outcomes, "dead-letter insert")
     }
 
-    /// Stores KPI windows with one unordered `insert_many`; for each, false if it was already
-    /// stored (a replay after a restart).
-    pub fn insert_windows(&self, records: &[WindowRecord]) -> Result<Vec<bool>, StoreError> {
+    /// Stores KPI windows in order, each new or already stored (a replay after a restart).
+    /// Ordered, so that a failure leaves a prefix stored: a restart resumes after the last
+    /// stored window of a stream, and a gap before it would lose a window's messages.
+    pub fn insert_windows(
+        &self,
+        records: &[WindowRecord],
+    ) -> Result<Vec<WindowOutcome>, StoreError> {
         // Stamped at each attempt, not when the window closed: `kpis show --follow` reads
         // windows by this time, and one stamped long before a delayed insert would slip behind
         // its cursor.
         let stored_at = OffsetDateTime::now_utc();
-        let docs = records
-            .iter()
-            .map(|r| window_document(r, stored_at))
-            .collect();
-        let outcomes = insert_unordered(&self.kpi, docs, "KPI insert")?;
-        refusals_are_errors(&outcomes, "KPI insert")?;
-        Ok(outcomes
-            .iter()
-            .map(|o| *o == InsertOutcome::Inserted)
-            .collect())
+        let mut outcomes = Vec::with_capacity(records.len());
+        let mut rest = records;
+        while !rest.is_empty() {
+            let docs: Vec<Document> = rest.iter().map(|r| window_document(r, stored_at)).collect();
+            match self.kpi.insert_many(docs).ordered(true).run() {
+                Ok(_) => {
+                    outcomes.extend(rest.iter().map(|_| WindowOutcome::Inserted));
+                    break;
+                }
+                Err(e) => {
+                    // An ordered insert stops at its first failure: the ones before it are in.
+                    let first = match e.kind.as_ref() {
+                        ErrorKind::InsertMany(failure) if failure.write_concern_error.is_none() => {
+                            failure
+                                .write_errors
+                                .iter()
+                                .flatten()
+                                .min_by_key(|w| w.index)
+                        }
+                        _ => None,
+                    };
+                    match first {
+                        Some(we) if we.code == DUPLICATE_KEY && we.index < rest.len() => {
+                            outcomes.extend((0..we.index).map(|_| WindowOutcome::Inserted));
+                            outcomes.push(WindowOutcome::AlreadyStored);
+                            rest = &rest[we.index + 1..];
+                        }
+                        Some(we) => {
+                            return Err(StoreError {
+                                operation: "KPI insert",
+                                detail: redact::scrub(&format!(
+                                    "{} (code {})",
+                                    we.message, we.code
+                                )),
+                                permanent: false,
+                            })
+                        }
+                        None => return Err(store_error("KPI insert", &e)),
+                    }
+                }
+            }
+        }
+        Ok(outcomes)
     }
 
     /// The last stored window of a stream, if any.
@@ -512,22 +463,30 @@ fn raw_document(r: &RawRecord) -> Document {
     d
 }
 
-fn dead_letter_document(l: &DeadLetter) -> Document {
-    let (payload, encoding) = match l.payload.map(|p| (p, std::str::from_utf8(p))) {
-        None => (Bson::Null, "none"),
-        Some((_, Ok(text))) => (Bson::String(text.to_string()), "utf8"),
-        Some((bytes, Err(_))) => (
+/// The payload as a string when it is UTF-8, else as binary.
+fn payload_bson(bytes: &[u8]) -> (Bson, &'static str) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => (Bson::String(text.to_string()), "utf8"),
+        Err(_) => (
             Bson::Binary(Binary {
                 subtype: BinarySubtype::Generic,
                 bytes: bytes.to_vec(),
             }),
             "binary",
         ),
+    }
+}
+
+fn dead_letter_document(l: &DeadLetter) -> Document {
+    let (payload, encoding) = match l.payload {
+        DeadPayload::Missing => (Bson::Null, "none"),
+        DeadPayload::Whole(bytes) | DeadPayload::Truncated { head: bytes, .. } => {
+            payload_bson(bytes)
+        }
     };
-    let p = &l.position;
     let mut d = doc! {
         // The topic id keeps a re-created topic's offsets apart from the old log's.
-        "_id": format!("{}/{}/{}/{}", p.topic, p.topic_id, p.partition, p.offset),
+        "_id": l.id(),
         "reason": l.reason,
         "reason_code": l.code.as_str(),
         "payload": payload,
@@ -535,7 +494,13 @@ fn dead_letter_document(l: &DeadLetter) -> Document {
         "kafka": kafka_position(&l.position),
         "received_at": date(l.received_at),
     };
-    if let Some(first) = &l.duplicate_of {
+    if let DeadPayload::Truncated { len, sha256, .. } = l.payload {
+        // Too large to store whole: the head, with what identifies the whole.
+        d.insert("payload_truncated", true);
+        d.insert("payload_length", len as i64);
+        d.insert("payload_sha256", sha256);
+    }
+    if let Some(first) = l.duplicate_of {
         d.insert(
             "duplicate_of",
             doc! {
@@ -616,7 +581,9 @@ fn window_document(r: &WindowRecord, stored_at: OffsetDateTime) -> Document {
         "message_count": w.message_count as i32,
         "kpis": kpis,
         "servers": servers,
+        "servers_omitted": w.servers_omitted as i64,
         "alerts": alerts,
+        "alerts_omitted": w.alerts_omitted as i64,
         "event_time": {"first": date(w.first_event), "last": date(w.last_event)},
         "kafka": {
             "topic": r.topic,

@@ -1,10 +1,12 @@
 //! `metricsctl consume`: Kafka -> validate -> raw store and tumbling windows -> KPI store.
 //!
-//! Exactly-once windows without transactions:
+//! The exactly-once bookkeeping is the pure engine's (`crate::engine`); this file wires it to
+//! Kafka and MongoDB and owns the loop: group membership and rebalances, fetching, a re-created
+//! topic, idle exit, retries, logging. In short:
 //! - the consumer owns its positions: it fetches at explicit offsets per partition;
 //! - every KPI document records, per partition, the next offset to read once it is stored;
-//! - a restart resumes from the later of the group's committed offsets and the positions in
-//!   the last stored window of this consumer's stream (topic, group, partition set);
+//! - a (re)start resumes each partition at the later of the group's committed offset and the
+//!   furthest stored window of the group on this log;
 //! - the group's offsets are committed only at window boundaries, after the window is stored,
 //!   so the messages of the open window are read again after a restart and counted then;
 //! - re-read messages hit the unique index on `message_uuid` and are recognised as replays
@@ -15,49 +17,23 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Display;
 use std::time::{Duration, Instant};
 
-use log::{debug, error, info, warn};
-use time::OffsetDateTime;
+use log::{error, info, warn};
 
 use super::{now_utc, CommandError};
 use crate::cli::ConsumeArgs;
+use crate::engine::{
+    Counts, DeadLetter, Engine, EngineConfig, EngineError, InsertOutcome, LastWindow, Limits,
+    LogId, OffsetCommitter, RawRecord, SinkError, StoreSink, StoredPosition, WindowOutcome,
+    WindowRecord,
+};
 use crate::kafka::{
     Fetched, FetchedRecord, GroupMember, GroupTimeouts, KafkaError, KafkaSource, TopicInfo,
 };
-use crate::metric::{validate_record, Rejection, RejectionCode, ValidMetric};
 use crate::redact::redact_uri;
 use crate::retry::Backoff;
 use crate::settings::{ConsumeSettings, SettingError, Sources};
 use crate::shutdown::Shutdown;
-use crate::store::{
-    CollectionNames, DeadLetter, InsertOutcome, Position, RawRecord, Store, StoreError,
-    StoredPosition, WindowRecord,
-};
-use crate::window::{KpiWindow, TumblingWindows, WindowMessage};
-
-/// The most messages one processing step holds.
-const STEP_MESSAGES: usize = 2_000;
-/// The most payload bytes one processing step holds (a single larger message is a step alone).
-const STEP_BYTES: usize = 4 * 1024 * 1024;
-
-/// Splits fetched records into steps of at most `STEP_MESSAGES` messages and `STEP_BYTES`.
-fn steps(records: &[FetchedRecord]) -> Vec<&[FetchedRecord]> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    let mut bytes = 0;
-    for (i, r) in records.iter().enumerate() {
-        let size = r.value.as_ref().map_or(0, Vec::len);
-        if i > start && (i - start >= STEP_MESSAGES || bytes + size > STEP_BYTES) {
-            out.push(&records[start..i]);
-            start = i;
-            bytes = 0;
-        }
-        bytes += size;
-    }
-    if start < records.len() {
-        out.push(&records[start..]);
-    }
-    out
-}
+use crate::store::{CollectionNames, Store, StoreError};
 
 /// Group timeouts: a member silent for `session` is removed and its partitions move; members
 /// get `rebalance` to rejoin during a rebalance.
@@ -125,17 +101,148 @@ fn retry<T, E: Retryable>(
     }
 }
 
+/// The engine's store, backed by MongoDB: every call is retried until it succeeds, so the
+/// engine sees an error only when the consumer must stop (a stop request, a permanent
+/// failure), or when a group member can no longer prove it owns its partitions.
+struct MongoSink<'a> {
+    store: &'a Store,
+    shutdown: &'a Shutdown,
+    member: Option<&'a mut GroupMember>,
+    topic_id: &'a str,
+    group: &'a str,
+    partitions: &'a [i32],
+    /// Why the consumer must stop, when it must.
+    stop: Option<Stop>,
+}
+
+impl MongoSink<'_> {
+    fn retry<T>(
+        &mut self,
+        operation: &'static str,
+        mut op: impl FnMut(&Store) -> Result<T, StoreError>,
+    ) -> Result<T, SinkError> {
+        let store = self.store;
+        retry(operation, self.shutdown, || op(store)).map_err(|stop| {
+            let detail = match &stop {
+                Stop::Shutdown => "stop requested".to_string(),
+                Stop::Fatal(CommandError::Failed(m)) => m.clone(),
+                Stop::Fatal(_) => "fatal".to_string(),
+            };
+            self.stop = Some(stop);
+            SinkError { operation, detail }
+        })
+    }
+}
+
+impl StoreSink for MongoSink<'_> {
+    fn insert_raw(&mut self, records: &[RawRecord<'_>]) -> Result<Vec<InsertOutcome>, SinkError> {
+        self.retry("storing raw metrics", |s| s.insert_raw(records))
+    }
+
+    fn stored_positions(
+        &mut self,
+        uuids: &[&str],
+    ) -> Result<HashMap<String, StoredPosition>, SinkError> {
+        let topic_id = self.topic_id.to_string();
+        let mut found = self.retry("looking up duplicates", |s| s.stored_positions(uuids))?;
+        // Raw documents stored before topic ids were recorded name none: they were read from
+        // the log of their time, taken to be this one.
+        for p in found.values_mut() {
+            if p.topic_id.is_empty() {
+                p.topic_id.clone_from(&topic_id);
+            }
+        }
+        Ok(found)
+    }
+
+    fn insert_dead_letters(&mut self, letters: &[DeadLetter<'_>]) -> Result<(), SinkError> {
+        self.retry("storing dead letters", |s| s.insert_dead_letters(letters))
+    }
+
+    fn insert_windows(
+        &mut self,
+        windows: &[WindowRecord<'_>],
+    ) -> Result<Vec<WindowOutcome>, SinkError> {
+        // A member stores windows only while the coordinator still counts it as the owner of
+        // its partitions: after a pause past the session timeout another member may already be
+        // counting them. (Raw documents and dead letters are idempotent; windows are not.)
+        if let Some(member) = self.member.as_deref_mut() {
+            if !member.still_owner() {
+                member.request_rejoin();
+                return Err(SinkError {
+                    operation: "storing KPI windows",
+                    detail: "this member no longer owns its partitions; rejoining".into(),
+                });
+            }
+        }
+        self.retry("storing KPI windows", |s| s.insert_windows(windows))
+    }
+
+    fn last_window(&mut self, stream: &str) -> Result<Option<LastWindow>, SinkError> {
+        let last = self.retry("reading the last window", |s| s.last_window(stream))?;
+        // Windows of other streams (other members, earlier assignments) may have covered these
+        // partitions too: resume after the furthest of them.
+        let (topic_id, group, partitions) = (self.topic_id, self.group, self.partitions);
+        let furthest = self.retry("reading window positions", |s| {
+            s.resume_positions(topic_id, group, partitions)
+        })?;
+        if furthest.is_empty() {
+            return Ok(last);
+        }
+        let mut merged = last.unwrap_or(LastWindow {
+            seq: -1,
+            next_offsets: BTreeMap::new(),
+        });
+        for (p, at) in furthest {
+            let slot = merged.next_offsets.entry(p).or_insert(at);
+            *slot = (*slot).max(at);
+        }
+        Ok(Some(merged))
+    }
+}
+
+/// The engine's committer, backed by the group's offsets in Kafka. A commit is tried once (a
+/// failed one loses nothing); a commit refused for our generation marks the member fenced.
+struct KafkaCommitter<'a> {
+    source: &'a mut KafkaSource,
+    shutdown: &'a Shutdown,
+    fenced: bool,
+    stop: Option<Stop>,
+}
+
+impl OffsetCommitter for KafkaCommitter<'_> {
+    fn commit(&mut self, offsets: &[(i32, i64)]) -> Result<(), SinkError> {
+        self.source.commit(offsets).map_err(|e| {
+            self.fenced |= e.fenced;
+            SinkError {
+                operation: "committing offsets",
+                detail: e.to_string(),
+            }
+        })
+    }
+
+    fn committed(&mut self, partitions: &[i32]) -> Result<HashMap<i32, i64>, SinkError> {
+        let source = &mut *self.source;
+        retry("fetching committed offsets", self.shutdown, || {
+            source.committed_offsets(partitions)
+        })
+        .map_err(|stop| {
+            self.stop = Some(stop);
+            SinkError {
+                operation: "fetching committed offsets",
+                detail: "stopped".into(),
+            }
+        })
+    }
+}
+
 #[derive(Default)]
-struct Counters {
-    messages: u64,
-    stored: u64,
-    replayed: u64,
-    dead_lettered: u64,
-    windows: u64,
+struct Totals {
+    counts: Counts,
     batches: u64,
 }
 
-/// The consumer's state between batches.
+/// The consumer's state between fetches.
 struct Pipeline<'a> {
     settings: &'a ConsumeSettings,
     store: &'a Store,
@@ -143,20 +250,16 @@ struct Pipeline<'a> {
     shutdown: &'a Shutdown,
     /// Group membership; `None` with `--partitions` (static assignment).
     member: Option<GroupMember>,
-    /// The topic's incarnation being read, and its id as documents record it.
+    /// The topic's incarnation being read.
     topic: TopicInfo,
-    topic_id: String,
     /// The partitions this consumer reads: its assignment.
     assigned: Vec<i32>,
-    stream: String,
-    /// Next offset to read per partition.
-    positions: BTreeMap<i32, i64>,
+    /// Positions, the open window and the window numbers.
+    engine: Engine,
     /// The latest high watermark seen per partition.
     high_watermarks: HashMap<i32, i64>,
-    windows: TumblingWindows,
-    next_seq: i64,
-    totals: Counters,
-    interval: Counters,
+    totals: Totals,
+    interval: Totals,
     committed: Option<Vec<(i32, i64)>>,
 }
 
@@ -208,7 +311,7 @@ pub fn run(args: &ConsumeArgs) -> Result<(), CommandError> {
 }
 
 impl<'a> Pipeline<'a> {
-    /// Finds the topic, the indexes and where to resume.
+    /// Finds the topic, the indexes, this consumer's partitions and where each resumes.
     fn start(
         settings: &'a ConsumeSettings,
         store: &'a Store,
@@ -223,7 +326,7 @@ impl<'a> Pipeline<'a> {
         retry("database ping", shutdown, || store.ping())?;
         retry("creating indexes", shutdown, || store.ensure_indexes())?;
         let topic = retry("reading topic metadata", shutdown, || source.open())?;
-        let member = match &settings.partitions {
+        let mut member = match &settings.partitions {
             Some(_) => {
                 refuse_shared_partitions(settings, &mut source, shutdown)?;
                 None
@@ -236,57 +339,60 @@ impl<'a> Pipeline<'a> {
                 shutdown.clone(),
             )),
         };
-        let mut pipeline = Pipeline {
+        let assigned = assignment(settings, &topic, member.as_mut(), &mut source, shutdown)?;
+        let engine = resume(
+            settings,
+            store,
+            shutdown,
+            &topic,
+            &assigned,
+            member.as_mut(),
+            &mut source,
+        )?;
+        Ok(Pipeline {
             settings,
             store,
             source,
             shutdown,
             member,
-            topic: topic.clone(),
-            topic_id: String::new(),
-            assigned: Vec::new(),
-            stream: String::new(),
-            positions: BTreeMap::new(),
+            topic,
+            assigned,
+            engine,
             high_watermarks: HashMap::new(),
-            windows: TumblingWindows::new(settings.window_size),
-            next_seq: 0,
-            totals: Counters::default(),
-            interval: Counters::default(),
+            totals: Totals::default(),
+            interval: Totals::default(),
             committed: None,
-        };
-        pipeline.assign(topic)?;
-        Ok(pipeline)
+        })
     }
 
-    /// Takes this consumer's partitions of `topic`: by joining the group (its share of the
-    /// partitions), or the `--partitions` named, then finds where each resumes.
-    fn assign(&mut self, topic: TopicInfo) -> Result<(), Stop> {
+    /// Takes this consumer's partitions again (after a rebalance, a fencing, a re-created
+    /// topic) and resumes the engine where the store and the group's offsets say.
+    fn reassign(&mut self) -> Result<(), Stop> {
         let settings = self.settings;
-        let shutdown = self.shutdown;
-        let assigned = match self.member.as_mut() {
-            Some(member) => {
-                let partitions = retry("joining the consumer group", shutdown, || member.join())?;
-                self.source.set_generation(member.generation());
-                partitions
-            }
-            None => {
-                let wanted = settings.partitions.clone().unwrap_or_default();
-                if let Some(missing) = wanted.iter().find(|p| !topic.partitions.contains(p)) {
-                    return Err(Stop::Fatal(CommandError::Setting(SettingError {
-                        setting: "--partitions (KAFKA_PARTITIONS)".into(),
-                        problem: format!(
-                            "topic {} has no partition {missing} (it has {}); name existing partitions",
-                            settings.topic,
-                            join(&topic.partitions)
-                        ),
-                    })));
-                }
-                wanted
-            }
-        };
-        self.topic = topic;
-        self.assigned = assigned;
-        self.begin_log()
+        self.assigned = assignment(
+            settings,
+            &self.topic,
+            self.member.as_mut(),
+            &mut self.source,
+            self.shutdown,
+        )?;
+        self.restart_engine()
+    }
+
+    /// A new engine over the current assignment, resumed from the store: after a failed step
+    /// the open window may not match what is stored.
+    fn restart_engine(&mut self) -> Result<(), Stop> {
+        self.engine = resume(
+            self.settings,
+            self.store,
+            self.shutdown,
+            &self.topic,
+            &self.assigned,
+            self.member.as_mut(),
+            &mut self.source,
+        )?;
+        self.high_watermarks.clear();
+        Ok(())
     }
 
     /// The group is rebalancing, or this member lost its generation: the open window is
@@ -297,80 +403,10 @@ impl<'a> Pipeline<'a> {
             "group {}: rebalancing; dropping the open window of {} messages (read again from \
              the last stored window by the partitions' next owner)",
             self.settings.group,
-            self.windows.pending()
+            self.engine.pending()
         );
         self.source.set_generation(None);
-        let topic = self.topic.clone();
-        self.assign(topic)
-    }
-
-    /// Starts reading one incarnation of the topic: its partitions, its window stream, and for
-    /// each partition the later of the group's committed offset and the last stored window's
-    /// position, else the log's start.
-    fn begin_log(&mut self) -> Result<(), Stop> {
-        let settings = self.settings;
-        let shutdown = self.shutdown;
-        let partitions = self.assigned.clone();
-        self.topic_id = self.topic.topic_id.to_string();
-        // The topic id makes a re-created topic a new stream: its windows, positions and dead
-        // letters never collide with the old log's.
-        self.stream = format!(
-            "{}/{}/{}/{}",
-            settings.topic,
-            self.topic_id,
-            settings.group,
-            join(&partitions)
-        );
-        let store = self.store;
-        let stream = self.stream.clone();
-        let topic_id = self.topic_id.clone();
-        let last = retry("reading the last window", shutdown, || {
-            store.last_window(&stream)
-        })?;
-        // Windows of other streams (other members, earlier assignments) may have covered these
-        // partitions too; resume after the furthest of them.
-        let stored = retry("reading window positions", shutdown, || {
-            store.resume_positions(&topic_id, &settings.group, &partitions)
-        })?;
-        let source = &mut self.source;
-        let committed = retry("fetching committed offsets", shutdown, || {
-            source.committed_offsets(&partitions)
-        })?;
-        let bounds = retry("listing offsets", shutdown, || {
-            source.offset_bounds(&partitions)
-        })?;
-
-        self.positions.clear();
-        self.high_watermarks.clear();
-        for &p in &partitions {
-            let from_window = stored.get(&p).copied();
-            let from_group = committed.get(&p).copied();
-            let (earliest, latest) = bounds.get(&p).copied().unwrap_or((0, 0));
-            let mut at = from_window.max(from_group).unwrap_or(earliest);
-            if at < earliest {
-                warn!(
-                    "partition {p}: offsets {at}..{earliest} were deleted by retention before being read; starting at {earliest}"
-                );
-                at = earliest;
-            }
-            info!(
-                "partition {p}: starting at offset {at} (committed {}, last window {}, log {earliest}..{latest})",
-                from_group.map_or("none".into(), |o| o.to_string()),
-                from_window.map_or("none".into(), |o| o.to_string()),
-            );
-            self.positions.insert(p, at);
-            self.high_watermarks.insert(p, latest);
-        }
-        self.next_seq = last.as_ref().map_or(0, |l| l.seq + 1);
-        if self.member.is_some() && partitions.is_empty() {
-            info!(
-                "no partition assigned: the group has more members than topic {} has partitions; \
-                 waiting for a rebalance",
-                settings.topic
-            );
-        }
-        self.windows = TumblingWindows::new(settings.window_size);
-        Ok(())
+        self.reassign()
     }
 
     /// The topic was deleted and created again while we read it: the old log is gone, so its
@@ -380,25 +416,30 @@ impl<'a> Pipeline<'a> {
             "topic {} was re-created (id {} -> {}): reading the new log from its start; the open \
              window's {} messages of the old log are stored raw but will be in no window",
             self.settings.topic,
-            self.topic_id,
+            self.topic.topic_id,
             topic.topic_id,
-            self.windows.pending()
+            self.engine.pending()
         );
         self.source.follow(&topic);
+        self.topic = topic;
         if let Some(member) = self.member.as_ref() {
             // The new topic may have other partitions: the group leader assigns them afresh.
             member.request_rejoin();
-            self.topic = topic;
             return Ok(());
         }
-        self.assign(topic)
+        self.reassign()
     }
 
     /// True when every position has reached its partition's high watermark.
     fn caught_up(&self) -> bool {
-        self.positions
+        self.engine
+            .positions()
             .iter()
             .all(|(p, at)| self.high_watermarks.get(p).is_none_or(|hw| at >= hw))
+    }
+
+    fn rejoin_needed(&self) -> bool {
+        self.member.as_ref().is_some_and(GroupMember::rejoin_needed)
     }
 
     fn run(&mut self) -> Result<(), Stop> {
@@ -416,11 +457,11 @@ impl<'a> Pipeline<'a> {
             let remaining = self
                 .settings
                 .max_messages
-                .map(|max| max.saturating_sub(self.totals.messages));
+                .map(|max| max.saturating_sub(self.totals.counts.messages));
             if remaining == Some(0) {
                 info!(
                     "read {} messages (--max-messages): stopping",
-                    self.totals.messages
+                    self.totals.counts.messages
                 );
                 return Ok(());
             }
@@ -435,20 +476,25 @@ impl<'a> Pipeline<'a> {
                     return Ok(());
                 }
             }
-
-            if self.member.as_ref().is_some_and(GroupMember::rejoin_needed) {
+            if self.rejoin_needed() {
                 self.rebalance()?;
                 idle_since = Instant::now();
                 continue;
             }
-            if self.positions.is_empty() {
+            if self.engine.positions().is_empty() {
                 // No partition assigned: nothing to fetch until the group rebalances.
                 if !self.shutdown.sleep(Duration::from_millis(500)) {
                     return Err(Stop::Shutdown);
                 }
                 continue;
             }
-            let request: Vec<(i32, i64)> = self.positions.iter().map(|(p, o)| (*p, *o)).collect();
+
+            let request: Vec<(i32, i64)> = self
+                .engine
+                .positions()
+                .iter()
+                .map(|(p, o)| (*p, *o))
+                .collect();
             let fetched = match self.source.fetch(&request) {
                 Ok(f) => {
                     if backoff.failures() > 0 {
@@ -501,237 +547,136 @@ impl<'a> Pipeline<'a> {
                 }
                 _ => false,
             };
-            // Bounded steps: whatever one fetch returned, a step stores and commits at most
-            // STEP_MESSAGES messages or STEP_BYTES of payload, so a consumer killed often still
-            // advances and memory stays flat.
-            for step in steps(&records) {
-                if self.member.as_ref().is_some_and(GroupMember::rejoin_needed) {
-                    break;
-                }
-                self.process(step, arrival)?;
+            let had_records = !records.is_empty();
+            if !self.process(&records, arrival)? {
+                // The engine was restarted from the store: this fetch's positions are stale.
+                continue;
             }
-            if !records.is_empty() {
+            if had_records {
                 idle_since = Instant::now();
             }
-            // Past control batches, compaction gaps and resets; not past what --max-messages
+            // Past control batches, compaction gaps and retention; not past what --max-messages
             // left unread.
             if !truncated {
                 for (p, next) in next_offsets {
-                    self.positions.insert(p, next);
+                    let at = self.engine.positions().get(&p).copied().unwrap_or(next);
+                    if next < at {
+                        self.log_truncated(p, at, next)?;
+                    } else {
+                        self.engine.advance_to(p, next);
+                    }
                 }
             }
         }
     }
 
-    /// Stores one fetched batch: raw documents, dead letters, then the windows it closes, then
-    /// the offsets those windows cover.
-    fn process(&mut self, messages: &[FetchedRecord], arrival: OffsetDateTime) -> Result<(), Stop> {
-        let topic = self.settings.topic.as_str();
-        let topic_id = self.topic_id.as_str();
-        let position = |m: &FetchedRecord| Position {
-            topic,
-            topic_id,
-            partition: m.partition,
-            offset: m.offset,
-        };
-        let mut verdicts: Vec<Result<ValidMetric, Rejection>> = messages
-            .iter()
-            .map(|m| validate_record(m.value.as_deref()))
-            .collect();
-        let mut duplicate_of: HashMap<usize, StoredPosition> = HashMap::new();
-
-        // 1. Raw documents, one unordered insert for the whole batch.
-        let valid: Vec<usize> = (0..messages.len())
-            .filter(|i| verdicts[*i].is_ok())
-            .collect();
-        let outcomes = {
-            let records: Vec<RawRecord> = valid
-                .iter()
-                .filter_map(|&i| {
-                    verdicts[i].as_ref().ok().map(|message| RawRecord {
-                        message,
-                        position: position(&messages[i]),
-                        received_at: arrival,
-                    })
-                })
-                .collect();
-            retry("storing raw metrics", self.shutdown, || {
-                self.store.insert_raw(&records)
-            })?
-        };
-
-        // 2. Already stored: a replay of the same position, or a duplicate event.
-        let already: Vec<usize> = valid
-            .iter()
-            .zip(&outcomes)
-            .filter(|(_, o)| **o == InsertOutcome::AlreadyStored)
-            .map(|(i, _)| *i)
-            .collect();
-        let mut replayed = 0;
-        if !already.is_empty() {
-            let uuids: Vec<&str> = already
-                .iter()
-                .filter_map(|&i| verdicts[i].as_ref().ok().map(|v| v.message_uuid.as_str()))
-                .collect();
-            let stored = retry("looking up duplicates", self.shutdown, || {
-                self.store.stored_positions(&uuids)
-            })?;
-            for &i in &already {
-                let Ok(v) = &verdicts[i] else { continue };
-                let here = position(&messages[i]);
-                match stored.get(&v.message_uuid) {
-                    Some(first) if !first.is(&here) => {
-                        duplicate_of.insert(i, first.clone());
-                        verdicts[i] = Err(Rejection::duplicate());
-                    }
-                    _ => replayed += 1,
-                }
+    /// Hands fetched records to the engine in bounded steps. Returns false when a step failed
+    /// and the engine was resumed from the store (or the member must rejoin first).
+    fn process(
+        &mut self,
+        records: &[FetchedRecord],
+        arrival: time::OffsetDateTime,
+    ) -> Result<bool, Stop> {
+        let mut rest = records;
+        while !rest.is_empty() {
+            if self.rejoin_needed() {
+                return Ok(false);
             }
-        }
-        for (&i, outcome) in valid.iter().zip(&outcomes) {
-            if let InsertOutcome::Refused(why) = outcome {
-                verdicts[i] = Err(Rejection::new(
-                    RejectionCode::RejectedByDatabase,
-                    format!("the database refused the document: {why}"),
-                ));
-            }
-        }
-
-        // 3. Dead letters, also in one write.
-        let letters: Vec<DeadLetter> = verdicts
-            .iter()
-            .enumerate()
-            .filter_map(|(i, v)| {
-                let r = v.as_ref().err()?;
-                Some(DeadLetter {
-                    code: r.code,
-                    reason: &r.reason,
-                    payload: messages[i].value.as_deref(),
-                    position: position(&messages[i]),
-                    received_at: arrival,
-                    duplicate_of: duplicate_of.get(&i).cloned(),
-                })
-            })
-            .collect();
-        retry("storing dead letters", self.shutdown, || {
-            self.store.insert_dead_letters(&letters)
-        })?;
-        for l in &letters {
-            warn!(
-                "dead-lettered partition {} offset {}: {}",
-                l.position.partition, l.position.offset, l.reason
-            );
-        }
-        let dead = letters.len() as u64;
-
-        // 4. Windows, in consumption order; each records where a restart resumes.
-        let mut cursor = self.positions.clone();
-        let mut closed: Vec<(KpiWindow, Vec<(i32, i64)>)> = Vec::new();
-        for (m, verdict) in messages.iter().zip(&verdicts) {
-            cursor.insert(m.partition, m.offset + 1);
-            let Ok(v) = verdict else { continue };
-            debug!(
-                "partition {} offset {}: {} counted",
-                m.partition, m.offset, v.server_id
-            );
-            let member = WindowMessage {
-                server_id: v.server_id.clone(),
-                timestamp: v.timestamp,
-                metrics: v.metrics,
-                partition: m.partition,
-                offset: m.offset,
-            };
-            if let Some(w) = self.windows.push(member, arrival) {
-                closed.push((w, cursor.iter().map(|(p, o)| (*p, *o)).collect()));
-            }
-        }
-        let stored_now = outcomes
-            .iter()
-            .filter(|o| **o == InsertOutcome::Inserted)
-            .count() as u64;
-        let n = messages.len() as u64;
-        for c in [&mut self.totals, &mut self.interval] {
-            c.messages += n;
-            c.stored += stored_now;
-            c.replayed += replayed;
-            c.dead_lettered += dead;
-            c.batches += 1;
-        }
-
-        // A member stores windows only while the coordinator still counts it as the owner of
-        // its partitions: after a pause past the session timeout another member may already
-        // be counting them. The raw documents and dead letters above are idempotent.
-        if !closed.is_empty() {
-            if let Some(member) = self.member.as_mut() {
-                if !member.still_owner() {
-                    member.request_rejoin();
-                    return Ok(());
-                }
-            }
-        }
-        let records: Vec<WindowRecord> = closed
-            .iter()
-            .zip(self.next_seq..)
-            .map(|((window, next_offsets), seq)| WindowRecord {
-                window,
-                stream: &self.stream,
-                seq,
-                topic,
-                topic_id,
+            let topic_id = self.topic.topic_id.to_string();
+            let mut sink = MongoSink {
+                store: self.store,
+                shutdown: self.shutdown,
+                member: self.member.as_mut(),
+                topic_id: &topic_id,
                 group: &self.settings.group,
-                next_offsets,
-            })
-            .collect();
-        let new = retry("storing KPI windows", self.shutdown, || {
-            self.store.insert_windows(&records)
-        })?;
-        for (record, new) in records.iter().zip(new) {
-            log_window(record, new);
-        }
-        let stored_windows = records.len();
-        drop(records);
-        self.next_seq += stored_windows as i64;
-        self.totals.windows += stored_windows as u64;
-        self.interval.windows += stored_windows as u64;
-        self.positions = cursor;
-
-        // 5. Commit what the stored windows cover. A failed commit loses nothing: the positions
-        //    are in the last window, which a restart reads.
-        if let Some((_, next_offsets)) = closed.last() {
-            match self.source.commit(next_offsets) {
-                Ok(()) => self.committed = Some(next_offsets.clone()),
-                Err(e) if e.fenced => {
-                    warn!("{e}; rejoining the group (the stored windows stand)");
-                    if let Some(member) = self.member.as_ref() {
-                        member.fenced();
+                partitions: &self.assigned,
+                stop: None,
+            };
+            let mut committer = KafkaCommitter {
+                source: &mut self.source,
+                shutdown: self.shutdown,
+                fenced: false,
+                stop: None,
+            };
+            let outcome = self.engine.step(rest, arrival, &mut sink, &mut committer);
+            let stop = sink.stop.take().or(committer.stop.take());
+            let fenced = committer.fenced;
+            match outcome {
+                Ok(report) => {
+                    rest = &rest[report.consumed..];
+                    for t in [&mut self.totals, &mut self.interval] {
+                        t.counts.add(&report.counts);
+                        t.batches += 1;
+                    }
+                    if let Some(c) = report.committed {
+                        self.committed = Some(c);
+                    }
+                    if let Some(e) = report.commit_error {
+                        if fenced {
+                            warn!("{e}; rejoining the group (the stored windows stand)");
+                            if let Some(member) = self.member.as_ref() {
+                                member.fenced();
+                            }
+                        } else {
+                            error!("{e}; the next window's commit will cover these offsets");
+                        }
                     }
                 }
-                Err(e) => error!("{e}; the next window's commit will cover these offsets"),
+                Err(e) => {
+                    if let Some(stop) = stop {
+                        return Err(stop);
+                    }
+                    if self.rejoin_needed() {
+                        return Ok(false);
+                    }
+                    if let EngineError::Diverged { .. } = e {
+                        error!("{e}; resuming from the store");
+                    } else {
+                        warn!("{e}; resuming from the store");
+                    }
+                    self.restart_engine()?;
+                    return Ok(false);
+                }
             }
         }
+        Ok(true)
+    }
+
+    /// A position past the log's end: the log was truncated under us (an unclean leader
+    /// election, or records deleted by hand). What we counted there is gone from the log; the
+    /// offsets from the new end on will hold new messages, so reading continues there.
+    fn log_truncated(&mut self, partition: i32, at: i64, end: i64) -> Result<(), Stop> {
+        error!(
+            "partition {partition}: position {at} is past the log end {end} (the log was \
+             truncated): {} offsets we counted are no longer in the log; continuing at {end}",
+            at - end
+        );
+        self.restart_engine()?;
+        self.engine.rewind_to(partition, end);
         Ok(())
     }
 
     fn log_throughput(&mut self, elapsed: Duration) {
-        let c = std::mem::take(&mut self.interval);
+        let t = std::mem::take(&mut self.interval);
+        let c = t.counts;
         info!(
-            "throughput: {} messages in {:.1} s ({:.1} msg/s), {} batches, {} stored, {} replayed, \
+            "throughput: {} messages in {:.1} s ({:.1} msg/s), {} steps, {} stored, {} replayed, \
              {} dead-lettered, {} windows; open window {}/{}",
             c.messages,
             elapsed.as_secs_f64(),
             c.messages as f64 / elapsed.as_secs_f64().max(1e-9),
-            c.batches,
+            t.batches,
             c.stored,
             c.replayed,
             c.dead_lettered,
             c.windows,
-            self.windows.pending(),
+            self.engine.pending(),
             self.settings.window_size
         );
     }
 
     fn log_totals(&self) {
-        let t = &self.totals;
+        let t = &self.totals.counts;
         info!(
             "consumer stopped: {} messages read ({} stored, {} replayed, {} dead-lettered), \
              {} windows stored; the open window of {} messages is not stored and will be \
@@ -741,7 +686,7 @@ impl<'a> Pipeline<'a> {
             t.replayed,
             t.dead_lettered,
             t.windows,
-            self.windows.pending(),
+            self.engine.pending(),
             self.committed
                 .as_ref()
                 .map_or("unchanged".to_string(), |c| {
@@ -754,30 +699,89 @@ impl<'a> Pipeline<'a> {
     }
 }
 
-fn log_window(r: &WindowRecord, new: bool) {
-    let w = r.window;
-    if !new {
-        info!(
-            "window {} was already stored (replayed after a restart)",
-            r.id()
-        );
-        return;
+/// This consumer's partitions of `topic`: its share from the group (joining it), or the
+/// `--partitions` named.
+fn assignment(
+    settings: &ConsumeSettings,
+    topic: &TopicInfo,
+    member: Option<&mut GroupMember>,
+    source: &mut KafkaSource,
+    shutdown: &Shutdown,
+) -> Result<Vec<i32>, Stop> {
+    if let Some(member) = member {
+        let partitions = retry("joining the consumer group", shutdown, || member.join())?;
+        source.set_generation(member.generation());
+        if partitions.is_empty() {
+            info!(
+                "no partition assigned: the group has more members than topic {} has \
+                 partitions; waiting for a rebalance",
+                settings.topic
+            );
+        }
+        return Ok(partitions);
     }
-    info!(
-        "window {} stored: {} messages in {:.1} s ({}), cpu {:.2} %, mem {:.2} %, disk {:.2} MB/s, \
-         net {:.2} Mbps, errors {}, alerts {}",
-        r.seq,
-        w.message_count,
-        w.duration_s,
-        w.messages_per_second
-            .map_or("rate n/a".to_string(), |r| format!("{r:.2} msg/s")),
-        w.totals.avg_cpu_percent,
-        w.totals.avg_memory_percent,
-        w.totals.avg_disk_io_mbps,
-        w.totals.avg_network_mbps,
-        w.totals.total_error_count,
-        w.alerts.len()
-    );
+    let wanted = settings.partitions.clone().unwrap_or_default();
+    if let Some(missing) = wanted.iter().find(|p| !topic.partitions.contains(p)) {
+        return Err(Stop::Fatal(CommandError::Setting(SettingError {
+            setting: "--partitions (KAFKA_PARTITIONS)".into(),
+            problem: format!(
+                "topic {} has no partition {missing} (it has {}); name existing partitions",
+                settings.topic,
+                join(&topic.partitions)
+            ),
+        })));
+    }
+    Ok(wanted)
+}
+
+/// An engine over `partitions` of `topic`, resumed from the store and the group's offsets.
+fn resume(
+    settings: &ConsumeSettings,
+    store: &Store,
+    shutdown: &Shutdown,
+    topic: &TopicInfo,
+    partitions: &[i32],
+    member: Option<&mut GroupMember>,
+    source: &mut KafkaSource,
+) -> Result<Engine, Stop> {
+    let bounds = retry("listing offsets", shutdown, || {
+        source.offset_bounds(partitions)
+    })?;
+    let log_start: HashMap<i32, i64> = bounds.iter().map(|(p, (start, _))| (*p, *start)).collect();
+    let topic_id = topic.topic_id.to_string();
+    let config = EngineConfig {
+        log: LogId {
+            topic: settings.topic.clone(),
+            topic_id: topic_id.clone(),
+        },
+        group: settings.group.clone(),
+        partitions: partitions.to_vec(),
+        window_size: settings.window_size,
+        limits: Limits::default(),
+    };
+    let mut sink = MongoSink {
+        store,
+        shutdown,
+        member,
+        topic_id: &topic_id,
+        group: &settings.group,
+        partitions,
+        stop: None,
+    };
+    let mut committer = KafkaCommitter {
+        source,
+        shutdown,
+        fenced: false,
+        stop: None,
+    };
+    match Engine::resume(config, &log_start, &mut sink, &mut committer) {
+        Ok(engine) => Ok(engine),
+        Err(e) => Err(sink
+            .stop
+            .take()
+            .or(committer.stop.take())
+            .unwrap_or_else(|| Stop::Fatal(CommandError::Failed(e.to_string())))),
+    }
 }
 
 /// `--partitions` reads outside group membership: refuse partitions a live member of the same

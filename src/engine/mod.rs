@@ -367,6 +367,23 @@ impl Engine {
         }
     }
 
+    /// Moves a partition's position back to `offset`, for a log truncated below it (what was
+    /// counted there is gone from the log, and new records will take those offsets). Only on a
+    /// freshly resumed engine: with messages in the open window, moving back could count them
+    /// twice. Returns whether the position moved.
+    pub fn rewind_to(&mut self, partition: i32, offset: i64) -> bool {
+        if self.windows.pending() > 0 || self.poisoned {
+            return false;
+        }
+        match self.positions.get_mut(&partition) {
+            Some(at) if offset < *at => {
+                *at = offset;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Processes one step: the first [`step_len`] records of `records` (consumption order;
     /// within a partition, increasing offsets). `arrival` is when they were fetched; it times
     /// the windows and stamps the documents.
@@ -708,7 +725,8 @@ impl Death {
     }
 
     fn duplicate(first: StoredPosition) -> Self {
-        let reason = format!("{} (stored from {first})", Rejection::duplicate().reason);
+        // The reason stays the documented constant; `duplicate_of` says where the first copy is.
+        let reason = Rejection::duplicate().reason;
         Death {
             code: DeadLetterCode::Rejected(RejectionCode::DuplicateMessageUuid),
             reason,

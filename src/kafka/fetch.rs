@@ -31,14 +31,8 @@ const CONTROL_BIT: i16 = 1 << 5;
 /// Upper bound of one whole fetch response.
 const FETCH_MAX_BYTES: i32 = 64 * 1024 * 1024;
 
-/// One record read from a partition.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FetchedRecord {
-    pub partition: i32,
-    pub offset: i64,
-    /// `None` for a record without a value (a tombstone).
-    pub value: Option<Vec<u8>>,
-}
+/// One record read from a partition: exactly what the engine consumes.
+pub type FetchedRecord = crate::engine::Record;
 
 /// A batch the consumer cannot read (corrupt, or a format Kafka 3 no longer writes).
 #[derive(Debug, Clone, PartialEq, Eq)]

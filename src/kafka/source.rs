@@ -516,23 +516,22 @@ impl KafkaSource {
     fn out_of_range(&mut self, partition: i32, at: i64) -> Result<PartitionData, KafkaError> {
         let bounds = self.offset_bounds(&[partition])?;
         let (earliest, latest) = bounds.get(&partition).copied().unwrap_or((0, 0));
-        if at < earliest {
+        // Before the start: retention deleted records unread; the earliest is where reading
+        // goes on. Past the end: the log was truncated; the caller moves back to its end.
+        let next_offset = if at < earliest {
             warn!(
                 "partition {partition}: offset {at} is before the log start {earliest}: {} \
                  offsets were deleted by retention unread; continuing at {earliest}",
                 earliest - at
             );
+            earliest
         } else {
-            warn!(
-                "partition {partition}: offset {at} is past the log end {latest} (the log was \
-                 truncated); re-reading from the log start {earliest} ({} offsets)",
-                latest - earliest
-            );
-        }
+            latest
+        };
         Ok(PartitionData {
             partition,
             records: Vec::new(),
-            next_offset: earliest,
+            next_offset,
             high_watermark: Some(latest),
         })
     }
