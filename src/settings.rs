@@ -215,29 +215,29 @@ impl ConsumeSettings {
             topic: topic(src.pick(&args.topic, "topic", &["KAFKA_TOPIC"]), &suffix)?,
             group: group(src.pick(&args.group, "group", &["KAFKA_GROUP_ID"]), &suffix)?,
             mongo: mongo(src, &args.mongodb_uri, &args.database)?,
-            raw_collection: collection(
-                src.pick(
-                    &args.raw_collection,
-                    "raw-collection",
-                    &["MONGODB_RAW_COLLECTION"],
-                ),
-                format!("system_metrics_raw_{suffix}"),
+            raw_collection: named_collection(
+                src,
+                &args.raw_collection,
+                "raw-collection",
+                "MONGODB_RAW_COLLECTION",
+                "raw",
+                &suffix,
             )?,
-            kpi_collection: collection(
-                src.pick(
-                    &args.kpi_collection,
-                    "kpi-collection",
-                    &["MONGODB_KPI_COLLECTION"],
-                ),
-                format!("system_metrics_kpis_{suffix}"),
+            kpi_collection: named_collection(
+                src,
+                &args.kpi_collection,
+                "kpi-collection",
+                "MONGODB_KPI_COLLECTION",
+                "kpis",
+                &suffix,
             )?,
-            dlq_collection: collection(
-                src.pick(
-                    &args.dlq_collection,
-                    "dlq-collection",
-                    &["MONGODB_DLQ_COLLECTION"],
-                ),
-                format!("system_metrics_dlq_{suffix}"),
+            dlq_collection: named_collection(
+                src,
+                &args.dlq_collection,
+                "dlq-collection",
+                "MONGODB_DLQ_COLLECTION",
+                "dlq",
+                &suffix,
             )?,
             window_size,
             partitions: src
@@ -268,21 +268,21 @@ impl StatusSettings {
             topic: topic(src.pick(&args.topic, "topic", &["KAFKA_TOPIC"]), &suffix)?,
             group: group(src.pick(&args.group, "group", &["KAFKA_GROUP_ID"]), &suffix)?,
             mongo: mongo(src, &args.mongodb_uri, &args.database)?,
-            kpi_collection: collection(
-                src.pick(
-                    &args.kpi_collection,
-                    "kpi-collection",
-                    &["MONGODB_KPI_COLLECTION"],
-                ),
-                format!("system_metrics_kpis_{suffix}"),
+            kpi_collection: named_collection(
+                src,
+                &args.kpi_collection,
+                "kpi-collection",
+                "MONGODB_KPI_COLLECTION",
+                "kpis",
+                &suffix,
             )?,
-            dlq_collection: collection(
-                src.pick(
-                    &args.dlq_collection,
-                    "dlq-collection",
-                    &["MONGODB_DLQ_COLLECTION"],
-                ),
-                format!("system_metrics_dlq_{suffix}"),
+            dlq_collection: named_collection(
+                src,
+                &args.dlq_collection,
+                "dlq-collection",
+                "MONGODB_DLQ_COLLECTION",
+                "dlq",
+                &suffix,
             )?,
             max_lag: src
                 .pick(&args.max_lag, "max-lag", &["STATUS_MAX_LAG"])
@@ -303,13 +303,13 @@ impl KpisSettings {
         };
         Ok(KpisSettings {
             mongo: mongo(src, &args.mongodb_uri, &args.database)?,
-            kpi_collection: collection(
-                src.pick(
-                    &args.kpi_collection,
-                    "kpi-collection",
-                    &["MONGODB_KPI_COLLECTION"],
-                ),
-                format!("system_metrics_kpis_{suffix}"),
+            kpi_collection: named_collection(
+                src,
+                &args.kpi_collection,
+                "kpi-collection",
+                "MONGODB_KPI_COLLECTION",
+                "kpis",
+                &suffix,
             )?,
             limit,
             json: args.json,
@@ -513,6 +513,21 @@ fn mongodb_uri(v: &Value) -> Result<String, SettingError> {
 }
 
 /// Collection names: MongoDB forbids `$` and the `system.` prefix.
+/// A collection named by its flag or variable, else the exercise's `system_metrics_<kind>_<suffix>`.
+fn named_collection(
+    src: &Sources,
+    flag: &Option<String>,
+    flag_name: &str,
+    var: &str,
+    kind: &str,
+    suffix: &str,
+) -> Result<String, SettingError> {
+    collection(
+        src.pick(flag, flag_name, &[var]),
+        format!("system_metrics_{kind}_{suffix}"),
+    )
+}
+
 fn collection(v: Option<Value>, default: String) -> Result<String, SettingError> {
     let Some(v) = v else {
         return Ok(default);

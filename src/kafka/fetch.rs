@@ -42,6 +42,17 @@ pub struct UnreadableBatch {
     pub reason: String,
 }
 
+impl UnreadableBatch {
+    /// A batch known only by its first offset.
+    fn at(offset: i64, problem: String) -> Self {
+        UnreadableBatch {
+            first_offset: offset,
+            last_offset: offset,
+            reason: format!("the batch at offset {offset} {problem}"),
+        }
+    }
+}
+
 /// The records of one partition's answer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DecodedRecords {
@@ -66,11 +77,10 @@ pub fn decode_records(partition: i32, fetch_offset: i64, data: &Bytes) -> Decode
         let length = be_i32(&data[at + 8..at + 12]);
         let Ok(length) = usize::try_from(length) else {
             // A negative length cannot be framed past: treat the rest as one unreadable batch.
-            out.unreadable.push(UnreadableBatch {
-                first_offset: base_offset,
-                last_offset: base_offset,
-                reason: format!("batch at offset {base_offset} has a negative length"),
-            });
+            out.unreadable.push(UnreadableBatch::at(
+                base_offset,
+                "has a negative length".into(),
+            ));
             break;
         };
         let end = at + BATCH_FRAME + length;
@@ -80,24 +90,17 @@ pub fn decode_records(partition: i32, fetch_offset: i64, data: &Bytes) -> Decode
         }
         let batch = data.slice(at..end);
         at = end;
-        if batch.len() < HEADER_LEN {
-            out.unreadable.push(UnreadableBatch {
-                first_offset: base_offset,
-                last_offset: base_offset,
-                reason: format!("batch at offset {base_offset} is shorter than its header"),
-            });
-            out.next_offset = Some(base_offset + 1);
-            continue;
-        }
-        let magic = batch[MAGIC_AT] as i8;
-        if magic != 2 {
-            // Message sets v0/v1: a Kafka 3 broker stores v2 only, so this cannot normally
-            // occur; their last offset is not in a fixed place, so name the first.
-            out.unreadable.push(UnreadableBatch {
-                first_offset: base_offset,
-                last_offset: base_offset,
-                reason: format!("message set v{magic} at offset {base_offset} is not supported"),
-            });
+        // Message sets v0/v1: a Kafka 3 broker stores v2 only, so they cannot normally occur;
+        // their last offset is not in a fixed place, so only the first is named.
+        let problem = if batch.len() < HEADER_LEN {
+            Some("is shorter than its header".to_string())
+        } else {
+            let magic = batch[MAGIC_AT] as i8;
+            (magic != 2).then(|| format!("is a message set v{magic}, not supported"))
+        };
+        if let Some(problem) = problem {
+            out.unreadable
+                .push(UnreadableBatch::at(base_offset, problem));
             out.next_offset = Some(base_offset + 1);
             continue;
         }
