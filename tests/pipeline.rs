@@ -3,13 +3,15 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{assert_ok, kafka_client, terminate, text, wait_with_limit, Sandbox};
+use common::{
+    assert_ok, check_windows_against_raw, kafka_client, terminate, text, wait_with_limit, Sandbox,
+};
 use kafka::client::FetchPartition;
-use mongodb::bson::{doc, Bson, Document};
+use mongodb::bson::{doc, Bson};
 use serde_json::{json, Value};
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -79,143 +81,6 @@ fn consume(sb: &Sandbox, extra: &[&str]) -> String {
     let out = sb.run(&args, LIMIT);
     assert_ok(&out, "consume");
     text(&out.stderr)
-}
-
-fn f64_of(d: &Document, path: &str) -> f64 {
-    let mut cur = Bson::Document(d.clone());
-    for key in path.split('.') {
-        cur = cur
-            .as_document()
-            .unwrap()
-            .get(key)
-            .cloned()
-            .unwrap_or(Bson::Null);
-    }
-    match cur {
-        Bson::Double(f) => f,
-        Bson::Int32(i) => f64::from(i),
-        Bson::Int64(i) => i as f64,
-        other => panic!("{path} is not a number: {other:?}"),
-    }
-}
-
-fn close(a: f64, b: f64) -> bool {
-    (a - b).abs() <= 1e-9 * a.abs().max(1.0)
-}
-
-/// Recomputes each window's KPIs from the raw documents it covers (per partition, the offsets
-/// first_offset..=last_offset) and checks every stored figure.
-fn check_windows_against_raw(sb: &Sandbox, window_size: usize) -> usize {
-    let raw = sb.docs("raw", doc! {}, doc! {});
-    let by_position: HashMap<(i32, i64), &Document> = raw
-        .iter()
-        .map(|d| {
-            let k = d.get_document("kafka").unwrap();
-            (
-                (
-                    k.get_i32("partition").unwrap(),
-                    k.get_i64("offset").unwrap(),
-                ),
-                d,
-            )
-        })
-        .collect();
-    let windows = sb.docs("kpis", doc! {}, doc! {"seq": 1});
-    let mut counted: HashSet<(i32, i64)> = HashSet::new();
-    for w in &windows {
-        let mut members = Vec::new();
-        for p in w
-            .get_document("kafka")
-            .unwrap()
-            .get_array("partitions")
-            .unwrap()
-        {
-            let p = p.as_document().unwrap();
-            let partition = p.get_i32("partition").unwrap();
-            let (first, last) = (
-                p.get_i64("first_offset").unwrap(),
-                p.get_i64("last_offset").unwrap(),
-            );
-            for offset in first..=last {
-                if let Some(d) = by_position.get(&(partition, offset)) {
-                    assert!(
-                        counted.insert((partition, offset)),
-                        "message {partition}/{offset} in two windows"
-                    );
-                    members.push(*d);
-                }
-            }
-        }
-        assert_eq!(
-            members.len(),
-            window_size,
-            "window {:?} members",
-            w.get("_id")
-        );
-        assert_eq!(w.get_i32("message_count").unwrap() as usize, window_size);
-        let n = members.len() as f64;
-        for (field, kpi) in [
-            ("cpu_percent", "avg_cpu_percent"),
-            ("memory_percent", "avg_memory_percent"),
-            ("disk_io_mbps", "avg_disk_io_mbps"),
-            ("network_mbps", "avg_network_mbps"),
-        ] {
-            let mean = members
-                .iter()
-                .map(|d| f64_of(d, &format!("metrics.{field}")))
-                .sum::<f64>()
-                / n;
-            let stored = f64_of(w, &format!("kpis.{kpi}"));
-            assert!(
-                close(mean, stored),
-                "{kpi}: stored {stored}, recomputed {mean}"
-            );
-        }
-        let errors: i64 = members
-            .iter()
-            .map(|d| f64_of(d, "metrics.error_count") as i64)
-            .sum();
-        assert_eq!(
-            w.get_document("kpis")
-                .unwrap()
-                .get_i64("total_error_count")
-                .unwrap(),
-            errors
-        );
-        let duration = f64_of(w, "window_duration_s");
-        match w.get_document("kpis").unwrap().get("messages_per_second") {
-            Some(Bson::Double(rate)) => assert!(close(*rate, n / duration)),
-            Some(Bson::Null) => assert_eq!(duration, 0.0),
-            other => panic!("messages_per_second: {other:?}"),
-        }
-        let max_cpu = members
-            .iter()
-            .map(|d| f64_of(d, "metrics.cpu_percent"))
-            .fold(0.0, f64::max);
-        assert_eq!(f64_of(w, "kpis.max_cpu_percent"), max_cpu);
-        let alerts = members
-            .iter()
-            .map(|d| {
-                [
-                    f64_of(d, "metrics.cpu_percent") >= 90.0,
-                    f64_of(d, "metrics.memory_percent") >= 90.0,
-                    f64_of(d, "metrics.error_count") >= 3.0,
-                ]
-                .iter()
-                .filter(|x| **x)
-                .count()
-            })
-            .sum::<usize>();
-        assert_eq!(w.get_array("alerts").unwrap().len(), alerts);
-        let servers: usize = w
-            .get_array("servers")
-            .unwrap()
-            .iter()
-            .map(|s| s.as_document().unwrap().get_i32("message_count").unwrap() as usize)
-            .sum();
-        assert_eq!(servers, window_size);
-    }
-    windows.len()
 }
 
 #[test]
@@ -503,20 +368,37 @@ fn sigterm_stops_the_consumer_cleanly_and_the_password_never_shows() {
 fn the_producer_keeps_reports_while_kafka_is_down_and_stops_on_sigterm() {
     let sb = Sandbox::new("proddown");
     let child = sb
-        .command(&["produce", "--brokers", "127.0.0.1:1", "--interval", "0.2"])
+        .command(&[
+            "produce",
+            "--brokers",
+            "127.0.0.1:1",
+            "--interval",
+            "0.2",
+            "--drain-timeout",
+            "2",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(3));
+    let stopped = Instant::now();
     terminate(&child);
     let out = wait_with_limit(child, Duration::from_secs(10));
+    let drained_for = stopped.elapsed();
     let log = text(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{log}");
     assert!(
         log.contains("ERROR") && log.contains("retrying in"),
         "{log}"
     );
+    // The reports already made are retried for the drain period, then counted as lost.
+    assert!(log.contains("stopping: sending the"), "{log}");
+    assert!(
+        log.contains("could not be sent within the drain period"),
+        "{log}"
+    );
+    assert!(drained_for >= Duration::from_secs(2), "{drained_for:?}");
     assert!(log.contains("producer stopped:"), "{log}");
     assert!(log.contains("0 messages sent"), "{log}");
 }
