@@ -1,0 +1,975 @@
+//! Consumer-group membership (issue 9) against the real broker: `metricsctl consume` processes
+//! without `--partitions` join one group and split a three-partition topic while `metricsctl
+//! produce` streams into it; members join, are killed, leave, are paused past the session
+//! timeout, or wait on a slow window write (a proxy in front of the database holds it) while
+//! the group moves on without them.
+//!
+//! Every check goes through an independent client: who owns what comes from Kafka's own
+//! `kafka-consumer-groups --describe` (polled in the background for the whole test) and, for
+//! sub-second timings, from a DescribeGroups probe written in `common` from Kafka's protocol
+//! guide; what was sent comes from kcat; what was stored is read with the mongodb crate. The
+//! rebalance times are printed (`cargo test --test group -- --nocapture` shows them).
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::{
+    check_windows_against_raw, create_topic, describe_group_wire, group_tool_describe, kcat_read,
+    mongo_insert_pattern, poll, signal, text, Background, GroupToolView, HoldingProxy, Sandbox,
+    WireGroup,
+};
+use mongodb::bson::doc;
+
+/// Twelve servers: with Java's murmur2 partitioner every one of three partitions gets some
+/// (3, 3 and 6 of them).
+const SERVERS: &str = "s01,s02,s03,s04,s05,s06,s07,s08,s09,s10,s11,s12";
+/// A report of 12 messages every 0.2 s: 60 messages/s, three windows a second.
+const INTERVAL: &str = "0.2";
+const WINDOW: usize = 20;
+const PARTITIONS: [i32; 3] = [0, 1, 2];
+/// The consumer's group timeouts (src/commands/consume.rs): a member silent this long is removed.
+const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+/// A third of the session, as the consumer heartbeats.
+const HEARTBEAT: Duration = Duration::from_millis(3_333);
+/// How long a membership change may take to show before the test gives up.
+const SETTLE_LIMIT: Duration = Duration::from_secs(45);
+
+/// One `kafka-consumer-groups --describe` answer and when it was asked and answered.
+struct ToolSnapshot {
+    asked: Instant,
+    answered: Instant,
+    view: GroupToolView,
+}
+
+/// Kafka's group tool, run again and again in the background while the test acts.
+struct ToolWatch {
+    stop: Arc<AtomicBool>,
+    snapshots: Arc<Mutex<Vec<ToolSnapshot>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ToolWatch {
+    fn start(brokers: &str, group: &str) -> ToolWatch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let snapshots = Arc::new(Mutex::new(Vec::new()));
+        let (brokers, group) = (brokers.to_string(), group.to_string());
+        let thread = {
+            let (stop, snapshots) = (stop.clone(), snapshots.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let asked = Instant::now();
+                    let view = group_tool_describe(&brokers, &group);
+                    let answered = Instant::now();
+                    snapshots.lock().unwrap().push(ToolSnapshot {
+                        asked,
+                        answered,
+                        view,
+                    });
+                    // A JVM per call: leave the two cores some room for the consumers.
+                    let pause = Instant::now() + Duration::from_millis(700);
+                    while Instant::now() < pause && !stop.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            })
+        };
+        ToolWatch {
+            stop,
+            snapshots,
+            thread: Some(thread),
+        }
+    }
+
+    /// The first answer asked at or after `since` that satisfies `pred`: (answered, asked), both
+    /// as time since `since`.
+    fn first_after(
+        &self,
+        since: Instant,
+        pred: impl Fn(&GroupToolView) -> bool,
+    ) -> Option<(Duration, Duration)> {
+        let snapshots = self.snapshots.lock().unwrap();
+        snapshots
+            .iter()
+            .filter(|s| s.asked >= since)
+            .find(|s| pred(&s.view))
+            .map(|s| (s.answered - since, s.asked - since))
+    }
+
+    /// Waits until an answer asked at or after `since` satisfies `pred`; its timing.
+    fn wait_for(
+        &self,
+        since: Instant,
+        limit: Duration,
+        what: &str,
+        pred: impl Fn(&GroupToolView) -> bool,
+    ) -> (Duration, Duration) {
+        let found = poll(limit, Duration::from_millis(200), || {
+            self.first_after(since, &pred)
+        });
+        found.unwrap_or_else(|| {
+            panic!(
+                "the group tool never showed {what} within {limit:?}; last answer:\n{}",
+                self.last_output()
+            )
+        })
+    }
+
+    fn last_output(&self) -> String {
+        self.snapshots
+            .lock()
+            .unwrap()
+            .last()
+            .map_or("(none yet)".into(), |s| s.view.output.clone())
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ToolWatch {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// A consumer process and the member id the group gave it.
+struct Member {
+    process: Background,
+    id: String,
+}
+
+/// One test's topic (three partitions), its producer streaming in, its consumer processes, and
+/// the group tool watching. Fields drop in order: processes first, the sandbox (database and
+/// topic) last.
+struct Scenario {
+    members: Vec<Member>,
+    producer: Option<Background>,
+    watch: ToolWatch,
+    sb: Sandbox,
+}
+
+/// The DescribeGroups probe's view (`None` while no coordinator answers). Every answer is
+/// checked: no partition is assigned to two members at once.
+fn probe(sb: &Sandbox) -> Option<WireGroup> {
+    let g = describe_group_wire(&sb.brokers, &sb.group, &sb.topic).ok()?;
+    for (p, owners) in g.owners() {
+        assert!(
+            owners.len() == 1,
+            "partition {p} assigned to {owners:?} at once: {g:?}"
+        );
+    }
+    Some(g)
+}
+
+/// A stable group of exactly `members`, each owning at least one partition, together owning
+/// each partition once.
+fn settled(g: &WireGroup, members: &BTreeSet<String>) -> bool {
+    let owners = g.owners();
+    g.state == "Stable"
+        && g.member_ids().into_iter().collect::<BTreeSet<_>>() == *members
+        && g.members.iter().all(|m| !m.partitions.is_empty())
+        && PARTITIONS
+            .iter()
+            .all(|p| owners.get(p).is_some_and(|o| o.len() == 1))
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+impl Scenario {
+    fn new(label: &str, streaming: bool) -> Scenario {
+        let sb = Sandbox::new(label);
+        // The mode's default replication: 1 on the single node, 3 on the three-node cluster.
+        create_topic(&sb.brokers, &sb.topic, &["--partitions", "3"]);
+        let producer = streaming.then(|| {
+            sb.spawn(
+                "producer",
+                &["produce", "--servers", SERVERS, "--interval", INTERVAL],
+            )
+        });
+        Scenario {
+            members: Vec::new(),
+            producer,
+            watch: ToolWatch::start(&sb.brokers, &sb.group),
+            sb,
+        }
+    }
+
+    fn ids(&self) -> BTreeSet<String> {
+        self.members.iter().map(|m| m.id.clone()).collect()
+    }
+
+    /// Starts one more member and waits until the group is stable with it and the others, each
+    /// owning a partition (with up to three members); returns how long that took.
+    fn join(&mut self, name: &str) -> Duration {
+        self.join_with(name, &[])
+    }
+
+    /// `join` with more flags for the consumer.
+    fn join_with(&mut self, name: &str, extra: &[&str]) -> Duration {
+        let before = self.ids();
+        let started = Instant::now();
+        let window = WINDOW.to_string();
+        let mut args = vec!["consume", "--window-size", &window];
+        args.extend_from_slice(extra);
+        let process = self.sb.spawn(name, &args);
+        let mut first_owned: Option<Duration> = None;
+        let found = poll(SETTLE_LIMIT, Duration::from_millis(100), || {
+            let g = probe(&self.sb)?;
+            let ids: BTreeSet<String> = g.member_ids().into_iter().collect();
+            let new: Vec<&String> = ids.difference(&before).collect();
+            if new.len() != 1 || !before.is_subset(&ids) {
+                return None;
+            }
+            let id = new[0].clone();
+            if first_owned.is_none() && !g.partitions_of(&id).is_empty() {
+                first_owned = Some(started.elapsed());
+            }
+            settled(&g, &ids).then_some(id)
+        });
+        let Some(id) = found else {
+            panic!(
+                "{name} did not settle into the group within {SETTLE_LIMIT:?}; group: {:?}; log \
+                 tail:\n{}",
+                probe(&self.sb),
+                process.log_tail(20)
+            );
+        };
+        let took = started.elapsed();
+        let (tool_answered, tool_asked) = self.watch.wait_for(
+            started,
+            Duration::from_secs(30),
+            &format!("{name} ({id}) owning a partition"),
+            |v| v.owners().values().any(|o| *o == id),
+        );
+        eprintln!(
+            "[{}] rebalance time, join of member {} ({name}): owns a partition after {:.2} s, \
+             group stable with {} members after {:.2} s (DescribeGroups probe); the group tool \
+             showed it in a describe asked at {:.1} s, answered at {:.1} s",
+            self.sb.name,
+            before.len() + 1,
+            secs(first_owned.unwrap_or(took)),
+            before.len() + 1,
+            secs(took),
+            secs(tool_asked),
+            secs(tool_answered)
+        );
+        self.members.push(Member { process, id });
+        took
+    }
+
+    fn member(&self, name: &str) -> usize {
+        self.members
+            .iter()
+            .position(|m| m.process.name == name)
+            .unwrap_or_else(|| panic!("no member {name}"))
+    }
+
+    /// Waits until member `gone` is out of the group and the partitions it owned (`owned`)
+    /// belong to the remaining members, the group stable: the time from `since`, by the probe,
+    /// and the group tool's (answered, asked) times.
+    fn wait_moved(
+        &self,
+        since: Instant,
+        gone: &str,
+        owned: &[i32],
+        what: &str,
+    ) -> (Duration, (Duration, Duration)) {
+        let remaining: BTreeSet<String> = self.ids().into_iter().filter(|i| i != gone).collect();
+        let moved = poll(SETTLE_LIMIT, Duration::from_millis(100), || {
+            let g = probe(&self.sb)?;
+            settled(&g, &remaining).then(|| since.elapsed())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{what}: partitions {owned:?} of {gone} never moved to {remaining:?} within \
+                 {SETTLE_LIMIT:?}; group: {:?}",
+                probe(&self.sb)
+            )
+        });
+        let tool = self.watch.wait_for(
+            since,
+            Duration::from_secs(30),
+            &format!("partitions {owned:?} owned by members other than {gone}"),
+            |v| {
+                let owners = v.owners();
+                owned
+                    .iter()
+                    .all(|p| owners.get(p).is_some_and(|o| o != gone))
+            },
+        );
+        (moved, tool)
+    }
+
+    /// Stops the producer, waits until every member has counted all but its open window (the
+    /// group tool: each member's lag below a window), stops every member with SIGTERM (each
+    /// exits 0), then checks what was stored.
+    fn finish(mut self) -> Outcome {
+        if let Some(mut producer) = self.producer.take() {
+            assert_eq!(
+                producer.stop(Duration::from_secs(20)),
+                Some(0),
+                "producer exit"
+            );
+        }
+        // Owners are taken as the tool shows them: a member that lost its membership (a
+        // coordinator failing over) rejoins under a new id.
+        let live = self.members.len();
+        let caught_up = poll(Duration::from_secs(60), Duration::from_millis(500), || {
+            let v = group_tool_describe(&self.sb.brokers, &self.sb.group);
+            let owners: BTreeSet<String> = v.owners().into_values().collect();
+            if v.rebalancing || v.rows.len() != PARTITIONS.len() || owners.len() != live {
+                return None;
+            }
+            // Lag counts the copies the producer sent again too; they are dead letters, never
+            // counted in a window.
+            let mut lag: BTreeMap<String, i64> = BTreeMap::new();
+            for r in &v.rows {
+                let owner = r.consumer_id.clone()?;
+                let copies = self
+                    .sb
+                    .db()
+                    .collection::<mongodb::bson::Document>("dlq")
+                    .count_documents(doc! {
+                        "kafka.partition": r.partition,
+                        "kafka.offset": {"$gte": r.committed.unwrap_or(0)},
+                    })
+                    .run()
+                    .expect("count dead letters") as i64;
+                *lag.entry(owner).or_default() += r.lag? - copies;
+            }
+            lag.values().all(|l| *l < WINDOW as i64).then_some(v)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "the members never caught up to their open windows; group tool:\n{}",
+                group_tool_describe(&self.sb.brokers, &self.sb.group).output
+            )
+        });
+        for m in &self.members {
+            signal(&m.process.child, "TERM");
+        }
+        for m in &mut self.members {
+            let code = poll(Duration::from_secs(30), Duration::from_millis(50), || {
+                m.process
+                    .child
+                    .try_wait()
+                    .expect("try_wait")
+                    .map(|s| s.code())
+            })
+            .unwrap_or_else(|| panic!("{} did not stop within 30 s of SIGTERM", m.process.name));
+            assert_eq!(
+                code,
+                Some(0),
+                "{} exit after SIGTERM; log tail:\n{}",
+                m.process.name,
+                m.process.log_tail(20)
+            );
+        }
+        self.watch.halt();
+        let snapshots = std::mem::take(&mut *self.watch.snapshots.lock().unwrap());
+        for s in &snapshots {
+            assert!(
+                s.view.doubly_owned().is_empty(),
+                "the group tool listed partitions {:?} under two members at once:\n{}",
+                s.view.doubly_owned(),
+                s.view.output
+            );
+        }
+        let data = check_data(&self.sb);
+        // Each member's partitions at the end: all but its open window is in stored windows.
+        let mut tails: BTreeMap<String, i64> = BTreeMap::new();
+        for (p, owner) in caught_up.owners() {
+            *tails.entry(owner).or_default() += data.uncounted[&p];
+        }
+        for (owner, tail) in &tails {
+            assert!(
+                *tail < WINDOW as i64,
+                "member {owner} ends with {tail} stored messages of its partitions in no window \
+                 (more than an open window); log ends {:?}, windows cover up to {:?}",
+                data.ends,
+                data.covered
+            );
+        }
+        // Offsets are committed only after the windows that cover them are stored.
+        let fin = group_tool_describe(&self.sb.brokers, &self.sb.group);
+        for p in PARTITIONS {
+            let committed = fin.row(p).and_then(|r| r.committed).unwrap_or(0);
+            assert!(
+                committed <= data.covered[&p],
+                "partition {p}: committed {committed} beyond the stored windows ({})",
+                data.covered[&p]
+            );
+        }
+        let logs: Vec<(String, usize)> = self
+            .members
+            .iter()
+            .map(|m| {
+                let stored = m
+                    .process
+                    .log_text()
+                    .lines()
+                    .filter(|l| l.contains(" stored: "))
+                    .count();
+                (m.process.name.clone(), stored)
+            })
+            .collect();
+        eprintln!(
+            "[{}] {} messages ({} copies sent again by the producer), {} windows; per \
+             partition: log end {:?}, windows cover up to {:?}, open windows hold {:?}; windows \
+             stored per process (its log): {:?}",
+            self.sb.name,
+            data.messages,
+            data.duplicates,
+            data.windows,
+            data.ends,
+            data.covered,
+            data.uncounted,
+            logs
+        );
+        Outcome {
+            snapshots,
+            logs,
+            member_ids: self
+                .members
+                .iter()
+                .map(|m| (m.process.name.clone(), ids_in_log(&m.process)))
+                .collect(),
+        }
+    }
+}
+
+/// The member ids a consumer process logged ("joined as <id>"), to tell which process a member
+/// id of the group tool's answers is.
+fn ids_in_log(process: &Background) -> BTreeSet<String> {
+    process
+        .log_text()
+        .lines()
+        .filter_map(|l| l.split(" joined as ").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(String::from)
+        .collect()
+}
+
+struct Outcome {
+    snapshots: Vec<ToolSnapshot>,
+    /// Windows each process logged as stored.
+    logs: Vec<(String, usize)>,
+    /// Process name -> the member ids it had, as its log says ("joined as ...").
+    member_ids: Vec<(String, BTreeSet<String>)>,
+}
+
+impl Outcome {
+    /// Members the group tool saw committing: a partition it owned in two consecutive answers
+    /// whose committed offset advanced in between (only the owner commits, after storing a
+    /// window).
+    fn members_seen_working(&self) -> BTreeSet<String> {
+        let mut working = BTreeSet::new();
+        for pair in self.snapshots.windows(2) {
+            let (a, b) = (&pair[0].view, &pair[1].view);
+            for rb in &b.rows {
+                let Some(ra) = a.row(rb.partition) else {
+                    continue;
+                };
+                if let (Some(owner), Some(ca), Some(cb)) =
+                    (rb.consumer_id.as_ref(), ra.committed, rb.committed)
+                {
+                    if ra.consumer_id.as_ref() == Some(owner) && cb > ca {
+                        working.insert(owner.clone());
+                    }
+                }
+            }
+        }
+        working
+    }
+}
+
+/// What the topic and the database hold, checked against each other.
+struct Data {
+    messages: usize,
+    duplicates: usize,
+    windows: usize,
+    /// Per partition: its log end offset (kcat).
+    ends: BTreeMap<i32, i64>,
+    /// Per partition: the windows cover every stored message at offsets `0..covered`.
+    covered: BTreeMap<i32, i64>,
+    /// Per partition: stored messages at `covered` and after, in no window.
+    uncounted: BTreeMap<i32, i64>,
+}
+
+/// Every event kcat reads from the topic is in raw exactly once, from its first position; a
+/// copy the producer sent again (a send retried after a broker failure) is a dead letter
+/// `duplicate_message_uuid` and nothing else is dead-lettered; every window recomputes from raw
+/// and no message is in two windows (`check_windows_against_raw`); and per partition the
+/// windows cover a gapless run of the stored messages from offset 0.
+fn check_data(sb: &Sandbox) -> Data {
+    let records = kcat_read(&sb.brokers, &sb.topic);
+    let mut ends: BTreeMap<i32, i64> = PARTITIONS.iter().map(|p| (*p, 0)).collect();
+    let mut first_copy: HashMap<String, (i32, i64)> = HashMap::new();
+    let mut copies: BTreeSet<(i32, i64)> = BTreeSet::new();
+    for r in &records {
+        let end = ends.entry(r.partition).or_default();
+        assert_eq!(
+            r.offset, *end,
+            "partition {} offsets are gapless",
+            r.partition
+        );
+        *end += 1;
+        let uuid = common::uuid_of(r.payload.as_deref().unwrap_or(""))
+            .unwrap_or_else(|| panic!("no message_uuid at {}/{}", r.partition, r.offset));
+        // kcat lists partition by partition in offset order, and a server's copies share its
+        // partition: the first seen is the first copy.
+        match first_copy.entry(uuid) {
+            std::collections::hash_map::Entry::Occupied(_) => {
+                copies.insert((r.partition, r.offset));
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert((r.partition, r.offset));
+            }
+        }
+    }
+    for p in PARTITIONS {
+        assert!(ends[&p] > 0, "partition {p} got no data: {ends:?}");
+    }
+
+    let raw = sb.docs("raw", doc! {}, doc! {});
+    let mut stored: HashMap<String, (i32, i64)> = HashMap::new();
+    let mut stored_offsets: BTreeMap<i32, BTreeSet<i64>> = BTreeMap::new();
+    for d in &raw {
+        let uuid = d.get_str("message_uuid").expect("message_uuid").to_string();
+        let (_, partition, offset) = common::kafka_position(d);
+        assert!(
+            stored.insert(uuid.clone(), (partition, offset)).is_none(),
+            "{uuid} stored twice in raw"
+        );
+        stored_offsets.entry(partition).or_default().insert(offset);
+    }
+    assert_eq!(raw.len(), first_copy.len(), "raw holds every event once");
+    assert!(
+        stored == first_copy,
+        "raw's uuids and positions differ from the first copies in the topic"
+    );
+    let dlq = sb.docs("dlq", doc! {}, doc! {});
+    let mut lettered = BTreeSet::new();
+    for d in &dlq {
+        assert_eq!(
+            d.get_str("reason_code").expect("reason_code"),
+            "duplicate_message_uuid",
+            "only copies are dead-lettered: {d}"
+        );
+        let (_, partition, offset) = common::kafka_position(d);
+        lettered.insert((partition, offset));
+    }
+    assert_eq!(
+        lettered, copies,
+        "the dead letters are exactly the copies the producer sent again"
+    );
+
+    let windows = check_windows_against_raw(sb, WINDOW);
+    let mut spans: BTreeMap<i32, Vec<(i64, i64)>> = BTreeMap::new();
+    for w in sb.docs("kpis", doc! {}, doc! {}) {
+        let kafka = w.get_document("kafka").expect("kafka");
+        assert_eq!(kafka.get_str("group").expect("kafka.group"), sb.group);
+        for p in kafka.get_array("partitions").expect("kafka.partitions") {
+            let p = p.as_document().expect("partition span");
+            spans
+                .entry(p.get_i32("partition").unwrap())
+                .or_default()
+                .push((
+                    p.get_i64("first_offset").unwrap(),
+                    p.get_i64("last_offset").unwrap(),
+                ));
+        }
+    }
+    let mut covered = BTreeMap::new();
+    let mut uncounted = BTreeMap::new();
+    for p in PARTITIONS {
+        let mut list = spans.remove(&p).unwrap_or_default();
+        list.sort_unstable();
+        let offsets = stored_offsets.remove(&p).unwrap_or_default();
+        let mut next = 0;
+        for (first, last) in &list {
+            let skipped: Vec<&i64> = offsets.range(next..*first).collect();
+            assert!(
+                skipped.is_empty(),
+                "partition {p}: stored messages at offsets {skipped:?} are in no window while \
+                 later ones are; spans {list:?}"
+            );
+            next = last + 1;
+        }
+        covered.insert(p, next);
+        uncounted.insert(p, offsets.range(next..).count() as i64);
+    }
+    Data {
+        messages: records.len(),
+        duplicates: copies.len(),
+        windows,
+        ends,
+        covered,
+        uncounted,
+    }
+}
+
+fn sleep(secs: f64) {
+    std::thread::sleep(Duration::from_secs_f64(secs));
+}
+
+#[test]
+fn members_joining_one_by_one_split_the_partitions_and_count_every_message_once() {
+    let mut s = Scenario::new("grpjoin", true);
+    let first = s.join("a");
+    assert_eq!(
+        probe(&s.sb).unwrap().partitions_of(&s.members[0].id),
+        PARTITIONS.to_vec(),
+        "a lone member owns every partition"
+    );
+    sleep(4.0);
+    let second = s.join("b");
+    sleep(5.0);
+    let third = s.join("c");
+    let g = probe(&s.sb).unwrap();
+    assert!(
+        g.members.iter().all(|m| m.partitions.len() == 1),
+        "three members, one partition each: {g:?}"
+    );
+    assert_eq!(
+        (g.protocol_type.as_str(), g.protocol.as_str()),
+        ("consumer", "range")
+    );
+    sleep(8.0);
+    for d in [first, second, third] {
+        assert!(
+            d < Duration::from_secs(20),
+            "a join settles within seconds: {d:?}"
+        );
+    }
+    let outcome = s.finish();
+
+    // Every member did part of the work: the group tool saw each one's committed offsets
+    // advance on a partition it owned, and each process logged windows it stored.
+    let working = outcome.members_seen_working();
+    for (name, ids) in &outcome.member_ids {
+        assert!(
+            !working.is_disjoint(ids),
+            "the group tool never saw {name} ({ids:?}) commit; it saw {working:?}"
+        );
+    }
+    for (name, stored) in &outcome.logs {
+        assert!(*stored > 0, "{name} stored no window");
+    }
+}
+
+#[test]
+fn a_killed_member_loses_its_partitions_after_the_session_timeout_a_leaving_one_at_once() {
+    let mut s = Scenario::new("grpkill", true);
+    s.join("a");
+    s.join("b");
+    s.join("c");
+    sleep(3.0);
+
+    // SIGKILL: no LeaveGroup; the coordinator waits for the session timeout.
+    let b = s.member("b");
+    let victim = s.members[b].id.clone();
+    let owned = probe(&s.sb).unwrap().partitions_of(&victim);
+    assert!(!owned.is_empty());
+    let killed_at = Instant::now();
+    s.members[b].process.child.kill().expect("SIGKILL");
+    let _ = s.members[b].process.child.wait();
+    let (kill_moved, (kill_tool, kill_tool_asked)) =
+        s.wait_moved(killed_at, &victim, &owned, "after SIGKILL");
+    eprintln!(
+        "[{}] rebalance time, kill: partitions {owned:?} of the SIGKILLed member owned by the \
+         others after {:.2} s (DescribeGroups probe); the group tool showed it in a describe \
+         asked at {:.1} s, answered at {:.1} s (session timeout {} s, heartbeat {:.1} s)",
+        s.sb.name,
+        secs(kill_moved),
+        secs(kill_tool_asked),
+        secs(kill_tool),
+        SESSION_TIMEOUT.as_secs(),
+        secs(HEARTBEAT)
+    );
+    s.members.remove(b);
+    // The coordinator noticed only once the session expired: at least the session timeout
+    // after the victim's last heartbeat, which was at most one heartbeat interval before the
+    // kill.
+    assert!(
+        kill_moved >= SESSION_TIMEOUT - HEARTBEAT - Duration::from_millis(500),
+        "partitions moved {kill_moved:?} after SIGKILL: sooner than a session timeout allows"
+    );
+    assert!(
+        kill_moved <= SESSION_TIMEOUT + 2 * HEARTBEAT + Duration::from_secs(8),
+        "partitions moved only {kill_moved:?} after SIGKILL"
+    );
+    sleep(3.0);
+
+    // SIGTERM: the member leaves the group, its partitions move at the next heartbeat of the
+    // others, without waiting for a session timeout, and it exits 0.
+    let c = s.member("c");
+    let leaver = s.members[c].id.clone();
+    let owned = probe(&s.sb).unwrap().partitions_of(&leaver);
+    assert!(!owned.is_empty());
+    let termed_at = Instant::now();
+    let code = s.members[c].process.stop(Duration::from_secs(20));
+    let exited = termed_at.elapsed();
+    let (term_moved, (term_tool, term_tool_asked)) =
+        s.wait_moved(termed_at, &leaver, &owned, "after SIGTERM");
+    eprintln!(
+        "[{}] rebalance time, leave: partitions {owned:?} of the SIGTERMed member owned by the \
+         others after {:.2} s (DescribeGroups probe; the process exited after {:.2} s); the \
+         group tool showed it in a describe asked at {:.1} s, answered at {:.1} s",
+        s.sb.name,
+        secs(term_moved),
+        secs(exited),
+        secs(term_tool_asked),
+        secs(term_tool)
+    );
+    assert_eq!(
+        code,
+        Some(0),
+        "SIGTERM exit; log tail:\n{}",
+        s.members[c].process.log_tail(20)
+    );
+    s.members.remove(c);
+    assert!(
+        term_moved < HEARTBEAT + Duration::from_secs(4),
+        "partitions of a member that left moved only after {term_moved:?}"
+    );
+    assert!(
+        term_moved < kill_moved,
+        "leaving is faster than being timed out"
+    );
+    sleep(3.0);
+    s.finish();
+}
+
+#[test]
+fn a_member_paused_past_the_session_timeout_doubles_nothing() {
+    let mut s = Scenario::new("grppause", true);
+    s.join("a");
+    s.join("b");
+    s.join("c");
+    sleep(3.0);
+
+    let b = s.member("b");
+    let paused = s.members[b].id.clone();
+    let owned = probe(&s.sb).unwrap().partitions_of(&paused);
+    let stopped_at = Instant::now();
+    signal(&s.members[b].process.child, "STOP");
+    let (moved, _) = s.wait_moved(stopped_at, &paused, &owned, "while b is stopped");
+    eprintln!(
+        "[{}] partitions {owned:?} of the SIGSTOPped member moved after {:.2} s",
+        s.sb.name,
+        secs(moved)
+    );
+    let resume_at = stopped_at + Duration::from_secs(15);
+    std::thread::sleep(resume_at.saturating_duration_since(Instant::now()));
+    signal(&s.members[b].process.child, "CONT");
+    let resumed_at = Instant::now();
+
+    // The fenced member rejoins under a new member id and gets a partition again.
+    let others: BTreeSet<String> = s.ids().into_iter().filter(|i| *i != paused).collect();
+    let rejoined = poll(SETTLE_LIMIT, Duration::from_millis(100), || {
+        let g = probe(&s.sb)?;
+        let ids: BTreeSet<String> = g.member_ids().into_iter().collect();
+        let new: Vec<String> = ids.difference(&others).cloned().collect();
+        (new.len() == 1 && others.is_subset(&ids) && settled(&g, &ids)).then(|| new[0].clone())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "b never rejoined after SIGCONT; group {:?}; its log tail:\n{}",
+            probe(&s.sb),
+            s.members[b].process.log_tail(30)
+        )
+    });
+    eprintln!(
+        "[{}] the resumed member rejoined as {rejoined} (it was {paused}) after {:.2} s",
+        s.sb.name,
+        secs(resumed_at.elapsed())
+    );
+    assert!(s.members[b].process.running(), "b runs on after SIGCONT");
+    // What b did on waking, as it logs it (for the reader; the data checks below decide).
+    let woke: Vec<String> = s.members[b]
+        .process
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("fenced") || l.contains("cannot confirm") || l.contains("rejoin"))
+        .map(|l| l.chars().take(200).collect())
+        .collect();
+    eprintln!("[{}] b's log on waking: {woke:#?}", s.sb.name);
+    s.members[b].id = rejoined;
+    sleep(6.0);
+    s.finish();
+}
+
+#[test]
+fn static_partitions_owned_by_a_live_member_are_refused_naming_it() {
+    let mut s = Scenario::new("grpstatic", false);
+    s.join("a");
+    s.join("b");
+    let ids = s.ids();
+    let view = poll(Duration::from_secs(30), Duration::from_millis(200), || {
+        let v = group_tool_describe(&s.sb.brokers, &s.sb.group);
+        let owners = v.owners();
+        (owners.len() == 3 && owners.values().all(|o| ids.contains(o))).then_some(v)
+    })
+    .expect("the group tool shows both members' partitions");
+    let owner = view.owners()[&2].clone();
+    let other = s.ids().into_iter().find(|i| *i != owner).unwrap();
+
+    let out = s.sb.run(
+        &["consume", "--partitions", "2", "--exit-when-idle", "2"],
+        Duration::from_secs(60),
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "one error line: {err}");
+    assert!(
+        errors[0].contains(&owner) && !errors[0].contains(&other),
+        "the error names the owner of partition 2 ({owner}), not {other}: {err}"
+    );
+    assert!(
+        err.lines()
+            .all(|l| l.starts_with("error:") || l.contains(" INFO ")),
+        "nothing but the start banner and the error: {err}"
+    );
+    // The refused process did not disturb the group.
+    let g = probe(&s.sb).unwrap();
+    assert_eq!(g.member_ids().into_iter().collect::<BTreeSet<_>>(), s.ids());
+
+    // Once the members have left, nobody owns partition 2 and the static consumer may read it.
+    for m in &mut s.members {
+        assert_eq!(m.process.stop(Duration::from_secs(20)), Some(0));
+    }
+    s.members.clear();
+    // They left (LeaveGroup); should a leave be lost (a coordinator failing over), the
+    // coordinator drops them after the session timeout.
+    let empty = poll(
+        SESSION_TIMEOUT + Duration::from_secs(20),
+        Duration::from_millis(200),
+        || probe(&s.sb).filter(|g| g.members.is_empty()),
+    );
+    assert!(empty.is_some(), "members still listed: {:?}", probe(&s.sb));
+    let out = s.sb.run(
+        &["consume", "--partitions", "2", "--exit-when-idle", "2"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+/// The windows stored so far: (stream, count).
+fn windows_per_stream(sb: &Sandbox) -> BTreeMap<String, usize> {
+    let mut per = BTreeMap::new();
+    for w in sb.docs("kpis", doc! {}, doc! {}) {
+        *per.entry(w.get_str("stream").unwrap_or("").to_string())
+            .or_default() += 1;
+    }
+    per
+}
+
+// A known gap, kept as an executable specification: the member checks its ownership right
+// before a window write, not at the write itself, so a write that stalls in flight past a
+// rebalance still lands later. Closing it needs a fence the database enforces (FerretDB v1 has
+// no multikey unique index and no transactions to build one on); see the README.
+#[test]
+#[ignore = "known gap: window writes are fenced before they are sent, not by the database"]
+fn a_member_whose_window_write_stalls_past_a_rebalance_does_not_store_that_window_later() {
+    // Member a reaches the database through a proxy that holds back its next window insert,
+    // as a slow database would: a has checked that it still owns its partitions and waits on
+    // the write. Meanwhile two members join; a, stuck, cannot rejoin, so the group goes on
+    // without it and the others count a's partitions from its last stored window. Once the
+    // write goes through, a's window covers messages the others counted too, unless a's
+    // ownership is enforced at the write itself.
+    let mut s = Scenario::new("grpstall", true);
+    let upstream =
+        s.sb.mongodb_uri
+            .trim_start_matches("mongodb://")
+            .split(['/', '?'])
+            .next()
+            .unwrap()
+            .to_string();
+    let proxy = HoldingProxy::start(&upstream, mongo_insert_pattern("kpis"));
+    let uri = format!("mongodb://{}/?directConnection=true", proxy.addr);
+    s.join_with("a", &["--mongodb-uri", &uri]);
+    let a = s.members[0].id.clone();
+    poll(Duration::from_secs(30), Duration::from_millis(100), || {
+        (s.sb.count("kpis") >= 2).then_some(())
+    })
+    .expect("a stores windows through the proxy");
+    let a_stream = windows_per_stream(&s.sb)
+        .into_keys()
+        .next()
+        .expect("a's stream");
+    proxy.hold(true);
+    poll(Duration::from_secs(20), Duration::from_millis(20), || {
+        (proxy.held() > 0).then_some(())
+    })
+    .expect("a's next window insert is held");
+    let held_at = Instant::now();
+
+    for name in ["b", "c"] {
+        let process =
+            s.sb.spawn(name, &["consume", "--window-size", &WINDOW.to_string()]);
+        s.members.push(Member {
+            process,
+            id: String::new(),
+        });
+    }
+    let others = poll(
+        SETTLE_LIMIT + SESSION_TIMEOUT,
+        Duration::from_millis(100),
+        || {
+            let g = probe(&s.sb)?;
+            let ids: BTreeSet<String> = g.member_ids().into_iter().collect();
+            (ids.len() == 2 && !ids.contains(&a) && settled(&g, &ids)).then_some(ids)
+        },
+    )
+    .unwrap_or_else(|| panic!("b and c never took over from a: {:?}", probe(&s.sb)));
+    eprintln!(
+        "[{}] a (window write held) was dropped from the group and b, c own its partitions \
+         after {:.2} s",
+        s.sb.name,
+        secs(held_at.elapsed())
+    );
+    let _ = others;
+    // b and c count past a's held window (20 messages from a's last stored boundary).
+    poll(Duration::from_secs(60), Duration::from_millis(200), || {
+        let per = windows_per_stream(&s.sb);
+        let theirs: Vec<usize> = per
+            .iter()
+            .filter(|(stream, _)| **stream != a_stream)
+            .map(|(_, n)| *n)
+            .collect();
+        (theirs.len() == 2 && theirs.iter().all(|n| *n >= 2)).then_some(())
+    })
+    .unwrap_or_else(|| panic!("b and c stored no windows: {:?}", windows_per_stream(&s.sb)));
+    let before = s.sb.count("kpis");
+    proxy.hold(false);
+    poll(Duration::from_secs(10), Duration::from_millis(20), || {
+        (proxy.held() == 0).then_some(())
+    })
+    .expect("the held insert is released");
+    sleep(3.0);
+    eprintln!(
+        "[{}] after the release: {} windows of a's stream (stored: {} before, {} after)",
+        s.sb.name,
+        windows_per_stream(&s.sb)
+            .get(&a_stream)
+            .copied()
+            .unwrap_or(0),
+        before,
+        s.sb.count("kpis")
+    );
+    s.finish();
+    drop(proxy);
+}
