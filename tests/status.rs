@@ -1,0 +1,134 @@
+//! `metricsctl status` against a real broker and database: a group with lag and no owner, a
+//! group whose partitions are owned and caught up, and a lag limit crossed. The expected
+//! figures come from independent sources: kcat's writes (how many messages each partition
+//! holds) and Kafka's own group tool (who owns what).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{create_topic, group_tool_describe, kcat_produce, metric_line, poll, text, Sandbox};
+use serde_json::Value;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// `status --json`: its exit code and report.
+fn status(sb: &Sandbox, extra: &[&str]) -> (Option<i32>, Value) {
+    let mut args = vec!["status", "--json"];
+    args.extend_from_slice(extra);
+    let out = sb.run(&args, LIMIT);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "status printed no JSON ({e}): {}\n{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        )
+    });
+    (out.status.code(), report)
+}
+
+/// Writes `per_partition` valid messages to each of the 3 partitions with kcat.
+fn fill(sb: &Sandbox, per_partition: u64) {
+    create_topic(&sb.brokers, &sb.topic, &["--partitions", "3"]);
+    for p in 0..3 {
+        let lines: Vec<String> = (0..per_partition)
+            .map(|n| metric_line(&format!("{}-p{p}", sb.name), n))
+            .collect();
+        kcat_produce(&sb.brokers, &sb.topic, p, None, &[], &lines);
+    }
+}
+
+fn partition(report: &Value, p: i64) -> &Value {
+    report["partitions"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|x| x["partition"] == p))
+        .unwrap_or_else(|| panic!("partition {p} missing: {report}"))
+}
+
+#[test]
+fn lag_without_an_owner_is_unhealthy_and_says_why() {
+    let sb = Sandbox::new("statuslag");
+    fill(&sb, 30);
+    let (code, report) = status(&sb, &[]);
+    assert_eq!(code, Some(1), "{report}");
+    assert_eq!(report["healthy"], false);
+    assert_eq!(report["members"], 0);
+    assert_eq!(report["total_lag"], 90, "{report}");
+    for p in 0..3 {
+        let row = partition(&report, p);
+        assert_eq!(row["log_end"], 30);
+        assert_eq!(row["committed"], Value::Null);
+        assert_eq!(row["lag"], 30);
+        assert_eq!(row["owner"], Value::Null);
+    }
+    let problems = report["problems"].to_string();
+    assert!(problems.contains("partition 2 has no owner"), "{problems}");
+
+    // The table for people says the same on its last line.
+    let out = sb.run(&["status"], LIMIT);
+    assert_eq!(out.status.code(), Some(1));
+    let table = text(&out.stdout);
+    assert!(table.contains("PARTITION"), "{table}");
+    assert!(
+        table.lines().last().unwrap_or("").starts_with("UNHEALTHY"),
+        "{table}"
+    );
+}
+
+#[test]
+fn owned_and_caught_up_is_healthy_and_a_lag_limit_is_enforced() {
+    let sb = Sandbox::new("statusok");
+    fill(&sb, 40);
+    let mut consumer = sb.spawn("consumer", &["consume"]);
+    // Caught up: the two windows of each partition's 40 messages are committed.
+    let report = poll(Duration::from_secs(60), Duration::from_millis(500), || {
+        let (code, report) = status(&sb, &[]);
+        (code == Some(0) && report["total_lag"] == 0).then_some(report)
+    })
+    .unwrap_or_else(|| panic!("never healthy: {}", consumer.log_tail(30)));
+    assert_eq!(report["healthy"], true);
+    assert_eq!(report["members"], 1);
+
+    // The owner it names is the member Kafka's own tool lists for each partition.
+    let tool = group_tool_describe(&sb.brokers, &sb.group);
+    for (p, owner) in tool.owners() {
+        let row = partition(&report, i64::from(p));
+        assert_eq!(row["owner"].as_str(), Some(owner.as_str()), "{report}");
+        assert!(row["last_window_at"].is_string(), "{report}");
+        assert_eq!(row["committed"], 40);
+    }
+
+    // More data than --max-lag allows, while the consumer is stopped: unhealthy.
+    assert_eq!(consumer.stop(Duration::from_secs(30)), Some(0));
+    for p in 0..3 {
+        let lines: Vec<String> = (100..115)
+            .map(|n| metric_line(&format!("{}-p{p}", sb.name), n))
+            .collect();
+        kcat_produce(&sb.brokers, &sb.topic, p, None, &[], &lines);
+    }
+    let (code, report) = status(&sb, &["--max-lag", "10"]);
+    assert_eq!(code, Some(1), "{report}");
+    assert!(
+        report["problems"]
+            .to_string()
+            .contains("lags by 15 messages (limit 10)"),
+        "{report}"
+    );
+    // The same lag under a higher limit is only a matter of ownership.
+    let (_, report) = status(&sb, &["--max-lag", "1000"]);
+    assert!(
+        !report["problems"].to_string().contains("lags by"),
+        "{report}"
+    );
+}
+
+#[test]
+fn a_missing_topic_is_one_line_and_exit_code_1() {
+    let sb = Sandbox::new("statusnotopic");
+    let out = sb.run(&["status"], LIMIT);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains("does not exist"), "{err}");
+}
