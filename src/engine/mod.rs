@@ -634,10 +634,9 @@ impl Engine {
         if let Some(last) = windows.last() {
             match committer.commit(&last.next_offsets) {
                 Ok(()) => committed = Some(last.next_offsets.clone()),
-                Err(e) => {
-                    warn!("{e}; the next window's commit will cover these offsets");
-                    commit_error = Some(e);
-                }
+                // Reported to the caller, which knows what the failure means (a lost
+                // connection, or a group member fenced out) and says so once.
+                Err(e) => commit_error = Some(e),
             }
         }
 
