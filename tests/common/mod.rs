@@ -1641,9 +1641,83 @@ pub fn services_up() {
     assert_ok(&out, "services.sh up");
 }
 
-/// SIGKILLs every Kafka node of the current mode (Kafka is down); returns their pids.
+/// Holds `.local/services.lock`, the lock every state-changing `scripts/services.sh` command
+/// takes, until dropped: while a test keeps a service down, another run's `services.sh up`
+/// (`make test`, `make bench`) waits for it (up to 300 s) instead of starting the service
+/// under the test. Released too when the test process dies (the holder reads its stdin).
+pub struct ServicesLock {
+    child: Child,
+}
+
+pub fn lock_services() -> ServicesLock {
+    let lock = repo_root().join(".local/services.lock");
+    let mut child = Command::new("flock")
+        .args(["-w", "300"])
+        .arg(&lock)
+        .args(["-c", "echo locked; read _"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("flock (util-linux)");
+    let mut line = [0u8; 7];
+    let got = child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_exact(&mut line)
+        .is_ok();
+    assert!(
+        got && &line == b"locked\n",
+        "could not take {} within 300 s",
+        lock.display()
+    );
+    ServicesLock { child }
+}
+
+impl Drop for ServicesLock {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take()); // `read` ends, the shell and flock exit: released
+        let _ = self.child.wait();
+    }
+}
+
+/// The pid files of the current mode's Kafka nodes.
+fn kafka_pid_files() -> Vec<PathBuf> {
+    let run = repo_root().join(".local/run");
+    match kafka_nodes() {
+        1 => vec![run.join("kafka.pid")],
+        n => (1..=n)
+            .map(|i| run.join(format!("kafka-{i}.pid")))
+            .collect(),
+    }
+}
+
+/// SIGKILLs every Kafka node of the current mode (Kafka is down) and waits until they are
+/// gone; returns their pids. Works under [`lock_services`] (it does not go through
+/// `services.sh`); `services_up` starts them again.
 pub fn kill_all_kafka() -> Vec<u32> {
-    (1..=kafka_nodes()).map(kill_broker).collect()
+    let pids: Vec<u32> = kafka_pid_files()
+        .iter()
+        .map(|f| {
+            std::fs::read_to_string(f)
+                .ok()
+                .and_then(|p| p.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no Kafka pid in {}", f.display()))
+        })
+        .collect();
+    for pid in &pids {
+        let status = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -KILL {pid} (Kafka)");
+    }
+    let gone = poll(Duration::from_secs(10), Duration::from_millis(50), || {
+        pids.iter().all(|p| parent_pid(*p).is_none()).then_some(())
+    });
+    assert!(gone.is_some(), "Kafka ({pids:?}) still runs after SIGKILL");
+    pids
 }
 
 /// FerretDB's pid, from `.local/run/ferretdb.pid`.
