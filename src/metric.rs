@@ -86,6 +86,8 @@ pub enum RejectionCode {
     BadTimestamp,
     BadMetrics,
     BadMessageUuid,
+    /// A field name the database cannot store (it holds a NUL character).
+    BadFieldName,
     /// The same `message_uuid` is already stored from another Kafka position.
     DuplicateMessageUuid,
     /// The database refused the document for a reason other than a duplicate.
@@ -103,6 +105,7 @@ impl RejectionCode {
             RejectionCode::BadTimestamp => "bad_timestamp",
             RejectionCode::BadMetrics => "bad_metrics",
             RejectionCode::BadMessageUuid => "bad_message_uuid",
+            RejectionCode::BadFieldName => "bad_field_name",
             RejectionCode::DuplicateMessageUuid => "duplicate_message_uuid",
             RejectionCode::RejectedByDatabase => "rejected_by_database",
         }
@@ -154,7 +157,23 @@ pub fn validate(payload: &[u8]) -> Result<ValidMetric, Rejection> {
         ));
     };
 
+    if let Some(path) = unstorable_name(&fields) {
+        return Err(Rejection::new(
+            BadFieldName,
+            format!("field name {path:?} holds a NUL character, which MongoDB cannot store"),
+        ));
+    }
+
     let server_id = match fields.get("server_id") {
+        Some(Value::String(s)) if s.chars().count() > MAX_SERVER_ID_CHARS => {
+            return Err(Rejection::new(
+                BadServerId,
+                format!(
+                    "server_id is {} characters long; at most {MAX_SERVER_ID_CHARS} are accepted",
+                    s.chars().count()
+                ),
+            ))
+        }
         Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
         Some(Value::String(_)) => {
             return Err(Rejection::new(BadServerId, "server_id is an empty string"))
@@ -280,6 +299,31 @@ fn number(m: &Map<String, Value>, name: &str) -> Result<f64, String> {
     }
 }
 
+/// The longest `server_id` accepted. A window lists its servers by id, so unbounded ids could
+/// make a KPI document larger than the database takes (16 MiB).
+pub const MAX_SERVER_ID_CHARS: usize = 256;
+
+/// The first field name, at any depth, that holds a NUL: BSON names are C strings.
+fn unstorable_name(fields: &Map<String, Value>) -> Option<String> {
+    for (name, value) in fields {
+        if name.contains('\0') {
+            return Some(name.clone());
+        }
+        let nested = match value {
+            Value::Object(inner) => unstorable_name(inner),
+            Value::Array(items) => items.iter().find_map(|item| match item {
+                Value::Object(inner) => unstorable_name(inner),
+                _ => None,
+            }),
+            _ => None,
+        };
+        if let Some(path) = nested {
+            return Some(format!("{name}.{path}"));
+        }
+    }
+    None
+}
+
 fn json_kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
@@ -294,6 +338,25 @@ fn json_kind(v: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_with_nul_and_overlong_server_ids_are_refused() {
+        let ok = r#"{"server_id":"web01","timestamp_utc":"2026-11-22T18:00:00+00:00","metrics":{"cpu_percent":1,"memory_percent":2,"disk_io_mbps":3,"network_mbps":4,"error_count":0},"message_uuid":"u"}"#;
+        assert!(validate(ok.as_bytes()).is_ok());
+        let nul = ok.replace(
+            r#""message_uuid""#,
+            r#""extra":{"a\u0000b":1},"message_uuid""#,
+        );
+        assert_eq!(
+            validate(nul.as_bytes()).unwrap_err().code,
+            RejectionCode::BadFieldName
+        );
+        let long = ok.replace("web01", &"x".repeat(MAX_SERVER_ID_CHARS + 1));
+        assert_eq!(
+            validate(long.as_bytes()).unwrap_err().code,
+            RejectionCode::BadServerId
+        );
+    }
     use time::macros::datetime;
 
     fn good() -> Value {

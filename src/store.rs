@@ -149,8 +149,34 @@ impl Store {
     /// Stores a batch of raw messages with one unordered `insert_many`. Duplicates and refused
     /// documents are reported per record; the rest are stored whatever happens to those.
     pub fn insert_raw(&self, records: &[RawRecord]) -> Result<Vec<InsertOutcome>, StoreError> {
-        let docs = records.iter().map(raw_document).collect();
-        insert_unordered(&self.raw, docs, "raw insert")
+        let docs: Vec<Document> = records.iter().map(raw_document).collect();
+        match insert_unordered(&self.raw, docs, "raw insert") {
+            // The driver refuses a whole batch, before sending it, when one document is over the
+            // database's size limit (a small JSON payload can grow past 16 MiB as BSON: an array
+            // of a million zeros). Only then are the documents measured, and the oversized ones
+            // refused one by one, so they are dead-lettered and the rest stored.
+            Err(e) if e.permanent && e.detail.contains("16777216") => {
+                let docs: Vec<Document> = records.iter().map(raw_document).collect();
+                let too_large = |d: &Document| bson_len(d).filter(|n| *n > MAX_DOCUMENT_BYTES);
+                let fitting: Vec<Document> = docs
+                    .iter()
+                    .filter(|d| too_large(d).is_none())
+                    .cloned()
+                    .collect();
+                let mut stored = insert_unordered(&self.raw, fitting, "raw insert")?.into_iter();
+                Ok(docs
+                    .iter()
+                    .map(|d| match too_large(d) {
+                        Some(n) => InsertOutcome::Refused(format!(
+                            "the stored document would be {n} bytes, over MongoDB's limit of \
+                             {MAX_DOCUMENT_BYTES}"
+                        )),
+                        None => stored.next().unwrap_or(InsertOutcome::Inserted),
+                    })
+                    .collect())
+            }
+            other => other,
+        }
     }
 
     /// Where each of these `message_uuid`s was first read, for those stored.
@@ -428,6 +454,16 @@ fn refusals_are_errors(
         }),
         None => Ok(()),
     }
+}
+
+/// MongoDB's largest document.
+const MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024;
+
+/// A document's size as BSON.
+fn bson_len(d: &Document) -> Option<usize> {
+    let mut buf = Vec::new();
+    d.to_writer(&mut buf).ok()?;
+    Some(buf.len())
 }
 
 fn int(b: Option<&Bson>) -> Option<i64> {
