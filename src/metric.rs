@@ -303,25 +303,23 @@ fn number(m: &Map<String, Value>, name: &str) -> Result<f64, String> {
 /// make a KPI document larger than the database takes (16 MiB).
 pub const MAX_SERVER_ID_CHARS: usize = 256;
 
-/// The first field name, at any depth, that holds a NUL: BSON names are C strings.
+/// The first field name, at any depth (objects in arrays in arrays too), that holds a NUL:
+/// BSON names are C strings.
 fn unstorable_name(fields: &Map<String, Value>) -> Option<String> {
-    for (name, value) in fields {
+    fields.iter().find_map(|(name, value)| {
         if name.contains('\0') {
             return Some(name.clone());
         }
-        let nested = match value {
-            Value::Object(inner) => unstorable_name(inner),
-            Value::Array(items) => items.iter().find_map(|item| match item {
-                Value::Object(inner) => unstorable_name(inner),
-                _ => None,
-            }),
-            _ => None,
-        };
-        if let Some(path) = nested {
-            return Some(format!("{name}.{path}"));
-        }
+        unstorable_in(value).map(|path| format!("{name}.{path}"))
+    })
+}
+
+fn unstorable_in(value: &Value) -> Option<String> {
+    match value {
+        Value::Object(inner) => unstorable_name(inner),
+        Value::Array(items) => items.iter().find_map(unstorable_in),
+        _ => None,
     }
-    None
 }
 
 fn json_kind(v: &Value) -> &'static str {

@@ -1470,29 +1470,64 @@ fn hostile(kind: usize, tag: &str, i: u64) -> (Option<Vec<u8>>, Expect) {
             }),
             ValidOrRefused,
         ),
+        // Field names BSON cannot hold (a NUL), at the top and deep inside arrays.
+        47 => (
+            with(&|m| {
+                m.insert("bad\u{0}name".into(), json!(1));
+            }),
+            Dead("bad_field_name"),
+        ),
+        48 => (
+            with(&|m| {
+                m.insert(
+                    "nested".into(),
+                    json!([[{"in\u{0}side": 1}], {"ok": [[{"x\u{0}": 2}]]}]),
+                );
+            }),
+            Dead("bad_field_name"),
+        ),
+        // A server id too long to list in a window.
+        49 => (
+            with(&|m| {
+                m.insert("server_id".into(), json!("s".repeat(300)));
+            }),
+            Dead("bad_server_id"),
+        ),
         _ => unreachable!("kind {kind}"),
     }
 }
 
-const HOSTILE_KINDS: usize = 47;
+const HOSTILE_KINDS: usize = 50;
 
 /// A record's value as kcat writes and reads it (`None`: no value).
 type RecordValue = Option<Vec<u8>>;
 
 /// The large values: a valid message with a `size`-byte field, an unterminated JSON string
-/// of `size` bytes, and a valid message too large to store (`too_large` bytes).
-fn large_values(tag: &str, size: usize, too_large: usize) -> Vec<(Option<Vec<u8>>, Expect)> {
+/// of `size` bytes, and a valid message too large to store (`too_large` bytes); with `bomb`,
+/// also a 7 MB message that is 44 MB as BSON (3.5 million zeros in an array).
+fn large_values(
+    tag: &str,
+    size: usize,
+    too_large: usize,
+    bomb: bool,
+) -> Vec<(Option<Vec<u8>>, Expect)> {
     let mut big = valid(tag, 900_001);
     big.insert("blob".into(), json!("b".repeat(size)));
     let mut broken = b"{\"server_id\": \"web01\", \"blob\": \"".to_vec();
     broken.resize(size, b'x');
     let mut huge = valid(tag, 900_002);
     huge.insert("blob".into(), json!("h".repeat(too_large)));
-    vec![
+    let mut values = vec![
         (bytes(&big), Expect::Valid),
         (Some(broken), Expect::Dead("invalid_json")),
         (bytes(&huge), Expect::Dead("payload_too_large")),
-    ]
+    ];
+    if bomb {
+        let mut zeros = valid(tag, 900_003);
+        zeros.insert("zeros".into(), json!(vec![0u8; 3_500_000]));
+        values.push((bytes(&zeros), Expect::Dead("rejected_by_database")));
+    }
+    values
 }
 
 /// `valid` valid messages and one hostile record for every nine valid ones (10 %), every kind
@@ -1595,8 +1630,9 @@ fn three_sigkills_during_a_3000_message_backlog_lose_nothing_and_double_nothing(
 fn hostile_input_of_every_kind_with_3_mib_values_is_dead_lettered_once_with_its_reason() {
     let mut c = Chaos::new("quick_hostile");
     hostile_topic(&c);
-    let large = large_values("qh", 3 * MIB, TOO_LARGE + MIB);
-    let (partitions, fates) = hostile_mix(&mut c, "qh", 450, large);
+    let large = large_values("qh", 3 * MIB, TOO_LARGE + MIB, false);
+    // 52 hostile records: every kind once, and both kinds of copies.
+    let (partitions, fates) = hostile_mix(&mut c, "qh", 468, large);
     send_mix(&c, &partitions);
     run_to_idle(&mut c, "consume", &["consume"]);
     let f = c.finish(&|r| fates[&r.value]);
@@ -1832,7 +1868,7 @@ fn chaos_database_down_15s_mid_batch() {
 fn chaos_hostile_input_of_every_kind_with_3_and_20_mib_values() {
     let mut c = Chaos::new("hostile_input");
     hostile_topic(&c);
-    let large = large_values("ch", 3 * MIB, 20 * MIB);
+    let large = large_values("ch", 3 * MIB, 20 * MIB, true);
     let (partitions, fates) = hostile_mix(&mut c, "ch", 2700, large);
     send_mix(&c, &partitions);
     // One run SIGKILLed at a random moment, then a run to idle, then one that changes nothing.
@@ -1921,9 +1957,9 @@ fn chaos_both_services_down_at_start() {
 
 // ---------------------------------------------------------------------------------------------
 // Poison messages the suite found (see RELIABILITY.md): each is one record no database can
-// store as it is, between valid ones. The pipeline must dead-letter it and go on; today the
-// consumer retries it forever or exits 1, and every restart does the same. `make chaos` runs
-// them; they fail until the product handles such records.
+// store as it is, between valid ones. The pipeline must dead-letter it and go on; before
+// a947aa3 the consumer retried such a record forever or exited 1, and every restart did the
+// same. They run in `make test`.
 
 /// `before` valid messages, the poison records, `after` valid ones on partition 0 of a topic
 /// that takes 25 MiB values; a run to idle within `limit` must handle all and exit 0.
@@ -1950,9 +1986,13 @@ fn chaos_poison_a_field_name_with_a_nul_byte_is_dead_lettered_and_the_stream_goe
     // bytes", retried forever; now refused at validation as bad_field_name).
     let mut m = valid("nul", 1000);
     m.insert("bad\u{0}name".into(), json!(1));
+    // The same name deep inside arrays of arrays, where a search that stops at the first level
+    // of an array would not look.
+    let mut deep = valid("nul", 1001);
+    deep.insert("deep".into(), json!([[[{"bad\u{0}name": 1}]]]));
     poison_scenario(
         "poison_nul_field_name",
-        vec![bytes(&m).unwrap()],
+        vec![bytes(&m).unwrap(), bytes(&deep).unwrap()],
         Expect::DeadAny,
         60,
     );
