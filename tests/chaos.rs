@@ -1013,12 +1013,18 @@ fn kill_loop(c: &mut Chaos, sig: Sig, kills: usize, backlog: Option<u64>, args: 
     }
 }
 
-/// The last run: to idle (caught up to the high watermarks and nothing new for 5 s).
+/// The last run: to idle (caught up to the high watermarks and nothing new for 5 s), within
+/// 2 min for the fast versions (`quick_*`, in `make test`), 10 min for the others.
 fn run_to_idle(c: &mut Chaos, name: &str, args: &[&str]) {
     let mut all = args.to_vec();
     all.extend_from_slice(&["--exit-when-idle", "5"]);
     let p = c.spawn(name, &all);
-    c.end(p, End::Exit(Duration::from_secs(600)));
+    let limit = if c.label.starts_with("quick_") {
+        120
+    } else {
+        600
+    };
+    c.end(p, End::Exit(Duration::from_secs(limit)));
 }
 
 /// A backlog of `reports` × 10 messages, then `kills` runs of the consumer ended by `sig` at
