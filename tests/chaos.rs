@@ -1211,8 +1211,8 @@ fn kafka_outage(label: &str, down: f64) -> Figures {
         c.progress(),
         consumer.tail(30)
     );
-    let consumer_log = consumer.log_text();
     c.end(consumer, End::Term);
+    let consumer_log = c.ended.last().unwrap().output.clone();
     let samples = sampler.finish();
 
     let records = kcat_read(&c.sb.brokers, &c.sb.topic);
@@ -1851,8 +1851,9 @@ fn chaos_database_down_15s_mid_batch() {
     );
     let restart_at = unix_now();
     let (_, answered_at) = bring_back(&c);
-    let log_during = consumer.log_text();
     c.end(consumer, End::Exit(Duration::from_secs(600)));
+    // The whole log, once the consumer has ended: its recovery line comes after a backoff.
+    let log_during = c.ended.last().unwrap().output.clone();
     let samples = sampler.finish();
     let stored = first_store_after(&samples, answered_at, true).unwrap_or(f64::NAN);
     c.recovery.push(format!(
