@@ -283,8 +283,13 @@ fn batches_larger_than_the_fetch_size_are_read_and_the_partition_goes_on() {
             .iter()
             .map(|b| format!("{}..{} {}", b.base_offset, b.last_offset, b.codec))
             .collect();
-        assert_eq!(list.len(), 5, "{sizes:?}");
-        assert_eq!(list[3].codec, "gzip");
+        // kcat may split the small records into batches of any size; what matters is
+        // that each big record is a batch of its own: offset 2 plain, offset 6 gzip.
+        let alone = |offset: i64, codec: &str| {
+            list.iter()
+                .any(|b| b.base_offset == offset && b.last_offset == offset && b.codec == codec)
+        };
+        assert!(alone(2, "none") && alone(6, "gzip"), "{sizes:?}");
     }
 
     let started = Instant::now();
