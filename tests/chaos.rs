@@ -1969,8 +1969,14 @@ fn chaos_both_services_down_at_start() {
 // same. They run in `make test`.
 
 /// `before` valid messages, the poison records, `after` valid ones on partition 0 of a topic
-/// that takes 25 MiB values; a run to idle within `limit` must handle all and exit 0.
-fn poison_scenario(label: &str, poison: Vec<Vec<u8>>, expect: Expect, limit: u64) -> Figures {
+/// that takes 25 MiB values; a run to idle within `limit` must handle all and exit 0. Returns
+/// the figures and the consumer's peak RSS in MiB.
+fn poison_scenario(
+    label: &str,
+    poison: Vec<Vec<u8>>,
+    expect: Expect,
+    limit: u64,
+) -> (Figures, f64) {
     let mut c = Chaos::new(label);
     hostile_topic(&c);
     let mut values: Vec<Option<Vec<u8>>> = (0..30).map(|n| bytes(&valid(label, n))).collect();
@@ -1980,10 +1986,11 @@ fn poison_scenario(label: &str, poison: Vec<Vec<u8>>, expect: Expect, limit: u64
     kcat_send_values(&c.sb.brokers, &c.sb.topic, 0, &values);
     let p = c.spawn("consume", &["consume", "--exit-when-idle", "5"]);
     c.end(p, End::Exit(Duration::from_secs(limit)));
-    c.finish(&|r| match &r.value {
+    let figures = c.finish(&|r| match &r.value {
         Some(v) if poisoned.contains(v) => expect,
         _ => Expect::Valid,
-    })
+    });
+    (figures, c.peak_consumer_mib())
 }
 
 #[test]
@@ -2014,7 +2021,17 @@ fn chaos_poison_a_payload_under_8_mib_whose_document_exceeds_16_mib_is_dead_lett
     m.insert("zeros".into(), json!(vec![0u8; 3_500_000]));
     let v = bytes(&m).unwrap();
     assert!(v.len() < TOO_LARGE, "{} bytes", v.len());
-    poison_scenario("poison_bson_over_16_mib", vec![v], Expect::DeadAny, 120);
+    let (figures, peak_mib) =
+        poison_scenario("poison_bson_over_16_mib", vec![v], Expect::DeadAny, 120);
+    assert_eq!(figures.by_reason.get("rejected_by_database"), Some(&1));
+    // The payload is read once, without a tree of values, and its BSON stops growing at the
+    // 16 MiB limit: the consumer holds a few copies of 7 MB, not a tree per zero (before: a
+    // peak of about 750 MiB, a `serde_json::Value` and a `Bson` per array element).
+    eprintln!("FIGURE poison_bson_over_16_mib: consumer peak RSS {peak_mib:.1} MiB");
+    assert!(
+        peak_mib < 160.0,
+        "consumer peak RSS {peak_mib:.1} MiB on one 7 MB message"
+    );
 }
 
 #[test]

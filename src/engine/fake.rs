@@ -180,7 +180,14 @@ impl StoreSink for FakeStore {
                     w.raw.insert(
                         r.message.message_uuid.clone(),
                         StoredRaw {
-                            fields: r.message.fields.clone(),
+                            fields: r
+                                .message
+                                .fields
+                                .iter()
+                                .map(|(k, v)| {
+                                    (k.clone(), serde_json::from_str(v.get()).unwrap_or_default())
+                                })
+                                .collect(),
                             position: r.position.to_stored(),
                         },
                     );

@@ -5,15 +5,23 @@
 //! and KPI windows have deterministic `_id`s, so replaying a batch after a crash or a retry
 //! stores nothing twice.
 
+mod transcode;
+
+use std::borrow::Borrow;
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
-use mongodb::bson::{doc, oid::ObjectId, spec::BinarySubtype, Binary, Bson, DateTime, Document};
+use mongodb::bson::{
+    doc, oid::ObjectId, spec::BinarySubtype, Binary, Bson, DateTime, Document, RawBson,
+    RawDocumentBuf,
+};
 use mongodb::error::{Error as DriverError, ErrorKind};
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::sync::{Client, Collection, Database};
 use mongodb::IndexModel;
+use serde::Serialize;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
@@ -53,11 +61,45 @@ fn store_error(operation: &'static str, e: &DriverError) -> StoreError {
             | ErrorKind::Authentication { .. }
             | ErrorKind::InvalidTlsConfig { .. }
     );
+    let text = match e.kind.as_ref() {
+        ErrorKind::ServerSelection { message, .. } => server_selection(message),
+        // The kind alone: the error's labels and source add nothing for the operator.
+        kind => kind.to_string(),
+    };
     StoreError {
         operation,
         // The driver's message may quote the connection string; never let a password through.
-        detail: redact::scrub(&first_line(&e.to_string())),
+        detail: redact::scrub(&first_line(&text)),
         permanent,
+    }
+}
+
+/// A server-selection failure in one short line: each server and why it did not answer,
+/// instead of the driver's whole topology description.
+fn server_selection(message: &str) -> String {
+    let head = message.split(". Topology:").next().unwrap_or(message);
+    let servers: Vec<String> = message
+        .split("{ Address: ")
+        .skip(1)
+        .map(|server| {
+            let address = server.split(',').next().unwrap_or_default().trim();
+            let why = server
+                .split_once("Error: ")
+                .map(|(_, e)| e.trim_start_matches("Kind: "))
+                .and_then(|e| e.split(", labels:").next())
+                .or_else(|| {
+                    server
+                        .split_once("Type: ")
+                        .and_then(|(_, t)| t.split([',', '}']).next())
+                })
+                .unwrap_or("no answer");
+            format!("{address}: {}", why.trim())
+        })
+        .collect();
+    if servers.is_empty() {
+        head.to_string()
+    } else {
+        format!("{head} ({})", servers.join("; "))
     }
 }
 
@@ -76,6 +118,8 @@ pub struct CollectionNames {
 pub struct Store {
     database: Database,
     raw: Collection<Document>,
+    /// The raw collection for inserts: documents written as BSON bytes, not as trees.
+    raw_bytes: Collection<RawDocumentBuf>,
     kpi: Collection<Document>,
     dlq: Collection<Document>,
 }
@@ -99,6 +143,7 @@ impl Store {
         let database = client.database(&settings.database);
         Ok(Store {
             raw: database.collection(&names.raw),
+            raw_bytes: database.collection(&names.raw),
             kpi: database.collection(&names.kpi),
             dlq: database.collection(&names.dlq),
             database,
@@ -147,36 +192,21 @@ impl Store {
     }
 
     /// Stores a batch of raw messages with one unordered `insert_many`. Duplicates and refused
-    /// documents are reported per record; the rest are stored whatever happens to those.
+    /// documents are reported per record; the rest are stored whatever happens to those. A
+    /// message whose document would be over the database's size limit (a small JSON payload can
+    /// grow past 16 MiB as BSON: an array of a million zeros) is refused before it is sent, so
+    /// it is dead-lettered and the rest stored.
     pub fn insert_raw(&self, records: &[RawRecord]) -> Result<Vec<InsertOutcome>, StoreError> {
-        let docs: Vec<Document> = records.iter().map(raw_document).collect();
-        match insert_unordered(&self.raw, docs, "raw insert") {
-            // The driver refuses a whole batch, before sending it, when one document is over the
-            // database's size limit (a small JSON payload can grow past 16 MiB as BSON: an array
-            // of a million zeros). Only then are the documents measured, and the oversized ones
-            // refused one by one, so they are dead-lettered and the rest stored.
-            Err(e) if e.permanent && e.detail.contains("16777216") => {
-                let docs: Vec<Document> = records.iter().map(raw_document).collect();
-                let too_large = |d: &Document| bson_len(d).filter(|n| *n > MAX_DOCUMENT_BYTES);
-                let fitting: Vec<Document> = docs
-                    .iter()
-                    .filter(|d| too_large(d).is_none())
-                    .cloned()
-                    .collect();
-                let mut stored = insert_unordered(&self.raw, fitting, "raw insert")?.into_iter();
-                Ok(docs
-                    .iter()
-                    .map(|d| match too_large(d) {
-                        Some(n) => InsertOutcome::Refused(format!(
-                            "the stored document would be {n} bytes, over MongoDB's limit of \
-                             {MAX_DOCUMENT_BYTES}"
-                        )),
-                        None => stored.next().unwrap_or(InsertOutcome::Inserted),
-                    })
-                    .collect())
-            }
-            other => other,
-        }
+        let built: Vec<Result<RawDocumentBuf, String>> = records.iter().map(raw_document).collect();
+        let fitting: Vec<&RawDocumentBuf> = built.iter().filter_map(|d| d.as_ref().ok()).collect();
+        let mut stored = insert_unordered(&self.raw_bytes, fitting, "raw insert")?.into_iter();
+        Ok(built
+            .into_iter()
+            .map(|d| match d {
+                Err(why) => InsertOutcome::Refused(why),
+                Ok(_) => stored.next().unwrap_or(InsertOutcome::Inserted),
+            })
+            .collect())
     }
 
     /// Where each of these `message_uuid`s was first read, for those stored.
@@ -409,9 +439,9 @@ impl Store {
 
 /// One unordered `insert_many`, with the outcome of each document: a duplicate key or a
 /// refusal of one document does not stop the others from being stored.
-fn insert_unordered(
-    collection: &Collection<Document>,
-    docs: Vec<Document>,
+fn insert_unordered<T: Serialize + Send + Sync, D: Borrow<T>>(
+    collection: &Collection<T>,
+    docs: Vec<D>,
     operation: &'static str,
 ) -> Result<Vec<InsertOutcome>, StoreError> {
     let mut outcomes = vec![InsertOutcome::Inserted; docs.len()];
@@ -459,13 +489,6 @@ fn refusals_are_errors(
 /// MongoDB's largest document.
 const MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024;
 
-/// A document's size as BSON.
-fn bson_len(d: &Document) -> Option<usize> {
-    let mut buf = Vec::new();
-    d.to_writer(&mut buf).ok()?;
-    Some(buf.len())
-}
-
 fn int(b: Option<&Bson>) -> Option<i64> {
     match b? {
         Bson::Int32(i) => Some(i64::from(*i)),
@@ -483,20 +506,65 @@ fn kafka_position(p: &Position) -> Document {
     doc! {"topic": p.topic, "topic_id": p.topic_id, "partition": p.partition, "offset": p.offset}
 }
 
-/// The message's own fields as received, then `timestamp`, `received_at` and `kafka`.
-fn raw_document(r: &RawRecord) -> Document {
-    let mut d = Document::new();
+/// Room kept in a raw document for our own fields (`_id`, `timestamp`, `received_at`, `kafka`).
+const OWN_FIELDS_BYTES: usize = 4 * 1024;
+
+/// The message's own fields as received, then `timestamp`, `received_at` and `kafka`, written
+/// as BSON straight from the payload's JSON text; or why the database could not store it.
+fn raw_document(r: &RawRecord) -> Result<RawDocumentBuf, String> {
+    let too_large = || {
+        format!(
+            "the stored document would be over MongoDB's limit of {MAX_DOCUMENT_BYTES} bytes \
+             (its JSON grows as BSON)"
+        )
+    };
+    let budget = Cell::new(MAX_DOCUMENT_BYTES - OWN_FIELDS_BYTES);
+    let kafka = RawDocumentBuf::from_document(&kafka_position(&r.position))
+        .map_err(|e| format!("kafka position: {e}"))?;
+    // Our fields; a message field of the same name is replaced in place (and `_id` dropped),
+    // so no name appears twice.
+    let mut ours: Vec<(&str, Option<RawBson>)> = vec![
+        (
+            "timestamp",
+            Some(RawBson::DateTime(date(r.message.timestamp))),
+        ),
+        ("received_at", Some(RawBson::DateTime(date(r.received_at)))),
+        ("kafka", Some(RawBson::Document(kafka))),
+    ];
+    let mut d = RawDocumentBuf::new();
     // Our own `_id`: a message carrying one must not collide with another's.
-    d.insert("_id", ObjectId::new());
-    for (k, v) in &r.message.fields {
-        if k != "_id" {
-            d.insert(k.clone(), json_to_bson(v));
+    d.append("_id", ObjectId::new());
+    for (name, json) in &r.message.fields {
+        if name == "_id" {
+            continue;
+        }
+        if let Some((_, value)) = ours.iter_mut().find(|(n, _)| n == name) {
+            if let Some(value) = value.take() {
+                d.append(name, value);
+            }
+            continue;
+        }
+        if name.contains('\0') {
+            return Err(format!("field name {name:?} holds a NUL character"));
+        }
+        let value = transcode::json_to_bson(json, &budget).map_err(|e| match e {
+            transcode::TranscodeError::TooLarge => too_large(),
+            transcode::TranscodeError::NulInName => {
+                format!("a field name inside {name:?} holds a NUL character")
+            }
+            transcode::TranscodeError::Json(why) => format!("field {name:?}: {why}"),
+        })?;
+        d.append(name, value);
+    }
+    for (name, value) in ours {
+        if let Some(value) = value {
+            d.append(name, value);
         }
     }
-    d.insert("timestamp", date(r.message.timestamp));
-    d.insert("received_at", date(r.received_at));
-    d.insert("kafka", kafka_position(&r.position));
-    d
+    if d.as_bytes().len() > MAX_DOCUMENT_BYTES {
+        return Err(too_large());
+    }
+    Ok(d)
 }
 
 /// The payload as a string when it is UTF-8, else as binary.
@@ -634,29 +702,6 @@ fn window_document(r: &WindowRecord, stored_at: OffsetDateTime) -> Document {
     }
 }
 
-/// JSON as received to BSON, value for value: integers stay integers (32-bit when they fit,
-/// as other drivers store them), other numbers become doubles.
-fn json_to_bson(v: &Value) -> Bson {
-    match v {
-        Value::Null => Bson::Null,
-        Value::Bool(b) => Bson::Boolean(*b),
-        Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                i32::try_from(i).map_or(Bson::Int64(i), Bson::Int32)
-            } else {
-                Bson::Double(n.as_f64().unwrap_or(f64::NAN))
-            }
-        }
-        Value::String(s) => Bson::String(s.clone()),
-        Value::Array(a) => Bson::Array(a.iter().map(json_to_bson).collect()),
-        Value::Object(o) => Bson::Document(
-            o.iter()
-                .map(|(k, v)| (k.clone(), json_to_bson(v)))
-                .collect(),
-        ),
-    }
-}
-
 /// BSON read back to plain JSON for people and programs: dates as RFC 3339 strings.
 fn to_json(b: Bson) -> Value {
     match b {
@@ -682,14 +727,101 @@ mod tests {
     use super::*;
 
     #[test]
-    fn json_numbers_keep_their_kind() {
-        assert_eq!(json_to_bson(&serde_json::json!(3)), Bson::Int32(3));
+    fn server_selection_failures_fit_on_one_short_line() {
+        let driver = "No available servers. Topology: { Type: Unknown, Servers: [ { Address: \
+            127.0.0.1:27999, Type: Unknown, Error: Kind: I/O error: Connection refused (os error \
+            111), labels: {\"RetryableError\"}, source: None, server response: None } ] }";
         assert_eq!(
-            json_to_bson(&serde_json::json!(5_000_000_000i64)),
-            Bson::Int64(5_000_000_000)
+            server_selection(driver),
+            "No available servers (127.0.0.1:27999: I/O error: Connection refused (os error 111))"
         );
-        assert_eq!(json_to_bson(&serde_json::json!(2.5)), Bson::Double(2.5));
-        assert_eq!(json_to_bson(&serde_json::json!(60.0)), Bson::Double(60.0));
+        let two = "Server selection timeout: None of the available servers suitable. Topology: { \
+            Type: ReplicaSetNoPrimary, Servers: [ { Address: a:27017, Type: RsSecondary }, { \
+            Address: b:27017, Type: Unknown, Error: Kind: timed out, labels: {} } ] }";
+        assert_eq!(
+            server_selection(two),
+            "Server selection timeout: None of the available servers suitable (a:27017: \
+             RsSecondary; b:27017: timed out)"
+        );
+        assert_eq!(server_selection("no topology here"), "no topology here");
+    }
+
+    fn raw_of(payload: &str) -> Result<Document, String> {
+        let message = crate::metric::validate(payload.as_bytes()).unwrap();
+        let record = RawRecord {
+            message: &message,
+            position: Position {
+                topic: "t",
+                topic_id: "id",
+                partition: 2,
+                offset: 7,
+            },
+            received_at: time::macros::datetime!(2026-11-22 18:00:01 UTC),
+        };
+        raw_document(&record).map(|d| d.to_document().unwrap())
+    }
+
+    const METRIC: &str = r#""server_id":"web01","timestamp_utc":"2026-11-22T18:00:00+00:00","metrics":{"cpu_percent":1,"memory_percent":2.5,"disk_io_mbps":3,"network_mbps":4,"error_count":0},"message_uuid":"u""#;
+
+    #[test]
+    fn a_raw_document_is_the_message_as_received_then_our_fields() {
+        let d = raw_of(&format!(r#"{{{METRIC},"extra":{{"list":[1,2.5,"x"]}}}}"#)).unwrap();
+        let names: Vec<&str> = d.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "_id",
+                "server_id",
+                "timestamp_utc",
+                "metrics",
+                "message_uuid",
+                "extra",
+                "timestamp",
+                "received_at",
+                "kafka"
+            ]
+        );
+        assert_eq!(
+            d.get("metrics")
+                .unwrap()
+                .as_document()
+                .unwrap()
+                .get("cpu_percent"),
+            Some(&Bson::Int32(1))
+        );
+        assert_eq!(d.get_document("kafka").unwrap().get_i64("offset"), Ok(7));
+    }
+
+    #[test]
+    fn message_fields_named_like_ours_are_replaced_in_place_never_doubled() {
+        let d = raw_of(&format!(
+            r#"{{"kafka":{{"topic":"spoofed"}},{METRIC},"_id":"mine","received_at":0}}"#
+        ))
+        .unwrap();
+        let names: Vec<&str> = d.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "_id",
+                "kafka",
+                "server_id",
+                "timestamp_utc",
+                "metrics",
+                "message_uuid",
+                "received_at",
+                "timestamp"
+            ]
+        );
+        assert!(d.get_object_id("_id").is_ok());
+        assert_eq!(d.get_document("kafka").unwrap().get_str("topic"), Ok("t"));
+        assert!(d.get_datetime("received_at").is_ok());
+    }
+
+    #[test]
+    fn a_message_whose_bson_would_exceed_the_limit_is_refused_with_a_reason() {
+        let zeros = format!("[{}0]", "0,".repeat(1_500_000));
+        let why = raw_of(&format!(r#"{{{METRIC},"zeros":{zeros}}}"#)).unwrap_err();
+        assert!(why.contains("16777216"), "{why}");
     }
 
     #[test]

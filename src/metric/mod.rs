@@ -1,8 +1,11 @@
 //! The metric message: what a server reports, how it is written, and how a received payload
 //! is validated. Pure: no Kafka, no MongoDB, no clock.
 
+mod payload;
+
+use std::collections::HashMap;
+
 use serde::Serialize;
-use serde_json::{Map, Value};
 use time::format_description::well_known::{Iso8601, Rfc3339};
 use time::macros::format_description;
 use time::{OffsetDateTime, PrimitiveDateTime, UtcOffset};
@@ -56,15 +59,36 @@ pub fn parse_timestamp(text: &str) -> Option<OffsetDateTime> {
         .map(|t| t.to_offset(UtcOffset::UTC))
 }
 
+pub use payload::Field;
+use payload::{name_with_nul, Scalar, Shallow, TopLevel};
+
 /// A payload that passed validation: the typed fields the pipeline computes with, and the
-/// original JSON object, kept whole so the raw store holds the message exactly as received.
-#[derive(Debug, Clone, PartialEq)]
+/// original JSON object's fields, kept whole so the raw store holds the message exactly as
+/// received.
+#[derive(Debug, Clone)]
 pub struct ValidMetric {
-    pub fields: Map<String, Value>,
+    /// The payload's top-level fields in the order received, each as its JSON text (parsed
+    /// once; the store writes BSON from it without a tree of values in between).
+    pub fields: Vec<Field>,
     pub server_id: String,
     pub timestamp: OffsetDateTime,
     pub metrics: Metrics,
     pub message_uuid: String,
+}
+
+impl PartialEq for ValidMetric {
+    fn eq(&self, other: &Self) -> bool {
+        let text = |f: &[Field]| -> Vec<(String, String)> {
+            f.iter()
+                .map(|(k, v)| (k.clone(), v.get().to_string()))
+                .collect()
+        };
+        text(&self.fields) == text(&other.fields)
+            && self.server_id == other.server_id
+            && self.timestamp == other.timestamp
+            && self.metrics == other.metrics
+            && self.message_uuid == other.message_uuid
+    }
 }
 
 /// Why a payload was refused; `code` is stable for programs, `reason` is written for people.
@@ -140,21 +164,30 @@ pub fn validate_record(value: Option<&[u8]>) -> Result<ValidMetric, Rejection> {
     }
 }
 
-/// Validates one Kafka payload against the message contract.
+/// Validates one Kafka payload against the message contract, reading its JSON once.
 pub fn validate(payload: &[u8]) -> Result<ValidMetric, Rejection> {
     use RejectionCode::*;
     let text = std::str::from_utf8(payload)
         .map_err(|e| Rejection::new(NotUtf8, format!("payload is not valid UTF-8 ({e})")))?;
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| Rejection::new(InvalidJson, format!("payload is not valid JSON ({e})")))?;
-    let Value::Object(fields) = value else {
+    let invalid = |e: serde_json::Error| {
+        Rejection::new(InvalidJson, format!("payload is not valid JSON ({e})"))
+    };
+    // serde_json reads at most 128 levels into a tree; the payload is not read into one here,
+    // but the store converts it to BSON value by value, so the same limit applies up front.
+    if nesting_depth(text) > MAX_NESTING {
         return Err(Rejection::new(
-            NotAnObject,
-            format!(
-                "payload is JSON but not an object (got {})",
-                json_kind(&value)
-            ),
+            InvalidJson,
+            format!("payload is not valid JSON (nested deeper than {MAX_NESTING} levels)"),
         ));
+    }
+    let fields = match serde_json::from_str::<TopLevel>(text).map_err(invalid)? {
+        TopLevel::Object(fields) => fields,
+        TopLevel::Other(kind) => {
+            return Err(Rejection::new(
+                NotAnObject,
+                format!("payload is JSON but not an object (got {kind})"),
+            ))
+        }
     };
 
     if let Some(path) = unstorable_name(&fields) {
@@ -163,9 +196,16 @@ pub fn validate(payload: &[u8]) -> Result<ValidMetric, Rejection> {
             format!("field name {path:?} holds a NUL character, which MongoDB cannot store"),
         ));
     }
+    let field = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+    // The text is valid JSON already: reading one of its values again cannot fail.
+    let scalar = |name: &str| -> Result<Option<Scalar>, Rejection> {
+        field(name)
+            .map(|v| serde_json::from_str::<Scalar>(v.get()).map_err(invalid))
+            .transpose()
+    };
 
-    let server_id = match fields.get("server_id") {
-        Some(Value::String(s)) if s.chars().count() > MAX_SERVER_ID_CHARS => {
+    let server_id = match scalar("server_id")? {
+        Some(Scalar::String(s)) if s.chars().count() > MAX_SERVER_ID_CHARS => {
             return Err(Rejection::new(
                 BadServerId,
                 format!(
@@ -174,21 +214,21 @@ pub fn validate(payload: &[u8]) -> Result<ValidMetric, Rejection> {
                 ),
             ))
         }
-        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
-        Some(Value::String(_)) => {
+        Some(Scalar::String(s)) if !s.trim().is_empty() => s,
+        Some(Scalar::String(_)) => {
             return Err(Rejection::new(BadServerId, "server_id is an empty string"))
         }
         Some(other) => {
             return Err(Rejection::new(
                 BadServerId,
-                format!("server_id must be a string (got {})", json_kind(other)),
+                format!("server_id must be a string (got {})", other.kind()),
             ))
         }
         None => return Err(Rejection::new(BadServerId, "server_id is missing")),
     };
 
-    let timestamp = match fields.get("timestamp_utc") {
-        Some(Value::String(s)) => parse_timestamp(s).ok_or_else(|| {
+    let timestamp = match scalar("timestamp_utc")? {
+        Some(Scalar::String(s)) => parse_timestamp(&s).ok_or_else(|| {
             Rejection::new(
                 BadTimestamp,
                 format!("timestamp_utc {s:?} is not an RFC 3339 / ISO 8601 date-time"),
@@ -197,26 +237,29 @@ pub fn validate(payload: &[u8]) -> Result<ValidMetric, Rejection> {
         Some(other) => {
             return Err(Rejection::new(
                 BadTimestamp,
-                format!("timestamp_utc must be a string (got {})", json_kind(other)),
+                format!("timestamp_utc must be a string (got {})", other.kind()),
             ))
         }
         None => return Err(Rejection::new(BadTimestamp, "timestamp_utc is missing")),
     };
 
-    let metrics = match fields.get("metrics") {
-        Some(Value::Object(m)) => parse_metrics(m).map_err(|r| Rejection::new(BadMetrics, r))?,
-        Some(other) => {
+    let metrics = match field("metrics")
+        .map(|v| serde_json::from_str::<Shallow>(v.get()).map_err(invalid))
+        .transpose()?
+    {
+        Some(Shallow::Object(m)) => parse_metrics(&m).map_err(|r| Rejection::new(BadMetrics, r))?,
+        Some(Shallow::Other(kind)) => {
             return Err(Rejection::new(
                 BadMetrics,
-                format!("metrics must be an object (got {})", json_kind(other)),
+                format!("metrics must be an object (got {kind})"),
             ))
         }
         None => return Err(Rejection::new(BadMetrics, "metrics is missing")),
     };
 
-    let message_uuid = match fields.get("message_uuid") {
-        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
-        Some(Value::String(_)) => {
+    let message_uuid = match scalar("message_uuid")? {
+        Some(Scalar::String(s)) if !s.trim().is_empty() => s,
+        Some(Scalar::String(_)) => {
             return Err(Rejection::new(
                 BadMessageUuid,
                 "message_uuid is an empty string",
@@ -225,7 +268,7 @@ pub fn validate(payload: &[u8]) -> Result<ValidMetric, Rejection> {
         Some(other) => {
             return Err(Rejection::new(
                 BadMessageUuid,
-                format!("message_uuid must be a string (got {})", json_kind(other)),
+                format!("message_uuid must be a string (got {})", other.kind()),
             ))
         }
         None => return Err(Rejection::new(BadMessageUuid, "message_uuid is missing")),
@@ -240,7 +283,7 @@ pub fn validate(payload: &[u8]) -> Result<ValidMetric, Rejection> {
     })
 }
 
-fn parse_metrics(m: &Map<String, Value>) -> Result<Metrics, String> {
+fn parse_metrics(m: &HashMap<String, Scalar>) -> Result<Metrics, String> {
     let percent = |name: &str| -> Result<f64, String> {
         let v = number(m, name)?;
         if (0.0..=100.0).contains(&v) {
@@ -258,7 +301,7 @@ fn parse_metrics(m: &Map<String, Value>) -> Result<Metrics, String> {
         }
     };
     let error_count = match m.get("error_count") {
-        Some(Value::Number(n)) => match n.as_i64() {
+        Some(Scalar::Number(n)) => match n.as_i64() {
             Some(i) if i >= 0 => i,
             _ => {
                 return Err(format!(
@@ -269,7 +312,7 @@ fn parse_metrics(m: &Map<String, Value>) -> Result<Metrics, String> {
         Some(other) => {
             return Err(format!(
                 "metrics.error_count must be a non-negative integer (got {})",
-                json_kind(other)
+                other.kind()
             ))
         }
         None => return Err("metrics.error_count is missing".to_string()),
@@ -283,20 +326,52 @@ fn parse_metrics(m: &Map<String, Value>) -> Result<Metrics, String> {
     })
 }
 
-/// A finite JSON number (integers accepted). JSON itself cannot spell NaN or infinity, but a
-/// huge literal such as `1e999` parses to infinity, so finiteness is still checked.
-fn number(m: &Map<String, Value>, name: &str) -> Result<f64, String> {
+/// A finite JSON number (integers accepted). JSON itself cannot spell NaN or infinity, and
+/// serde_json refuses a literal such as `1e999` that would overflow, but finiteness is checked
+/// all the same.
+fn number(m: &HashMap<String, Scalar>, name: &str) -> Result<f64, String> {
     match m.get(name) {
-        Some(Value::Number(n)) => match n.as_f64() {
+        Some(Scalar::Number(n)) => match n.as_f64() {
             Some(v) if v.is_finite() => Ok(v),
             _ => Err(format!("metrics.{name} must be a finite number (got {n})")),
         },
         Some(other) => Err(format!(
             "metrics.{name} must be a number (got {})",
-            json_kind(other)
+            other.kind()
         )),
         None => Err(format!("metrics.{name} is missing")),
     }
+}
+
+/// The deepest nesting of arrays and objects accepted, as serde_json's own limit.
+const MAX_NESTING: usize = 128;
+
+/// How deep arrays and objects nest in JSON text (brackets inside strings do not count). Only
+/// meaningful for text that then parses.
+fn nesting_depth(text: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for b in text.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// The longest `server_id` accepted. A window lists its servers by id, so unbounded ids could
@@ -304,38 +379,24 @@ fn number(m: &Map<String, Value>, name: &str) -> Result<f64, String> {
 pub const MAX_SERVER_ID_CHARS: usize = 256;
 
 /// The first field name, at any depth (objects in arrays in arrays too), that holds a NUL:
-/// BSON names are C strings.
-fn unstorable_name(fields: &Map<String, Value>) -> Option<String> {
+/// BSON names are C strings. JSON can only spell a NUL as the escape `\u0000`, so a value whose
+/// text has none is not read again.
+fn unstorable_name(fields: &[Field]) -> Option<String> {
     fields.iter().find_map(|(name, value)| {
         if name.contains('\0') {
             return Some(name.clone());
         }
-        unstorable_in(value).map(|path| format!("{name}.{path}"))
+        if !value.get().contains("\\u0000") {
+            return None;
+        }
+        name_with_nul(value).map(|path| format!("{name}.{path}"))
     })
-}
-
-fn unstorable_in(value: &Value) -> Option<String> {
-    match value {
-        Value::Object(inner) => unstorable_name(inner),
-        Value::Array(items) => items.iter().find_map(unstorable_in),
-        _ => None,
-    }
-}
-
-fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     #[test]
     fn names_with_nul_and_overlong_server_ids_are_refused() {
@@ -401,7 +462,7 @@ mod tests {
         assert_eq!(v.timestamp, datetime!(2026-11-22 18:00:00.123456 UTC));
         assert_eq!(v.metrics.memory_percent, 60.0);
         assert_eq!(v.metrics.error_count, 2);
-        let keys: Vec<&str> = v.fields.keys().map(String::as_str).collect();
+        let keys: Vec<&str> = v.fields.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(
             keys,
             [
@@ -504,6 +565,27 @@ mod tests {
             .replace("\"disk_io_mbps\":1.0", "\"disk_io_mbps\":1e999");
         // serde_json refuses 1e999 outright; either way the message is refused, never stored.
         assert!(validate(payload.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn nesting_is_limited_like_a_json_tree_and_strings_do_not_count() {
+        assert_eq!(
+            nesting_depth(r#"{"a": [1, {"b": "[[[{{{\\"]]"}], "c": {}}"#),
+            3
+        );
+        let deep = |n: usize| {
+            serde_json::to_string(&good()).unwrap().replace(
+                r#"{"kept":true}"#,
+                &format!("{}1{}", "[".repeat(n), "]".repeat(n)),
+            )
+        };
+        assert!(validate(deep(MAX_NESTING - 1).as_bytes()).is_ok());
+        assert_eq!(
+            code_of(deep(MAX_NESTING).as_bytes()),
+            RejectionCode::InvalidJson
+        );
+        let arrays = format!("{}1{}", "[".repeat(5000), "]".repeat(5000));
+        assert_eq!(code_of(arrays.as_bytes()), RejectionCode::InvalidJson);
     }
 
     #[test]
