@@ -183,6 +183,15 @@ impl Store {
             )
             .run()
             .map_err(|e| store_error("create KPI index", &e))?;
+        // A restart finds the furthest window of its group on its log among these alone.
+        self.kpi
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! {"kafka.topic_id": 1, "kafka.group": 1})
+                    .build(),
+            )
+            .run()
+            .map_err(|e| store_error("create KPI index", &e))?;
         // `kpis show` sorts and `--follow` polls by the time windows were stored.
         self.kpi
             .create_index(IndexModel::builder().keys(doc! {"computed_at": 1}).build())
@@ -342,26 +351,30 @@ impl Store {
         group: &str,
         partitions: &[i32],
     ) -> Result<HashMap<i32, i64>, StoreError> {
-        let mut found = HashMap::new();
-        for p in partitions {
-            let key = format!("kafka.resume.p{p}");
-            let best = self
-                .kpi
-                .find_one(doc! {"kafka.topic_id": topic_id, "kafka.group": group, &key: {"$exists": true}})
-                .sort(doc! {&key: -1})
-                .projection(doc! {&key: 1})
-                .run()
-                .map_err(|e| store_error("KPI lookup", &e))?;
-            let offset = best.as_ref().and_then(|d| {
-                int(d
-                    .get_document("kafka")
-                    .ok()?
-                    .get_document("resume")
-                    .ok()?
-                    .get(format!("p{p}")))
-            });
-            if let Some(offset) = offset {
-                found.insert(*p, offset);
+        // One pass over the group's windows on this log, not one sorted query per partition:
+        // the sort is on a field name that depends on the partition, which no index can serve
+        // for every partition, so each of those queries read the whole collection.
+        let cursor = self
+            .kpi
+            .find(doc! {"kafka.topic_id": topic_id, "kafka.group": group})
+            .projection(doc! {"kafka.resume": 1, "_id": 0})
+            .run()
+            .map_err(|e| store_error("KPI lookup", &e))?;
+        let mut found: HashMap<i32, i64> = HashMap::new();
+        for d in cursor {
+            let d = d.map_err(|e| store_error("KPI lookup", &e))?;
+            let Some(resume) = d
+                .get_document("kafka")
+                .ok()
+                .and_then(|k| k.get_document("resume").ok())
+            else {
+                continue;
+            };
+            for p in partitions {
+                if let Some(offset) = int(resume.get(format!("p{p}"))) {
+                    let best = found.entry(*p).or_insert(offset);
+                    *best = (*best).max(offset);
+                }
             }
         }
         Ok(found)
