@@ -816,6 +816,56 @@ fn a_member_paused_past_the_session_timeout_doubles_nothing() {
 }
 
 #[test]
+fn a_member_waiting_in_a_rebalance_stops_at_once_on_sigterm() {
+    // A paused member holds the rebalance: the coordinator answers the others' JoinGroup only
+    // when it rejoins or its session (10 s) runs out. A stop request must not wait for that.
+    let mut s = Scenario::new("grpjointerm", false);
+    s.join("a");
+    let a = s.member("a");
+    signal(&s.members[a].process.child, "STOP");
+    let paused_at = Instant::now();
+    let window = WINDOW.to_string();
+    let mut b = s.sb.spawn("b", &["consume", "--window-size", &window]);
+    let rebalancing = poll(Duration::from_secs(8), Duration::from_millis(50), || {
+        probe(&s.sb).filter(|g| g.state == "PreparingRebalance")
+    });
+    assert!(
+        rebalancing.is_some(),
+        "b's join never started a rebalance; group {:?}; b's log:\n{}",
+        probe(&s.sb),
+        b.log_tail(20)
+    );
+    // b now waits in JoinGroup for the paused a.
+    sleep(0.5);
+    let waited = paused_at.elapsed();
+    let asked = Instant::now();
+    signal(&b.child, "TERM");
+    let code = b.wait_exit(Duration::from_secs(30));
+    let took = asked.elapsed();
+    eprintln!(
+        "[{}] SIGTERM during a rebalance held by a paused member ({:.1} s into its 10 s session): \
+         b exited with {code:?} after {:.2} s",
+        s.sb.name,
+        secs(waited),
+        secs(took)
+    );
+    assert_eq!(code, Some(0), "b's exit; log:\n{}", b.log_tail(20));
+    // Before, b waited out the paused member's session: until about 10 s after the pause.
+    assert!(
+        waited + took < SESSION_TIMEOUT - Duration::from_secs(2),
+        "b stopped {:.2} s after SIGTERM, as late as the rebalance it waited in; log:\n{}",
+        secs(took),
+        b.log_tail(20)
+    );
+    let log = b.log_text();
+    assert!(
+        !log.contains("ERROR"),
+        "a stop during a join is not an error:\n{log}"
+    );
+    signal(&s.members[a].process.child, "CONT");
+}
+
+#[test]
 fn static_partitions_owned_by_a_live_member_are_refused_naming_it() {
     let mut s = Scenario::new("grpstatic", false);
     s.join("a");

@@ -85,6 +85,8 @@ fn retry<T, E: Retryable>(
                 }
                 return Ok(v);
             }
+            // A call given up because of the stop request is no failure to report.
+            Err(_) if shutdown.requested() => return Err(Stop::Shutdown),
             Err(e) if e.permanent() => {
                 return Err(Stop::Fatal(CommandError::Failed(format!(
                     "{e}; check MONGODB_URI (user, password, options)"

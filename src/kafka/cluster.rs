@@ -256,11 +256,22 @@ impl Cluster {
         version: i16,
         timeout: Duration,
     ) -> Result<R::Response, WireError> {
+        self.call_addr_interruptible(addr, request, version, timeout, &|| false)
+    }
+
+    fn call_addr_interruptible<R: Request>(
+        &mut self,
+        addr: &str,
+        request: &R,
+        version: i16,
+        timeout: Duration,
+        interrupted: &dyn Fn() -> bool,
+    ) -> Result<R::Response, WireError> {
         let mut connection = match self.connections.remove(addr) {
             Some(c) => c,
             None => Connection::open(addr)?,
         };
-        let result = connection.call(request, version, timeout);
+        let result = connection.call_interruptible(request, version, timeout, interrupted);
         if !matches!(result, Err(WireError::Io(_))) {
             self.connections.insert(addr.to_string(), connection);
         }
@@ -301,6 +312,18 @@ impl Cluster {
         version: i16,
         timeout: Duration,
     ) -> Result<R::Response, KafkaError> {
+        self.call_coordinator_interruptible(group, request, version, timeout, &|| false)
+    }
+
+    /// As [`Cluster::call_coordinator`], giving up the wait when `interrupted()` turns true.
+    pub fn call_coordinator_interruptible<R: Request>(
+        &mut self,
+        group: &str,
+        request: &R,
+        version: i16,
+        timeout: Duration,
+        interrupted: &dyn Fn() -> bool,
+    ) -> Result<R::Response, KafkaError> {
         let addr = match &self.coordinator {
             Some(a) => a.clone(),
             None => {
@@ -309,7 +332,7 @@ impl Cluster {
                 a
             }
         };
-        self.call_addr(&addr, request, version, timeout)
+        self.call_addr_interruptible(&addr, request, version, timeout, interrupted)
             .map_err(|e| {
                 self.coordinator = None;
                 fail("group coordinator", e.to_string())

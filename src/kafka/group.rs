@@ -253,9 +253,15 @@ impl GroupMember {
         // The coordinator holds a JoinGroup until every member rejoined (or the rebalance
         // timeout passed).
         let timeout = self.timeouts.rebalance + Duration::from_secs(5);
-        let response =
-            self.cluster
-                .call_coordinator(&self.group, &request, JOIN_GROUP_VERSION, timeout)?;
+        // A stop request does not wait out the rebalance.
+        let shutdown = self.shutdown.clone();
+        let response = self.cluster.call_coordinator_interruptible(
+            &self.group,
+            &request,
+            JOIN_GROUP_VERSION,
+            timeout,
+            &|| shutdown.requested(),
+        )?;
         match ResponseError::try_from_code(response.error_code) {
             None => Ok(JoinOutcome::Joined(Joined {
                 generation: response.generation_id,
@@ -335,9 +341,15 @@ impl GroupMember {
                     .collect(),
             );
         let timeout = self.timeouts.rebalance + Duration::from_secs(5);
-        let response =
-            self.cluster
-                .call_coordinator(&self.group, &request, SYNC_GROUP_VERSION, timeout)?;
+        // A stop request does not wait out the rebalance.
+        let shutdown = self.shutdown.clone();
+        let response = self.cluster.call_coordinator_interruptible(
+            &self.group,
+            &request,
+            SYNC_GROUP_VERSION,
+            timeout,
+            &|| shutdown.requested(),
+        )?;
         match ResponseError::try_from_code(response.error_code) {
             None => Ok(Some(decode_assignment(&response.assignment, &self.topic))),
             Some(

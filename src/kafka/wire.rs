@@ -2,9 +2,9 @@
 //! the matching responses. It only moves bytes; which request to send where is decided above.
 
 use std::fmt;
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::RequestHeader;
@@ -15,6 +15,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// A response larger than this is refused rather than allocated (a corrupt length prefix, or
 /// something that is not a Kafka broker on the port).
 const MAX_RESPONSE_BYTES: usize = 512 * 1024 * 1024;
+/// How often a waiting [`Connection::call_interruptible`] checks whether to give up.
+pub const INTERRUPT_POLL: Duration = Duration::from_millis(200);
 /// The client id brokers log and Kafka's group tools show.
 pub const CLIENT_ID: &str = "metricsctl";
 
@@ -81,24 +83,43 @@ impl Connection {
     where
         R: Request,
     {
+        self.call_interruptible(request, version, timeout, &|| false)
+    }
+
+    /// As [`Connection::call`], but gives up as soon as `interrupted()` turns true (checked at
+    /// least every [`INTERRUPT_POLL`] while waiting): for requests a broker may hold for half a
+    /// minute, such as a JoinGroup during a rebalance. A call given up leaves its response
+    /// unread, so it fails as `Io` and the connection is dropped.
+    pub fn call_interruptible<R>(
+        &mut self,
+        request: &R,
+        version: i16,
+        timeout: Duration,
+        interrupted: &dyn Fn() -> bool,
+    ) -> Result<R::Response, WireError>
+    where
+        R: Request,
+    {
         self.correlation_id = self.correlation_id.wrapping_add(1);
         let correlation_id = self.correlation_id;
         let frame = encode_request(request, version, correlation_id)?;
+        let deadline = Instant::now() + timeout;
         let io = |what: &str, e: std::io::Error| {
             WireError::Io(format!("{what} {} failed: {e}", self.addr))
         };
         self.stream
             .set_write_timeout(Some(timeout))
-            .and_then(|()| self.stream.set_read_timeout(Some(timeout)))
+            .and_then(|()| {
+                self.stream
+                    .set_read_timeout(Some(timeout.min(INTERRUPT_POLL)))
+            })
             .map_err(|e| io("configuring the socket to", e))?;
         self.stream
             .write_all(&frame)
             .map_err(|e| io("writing to", e))?;
 
         let mut size = [0u8; 4];
-        self.stream
-            .read_exact(&mut size)
-            .map_err(|e| io("reading from", e))?;
+        self.read_full(&mut size, deadline, interrupted)?;
         let size = i32::from_be_bytes(size);
         let size = usize::try_from(size)
             .ok()
@@ -110,11 +131,53 @@ impl Connection {
                 ))
             })?;
         let mut body = vec![0u8; size];
-        self.stream
-            .read_exact(&mut body)
-            .map_err(|e| io("reading from", e))?;
+        self.read_full(&mut body, deadline, interrupted)?;
         decode_response::<R>(Bytes::from(body), version, correlation_id)
             .map_err(|e| WireError::Protocol(format!("{}: {e}", self.addr)))
+    }
+
+    /// Fills `buf` from the socket by the deadline. A read that times out keeps what it read
+    /// so far (`read_exact` would lose it), checks the deadline and `interrupted`, and waits on.
+    fn read_full(
+        &mut self,
+        buf: &mut [u8],
+        deadline: Instant,
+        interrupted: &dyn Fn() -> bool,
+    ) -> Result<(), WireError> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match self.stream.read(&mut buf[filled..]) {
+                Ok(0) => {
+                    return Err(WireError::Io(format!(
+                        "reading from {} failed: the broker closed the connection",
+                        self.addr
+                    )))
+                }
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    if interrupted() {
+                        return Err(WireError::Io(format!(
+                            "waiting for {} given up: stop requested",
+                            self.addr
+                        )));
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(WireError::Io(format!(
+                            "reading from {} failed: no answer within the request timeout",
+                            self.addr
+                        )));
+                    }
+                }
+                Err(e) => {
+                    return Err(WireError::Io(format!(
+                        "reading from {} failed: {e}",
+                        self.addr
+                    )))
+                }
+            }
+        }
+        Ok(())
     }
 }
 
