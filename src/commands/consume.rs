@@ -12,6 +12,12 @@
 //! - re-read messages hit the unique index on `message_uuid` and are recognised as replays
 //!   (same Kafka position), so nothing is stored twice; a `message_uuid` stored from another
 //!   position is a duplicate event and goes to the dead-letter collection.
+//!
+//! Fetching overlaps storing: while a batch is stored, a worker thread (`prefetch`) fetches
+//! the next one at the positions the engine will hold after it, and the answer is used only if
+//! the engine is at exactly those positions when it is taken.
+
+mod prefetch;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Display;
@@ -19,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 
-use super::{now_utc, CommandError};
+use super::CommandError;
 use crate::cli::ConsumeArgs;
 use crate::engine::{
     Counts, DeadLetter, Engine, EngineConfig, EngineError, InsertOutcome, LastWindow, Limits,
@@ -34,6 +40,7 @@ use crate::retry::Backoff;
 use crate::settings::{ConsumeSettings, SettingError, Sources};
 use crate::shutdown::Shutdown;
 use crate::store::{CollectionNames, Store, StoreError};
+use prefetch::{FetchRequest, Interrupted, Prefetcher};
 
 /// Group timeouts: a member silent for `session` is removed and its partitions move; members
 /// get `rebalance` to rejoin during a rebalance.
@@ -248,7 +255,10 @@ struct Totals {
 struct Pipeline<'a> {
     settings: &'a ConsumeSettings,
     store: &'a Store,
+    /// Commits, looks up offsets and describes the group; the fetching is `fetcher`'s.
     source: KafkaSource,
+    /// The fetch worker, with connections of its own.
+    fetcher: Prefetcher,
     shutdown: &'a Shutdown,
     /// Group membership; `None` with `--partitions` (static assignment).
     member: Option<GroupMember>,
@@ -351,10 +361,12 @@ impl<'a> Pipeline<'a> {
             member.as_mut(),
             &mut source,
         )?;
+        let fetcher = start_fetcher(settings, shutdown)?;
         Ok(Pipeline {
             settings,
             store,
             source,
+            fetcher,
             shutdown,
             member,
             topic,
@@ -491,13 +503,26 @@ impl<'a> Pipeline<'a> {
                 continue;
             }
 
-            let request: Vec<(i32, i64)> = self
-                .engine
-                .positions()
-                .iter()
-                .map(|(p, o)| (*p, *o))
-                .collect();
-            let fetched = match self.source.fetch(&request) {
+            let request = FetchRequest {
+                topic: self.topic.clone(),
+                positions: self
+                    .engine
+                    .positions()
+                    .iter()
+                    .map(|(p, o)| (*p, *o))
+                    .collect(),
+            };
+            let answer = match self.fetcher.fetch(request.clone()) {
+                Ok(answer) => answer,
+                Err(Interrupted::Shutdown) => return Err(Stop::Shutdown),
+                Err(Interrupted::WorkerLost) => {
+                    return Err(Stop::Fatal(CommandError::Failed(
+                        "the fetch worker stopped unexpectedly".into(),
+                    )))
+                }
+            };
+            let arrival = answer.arrival;
+            let fetched = match answer.result {
                 Ok(f) => {
                     if backoff.failures() > 0 {
                         info!(
@@ -523,7 +548,6 @@ impl<'a> Pipeline<'a> {
                     continue;
                 }
             };
-            let arrival = now_utc();
             let parts = match fetched {
                 Fetched::Data(parts) => parts,
                 Fetched::TopicChanged(topic) => {
@@ -549,6 +573,12 @@ impl<'a> Pipeline<'a> {
                 }
                 _ => false,
             };
+            let last_batch = remaining.is_some_and(|n| records.len() as u64 >= n);
+            if !last_batch {
+                // While this batch is stored, fetch the next one from where it ends.
+                self.fetcher
+                    .prefetch(expected_next(&request, &next_offsets));
+            }
             let had_records = !records.is_empty();
             if !self.process(&records, arrival)? {
                 // The engine was restarted from the store: this fetch's positions are stale.
@@ -581,6 +611,15 @@ impl<'a> Pipeline<'a> {
     ) -> Result<bool, Stop> {
         let mut rest = records;
         while !rest.is_empty() {
+            // Every step commits what it completes: stopping between steps loses nothing, and
+            // the rest of the batch is read again by the next run.
+            if self.shutdown.requested() {
+                info!(
+                    "stopping after the step in hand; {} fetched messages left for the next run",
+                    rest.len()
+                );
+                return Err(Stop::Shutdown);
+            }
             if self.rejoin_needed() {
                 return Ok(false);
             }
@@ -698,6 +737,45 @@ impl<'a> Pipeline<'a> {
                         .join(" ")
                 })
         );
+    }
+}
+
+/// The fetch worker, with a source of its own on the same brokers, topic and group.
+fn start_fetcher(settings: &ConsumeSettings, shutdown: &Shutdown) -> Result<Prefetcher, Stop> {
+    let mut source = KafkaSource::new(
+        settings.brokers.clone(),
+        settings.topic.clone(),
+        settings.group.clone(),
+        shutdown.clone(),
+    );
+    let mut following = None;
+    Prefetcher::start(shutdown.clone(), move |request: &FetchRequest| {
+        // The log to read is the main thread's: it follows a re-created topic.
+        if following != Some(request.topic.topic_id) {
+            source.follow(&request.topic);
+            following = Some(request.topic.topic_id);
+        }
+        source.fetch(&request.positions)
+    })
+    .map_err(|e| {
+        Stop::Fatal(CommandError::Failed(format!(
+            "cannot start the fetch thread: {e}"
+        )))
+    })
+}
+
+/// The positions the engine holds once a fetch's batch is processed and the positions are
+/// advanced: each partition that answered at its `next_offset` (never back), the others where
+/// they were. The next fetch is made there ahead of time.
+fn expected_next(fetched: &FetchRequest, next_offsets: &[(i32, i64)]) -> FetchRequest {
+    let next: HashMap<i32, i64> = next_offsets.iter().copied().collect();
+    FetchRequest {
+        topic: fetched.topic.clone(),
+        positions: fetched
+            .positions
+            .iter()
+            .map(|(p, at)| (*p, next.get(p).map_or(*at, |n| (*n).max(*at))))
+            .collect(),
     }
 }
 

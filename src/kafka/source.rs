@@ -30,8 +30,11 @@ const OFFSET_COMMIT_VERSION: i16 = 8;
 /// How long the broker may hold a fetch that finds no new data.
 pub const FETCH_MAX_WAIT: Duration = Duration::from_millis(500);
 /// Bytes asked per partition and fetch; a batch larger than this is still returned whole when
-/// it is the first of the response, and otherwise the size is doubled up to the limit.
-pub const FETCH_PARTITION_BYTES: i32 = 4 * 1024 * 1024;
+/// it is the first of the response, and otherwise the size is doubled up to the limit. The
+/// consumer fetches the next batch while it stores one (two batches in memory), and storing
+/// takes far longer than fetching: 1 MiB (Kafka's default `max.message.bytes`, so a batch of
+/// a default topic always fits) keeps a few steps of work ready without holding more.
+pub const FETCH_PARTITION_BYTES: i32 = 1024 * 1024;
 /// Above Kafka's largest configurable batch in practice (`max.message.bytes` is an int, but
 /// brokers cap requests at `socket.request.max.bytes`, 100 MiB by default).
 pub const FETCH_PARTITION_BYTES_LIMIT: i32 = 128 * 1024 * 1024;
@@ -141,17 +144,18 @@ impl KafkaSource {
         partitions: &[i32],
         timestamp: i64,
     ) -> Result<HashMap<i32, i64>, KafkaError> {
+        // The metadata is reloaded when it is of another log than the one followed, or lacks a
+        // leader we need: fetching happens on another source, so nothing else refreshes it.
         let meta = match self.cluster.meta() {
-            Some(m) => m.clone(),
-            None => self.cluster.refresh(AutoCreate::No)?,
+            Some(m) if self.topic_id.is_none_or(|id| id == m.topic_id) => m.clone(),
+            _ => self.cluster.refresh(AutoCreate::No)?,
         };
         let mut by_leader: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
         for p in partitions {
-            let leader = meta
-                .partitions
-                .get(p)
-                .and_then(|l| l.broker)
-                .ok_or_else(|| fail("list-offsets", format!("partition {p} has no leader")))?;
+            let Some(leader) = meta.partitions.get(p).and_then(|l| l.broker) else {
+                let _ = self.cluster.refresh(AutoCreate::No);
+                return Err(fail("list-offsets", format!("partition {p} has no leader")));
+            };
             by_leader.entry(leader).or_default().push(*p);
         }
         let mut found = HashMap::new();
