@@ -491,8 +491,11 @@ fn mongo(
     Ok(MongoSettings { uri, database })
 }
 
-/// Checks the shape of a MongoDB URI and registers its password as a secret, so it is masked
-/// in every later log line and error. The driver checks the options when it connects.
+/// Checks a MongoDB URI and registers its password as a secret, so it is masked in every later
+/// log line and error. The shape is checked here, for plain messages; then the driver's own
+/// parser checks every option's name and value, so a URI the driver would refuse stops the
+/// program at start. That parse needs no network: a `mongodb+srv://` URI's DNS records are
+/// looked up when connecting.
 fn mongodb_uri(v: &Value) -> Result<String, SettingError> {
     let uri = v.text.trim().to_string();
     if let Some(p) = redact::uri_password(&uri) {
@@ -509,7 +512,22 @@ fn mongodb_uri(v: &Value) -> Result<String, SettingError> {
     {
         return Err(v.error("has no host; expected e.g. mongodb://127.0.0.1:27017"));
     }
+    if let Err(e) = mongodb::options::ConnectionString::parse(&uri) {
+        return Err(v.error(format!(
+            "the MongoDB driver refuses it: {}; correct the connection string (options: \
+             https://www.mongodb.com/docs/manual/reference/connection-string-options/)",
+            redact::scrub(&driver_reason(&e))
+        )));
+    }
     Ok(uri)
+}
+
+/// The driver's reason alone, without its "Kind: ..., labels: ..." wrapping.
+fn driver_reason(e: &mongodb::error::Error) -> String {
+    match e.kind.as_ref() {
+        mongodb::error::ErrorKind::InvalidArgument { message, .. } => message.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// Collection names: MongoDB forbids `$` and the `system.` prefix.
@@ -664,6 +682,53 @@ mod tests {
         .to_string();
         assert!(e.contains("has no host"), "{e}");
         assert!(!e.contains("pa55-unit"), "{e}");
+    }
+
+    #[test]
+    fn the_drivers_parser_checks_uri_options_at_start_without_the_password() {
+        let bad = |uri: &str| {
+            KpisSettings::resolve(&ShowArgs::default(), &src(&[("MONGODB_URI", uri)], &[]))
+                .unwrap_err()
+        };
+        let e = bad("mongodb://u:Unit-Secret-3@127.0.0.1:27017/?badoption=1");
+        assert_eq!(e.setting, "MONGODB_URI (from environment)");
+        assert!(
+            e.problem
+                .starts_with("the MongoDB driver refuses it: badoption is an invalid option;"),
+            "{e}"
+        );
+        assert!(!e.to_string().contains("Unit-Secret-3"), "{e}");
+        assert!(
+            !e.to_string().contains("labels"),
+            "the driver's wrapping: {e}"
+        );
+        assert!(bad("mongodb://h/?retryWrites=maybe")
+            .problem
+            .contains("must be a boolean"));
+        assert!(bad("mongodb://h/?authMechanism=FOO")
+            .problem
+            .contains("invalid mechanism string: FOO"));
+        assert!(bad("mongodb+srv://h.example.net:27017/")
+            .problem
+            .contains("port cannot be specified"));
+        let e = bad("mongodb://u:a:b-Unit-Secret-4@h/");
+        assert!(e.problem.contains("password must be URL encoded"), "{e}");
+        assert!(!e.to_string().contains("Unit-Secret-4"), "{e}");
+    }
+
+    #[test]
+    fn uris_the_driver_takes_are_kept_as_written() {
+        for uri in [
+            "mongodb://127.0.0.1:27017",
+            "mongodb://u:p%40ss@a:27017,b:27018/db?replicaSet=rs0&authSource=admin&w=majority",
+            "mongodb://chaos:x@127.0.0.1:27017/?authMechanism=PLAIN&authSource=$external",
+            // No DNS lookup at start: the SRV records are read when connecting.
+            "mongodb+srv://alice:s3cr%40t@cluster0.example.net/db?retryWrites=true",
+        ] {
+            let k = KpisSettings::resolve(&ShowArgs::default(), &src(&[("MONGODB_URI", uri)], &[]))
+                .unwrap();
+            assert_eq!(k.mongo.uri, uri);
+        }
     }
 
     #[test]

@@ -3,18 +3,30 @@
 
 mod common;
 
+use std::process::Stdio;
 use std::time::Duration;
 
-use common::{text, Sandbox};
+use common::{text, wait_with_limit, Sandbox};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
+/// Runs the binary with `env` added and checks that it refuses to start: exit 2, one line.
+/// Setting `CONNECTION_STRING` removes the sandbox's `MONGODB_URI`, which would win over it.
 fn refused(sb: &Sandbox, args: &[&str], env: &[(&str, &str)]) -> String {
     let mut c = sb.command(args);
     for (k, v) in env {
+        if *k == "CONNECTION_STRING" {
+            c.env_remove("MONGODB_URI");
+        }
         c.env(k, v);
     }
-    let out = c.output().unwrap();
+    // A command that starts after all must not hang the test.
+    let child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_with_limit(child, LIMIT);
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}: {err}");
     assert_eq!(err.lines().count(), 1, "one line: {err}");
@@ -58,6 +70,85 @@ fn wrong_settings_exit_2_with_one_line_naming_them() {
     assert!(e.contains("host:port"), "{e}");
     let e = refused(&sb, &["consume", "--no-such-flag"], &[]);
     assert!(e.contains("no-such-flag"), "{e}");
+}
+
+#[test]
+fn a_mongodb_uri_the_driver_refuses_exits_2_at_start_without_the_password() {
+    let sb = Sandbox::new("settings_uri");
+    let commands: [&[&str]; 3] = [&["consume"], &["kpis", "show"], &["status"]];
+    for args in commands {
+        let e = refused(
+            &sb,
+            args,
+            &[(
+                "MONGODB_URI",
+                "mongodb://u:Uri-Secret-9@127.0.0.1:27017/?badoption=1",
+            )],
+        );
+        assert!(
+            e.contains("MONGODB_URI (from environment)")
+                && e.contains("badoption is an invalid option")
+                && e.contains("correct the connection string"),
+            "{args:?}: {e}"
+        );
+        assert!(!e.contains("Uri-Secret-9"), "{args:?}: {e}");
+        assert!(!e.contains("labels"), "the driver's wrapping: {e}");
+        let e = refused(&sb, args, &[("MONGODB_URI", "notaurl")]);
+        assert!(
+            e.contains("MONGODB_URI (from environment)")
+                && e.contains("must start with mongodb://"),
+            "{args:?}: {e}"
+        );
+        let e = refused(&sb, args, &[("CONNECTION_STRING", "mongodb://h/?w=-1")]);
+        assert!(
+            e.contains("CONNECTION_STRING (from environment)") && e.contains("`w` option"),
+            "{args:?}: {e}"
+        );
+    }
+    // The same URI given as a flag is named as the flag.
+    let e = refused(
+        &sb,
+        &[
+            "kpis",
+            "show",
+            "--mongodb-uri",
+            "mongodb://h/?retryWrites=maybe",
+        ],
+        &[],
+    );
+    assert!(
+        e.contains("--mongodb-uri") && e.contains("must be a boolean"),
+        "{e}"
+    );
+}
+
+/// `Sandbox::command` clears every variable of `OUR_VARS` so a developer's shell cannot leak
+/// into a test: each variable `src/settings.rs` reads must be on that list.
+#[test]
+fn every_variable_the_program_reads_is_cleared_for_the_tests() {
+    let root = common::repo_root();
+    let settings = std::fs::read_to_string(root.join("src/settings.rs")).unwrap();
+    let helpers = std::fs::read_to_string(root.join("tests/common/mod.rs")).unwrap();
+    let start = helpers
+        .find("const OUR_VARS")
+        .expect("OUR_VARS in tests/common/mod.rs");
+    let list = &helpers[start..start + helpers[start..].find("];").unwrap()];
+    // Every quoted name in upper case with an underscore, e.g. "KAFKA_BROKERS" (any text
+    // between two quotes: an escaped quote elsewhere cannot hide one).
+    let read: Vec<&str> = settings
+        .split('"')
+        .filter(|w| {
+            w.contains('_')
+                && w.chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        })
+        .collect();
+    assert!(read.len() >= 20, "found only {read:?}");
+    let missing: Vec<&&str> = read
+        .iter()
+        .filter(|v| !list.contains(&format!("\"{v}\"")))
+        .collect();
+    assert!(missing.is_empty(), "not in OUR_VARS: {missing:?}");
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{kafka_client, Sandbox};
+use common::{kafka_client, text, Sandbox};
 use kafka::client::{CommitOffset, FetchGroupOffset, FetchPartition, ProduceMessage, RequiredAcks};
 use mongodb::bson::{doc, Document};
 use mongodb::error::ErrorKind;
@@ -129,5 +129,55 @@ fn kcat_sees_the_broker_too() {
     assert!(
         listing.contains(&format!("topic \"{}\" with 3 partitions", sb.topic)),
         "{listing}"
+    );
+}
+
+/// `kpis show` against a server that refuses the credentials says to check them, not whether
+/// the server runs, and never prints the password; a server that does not answer is asked
+/// about.
+#[test]
+fn kpis_show_tells_refused_credentials_from_a_server_that_does_not_answer() {
+    const PASSWORD: &str = "Stack-Wrong-Pw-5";
+    let sb = Sandbox::new("stack_auth");
+    let Some(rest) = sb.mongodb_uri.strip_prefix("mongodb://") else {
+        eprintln!("skipped: the services' URI is not mongodb://");
+        return;
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+    let hosts = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    // No mechanism named: the driver negotiates SCRAM, which FerretDB without authentication
+    // lacks and MongoDB refuses for an unknown user; either way an authentication error.
+    let refused = format!("mongodb://metricsctl-nobody:{PASSWORD}@{hosts}/");
+    let out = sb
+        .command(&["kpis", "show"])
+        .env("MONGODB_URI", &refused)
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("refused the credentials: check the user and password in MONGODB_URI"),
+        "{err}"
+    );
+    assert!(!err.contains("is MongoDB running"), "{err}");
+    assert!(
+        !err.contains(PASSWORD) && err.contains("metricsctl-nobody:****@"),
+        "{err}"
+    );
+
+    let out = sb
+        .command(&["kpis", "show"])
+        .env(
+            "MONGODB_URI",
+            "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=1000",
+        )
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("is MongoDB running at mongodb://127.0.0.1:1/"),
+        "{err}"
     );
 }

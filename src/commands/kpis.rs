@@ -9,7 +9,7 @@ use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use super::{now_utc, CommandError};
+use super::{database_hint, diagnose, now_utc, CommandError};
 use crate::cli::ShowArgs;
 use crate::redact::redact_uri;
 use crate::settings::{KpisSettings, SettingError, Sources};
@@ -35,13 +35,11 @@ pub fn show(args: &ShowArgs) -> Result<(), CommandError> {
             problem: e.detail,
         })
     })?;
-    let unreachable = |e: StoreError| {
-        CommandError::Failed(format!(
-            "{e}; is MongoDB running at {}? (`make up` starts a local one)",
-            redact_uri(&settings.mongo.uri)
-        ))
+    let failed = |e: StoreError| {
+        let hint = database_hint(diagnose(&e), &redact_uri(&settings.mongo.uri));
+        CommandError::Failed(format!("{e}; {hint}"))
     };
-    let latest = store.latest_windows(settings.limit).map_err(unreachable)?;
+    let latest = store.latest_windows(settings.limit).map_err(failed)?;
     let mut out = std::io::stdout().lock();
     if latest.is_empty() && !settings.follow {
         let _ = writeln!(
@@ -185,6 +183,60 @@ fn row(w: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::commands::DatabaseTrouble;
+
+    fn failure(permanent: bool, detail: &str) -> StoreError {
+        StoreError {
+            operation: "KPI read",
+            detail: detail.into(),
+            permanent,
+        }
+    }
+
+    #[test]
+    fn an_authentication_failure_points_at_the_credentials_not_at_the_server() {
+        // What the driver says, as the store passes it on (the first line of its error); the
+        // driver's `ErrorKind` variants cannot be built outside it, so these are its words.
+        for detail in [
+            "Kind: SCRAM failure: Authentication failed., labels: {}, source: None",
+            "Kind: SCRAM failure: Unsupported authentication mechanism \"SCRAM-SHA-1\".",
+            "Kind: PLAIN failure: invalid server response, labels: {}",
+            "Kind: MONGODB-X509 failure: unknown user, labels: {}",
+        ] {
+            assert_eq!(
+                diagnose(&failure(true, detail)),
+                DatabaseTrouble::Credentials,
+                "{detail}"
+            );
+        }
+        let hint = database_hint(
+            DatabaseTrouble::Credentials,
+            &redact_uri("mongodb://metrics:Kpis-Unit-Pw@db:27017/"),
+        );
+        assert!(
+            hint.contains("check the user and password in MONGODB_URI"),
+            "{hint}"
+        );
+        assert!(
+            !hint.contains("Kpis-Unit-Pw") && !hint.contains("running"),
+            "{hint}"
+        );
+    }
+
+    #[test]
+    fn no_answer_asks_whether_the_server_runs_and_other_permanent_errors_name_the_options() {
+        let timeout = "Kind: Server selection timeout: No available servers. Topology: { Type: \
+                       Unknown, Servers: [ { Address: 127.0.0.1:1, Type: Unknown, Error: Kind: \
+                       I/O error: Connection refused (os error 111) } ] }, labels: {}";
+        assert_eq!(
+            diagnose(&failure(false, timeout)),
+            DatabaseTrouble::Unreachable
+        );
+        assert!(database_hint(DatabaseTrouble::Unreachable, "mongodb://h").contains("running"));
+        let tls = "Kind: An invalid TLS configuration was provided: no certificate, labels: {}";
+        assert_eq!(diagnose(&failure(true, tls)), DatabaseTrouble::Settings);
+        assert!(database_hint(DatabaseTrouble::Settings, "mongodb://h").contains("options"));
+    }
 
     #[test]
     fn rows_align_with_the_header_and_show_missing_rates() {

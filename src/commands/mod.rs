@@ -7,6 +7,7 @@ pub mod produce;
 pub mod status;
 
 use crate::settings::SettingError;
+use crate::store::StoreError;
 
 /// How a command ends badly: a wrong setting (exit 2), a failure at run time (exit 1), or a
 /// health check that found trouble and has printed it (exit 1).
@@ -26,4 +27,47 @@ impl From<SettingError> for CommandError {
 /// The current instant in UTC; the only clock the commands read for event and window times.
 pub(crate) fn now_utc() -> time::OffsetDateTime {
     time::OffsetDateTime::now_utc()
+}
+
+/// What a failed database call says the operator should look at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DatabaseTrouble {
+    /// The server answered and refused the credentials.
+    Credentials,
+    /// Retrying cannot help, and it is not the credentials: an option such as TLS.
+    Settings,
+    /// No answer (server selection timed out, connection refused, DNS): maybe it is down.
+    Unreachable,
+}
+
+/// Sorts a database failure by what can fix it. A `StoreError` keeps the driver's message, not
+/// its `ErrorKind`; the driver writes an authentication error (`ErrorKind::Authentication`) as
+/// "<MECHANISM> failure: <reason>" (SCRAM, PLAIN, MONGODB-X509, MONGODB-AWS, GSSAPI,
+/// MONGODB-OIDC) and the store marks it, like a bad option, as permanent.
+pub(crate) fn diagnose(e: &StoreError) -> DatabaseTrouble {
+    if !e.permanent {
+        return DatabaseTrouble::Unreachable;
+    }
+    let detail = e.detail.to_ascii_lowercase();
+    if detail.contains("authentication") || detail.contains(" failure: ") {
+        DatabaseTrouble::Credentials
+    } else {
+        DatabaseTrouble::Settings
+    }
+}
+
+/// The second half of the error line: what to check. `uri` must already be redacted.
+pub(crate) fn database_hint(trouble: DatabaseTrouble, uri: &str) -> String {
+    match trouble {
+        DatabaseTrouble::Credentials => format!(
+            "the server at {uri} refused the credentials: check the user and password in \
+             MONGODB_URI (and authSource / authMechanism)"
+        ),
+        DatabaseTrouble::Settings => {
+            format!("check the options of MONGODB_URI ({uri}), such as TLS")
+        }
+        DatabaseTrouble::Unreachable => {
+            format!("is MongoDB running at {uri}? (`make up` starts a local one)")
+        }
+    }
 }

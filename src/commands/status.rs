@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
 
-use super::{now_utc, CommandError};
+use super::{database_hint, diagnose, now_utc, CommandError};
 use crate::cli::StatusArgs;
 use crate::kafka::{KafkaError, KafkaSource};
 use crate::redact::redact_uri;
@@ -95,10 +95,8 @@ fn gather(settings: &StatusSettings, store: &Store) -> Result<Report, CommandErr
         })
     };
     let db_failed = |e: StoreError| {
-        CommandError::Failed(format!(
-            "{e}; is MongoDB running at {}? (`make up` starts a local one)",
-            redact_uri(&settings.mongo.uri)
-        ))
+        let hint = database_hint(diagnose(&e), &redact_uri(&settings.mongo.uri));
+        CommandError::Failed(format!("{e}; {hint}"))
     };
     // No signal handler: status is short, and Ctrl-C may end it at once.
     let mut source = KafkaSource::new(

@@ -8,6 +8,11 @@
 //! a partition-level one such as NOT_LEADER_FOR_PARTITION after a leader moved, drops the
 //! client; the next call builds a fresh one and reloads metadata, which is how this adapter
 //! reconnects and follows the cluster.
+//!
+//! A worker that missed its deadline cannot be stopped, only abandoned. A link keeps at most
+//! one abandoned worker: a new call first waits (within its own deadline) for it to return, and
+//! fails as "busy" if it does not, instead of starting another thread; so an outage that stalls
+//! every call does not pile up threads and sockets at each retry.
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -27,6 +32,21 @@ const CALL_DEADLINE: Duration = Duration::from_secs(20);
 /// metadata requests after a broker start or a topic's auto-creation answer "not available").
 const METADATA_WAIT: Duration = Duration::from_secs(15);
 
+/// Builds a connected client for a topic (`connect` below; a stub in tests).
+type Connect = fn(Vec<String>, &str) -> Result<KafkaClient, String>;
+
+/// What a worker sends back: the client and the call's result, the connect failure, or the
+/// panic it caught.
+type Outcome<T> = std::thread::Result<Result<(KafkaClient, Result<T, String>), String>>;
+
+/// A worker that missed its deadline and may still be running inside the crate.
+struct Abandoned {
+    operation: &'static str,
+    since: Instant,
+    /// Tells when the worker ends: it sends, or hangs up, once its outcome is dropped.
+    done: mpsc::Receiver<()>,
+}
+
 /// A client for one topic that survives broker restarts by being rebuilt after any failure.
 struct Link {
     brokers: Vec<String>,
@@ -34,6 +54,10 @@ struct Link {
     client: Option<KafkaClient>,
     /// A stop request abandons the call in flight instead of waiting out its deadline.
     shutdown: Shutdown,
+    connect: Connect,
+    deadline: Duration,
+    /// The one abandoned worker this link may have; no call starts while it runs.
+    abandoned: Option<Abandoned>,
 }
 
 impl Link {
@@ -43,10 +67,15 @@ impl Link {
             topic,
             client: None,
             shutdown,
+            connect,
+            deadline: CALL_DEADLINE,
+            abandoned: None,
         }
     }
 
-    /// Runs `op` with a connected client on a worker thread, within `CALL_DEADLINE`.
+    /// Runs `op` with a connected client on a worker thread, within the link's deadline. While
+    /// an abandoned worker still runs, no worker starts: the call waits for it instead, and
+    /// fails as busy when the deadline passes first.
     fn call<T, F>(&mut self, operation: &'static str, op: F) -> Result<T, KafkaError>
     where
         T: Send + 'static,
@@ -57,10 +86,26 @@ impl Link {
             detail,
             fenced: false,
         };
+        let deadline = Instant::now() + self.deadline;
+        if let Some(stuck) = self.abandoned.take() {
+            if !self.wait_until_over(&stuck, deadline) {
+                let detail = format!(
+                    "busy: the {} call abandoned {:.0} s ago still waits for the broker; no new \
+                     call starts until it returns (the kafka crate's sockets give up after 120 s)",
+                    stuck.operation,
+                    stuck.since.elapsed().as_secs_f64()
+                );
+                self.abandoned = Some(stuck);
+                return Err(fail(detail));
+            }
+            // It returned; its client, whatever state it was in, went with it.
+        }
         let existing = self.client.take();
         let brokers = self.brokers.clone();
         let topic = self.topic.clone();
-        let (tx, rx) = mpsc::channel();
+        let connect = self.connect;
+        let (tx, rx) = mpsc::channel::<Outcome<T>>();
+        let (done_tx, done_rx) = mpsc::channel::<()>();
         std::thread::Builder::new()
             .name(format!("kafka-{operation}"))
             .spawn(move || {
@@ -72,12 +117,13 @@ impl Link {
                     let result = op(&mut client, &topic);
                     Ok::<_, String>((client, result))
                 }));
-                // The receiver may have given up on us; nothing to do then.
+                // The receiver may have given up on us; nothing to do then. The outcome (and
+                // the client in it) is dropped before `done` says the worker is over.
                 let _ = tx.send(outcome);
+                let _ = done_tx.send(());
             })
             .map_err(|e| fail(format!("cannot start a worker thread: {e}")))?;
 
-        let deadline = Instant::now() + CALL_DEADLINE;
         let answer = loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Err(mpsc::RecvTimeoutError::Timeout)
@@ -85,6 +131,13 @@ impl Link {
                 other => break other,
             }
         };
+        if matches!(answer, Err(mpsc::RecvTimeoutError::Timeout)) {
+            self.abandoned = Some(Abandoned {
+                operation,
+                since: Instant::now(),
+                done: done_rx,
+            });
+        }
         match answer {
             Ok(Ok(Ok((client, Ok(value))))) => {
                 self.client = Some(client);
@@ -100,8 +153,23 @@ impl Link {
             Err(_) if self.shutdown.requested() => Err(fail("abandoned: stop requested".into())),
             Err(_) => Err(fail(format!(
                 "no answer within {} s; the client will be rebuilt",
-                CALL_DEADLINE.as_secs()
+                self.deadline.as_secs_f64()
             ))),
+        }
+    }
+
+    /// Waits until the abandoned worker is over, the deadline passes or a stop is requested;
+    /// true when it is over.
+    fn wait_until_over(&self, stuck: &Abandoned, deadline: Instant) -> bool {
+        loop {
+            match stuck.done.recv_timeout(Duration::from_millis(100)) {
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if Instant::now() >= deadline || self.shutdown.requested() {
+                        return false;
+                    }
+                }
+                Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => return true,
+            }
         }
     }
 }
@@ -220,5 +288,116 @@ impl KafkaProducer {
             self.link.client = None;
         }
         Ok(outcomes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// A client that is never used for I/O: the calls below do not touch it.
+    fn no_network(_: Vec<String>, _: &str) -> Result<KafkaClient, String> {
+        Ok(KafkaClient::new(vec!["127.0.0.1:9".into()]))
+    }
+
+    fn test_link(deadline: Duration) -> Link {
+        let mut link = Link::new(vec!["127.0.0.1:9".into()], "t".into(), Shutdown::default());
+        link.connect = no_network;
+        link.deadline = deadline;
+        link
+    }
+
+    #[test]
+    fn a_link_leaves_at_most_one_abandoned_call_behind() {
+        let mut link = test_link(Duration::from_millis(300));
+        let started = Arc::new(AtomicUsize::new(0));
+        let counting = |result: i32| {
+            let s = started.clone();
+            move |_: &mut KafkaClient, _: &str| {
+                s.fetch_add(1, Ordering::SeqCst);
+                Ok(result)
+            }
+        };
+
+        // The first call hangs past its deadline, as a call into a stalled broker does.
+        let (release, hang) = mpsc::channel::<()>();
+        let s = started.clone();
+        let e = link
+            .call("produce", move |_, _| {
+                s.fetch_add(1, Ordering::SeqCst);
+                let _ = hang.recv();
+                Ok(0)
+            })
+            .unwrap_err();
+        assert!(e.detail.contains("no answer within 0.3 s"), "{e}");
+
+        // While it hangs, every retry waits out its own deadline and fails as busy, starting
+        // no worker.
+        for _ in 0..3 {
+            let t = Instant::now();
+            let e = link.call("produce", counting(1)).unwrap_err();
+            assert!(
+                e.detail.starts_with("busy: the produce call abandoned"),
+                "{e}"
+            );
+            assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        }
+        assert_eq!(
+            started.load(Ordering::SeqCst),
+            1,
+            "one worker, however many retries"
+        );
+
+        // A call waiting for the abandoned one goes ahead as soon as it returns.
+        let mut link = Link {
+            deadline: Duration::from_secs(10),
+            ..link
+        };
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            release.send(()).unwrap();
+        });
+        let t = Instant::now();
+        assert_eq!(link.call("produce", counting(42)).unwrap(), 42);
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        releaser.join().unwrap();
+        assert_eq!(started.load(Ordering::SeqCst), 2);
+        assert!(link.abandoned.is_none());
+    }
+
+    #[test]
+    fn a_stop_request_ends_the_wait_for_an_abandoned_call() {
+        let mut link = test_link(Duration::from_millis(100));
+        let (_release, hang) = mpsc::channel::<()>();
+        let e = link
+            .call("produce", move |_, _| {
+                let _ = hang.recv();
+                Ok(())
+            })
+            .unwrap_err();
+        assert!(e.detail.contains("no answer"), "{e}");
+        link.deadline = Duration::from_secs(30);
+        link.shutdown.request();
+        let t = Instant::now();
+        let e = link.call("produce", |_, _| Ok(())).unwrap_err();
+        assert!(e.detail.starts_with("busy"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    }
+
+    #[test]
+    fn calls_within_the_deadline_keep_their_client_and_abandon_nothing() {
+        let mut link = test_link(Duration::from_secs(5));
+        for i in 0..3 {
+            assert_eq!(link.call("produce", move |_, _| Ok(i)).unwrap(), i);
+            assert!(link.client.is_some() && link.abandoned.is_none());
+        }
+        let e = link
+            .call::<(), _>("produce", |_, _| Err("NotLeaderForPartition".into()))
+            .unwrap_err();
+        assert_eq!(e.detail, "NotLeaderForPartition");
+        assert!(link.client.is_none(), "a failed call drops the client");
+        assert!(link.abandoned.is_none());
     }
 }

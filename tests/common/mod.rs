@@ -34,7 +34,10 @@ const OUR_VARS: &[&str] = &[
     "REPORT_COUNT",
     "SIMULATION_SEED",
     "KPIS_LIMIT",
+    "PRODUCER_DRAIN_TIMEOUT_SECONDS",
+    "STATUS_MAX_LAG",
     "RUST_LOG",
+    "RUST_LOG_STYLE",
 ];
 
 /// A service setting: the environment (as `make test` sets it), else `.local/services.env`.
