@@ -78,6 +78,10 @@ pub struct ConsumeArgs {
     /// valid messages per tumbling window (WINDOW_SIZE; 20)
     #[argh(option)]
     pub window_size: Option<String>,
+    /// servers a window lists with their own averages, 0 to 100; the rest are only counted
+    /// (SERVERS_PER_WINDOW; 100)
+    #[argh(option)]
+    pub servers_per_window: Option<String>,
     /// read only these partitions, e.g. 0,1, to split a topic between consumers (KAFKA_PARTITIONS; all)
     #[argh(option)]
     pub partitions: Option<String>,

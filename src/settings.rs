@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::cli::{ConsumeArgs, ProduceArgs, ShowArgs, StatusArgs};
 use crate::redact;
+use crate::window::MAX_LISTED;
 
 pub const DEFAULT_BROKERS: &str = "127.0.0.1:29092";
 pub const DEFAULT_MONGODB_URI: &str = "mongodb://127.0.0.1:27017";
@@ -141,6 +142,8 @@ pub struct ConsumeSettings {
     pub kpi_collection: String,
     pub dlq_collection: String,
     pub window_size: NonZeroUsize,
+    /// How many servers a KPI window lists with their own averages (0 to 100).
+    pub servers_per_window: usize,
     /// `None` reads every partition of the topic.
     pub partitions: Option<Vec<i32>>,
     pub exit_when_idle: Option<Duration>,
@@ -240,6 +243,22 @@ impl ConsumeSettings {
                 &suffix,
             )?,
             window_size,
+            servers_per_window: match src.pick(
+                &args.servers_per_window,
+                "servers-per-window",
+                &["SERVERS_PER_WINDOW"],
+            ) {
+                Some(v) => v
+                    .text
+                    .trim()
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| *n <= MAX_LISTED)
+                    .ok_or_else(|| {
+                        v.error(format!("must be a whole number from 0 to {MAX_LISTED}"))
+                    })?,
+                None => MAX_LISTED,
+            },
             partitions: src
                 .pick(&args.partitions, "partitions", &["KAFKA_PARTITIONS"])
                 .map(|v| partitions(&v))
@@ -640,6 +659,18 @@ mod tests {
     }
 
     #[test]
+    fn servers_per_window_defaults_to_the_most_listed_and_takes_zero() {
+        let n = |env: &[(&str, &str)]| {
+            ConsumeSettings::resolve(&ConsumeArgs::default(), &src(env, &[]))
+                .unwrap()
+                .servers_per_window
+        };
+        assert_eq!(n(&[]), MAX_LISTED);
+        assert_eq!(n(&[("SERVERS_PER_WINDOW", "0")]), 0);
+        assert_eq!(n(&[("SERVERS_PER_WINDOW", " 7 ")]), 7);
+    }
+
+    #[test]
     fn invalid_values_name_the_setting_and_its_origin() {
         let bad = |env: &[(&str, &str)]| {
             ConsumeSettings::resolve(&ConsumeArgs::default(), &src(env, &[]))
@@ -654,6 +685,10 @@ mod tests {
         assert!(bad(&[("MONGODB_URI", "mongodb://")]).contains("has no host"));
         assert!(bad(&[("KAFKA_BROKERS", "localhost")]).contains("not host:port"));
         assert!(bad(&[("KAFKA_PARTITIONS", "0,x")]).contains("partition numbers"));
+        assert_eq!(
+            bad(&[("SERVERS_PER_WINDOW", "101")]),
+            "invalid setting SERVERS_PER_WINDOW (from environment): must be a whole number from 0 to 100 (got \"101\")"
+        );
         assert!(bad(&[("EXIT_WHEN_IDLE_SECONDS", "-1")]).contains("seconds"));
         assert!(bad(&[("KAFKA_TOPIC", "bad topic")]).contains("Kafka's rule"));
         assert!(bad(&[("MONGODB_RAW_COLLECTION", "a$b")]).contains("'$'"));

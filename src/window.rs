@@ -12,9 +12,10 @@ use crate::metric::Metrics;
 pub const ALERT_PERCENT: f64 = 90.0;
 /// An `error_count` at or above this raises an alert.
 pub const ALERT_ERROR_COUNT: i64 = 3;
-/// How many servers and how many alerts a window lists; the rest are only counted. A window of
-/// many messages from many servers must still fit in one MongoDB document (16 MiB), and a
-/// hundred entries are more than a person reads.
+/// How many servers and how many alerts a window lists at most; the rest are only counted. A
+/// window of many messages from many servers must still fit in one MongoDB document (16 MiB),
+/// and a hundred entries are more than a person reads. Fewer servers may be asked for
+/// ([`TumblingWindows::listing_servers`]).
 pub const MAX_LISTED: usize = 100;
 
 /// One valid message as the window sees it: what it measured and where it came from.
@@ -100,6 +101,8 @@ pub struct TumblingWindows {
     members: Vec<WindowMessage>,
     first_arrival: Option<OffsetDateTime>,
     previous_close: Option<OffsetDateTime>,
+    /// How many servers a window lists with their own KPIs.
+    servers_listed: usize,
 }
 
 impl TumblingWindows {
@@ -109,7 +112,15 @@ impl TumblingWindows {
             members: Vec::with_capacity(size.get()),
             first_arrival: None,
             previous_close: None,
+            servers_listed: MAX_LISTED,
         }
+    }
+
+    /// Lists at most `n` servers per window (at most [`MAX_LISTED`]); 0 lists none, and every
+    /// server is only counted in `servers_omitted`.
+    pub fn listing_servers(mut self, n: usize) -> Self {
+        self.servers_listed = n.min(MAX_LISTED);
+        self
     }
 
     /// Adds a message that arrived at `arrival`; returns the window it closes, if any.
@@ -128,7 +139,12 @@ impl TumblingWindows {
         let members = std::mem::replace(&mut self.members, Vec::with_capacity(self.size.get()));
         self.previous_close = Some(arrival);
         self.first_arrival = None;
-        Some(compute(&members, start, arrival))
+        Some(compute_listing(
+            &members,
+            start,
+            arrival,
+            self.servers_listed,
+        ))
     }
 
     /// Messages in the open window, which is not stored if the run ends before it fills.
@@ -139,6 +155,16 @@ impl TumblingWindows {
 
 /// The KPIs of a non-empty set of messages spanning `start..end` in processing time.
 pub fn compute(members: &[WindowMessage], start: OffsetDateTime, end: OffsetDateTime) -> KpiWindow {
+    compute_listing(members, start, end, MAX_LISTED)
+}
+
+/// [`compute`], listing at most `servers_listed` servers.
+fn compute_listing(
+    members: &[WindowMessage],
+    start: OffsetDateTime,
+    end: OffsetDateTime,
+    servers_listed: usize,
+) -> KpiWindow {
     let duration_s = (end - start).as_seconds_f64().max(0.0);
     let message_count = members.len();
     let messages_per_second = (duration_s > 0.0).then(|| message_count as f64 / duration_s);
@@ -193,7 +219,7 @@ pub fn compute(members: &[WindowMessage], start: OffsetDateTime, end: OffsetDate
         }
     }
 
-    let servers_omitted = by_server.len().saturating_sub(MAX_LISTED);
+    let servers_omitted = by_server.len().saturating_sub(servers_listed);
     let all: Vec<&Metrics> = members.iter().map(|m| &m.metrics).collect();
     let max = |f: fn(&Metrics) -> f64| all.iter().map(|m| f(m)).fold(f64::NEG_INFINITY, f64::max);
     KpiWindow {
@@ -207,7 +233,7 @@ pub fn compute(members: &[WindowMessage], start: OffsetDateTime, end: OffsetDate
         max_memory_percent: max(|m| m.memory_percent),
         servers: by_server
             .into_iter()
-            .take(MAX_LISTED)
+            .take(servers_listed)
             .map(|(server_id, metrics)| ServerKpis {
                 server_id: server_id.to_string(),
                 message_count: metrics.len(),
@@ -419,6 +445,32 @@ mod tests {
         // The KPIs still cover every message, listed or not.
         assert_eq!(k.message_count, n);
         assert_eq!(k.totals.total_error_count, 5 * n as i64);
+    }
+
+    #[test]
+    fn fewer_servers_may_be_listed_and_none_at_all() {
+        let window = |listed: usize| {
+            let mut w = TumblingWindows::new(size(4)).listing_servers(listed);
+            for (i, s) in ["c", "a", "b", "a"].iter().enumerate() {
+                if let Some(k) = w.push(msg(s, 95.0, 10.0, 1, 0, i as i64), T0) {
+                    return k;
+                }
+            }
+            unreachable!("a window of 4 closes on the 4th message")
+        };
+        let two = window(2);
+        let listed: Vec<(&str, usize)> = two
+            .servers
+            .iter()
+            .map(|s| (s.server_id.as_str(), s.message_count))
+            .collect();
+        assert_eq!((listed, two.servers_omitted), (vec![("a", 2), ("b", 1)], 1));
+        let none = window(0);
+        assert_eq!((none.servers.len(), none.servers_omitted), (0, 3));
+        // Nothing else changes: the window's own KPIs and alerts cover every message.
+        assert_eq!(none.totals, two.totals);
+        assert_eq!(none.alerts, two.alerts);
+        assert_eq!(window(1000).servers.len(), 3);
     }
 
     #[test]

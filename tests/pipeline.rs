@@ -152,6 +152,72 @@ fn every_produced_message_is_stored_once_and_windowed_once() {
 }
 
 #[test]
+fn a_window_lists_as_many_servers_as_asked_and_counts_the_rest() {
+    let sb = Sandbox::new("perserver");
+    produce(&sb, 8, 11);
+    consume(&sb, &["--servers-per-window", "2"]);
+    let raw = sb.docs("raw", doc! {}, doc! {});
+    assert_eq!(raw.len(), 40, "8 reports of 5 servers");
+    let windows = sb.docs("kpis", doc! {}, doc! {"seq": 1});
+    assert_eq!(windows.len(), 2);
+    for w in &windows {
+        let servers = w.get_array("servers").unwrap();
+        let listed: Vec<&str> = servers
+            .iter()
+            .map(|s| s.as_document().unwrap().get_str("server_id").unwrap())
+            .collect();
+        let omitted = w.get_i64("servers_omitted").unwrap();
+        // The servers of the window's messages, from the raw documents its offset spans cover.
+        let mut ids: Vec<&str> = Vec::new();
+        for span in w
+            .get_document("kafka")
+            .unwrap()
+            .get_array("partitions")
+            .unwrap()
+        {
+            let span = span.as_document().unwrap();
+            let p = span.get_i32("partition").unwrap();
+            let offsets =
+                span.get_i64("first_offset").unwrap()..=span.get_i64("last_offset").unwrap();
+            for d in &raw {
+                let k = d.get_document("kafka").unwrap();
+                if k.get_i32("partition").unwrap() == p
+                    && offsets.contains(&k.get_i64("offset").unwrap())
+                {
+                    ids.push(d.get_str("server_id").unwrap());
+                }
+            }
+        }
+        assert_eq!(ids.len(), 20, "{w}");
+        ids.sort_unstable();
+        ids.dedup();
+        assert!(
+            ids.len() > 2,
+            "a window of 20 holds more than two servers: {ids:?}"
+        );
+        assert_eq!(listed, ids[..2], "the first two by id: {w}");
+        assert_eq!(omitted as usize, ids.len() - 2, "{w}");
+        // The window's own KPIs still cover all 20 messages.
+        assert_eq!(w.get_i32("message_count").unwrap(), 20);
+        assert!(w
+            .get_document("kpis")
+            .unwrap()
+            .get_f64("avg_cpu_percent")
+            .is_ok());
+    }
+    check_windows_against_raw(&sb, 20);
+
+    // And none at all: an empty list, every server counted.
+    let none = Sandbox::new("noserver");
+    produce(&none, 4, 11);
+    consume(&none, &["--servers-per-window", "0"]);
+    let windows = none.docs("kpis", doc! {}, doc! {});
+    assert_eq!(windows.len(), 1);
+    assert!(windows[0].get_array("servers").unwrap().is_empty());
+    assert_eq!(windows[0].get_i64("servers_omitted").unwrap(), 5);
+}
+
+#[test]
 fn bad_input_is_dead_lettered_with_its_reason_and_the_stream_goes_on() {
     let sb = Sandbox::new("badinput");
     let good = |n: u32| {

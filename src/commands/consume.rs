@@ -837,6 +837,7 @@ fn resume(
         group: settings.group.clone(),
         partitions: partitions.to_vec(),
         window_size: settings.window_size,
+        servers_listed: settings.servers_per_window,
         limits: Limits::default(),
     };
     let mut sink = MongoSink {

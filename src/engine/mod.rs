@@ -113,6 +113,8 @@ pub struct EngineConfig {
     pub partitions: Vec<i32>,
     /// Valid messages per KPI window.
     pub window_size: NonZeroUsize,
+    /// How many servers a window lists with their own KPIs (at most `window::MAX_LISTED`).
+    pub servers_listed: usize,
     /// Step and payload bounds.
     pub limits: Limits,
 }
@@ -311,7 +313,8 @@ impl Engine {
         }
         let next_seq = last.as_ref().map_or(0, |l| l.seq.saturating_add(1));
         Ok(Engine {
-            windows: TumblingWindows::new(config.window_size),
+            windows: TumblingWindows::new(config.window_size)
+                .listing_servers(config.servers_listed),
             config,
             stream,
             positions,

@@ -65,6 +65,7 @@ impl Case {
             group: GROUP.into(),
             partitions: self.partitions.clone(),
             window_size: NonZeroUsize::new(self.window_size).unwrap(),
+            servers_listed: crate::window::MAX_LISTED,
             limits: self.limits,
         }
     }

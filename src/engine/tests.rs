@@ -44,6 +44,7 @@ fn config(topic_id: &str, partitions: &[i32], window: usize) -> EngineConfig {
         group: "kpi".into(),
         partitions: partitions.to_vec(),
         window_size: NonZeroUsize::new(window).unwrap(),
+        servers_listed: crate::window::MAX_LISTED,
         limits: Limits::default(),
     }
 }
