@@ -652,7 +652,10 @@ class Bench:
         small = self.cfg["small_backlog"]
         self.small_topic = self.topic("backlog-small")
         self.kcat_produce("preload small backlog", self.small_topic, self.small_file, small)
-        plan = [("metricsctl", self.backlog_topic, big), ("metricsctl", self.small_topic, small),
+        # metricsctl-lean: the same consumer with `--servers-per-window 0` (KPI windows without
+        # their per-server list), to show what that list costs the database.
+        plan = [("metricsctl", self.backlog_topic, big), ("metricsctl-lean", self.backlog_topic, big),
+                ("metricsctl", self.small_topic, small),
                 ("baseline", self.backlog_topic, big), ("baseline", self.small_topic, small)]
         for impl, topic, n in plan:
             self.results["catchup"].append(self.consume_backlog(impl, topic, n))
@@ -667,8 +670,10 @@ class Bench:
                   "--raw-collection", "raw", "--kpi-collection", "kpis"]
         if max_messages:
             common += ["--max-messages", str(max_messages)]
-        if impl == "metricsctl":
+        if impl.startswith("metricsctl"):
             argv = [self.bin, "consume", *common, "--dlq-collection", "dlq", "--exit-when-idle", f"{idle:g}"]
+            if impl == "metricsctl-lean":
+                argv += ["--servers-per-window", "0"]
             return argv, display_argv(argv) + " 2> consume.log"
         argv = [sys.executable, CONSUMER_PY, *common, "--exit-when-idle", f"{idle:g}"]
         shown = [".local/bench-venv/bin/python", os.path.relpath(CONSUMER_PY, ROOT)] + [str(a) for a in argv[2:]]
@@ -682,13 +687,13 @@ class Bench:
 
     def consume_backlog(self, impl, topic, n):
         label = f"{impl} consume {n:,} backlog"
-        tag = f"c-{impl[:4]}-{n}"
+        tag = f"c-{'lean' if impl == 'metricsctl-lean' else impl[:4]}-{n}"
         db, group = self.database(tag), self.group(tag)
         idle = self.cfg["idle_net"]
         argv, display = self.consumer_argv(impl, topic, group, db, idle, max_messages=n)
         windows = n // WINDOW
         with self.log_file(label) as log:
-            env = self.metricsctl_env() if impl == "metricsctl" else None
+            env = self.metricsctl_env() if impl.startswith("metricsctl") else None
             m = Measured(self, label, argv, env=env, stderr=log, stdout=log, display=display, messages=n)
             # Nothing is polled while it runs: counting documents loads the database under test
             # (collStats of a 10,000-document KPI collection took 0.35 s of FerretDB in a trial).
@@ -832,6 +837,7 @@ class Bench:
         big, small = self.cfg["backlog"], self.cfg["small_backlog"]
         self.summary["mc_big"], self.summary["mc_small"] = cu.get(("metricsctl", big)), cu.get(("metricsctl", small))
         self.summary["py_big"], self.summary["py_small"] = cu.get(("baseline", big)), cu.get(("baseline", small))
+        self.summary["mc_lean"] = cu.get(("metricsctl-lean", big))
         s = self.summary
         rate = lambda r: r["rate"] if r else None  # noqa: E731
         goals = []
@@ -974,6 +980,12 @@ class Bench:
                     f"{fmt_s(ratio(c['ferretdb_cpu'], c['messages'] / 1000), 2)} s per 1,000 documents in the ceiling: "
                     "the difference is the database work the consumer does beyond the ceiling's raw inserts "
                     f"(its {n // WINDOW:,} KPI documents among it) and any slower way it inserts.")
+            lean = s.get("mc_lean")
+            if lean:
+                line += (f" The same consumer with `--servers-per-window 0` (windows without their per-server list, "
+                         f"same backlog): {lean['done_s']:.1f} s, {fmt_rate(lean['rate'])} msg/s = "
+                         f"{fmt_ratio(ratio(lean['rate'], c['rate']))} of the ceiling, FerretDB "
+                         f"{fmt_s(ratio(lean['ferretdb_cpu'], n / 1000), 2)} CPU s per 1,000 messages.")
             out.append(line)
         if "rss" in missed and s["mc_big"] and s["mc_small"]:
             out.append(f"**Memory**: peak RSS {mib(s['mc_small']['rss_kb']):.0f} MiB at {s['mc_small']['backlog']:,} messages, "
@@ -1114,11 +1126,13 @@ class Bench:
         w("| consumer | backlog | catch-up s | msg/s | × database ceiling | × Kafka read | × baseline | "
           "CPU s / 1k msgs | busy (CPU / catch-up) | peak RSS MiB | Kafka CPU s | FerretDB CPU s |")
         w("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-        for key, base in (("mc_big", "py_big"), ("mc_small", "py_small"), ("py_big", None), ("py_small", None)):
-            r = s[key]
+        for key, base in (("mc_big", "py_big"), ("mc_lean", "py_big"), ("mc_small", "py_small"), ("py_big", None),
+                          ("py_small", None)):
+            r = s.get(key)
             if not r:
                 continue
-            w(f"| {r['impl']} | {r['backlog']:,} | {r['done_s']:.2f} | {fmt_rate(r['rate'])} | "
+            label = "metricsctl `--servers-per-window 0`" if r["impl"] == "metricsctl-lean" else r["impl"]
+            w(f"| {label} | {r['backlog']:,} | {r['done_s']:.2f} | {fmt_rate(r['rate'])} | "
               f"{fmt_ratio(ratio(r['rate'], s['db_stored']['rate']))} | {fmt_ratio(ratio(r['rate'], s['kafka_read']['rate']))} | "
               f"{fmt_ratio(ratio(r['rate'], s[base]['rate'])) if base and s[base] else '-'} | "
               f"{fmt_s(cpu_per_1k(r), 3)} | {fmt_ratio(ratio(r['user'] + r['sys'], r['done_s']))} | {mib(r['rss_kb']):.1f} | "
@@ -1163,7 +1177,7 @@ class Bench:
         w("| process | messages | wall s | CPU s | CPU s / 1k msgs | peak RSS MiB | Kafka CPU s | FerretDB CPU s |")
         w("| --- | --- | --- | --- | --- | --- | --- | --- |")
         rows = [s[k] for k in ("kcat_write", "mc_info", "mc_warn", "py_prod", "kafka_read", "db_stored", "db_bare",
-                               "mc_big", "mc_small", "py_big", "py_small") if s.get(k)]
+                               "mc_big", "mc_lean", "mc_small", "py_big", "py_small") if s.get(k)]
         rows += [lat["producer"], lat["consumer"]]
         for r in rows:
             w(f"| {r['label'].rsplit(' #', 1)[0]} | {r['messages']:,} | {r['wall']:.2f} | {r['user'] + r['sys']:.2f} | "
