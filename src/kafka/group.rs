@@ -23,7 +23,7 @@ use kafka_protocol::messages::{
     ConsumerProtocolAssignment, ConsumerProtocolSubscription, DescribeGroupsRequest,
     HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest, SyncGroupRequest,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 use log::{debug, info, warn};
 
 use super::cluster::{fail, group_id, topic_name, AutoCreate, Cluster};
@@ -250,18 +250,7 @@ impl GroupMember {
             .with_protocols(vec![JoinGroupRequestProtocol::default()
                 .with_name(StrBytes::from_static_str(ASSIGNOR))
                 .with_metadata(encode_subscription(&self.topic))]);
-        // The coordinator holds a JoinGroup until every member rejoined (or the rebalance
-        // timeout passed).
-        let timeout = self.timeouts.rebalance + Duration::from_secs(5);
-        // A stop request does not wait out the rebalance.
-        let shutdown = self.shutdown.clone();
-        let response = self.cluster.call_coordinator_interruptible(
-            &self.group,
-            &request,
-            JOIN_GROUP_VERSION,
-            timeout,
-            &|| shutdown.requested(),
-        )?;
+        let response = self.call_during_rebalance(&request, JOIN_GROUP_VERSION)?;
         match ResponseError::try_from_code(response.error_code) {
             None => Ok(JoinOutcome::Joined(Joined {
                 generation: response.generation_id,
@@ -340,16 +329,7 @@ impl GroupMember {
                     })
                     .collect(),
             );
-        let timeout = self.timeouts.rebalance + Duration::from_secs(5);
-        // A stop request does not wait out the rebalance.
-        let shutdown = self.shutdown.clone();
-        let response = self.cluster.call_coordinator_interruptible(
-            &self.group,
-            &request,
-            SYNC_GROUP_VERSION,
-            timeout,
-            &|| shutdown.requested(),
-        )?;
+        let response = self.call_during_rebalance(&request, SYNC_GROUP_VERSION)?;
         match ResponseError::try_from_code(response.error_code) {
             None => Ok(Some(decode_assignment(&response.assignment, &self.topic))),
             Some(
@@ -369,6 +349,21 @@ impl GroupMember {
                 }
             }
         }
+    }
+
+    /// A JoinGroup or SyncGroup: the coordinator holds it until every member rejoined (or the
+    /// rebalance timeout passed), and a stop request does not wait for that.
+    fn call_during_rebalance<R: Request>(
+        &mut self,
+        request: &R,
+        version: i16,
+    ) -> Result<R::Response, KafkaError> {
+        let timeout = self.timeouts.rebalance + Duration::from_secs(5);
+        let shutdown = self.shutdown.clone();
+        self.cluster
+            .call_coordinator_interruptible(&self.group, request, version, timeout, &|| {
+                shutdown.requested()
+            })
     }
 
     fn coordinator_trouble(&mut self, e: ResponseError) {
