@@ -176,6 +176,11 @@ fn wait_for_leaders(
     (at, polls)
 }
 
+/// The producer logs each acknowledged message ("sent <server> to partition P at offset O") at
+/// DEBUG when it reports faster than once a second, as these tests make it.
+const PRODUCER_SENDS_LOGGED: &[(&str, &str)] =
+    &[("RUST_LOG", "info,metricsctl::commands::produce=debug")];
+
 /// What the producer logged as acknowledged: (partition, offset) -> server_id.
 fn acknowledged(producer: &Background) -> HashMap<(i32, i64), String> {
     let mut acked = HashMap::new();
@@ -492,9 +497,10 @@ fn cluster_leader_killed_under_load_nothing_lost_nothing_doubled_both_follow_the
     let sampler = WindowSampler::start(&sb);
     let mut consumer = sb.spawn("consume", &["consume"]);
     // 900 reports of 5 messages every 50 ms: about 45 s, beyond the node's return.
-    let mut producer = sb.spawn(
+    let mut producer = sb.spawn_with(
         "produce",
         &["produce", "--interval", "0.05", "--count", "900"],
+        PRODUCER_SENDS_LOGGED,
     );
     let warm = poll(Duration::from_secs(60), Duration::from_millis(100), || {
         (sb.count("raw") >= 200).then_some(())
@@ -578,9 +584,10 @@ fn whole_cluster_down(label: &str, down: Duration, interval: &str, reports: u32)
     let sampler = WindowSampler::start(&sb);
     let mut consumer = sb.spawn("consume", &["consume"]);
     let reports = reports.to_string();
-    let mut producer = sb.spawn(
+    let mut producer = sb.spawn_with(
         "produce",
         &["produce", "--interval", interval, "--count", &reports],
+        PRODUCER_SENDS_LOGGED,
     );
     let warm = poll(Duration::from_secs(60), Duration::from_millis(100), || {
         (sb.count("raw") >= 100).then_some(())

@@ -866,6 +866,64 @@ fn a_member_waiting_in_a_rebalance_stops_at_once_on_sigterm() {
 }
 
 #[test]
+fn exit_when_idle_waits_for_partitions_a_dead_member_still_holds() {
+    // b owns part of the topic; a, which owns the rest, freezes (as if killed while the group
+    // still counts it). b must not call itself caught up and exit while a's partitions hold
+    // unread messages: the coordinator removes a after its session timeout, and b, still
+    // there, takes and reads them.
+    let mut s = Scenario::new("grpidle", false);
+    let produce = |sb: &Sandbox, reports: &str| {
+        let out = sb.run(
+            &[
+                "produce",
+                "--servers",
+                SERVERS,
+                "--count",
+                reports,
+                "--interval",
+                "0",
+            ],
+            Duration::from_secs(60),
+        );
+        assert!(out.status.success(), "produce: {}", text(&out.stderr));
+    };
+    produce(&s.sb, "10");
+    s.join("a");
+    s.join_with("b", &["--exit-when-idle", "3"]);
+    let a = s.member("a");
+    let b = s.member("b");
+    let a_owned = probe(&s.sb).unwrap().partitions_of(&s.members[a].id);
+    assert!(!a_owned.is_empty(), "a owns part of the topic");
+    signal(&s.members[a].process.child, "STOP");
+    let stopped_at = Instant::now();
+    produce(&s.sb, "10");
+    let code = s.members[b].process.wait_exit(Duration::from_secs(90));
+    let took = stopped_at.elapsed();
+    signal(&s.members[a].process.child, "KILL");
+    assert_eq!(
+        code,
+        Some(0),
+        "b's exit; log:\n{}",
+        s.members[b].process.log_tail(20)
+    );
+    let sent = kcat_read(&s.sb.brokers, &s.sb.topic).len() as u64;
+    let stored = s.sb.count("raw");
+    eprintln!(
+        "[{}] a (partitions {a_owned:?}) frozen; b exited {:.1} s later; {stored} of {sent} \
+         messages stored",
+        s.sb.name,
+        secs(took)
+    );
+    assert_eq!(sent, 240, "20 reports of 12 servers");
+    assert_eq!(
+        stored,
+        sent,
+        "b exited with the frozen member's partitions unread; b's log:\n{}",
+        s.members[b].process.log_tail(30)
+    );
+}
+
+#[test]
 fn static_partitions_owned_by_a_live_member_are_refused_naming_it() {
     let mut s = Scenario::new("grpstatic", false);
     s.join("a");

@@ -270,6 +270,8 @@ struct Pipeline<'a> {
     engine: Engine,
     /// The latest high watermark seen per partition.
     high_watermarks: HashMap<i32, i64>,
+    /// When the current assignment was received.
+    assigned_at: Instant,
     totals: Totals,
     interval: Totals,
     committed: Option<Vec<(i32, i64)>>,
@@ -373,6 +375,7 @@ impl<'a> Pipeline<'a> {
             assigned,
             engine,
             high_watermarks: HashMap::new(),
+            assigned_at: Instant::now(),
             totals: Totals::default(),
             interval: Totals::default(),
             committed: None,
@@ -390,6 +393,7 @@ impl<'a> Pipeline<'a> {
             &mut self.source,
             self.shutdown,
         )?;
+        self.assigned_at = Instant::now();
         self.restart_engine()
     }
 
@@ -444,12 +448,28 @@ impl<'a> Pipeline<'a> {
         self.reassign()
     }
 
-    /// True when every position has reached its partition's high watermark.
+    /// True when every position has reached its partition's high watermark, and no partition
+    /// of the topic can still come to this member: a member that owns only part of the topic
+    /// waits until its assignment has stood for a session timeout and a heartbeat. A member
+    /// killed while it joined can be handed partitions it will never read; the coordinator
+    /// removes it after its session timeout and the rebalance that follows gives them to the
+    /// live members, which must still be there to read them.
     fn caught_up(&self) -> bool {
-        self.engine
-            .positions()
-            .iter()
-            .all(|(p, at)| self.high_watermarks.get(p).is_none_or(|hw| at >= hw))
+        let own_everything = self.member.is_none()
+            || self
+                .topic
+                .partitions
+                .iter()
+                .all(|p| self.assigned.contains(p));
+        let settled = own_everything
+            || self.assigned_at.elapsed()
+                >= GROUP_TIMEOUTS.session + GROUP_TIMEOUTS.heartbeat_interval();
+        settled
+            && self
+                .engine
+                .positions()
+                .iter()
+                .all(|(p, at)| self.high_watermarks.get(p).is_none_or(|hw| at >= hw))
     }
 
     fn rejoin_needed(&self) -> bool {

@@ -289,10 +289,16 @@ pub struct Background {
 impl Sandbox {
     /// Starts the binary in the background; its stderr goes to `<dir>/<name>.log`.
     pub fn spawn(&self, name: &str, args: &[&str]) -> Background {
+        self.spawn_with(name, args, &[])
+    }
+
+    /// [`Sandbox::spawn`] with more environment variables (a log filter, say).
+    pub fn spawn_with(&self, name: &str, args: &[&str], env: &[(&str, &str)]) -> Background {
         let log = self.dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).expect("log file");
         let child = self
             .command(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
