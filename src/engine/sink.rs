@@ -71,7 +71,7 @@ impl fmt::Display for StoredPosition {
 }
 
 /// A valid message and where it was read, to be stored raw (unique by `message_uuid`).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy)]
 pub struct RawRecord<'a> {
     /// The validated message; `message.fields` is the payload's JSON object as received.
     pub message: &'a ValidMetric,

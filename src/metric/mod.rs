@@ -76,21 +76,6 @@ pub struct ValidMetric {
     pub message_uuid: String,
 }
 
-impl PartialEq for ValidMetric {
-    fn eq(&self, other: &Self) -> bool {
-        let text = |f: &[Field]| -> Vec<(String, String)> {
-            f.iter()
-                .map(|(k, v)| (k.clone(), v.get().to_string()))
-                .collect()
-        };
-        text(&self.fields) == text(&other.fields)
-            && self.server_id == other.server_id
-            && self.timestamp == other.timestamp
-            && self.metrics == other.metrics
-            && self.message_uuid == other.message_uuid
-    }
-}
-
 /// Why a payload was refused; `code` is stable for programs, `reason` is written for people.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {

@@ -14,7 +14,7 @@ use std::fmt;
 use std::time::Duration;
 
 use mongodb::bson::{
-    doc, oid::ObjectId, spec::BinarySubtype, Binary, Bson, DateTime, Document, RawBson,
+    doc, oid::ObjectId, rawdoc, spec::BinarySubtype, Binary, Bson, DateTime, Document, RawBson,
     RawDocumentBuf,
 };
 use mongodb::error::{Error as DriverError, ErrorKind};
@@ -532,8 +532,9 @@ fn raw_document(r: &RawRecord) -> Result<RawDocumentBuf, String> {
         )
     };
     let budget = Cell::new(MAX_DOCUMENT_BYTES - OWN_FIELDS_BYTES);
-    let kafka = RawDocumentBuf::from_document(&kafka_position(&r.position))
-        .map_err(|e| format!("kafka position: {e}"))?;
+    // Written as bytes directly: a `Document` converted per message would be built twice.
+    let p = &r.position;
+    let kafka = rawdoc! {"topic": p.topic, "topic_id": p.topic_id, "partition": p.partition, "offset": p.offset};
     // Our fields; a message field of the same name is replaced in place (and `_id` dropped),
     // so no name appears twice.
     let mut ours: Vec<(&str, Option<RawBson>)> = vec![
