@@ -989,20 +989,24 @@ fn windows_per_stream(sb: &Sandbox) -> BTreeMap<String, usize> {
     per
 }
 
-// A known gap, kept as an executable specification: the member checks its ownership right
-// before a window write, not at the write itself, so a write that stalls in flight past a
-// rebalance still lands later. Closing it needs a fence the database enforces (FerretDB v1 has
-// no multikey unique index and no transactions to build one on); see the README.
+// A window write that stalls in flight past a rebalance (a slow database, a network pause)
+// lands after another member took the partitions. The member's ownership is checked by the
+// coordinator at the commit, which comes between staging a window and publishing it: a window
+// staged late is refused there and never published; a window published late was committed
+// while the member still owned its partitions, and the next owner publishes it from the
+// commit's marker (the same window, once).
 #[test]
-#[ignore = "known gap: window writes are fenced before they are sent, not by the database"]
-fn a_member_whose_window_write_stalls_past_a_rebalance_does_not_store_that_window_later() {
-    // Member a reaches the database through a proxy that holds back its next window insert,
-    // as a slow database would: a has checked that it still owns its partitions and waits on
-    // the write. Meanwhile two members join; a, stuck, cannot rejoin, so the group goes on
-    // without it and the others count a's partitions from its last stored window. Once the
-    // write goes through, a's window covers messages the others counted too, unless a's
-    // ownership is enforced at the write itself.
-    let mut s = Scenario::new("grpstall", true);
+fn a_member_whose_window_staging_stalls_past_a_rebalance_never_publishes_that_window() {
+    window_write_stalls_past_a_rebalance("grpstage", "kpis_staged");
+}
+
+#[test]
+fn a_member_whose_window_publication_stalls_past_a_rebalance_publishes_it_once() {
+    window_write_stalls_past_a_rebalance("grppub", "kpis");
+}
+
+fn window_write_stalls_past_a_rebalance(label: &str, held_collection: &str) {
+    let mut s = Scenario::new(label, true);
     let upstream =
         s.sb.mongodb_uri
             .trim_start_matches("mongodb://")
@@ -1010,7 +1014,7 @@ fn a_member_whose_window_write_stalls_past_a_rebalance_does_not_store_that_windo
             .next()
             .unwrap()
             .to_string();
-    let proxy = HoldingProxy::start(&upstream, mongo_insert_pattern("kpis"));
+    let proxy = HoldingProxy::start(&upstream, mongo_insert_pattern(held_collection));
     let uri = format!("mongodb://{}/?directConnection=true", proxy.addr);
     s.join_with("a", &["--mongodb-uri", &uri]);
     let a = s.members[0].id.clone();

@@ -24,13 +24,14 @@ use std::fmt::Display;
 use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
+use uuid::Uuid;
 
 use super::CommandError;
 use crate::cli::ConsumeArgs;
 use crate::engine::{
-    Counts, DeadLetter, Engine, EngineConfig, EngineError, InsertOutcome, LastWindow, Limits,
-    LogId, OffsetCommitter, RawRecord, SinkError, StoreSink, StoredPosition, WindowOutcome,
-    WindowRecord,
+    Committed, Counts, DeadLetter, Engine, EngineConfig, EngineError, InsertOutcome, LastWindow,
+    Limits, LogId, OffsetCommitter, Publication, RawRecord, SinkError, StoreSink, StoredPosition,
+    WindowOutcome, WindowRecord,
 };
 use crate::kafka::{
     Fetched, FetchedRecord, GroupMember, GroupTimeouts, KafkaError, KafkaSource, TopicInfo,
@@ -172,19 +173,38 @@ impl StoreSink for MongoSink<'_> {
         &mut self,
         windows: &[WindowRecord<'_>],
     ) -> Result<Vec<WindowOutcome>, SinkError> {
-        // A member stores windows only while the coordinator still counts it as the owner of
-        // its partitions: after a pause past the session timeout another member may already be
-        // counting them. (Raw documents and dead letters are idempotent; windows are not.)
+        self.retry("storing KPI windows", |s| s.insert_windows(windows))
+    }
+
+    fn stage_windows(
+        &mut self,
+        token: &str,
+        windows: &[WindowRecord<'_>],
+    ) -> Result<(), SinkError> {
+        // The commit that follows is the fence; a member that already knows it lost its
+        // partitions (a pause past the session timeout) need not stage what it cannot commit.
         if let Some(member) = self.member.as_deref_mut() {
             if !member.still_owner() {
                 member.request_rejoin();
                 return Err(SinkError {
-                    operation: "storing KPI windows",
+                    operation: "staging KPI windows",
                     detail: "this member no longer owns its partitions; rejoining".into(),
                 });
             }
         }
-        self.retry("storing KPI windows", |s| s.insert_windows(windows))
+        self.retry("staging KPI windows", |s| s.stage_windows(token, windows))
+    }
+
+    fn publish_staged(&mut self, token: &str, through: i64) -> Result<usize, SinkError> {
+        self.retry("publishing staged KPI windows", |s| {
+            s.publish_staged(token, through)
+        })
+    }
+
+    fn drop_staged(&mut self, token: &str, through: i64) -> Result<(), SinkError> {
+        self.retry("forgetting published staged windows", |s| {
+            s.drop_staged(token, through)
+        })
     }
 
     fn last_window(&mut self, stream: &str) -> Result<Option<LastWindow>, SinkError> {
@@ -220,8 +240,8 @@ struct KafkaCommitter<'a> {
 }
 
 impl OffsetCommitter for KafkaCommitter<'_> {
-    fn commit(&mut self, offsets: &[(i32, i64)]) -> Result<(), SinkError> {
-        self.source.commit(offsets).map_err(|e| {
+    fn commit(&mut self, offsets: &[(i32, i64)], marker: Option<&str>) -> Result<(), SinkError> {
+        self.source.commit(offsets, marker).map_err(|e| {
             self.fenced |= e.fenced;
             SinkError {
                 operation: "committing offsets",
@@ -230,7 +250,7 @@ impl OffsetCommitter for KafkaCommitter<'_> {
         })
     }
 
-    fn committed(&mut self, partitions: &[i32]) -> Result<HashMap<i32, i64>, SinkError> {
+    fn committed(&mut self, partitions: &[i32]) -> Result<HashMap<i32, Committed>, SinkError> {
         let source = &mut *self.source;
         retry("fetching committed offsets", self.shutdown, || {
             source.committed_offsets(partitions)
@@ -674,7 +694,11 @@ impl<'a> Pipeline<'a> {
                     }
                     if let Some(e) = report.commit_error {
                         if fenced {
-                            warn!("{e}; rejoining the group (the stored windows stand)");
+                            warn!(
+                                "{e}; rejoining the group (windows staged since the last \
+                                 commit are not published: the partitions' next owner counts \
+                                 their messages)"
+                            );
                             if let Some(member) = self.member.as_ref() {
                                 member.fenced();
                             }
@@ -859,7 +883,26 @@ fn resume(
         window_size: settings.window_size,
         servers_listed: settings.servers_per_window,
         limits: Limits::default(),
+        // A group member's partitions can move while one of its writes is on its way: its
+        // windows count only once the group accepted their commit.
+        publication: if member.is_some() {
+            Publication::AfterCommit {
+                token: Uuid::new_v4().simple().to_string(),
+            }
+        } else {
+            Publication::Direct
+        },
     };
+    // Windows staged a day ago were never committed (their member was fenced out or killed
+    // first; a member cannot keep its partitions that long without a commit going through):
+    // nobody will publish them.
+    let cutoff = time::OffsetDateTime::now_utc() - STAGED_WINDOW_LIFETIME;
+    match retry("forgetting abandoned staged windows", shutdown, || {
+        store.forget_staged_before(cutoff)
+    })? {
+        0 => {}
+        n => info!("forgot {n} staged window(s) abandoned over a day ago"),
+    }
     let mut sink = MongoSink {
         store,
         shutdown,
@@ -884,6 +927,9 @@ fn resume(
             .unwrap_or_else(|| Stop::Fatal(CommandError::Failed(e.to_string())))),
     }
 }
+
+/// How long a staged window may wait for its commit before it is taken as abandoned.
+const STAGED_WINDOW_LIFETIME: time::Duration = time::Duration::days(1);
 
 /// `--partitions` reads outside group membership: refuse partitions a live member of the same
 /// group owns, since both would read and window them.

@@ -126,7 +126,7 @@ fn gather(settings: &StatusSettings, store: &Store) -> Result<Report, CommandErr
     let mut problems = Vec::new();
     for &p in &topic.partitions {
         let (log_start, log_end) = bounds.get(&p).copied().unwrap_or((0, 0));
-        let committed = committed.get(&p).copied();
+        let committed = committed.get(&p).map(|c| c.offset);
         let lag = (log_end - committed.unwrap_or(log_start).max(log_start)).max(0);
         let owner = owners.get(&p).copied();
         let last = store

@@ -57,7 +57,13 @@ pub struct World {
     pub raw: HashMap<String, StoredRaw>,
     pub dead: BTreeMap<String, StoredDead>,
     pub windows: BTreeMap<String, StoredWindow>,
+    /// Staged windows by (token, seq).
+    pub staged: BTreeMap<(String, i64), StoredWindow>,
     pub committed: HashMap<i32, i64>,
+    /// The marker committed with each partition's offset, if any.
+    pub markers: HashMap<i32, String>,
+    /// The group refuses commits, as a coordinator refuses those of a member it fenced out.
+    pub refuse_commits: bool,
     /// Every commit that took effect, in order.
     pub commits: Vec<Vec<(i32, i64)>>,
     /// Broken rules seen at call time (a commit not on a stored window's boundary).
@@ -81,7 +87,10 @@ impl World {
             raw: HashMap::new(),
             dead: BTreeMap::new(),
             windows: BTreeMap::new(),
+            staged: BTreeMap::new(),
             committed: HashMap::new(),
+            markers: HashMap::new(),
+            refuse_commits: false,
             commits: Vec::new(),
             violations: Vec::new(),
             window_replays: 0,
@@ -274,16 +283,7 @@ impl StoreSink for FakeStore {
                 continue;
             }
             if apply {
-                w.windows.insert(
-                    id,
-                    StoredWindow {
-                        stream: r.stream.to_string(),
-                        seq: r.seq,
-                        topic_id: r.topic_id.to_string(),
-                        window: r.window.clone(),
-                        next_offsets: r.next_offsets.to_vec(),
-                    },
-                );
+                w.windows.insert(id, stored_window(r));
             }
             outcomes.push(WindowOutcome::Inserted);
         }
@@ -304,19 +304,114 @@ impl StoreSink for FakeStore {
             next_offsets: l.next_offsets.iter().copied().collect(),
         }))
     }
+
+    fn stage_windows(
+        &mut self,
+        token: &str,
+        windows: &[WindowRecord<'_>],
+    ) -> Result<(), SinkError> {
+        let mut w = self.0.borrow_mut();
+        let fails = w.crashes("window staging");
+        let mask = if fails {
+            w.partial_mask(windows.len(), Partial::Subset)
+        } else {
+            vec![true; windows.len()]
+        };
+        for (r, apply) in windows.iter().zip(mask) {
+            if apply {
+                w.staged
+                    .entry((token.to_string(), r.seq))
+                    .or_insert_with(|| stored_window(r));
+            }
+        }
+        if fails {
+            Err(crash("window staging"))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn publish_staged(&mut self, token: &str, through: i64) -> Result<usize, SinkError> {
+        let mut w = self.0.borrow_mut();
+        let fails = w.crashes("staged publication");
+        let staged: Vec<StoredWindow> = w
+            .staged
+            .range((token.to_string(), i64::MIN)..=(token.to_string(), through))
+            .map(|(_, s)| s.clone())
+            .collect();
+        // Ordered, like a window insert: a crash leaves a prefix.
+        let mask = if fails {
+            w.partial_mask(staged.len(), Partial::Prefix)
+        } else {
+            vec![true; staged.len()]
+        };
+        let mut published = 0;
+        for (s, apply) in staged.into_iter().zip(mask) {
+            let id = window_id(&s.stream, s.seq);
+            if apply && !w.windows.contains_key(&id) {
+                w.windows.insert(id, s);
+                published += 1;
+            }
+        }
+        if fails {
+            Err(crash("staged publication"))
+        } else {
+            Ok(published)
+        }
+    }
+
+    fn drop_staged(&mut self, token: &str, through: i64) -> Result<(), SinkError> {
+        let mut w = self.0.borrow_mut();
+        if w.crashes("staged drop") {
+            return Err(crash("staged drop"));
+        }
+        w.staged
+            .retain(|(t, seq), _| !(t.as_str() == token && *seq <= through));
+        Ok(())
+    }
+}
+
+fn stored_window(r: &WindowRecord<'_>) -> StoredWindow {
+    StoredWindow {
+        stream: r.stream.to_string(),
+        seq: r.seq,
+        topic_id: r.topic_id.to_string(),
+        window: r.window.clone(),
+        next_offsets: r.next_offsets.to_vec(),
+    }
 }
 
 impl OffsetCommitter for FakeCommitter {
-    fn commit(&mut self, offsets: &[(i32, i64)]) -> Result<(), SinkError> {
+    fn commit(&mut self, offsets: &[(i32, i64)], marker: Option<&str>) -> Result<(), SinkError> {
         let mut w = self.0.borrow_mut();
+        if w.refuse_commits {
+            return Err(SinkError {
+                operation: "offset commit",
+                detail: "the group refused this member's commit (ILLEGAL_GENERATION)".into(),
+            });
+        }
         let fails = w.crashes("offset commit");
         // A failed commit may still have reached the broker (the answer was lost).
         if fails && w.rng.bool() {
             return Err(crash("offset commit"));
         }
-        if !w.windows.values().any(|s| s.next_offsets == offsets) {
-            let v = format!("commit {offsets:?} is not the boundary of a stored window");
+        let boundary = match marker.and_then(parse_marker) {
+            // Staged: the marker names the window the offsets end, staged before the commit.
+            Some((token, seq)) => w
+                .staged
+                .get(&(token.to_string(), seq))
+                .is_some_and(|s| s.next_offsets == offsets),
+            None => w.windows.values().any(|s| s.next_offsets == offsets),
+        };
+        if !boundary {
+            let v = format!("commit {offsets:?} ({marker:?}) is not the boundary of a window stored or staged before it");
             w.violations.push(v);
+        }
+        for &(p, _) in offsets {
+            match marker {
+                Some(m) => w.markers.insert(p, m.to_string()),
+                None => w.markers.remove(&p),
+            };
         }
         for &(p, o) in offsets {
             if let Some(old) = w.committed.insert(p, o) {
@@ -334,14 +429,20 @@ impl OffsetCommitter for FakeCommitter {
         }
     }
 
-    fn committed(&mut self, partitions: &[i32]) -> Result<HashMap<i32, i64>, SinkError> {
+    fn committed(&mut self, partitions: &[i32]) -> Result<HashMap<i32, Committed>, SinkError> {
         let mut w = self.0.borrow_mut();
         if w.crashes("offset fetch") {
             return Err(crash("offset fetch"));
         }
         Ok(partitions
             .iter()
-            .filter_map(|p| Some((*p, *w.committed.get(p)?)))
+            .filter_map(|p| {
+                let committed = Committed {
+                    offset: *w.committed.get(p)?,
+                    marker: w.markers.get(p).cloned(),
+                };
+                Some((*p, committed))
+            })
             .collect())
     }
 }

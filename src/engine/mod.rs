@@ -9,6 +9,11 @@
 //!   group, partition set);
 //! - the group's offsets are committed only at window boundaries, after the window is stored,
 //!   so the messages of the open window are read again after a restart and counted then;
+//! - a group member ([`Publication::AfterCommit`]) stages its windows, commits under its
+//!   generation with a marker naming the last one, and publishes them only after the commit
+//!   went through: the coordinator's refusal of a fenced member's commit is the fence, so a
+//!   write that reaches the database after a rebalance never adds a window; a resumed engine
+//!   first publishes the staged windows the committed markers name;
 //! - re-read messages hit the unique index on `message_uuid` and are recognised as replays
 //!   (same log and position), so nothing is stored twice; a `message_uuid` stored from another
 //!   position, or from another log of the same name, is a duplicate event and is dead-lettered.
@@ -28,8 +33,9 @@ mod property;
 mod tests;
 
 pub use sink::{
-    window_id, DeadLetter, DeadLetterCode, DeadPayload, InsertOutcome, LastWindow, OffsetCommitter,
-    Position, RawRecord, SinkError, StoreSink, StoredPosition, WindowOutcome, WindowRecord,
+    parse_marker, staged_marker, window_id, Committed, DeadLetter, DeadLetterCode, DeadPayload,
+    InsertOutcome, LastWindow, OffsetCommitter, Position, Publication, RawRecord, SinkError,
+    StoreSink, StoredPosition, WindowOutcome, WindowRecord,
 };
 
 use std::collections::{BTreeMap, HashMap};
@@ -117,6 +123,9 @@ pub struct EngineConfig {
     pub servers_listed: usize,
     /// Step and payload bounds.
     pub limits: Limits,
+    /// How windows become KPI windows: stored directly, or staged and published once their
+    /// commit went through (group members).
+    pub publication: Publication,
 }
 
 /// `{topic}/{topic_id}/{group}/{partitions}`: the consumer's window stream. Windows are
@@ -201,7 +210,9 @@ pub struct StepReport {
     pub consumed: usize,
     /// Counters for logging.
     pub counts: Counts,
-    /// The windows this step closed and stored, in order.
+    /// The windows this step stored as KPI windows, in order: those it closed, or, staged
+    /// ([`Publication::AfterCommit`]), those its commit made publishable (with any earlier
+    /// ones whose commit had failed).
     pub windows: Vec<ClosedWindow>,
     /// The offsets committed for the group, if the step closed a window and the commit
     /// succeeded.
@@ -267,6 +278,10 @@ pub struct Engine {
     positions: BTreeMap<i32, i64>,
     windows: TumblingWindows,
     next_seq: i64,
+    /// [`Publication::AfterCommit`]: windows staged whose commit has not gone through yet (it
+    /// failed, e.g. Kafka was unreachable), with their arrival time; the next commit that
+    /// does covers them.
+    unpublished: Vec<(ClosedWindow, OffsetDateTime)>,
     /// A step failed part-way: the open window and the window numbers may not match the store.
     poisoned: bool,
 }
@@ -276,6 +291,9 @@ impl Engine {
     /// committed offset and the last stored window's next offset, else `log_start` (the log's
     /// first offset, 0 when missing). A position below `log_start` (records deleted by
     /// retention before being read) moves up to it, with a warning.
+    ///
+    /// First, the staged windows the committed offsets' markers name are published: their
+    /// commit went through, so they are the group's windows, whoever staged them.
     pub fn resume<S, C>(
         mut config: EngineConfig,
         log_start: &HashMap<i32, i64>,
@@ -289,13 +307,29 @@ impl Engine {
         config.partitions.sort_unstable();
         config.partitions.dedup();
         let stream = stream_name(&config.log, &config.group, &config.partitions);
-        let last = store.last_window(&stream)?;
         let committed = committer.committed(&config.partitions)?;
+        let mut markers: BTreeMap<&str, i64> = BTreeMap::new();
+        for (token, seq) in committed
+            .values()
+            .filter_map(|c| parse_marker(c.marker.as_deref()?))
+        {
+            let through = markers.entry(token).or_insert(seq);
+            *through = (*through).max(seq);
+        }
+        for (token, through) in markers {
+            let published = store.publish_staged(token, through)?;
+            if published > 0 {
+                info!(
+                    "published {published} staged window(s) of {token} up to {through}: their offsets were committed, their publication had not finished"
+                );
+            }
+        }
+        let last = store.last_window(&stream)?;
 
         let mut positions = BTreeMap::new();
         for &p in &config.partitions {
             let from_window = last.as_ref().and_then(|l| l.next_offsets.get(&p).copied());
-            let from_group = committed.get(&p).copied();
+            let from_group = committed.get(&p).map(|c| c.offset);
             let start = log_start.get(&p).copied().unwrap_or(0);
             let mut at = from_window.max(from_group).unwrap_or(start);
             if at < start {
@@ -319,6 +353,7 @@ impl Engine {
             stream,
             positions,
             next_seq,
+            unpublished: Vec::new(),
             poisoned: false,
         })
     }
@@ -584,28 +619,34 @@ impl Engine {
             }
         }
 
-        // 6. The windows closed in this step.
-        let window_outcomes = if closed.is_empty() {
-            Vec::new()
-        } else {
-            let records: Vec<WindowRecord> = closed
-                .iter()
-                .zip(self.next_seq..)
-                .map(|((window, next_offsets), seq)| WindowRecord {
-                    window,
-                    stream: &self.stream,
-                    seq,
-                    topic: &log.topic,
-                    topic_id: &log.topic_id,
-                    group: &self.config.group,
-                    next_offsets,
-                    computed_at: arrival,
-                })
-                .collect();
-            store.insert_windows(&records)?
+        // 6. The windows closed in this step: stored, or (group members) staged.
+        let records: Vec<WindowRecord> = closed
+            .iter()
+            .zip(self.next_seq..)
+            .map(|((window, next_offsets), seq)| WindowRecord {
+                window,
+                stream: &self.stream,
+                seq,
+                topic: &log.topic,
+                topic_id: &log.topic_id,
+                group: &self.config.group,
+                next_offsets,
+                computed_at: arrival,
+            })
+            .collect();
+        let window_outcomes = match (&self.config.publication, records.is_empty()) {
+            (_, true) => Vec::new(),
+            (Publication::Direct, false) => store.insert_windows(&records)?,
+            (Publication::AfterCommit { token }, false) => {
+                store.stage_windows(token, &records)?;
+                vec![WindowOutcome::Inserted; records.len()]
+            }
         };
+        drop(records);
         same_length("window insert", window_outcomes.len(), closed.len())?;
-        if window_outcomes.contains(&WindowOutcome::AlreadyStored) {
+        if self.config.publication == Publication::Direct
+            && window_outcomes.contains(&WindowOutcome::AlreadyStored)
+        {
             // A fresh engine resumes after the last stored window, so it never meets one of
             // its own windows stored already, unless someone else writes this stream.
             self.check_last_window(store, &closed)?;
@@ -617,31 +658,59 @@ impl Engine {
             .into_iter()
             .zip((self.next_seq..).zip(window_outcomes))
         {
-            let w = ClosedWindow {
+            windows.push(ClosedWindow {
                 id: window_id(&self.stream, seq),
                 seq,
                 window,
                 next_offsets,
                 new: outcome == WindowOutcome::Inserted,
-            };
-            log_window(&w);
-            windows.push(w);
+            });
         }
         self.next_seq += windows.len() as i64;
         self.positions = end_positions;
 
-        // 8. Commit what the stored windows cover. A failed commit loses nothing: the
-        //    positions are in the last window, which a restart reads.
+        // 8. Commit what the windows cover. Stored directly, a failed commit loses nothing:
+        //    the positions are in the last window, which a restart reads. Staged, the windows
+        //    wait for a commit that goes through, and are published after it.
         let mut committed = None;
         let mut commit_error = None;
-        if let Some(last) = windows.last() {
-            match committer.commit(&last.next_offsets) {
-                Ok(()) => committed = Some(last.next_offsets.clone()),
-                // Reported to the caller, which knows what the failure means (a lost
-                // connection, or a group member fenced out) and says so once.
-                Err(e) => commit_error = Some(e),
+        let windows = match self.config.publication.clone() {
+            Publication::Direct => {
+                if let Some(last) = windows.last() {
+                    match committer.commit(&last.next_offsets, None) {
+                        Ok(()) => committed = Some(last.next_offsets.clone()),
+                        // Reported to the caller, which knows what the failure means (a lost
+                        // connection, or a group member fenced out) and says so once.
+                        Err(e) => commit_error = Some(e),
+                    }
+                }
+                windows
             }
-        }
+            Publication::AfterCommit { token } => {
+                self.unpublished
+                    .extend(windows.into_iter().map(|w| (w, arrival)));
+                match self.unpublished.last() {
+                    None => Vec::new(),
+                    Some((last, _)) => {
+                        let marker = staged_marker(&token, last.seq);
+                        match committer.commit(&last.next_offsets, Some(&marker)) {
+                            Ok(()) => {
+                                committed = Some(last.next_offsets.clone());
+                                self.publish(&token, store)?
+                            }
+                            // Not published: a member fenced out never publishes them, and
+                            // a restart counts their messages again from the committed
+                            // offsets.
+                            Err(e) => {
+                                commit_error = Some(e);
+                                Vec::new()
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        windows.iter().for_each(log_window);
 
         Ok(StepReport {
             consumed: chunk.len(),
@@ -657,6 +726,47 @@ impl Engine {
             committed,
             commit_error,
         })
+    }
+
+    /// Publishes the staged windows whose commit just went through, in order, and forgets
+    /// their staged copies. One already stored was published by a member that resumed these
+    /// partitions from the commit's marker: the same window, from the same staged copy.
+    fn publish<S: StoreSink + ?Sized>(
+        &mut self,
+        token: &str,
+        store: &mut S,
+    ) -> Result<Vec<ClosedWindow>, EngineError> {
+        let Some(through) = self.unpublished.last().map(|(w, _)| w.seq) else {
+            return Ok(Vec::new());
+        };
+        let outcomes = {
+            let records: Vec<WindowRecord> = self
+                .unpublished
+                .iter()
+                .map(|(w, arrival)| WindowRecord {
+                    window: &w.window,
+                    stream: &self.stream,
+                    seq: w.seq,
+                    topic: &self.config.log.topic,
+                    topic_id: &self.config.log.topic_id,
+                    group: &self.config.group,
+                    next_offsets: &w.next_offsets,
+                    computed_at: *arrival,
+                })
+                .collect();
+            store.insert_windows(&records)?
+        };
+        same_length("window insert", outcomes.len(), self.unpublished.len())?;
+        store.drop_staged(token, through)?;
+        Ok(self
+            .unpublished
+            .drain(..)
+            .zip(outcomes)
+            .map(|((mut w, _), outcome)| {
+                w.new = outcome == WindowOutcome::Inserted;
+                w
+            })
+            .collect())
     }
 
     /// Some window of this step was already stored: accept it only if the stream's last

@@ -53,10 +53,14 @@ struct Case {
     window_size: usize,
     limits: Limits,
     partial: Partial,
+    /// Windows staged and published after their commit, as group members do.
+    staged: bool,
 }
 
 impl Case {
-    fn config(&self) -> EngineConfig {
+    /// The configuration of the `incarnation`th engine of the case: a staging engine's token
+    /// is its own.
+    fn config(&self, incarnation: usize) -> EngineConfig {
         EngineConfig {
             log: LogId {
                 topic: TOPIC.into(),
@@ -67,6 +71,13 @@ impl Case {
             window_size: NonZeroUsize::new(self.window_size).unwrap(),
             servers_listed: crate::window::MAX_LISTED,
             limits: self.limits,
+            publication: if self.staged {
+                Publication::AfterCommit {
+                    token: format!("engine{incarnation}"),
+                }
+            } else {
+                Publication::Direct
+            },
         }
     }
 }
@@ -210,6 +221,7 @@ fn generate(rng: &mut Rng) -> Case {
         } else {
             Partial::Subset
         },
+        staged: rng.bool(),
     }
 }
 
@@ -270,6 +282,7 @@ fn arm(store: &FakeStore, rng: &mut Rng) {
 #[derive(Default)]
 struct Coverage {
     crashes: usize,
+    commit_errors_survived: usize,
     steps: Counts,
     crashed_in: BTreeMap<&'static str, usize>,
 }
@@ -284,19 +297,23 @@ fn drive(
     coverage: &mut Coverage,
 ) -> Result<usize, String> {
     let mut engine: Option<Engine> = None;
+    let mut incarnations = 0;
     let mut clock = T0;
     arm(store, rng);
     for _ in 0..MAX_ROUNDS {
         let e = match &mut engine {
             Some(e) => e,
-            None => match Engine::resume(case.config(), &case.log_start, store, committer) {
-                Ok(e) => engine.insert(e),
-                Err(_) => {
-                    coverage.crashes += 1;
-                    arm(store, rng);
-                    continue;
+            None => {
+                incarnations += 1;
+                match Engine::resume(case.config(incarnations), &case.log_start, store, committer) {
+                    Ok(e) => engine.insert(e),
+                    Err(_) => {
+                        coverage.crashes += 1;
+                        arm(store, rng);
+                        continue;
+                    }
                 }
-            },
+            }
         };
         if *e.positions() == case.ends {
             return Ok(e.pending());
@@ -313,9 +330,13 @@ fn drive(
                     }
                     rest = &rest[r.consumed..];
                     coverage.steps.add(&r.counts);
-                    // A failed commit is a crash too (the real adapter only fails on a
-                    // stop), and so is a kill between two steps.
-                    crashed = r.commit_error.is_some() || rng.u8(..25) == 0;
+                    // After a failed commit the consumer goes on (the next commit covers
+                    // these offsets) or is killed; and a kill may come between two steps.
+                    let goes_on = r.commit_error.is_some() && rng.bool();
+                    if goes_on {
+                        coverage.commit_errors_survived += 1;
+                    }
+                    crashed = (r.commit_error.is_some() && !goes_on) || rng.u8(..25) == 0;
                 }
                 Err(_) => {
                     // Sometimes the caller tries the same engine again: it must refuse.
@@ -476,7 +497,7 @@ fn check(case: &Case, world: &World, pending: usize) -> Result<(), String> {
     }
 
     // I2: windows partition the raw messages in consumption order.
-    let stream = stream_name(&case.config().log, GROUP, &case.partitions);
+    let stream = stream_name(&case.config(0).log, GROUP, &case.partitions);
     let windows = world.stream_windows(&stream);
     if windows.len() != world.windows.len() {
         return Err("I2: windows of another stream".into());
@@ -600,6 +621,11 @@ fn exactly_once_survives_a_crash_between_any_two_writes() {
         "{c:?}"
     );
     assert!(c.windows > 0 && c.skipped > 0, "{c:?}");
+    assert!(
+        coverage.commit_errors_survived > 10,
+        "too few runs went on after a failed commit: {}",
+        coverage.commit_errors_survived
+    );
     for op in [
         "raw insert",
         "raw lookup",
@@ -608,6 +634,9 @@ fn exactly_once_survives_a_crash_between_any_two_writes() {
         "window lookup",
         "offset commit",
         "offset fetch",
+        "window staging",
+        "staged publication",
+        "staged drop",
     ] {
         assert!(
             coverage.crashed_in.get(op).is_some_and(|n| *n > 10),

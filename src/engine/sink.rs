@@ -263,14 +263,70 @@ pub trait StoreSink {
 
     /// The stored window of `stream` with the highest `seq`, if any.
     fn last_window(&mut self, stream: &str) -> Result<Option<LastWindow>, SinkError>;
+
+    /// Stages windows under `token`, idempotent by `(token, seq)`: kept where a later
+    /// [`StoreSink::publish_staged`] finds them, and not KPI windows yet. Group members stage
+    /// their windows before the commit that fences them ([`Publication::AfterCommit`]).
+    fn stage_windows(&mut self, token: &str, windows: &[WindowRecord<'_>])
+        -> Result<(), SinkError>;
+
+    /// Publishes, in `seq` order, the windows staged under `token` with `seq` up to `through`
+    /// that are not stored as KPI windows yet (an ordered insert, as
+    /// [`StoreSink::insert_windows`]); returns how many it stored now. Used on resume for the
+    /// windows a committed marker names: their commit succeeded, so they are the group's.
+    fn publish_staged(&mut self, token: &str, through: i64) -> Result<usize, SinkError>;
+
+    /// Forgets the windows staged under `token` with `seq` up to `through`: they are published.
+    fn drop_staged(&mut self, token: &str, through: i64) -> Result<(), SinkError>;
+}
+
+/// How a consumer's windows become KPI windows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Publication {
+    /// Stored, then their offsets committed: for a consumer that nobody else can take
+    /// partitions from (static assignment), so a window written late is still its own.
+    Direct,
+    /// For a group member, whose partitions a rebalance can hand to another member while one
+    /// of its writes is still on its way to the database. Its windows are staged under
+    /// `token`, then their offsets are committed under the member's generation with a marker
+    /// `{token}#{seq}` (the coordinator refuses the commit of a member it has fenced out), and
+    /// only then stored as KPI windows. A window whose commit was refused is never published;
+    /// one whose commit went through but whose publication did not is published by whoever
+    /// resumes the partitions next, from the marker. `token` must be unique to the engine.
+    AfterCommit {
+        /// This engine's staging token.
+        token: String,
+    },
+}
+
+/// A partition's committed offset, with the marker of the staged window it ends, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// The next offset to read.
+    pub offset: i64,
+    /// `{token}#{seq}` ([`Publication::AfterCommit`]): the last window the commit covers.
+    pub marker: Option<String>,
+}
+
+/// `{token}#{seq}`: the marker a commit carries for the last window it covers.
+pub fn staged_marker(token: &str, seq: i64) -> String {
+    format!("{token}#{seq}")
+}
+
+/// The token and `seq` of a marker, if it is one.
+pub fn parse_marker(marker: &str) -> Option<(&str, i64)> {
+    let (token, seq) = marker.rsplit_once('#')?;
+    let seq = seq.parse().ok()?;
+    (!token.is_empty() && seq >= 0).then_some((token, seq))
 }
 
 /// The consumer group's committed offsets (Kafka in production). The committer knows the group
 /// and the topic.
 pub trait OffsetCommitter {
-    /// Commits, per partition, the next offset to read.
-    fn commit(&mut self, offsets: &[(i32, i64)]) -> Result<(), SinkError>;
+    /// Commits, per partition, the next offset to read, with `marker` (the staged window they
+    /// end, [`Publication::AfterCommit`]) on every partition.
+    fn commit(&mut self, offsets: &[(i32, i64)], marker: Option<&str>) -> Result<(), SinkError>;
 
     /// The group's committed next offset of each of these partitions, for those committed.
-    fn committed(&mut self, partitions: &[i32]) -> Result<HashMap<i32, i64>, SinkError>;
+    fn committed(&mut self, partitions: &[i32]) -> Result<HashMap<i32, Committed>, SinkError>;
 }

@@ -46,6 +46,7 @@ fn config(topic_id: &str, partitions: &[i32], window: usize) -> EngineConfig {
         window_size: NonZeroUsize::new(window).unwrap(),
         servers_listed: crate::window::MAX_LISTED,
         limits: Limits::default(),
+        publication: Publication::Direct,
     }
 }
 
@@ -495,4 +496,98 @@ fn another_writer_on_the_same_stream_is_detected() {
         .unwrap_err();
     assert!(matches!(err, EngineError::Diverged { .. }), "{err}");
     assert!(b.is_poisoned());
+}
+
+fn staged(topic_id: &str, partitions: &[i32], window: usize, token: &str) -> EngineConfig {
+    EngineConfig {
+        publication: Publication::AfterCommit {
+            token: token.into(),
+        },
+        ..config(topic_id, partitions, window)
+    }
+}
+
+/// `n` valid records of partition 0 from `from`, uuids `u-{offset}`.
+fn partition0(from: i64, n: i64) -> Vec<Record> {
+    (from..from + n)
+        .map(|o| rec(0, o, &payload(&format!("u-{o}"), "web01", o as f64)))
+        .collect()
+}
+
+#[test]
+fn a_staged_window_whose_commit_is_refused_is_never_published_and_its_messages_are_counted_once() {
+    // Member a owns partition 0; its second window is staged while a rebalance hands the
+    // partition to member b, so the coordinator refuses a's commit.
+    let (mut s, mut k) = world();
+    let mut a = resume(staged(TOPIC_ID, &[0], 2, "a"), &mut s, &mut k);
+    let r = a.step(&partition0(0, 2), T0, &mut s, &mut k).unwrap();
+    assert_eq!(r.committed.as_deref(), Some(&[(0, 2)][..]));
+    assert_eq!(
+        s.world().windows.len(),
+        1,
+        "a's first window, committed, is published"
+    );
+    assert!(s.world().staged.is_empty(), "and no longer staged");
+
+    s.world().refuse_commits = true;
+    let r = a.step(&partition0(2, 2), T0, &mut s, &mut k).unwrap();
+    assert!(r.commit_error.is_some() && r.windows.is_empty(), "{r:?}");
+    assert_eq!(
+        s.world().windows.len(),
+        1,
+        "a's refused window is not published"
+    );
+    assert_eq!(s.world().staged.len(), 1);
+
+    // b resumes at the committed offset (a's first window) and counts offsets 2 and 3.
+    s.world().refuse_commits = false;
+    let mut b = resume(staged(TOPIC_ID, &[0], 2, "b"), &mut s, &mut k);
+    assert_eq!(b.positions()[&0], 2);
+    assert_eq!(b.next_seq(), 1);
+    let r = b.step(&partition0(2, 2), T0, &mut s, &mut k).unwrap();
+    assert_eq!(r.windows.len(), 1);
+    // a, still running, goes on: nothing more of it is published either.
+    s.world().refuse_commits = true;
+    let _ = a.step(&partition0(4, 2), T0, &mut s, &mut k);
+    let w = s.world();
+    let ends: Vec<_> = w
+        .stream_windows(&stream_name(&config(TOPIC_ID, &[0], 2).log, "kpi", &[0]))
+        .iter()
+        .map(|w| (w.seq, w.next_offsets.clone()))
+        .collect();
+    assert_eq!(ends, [(0, vec![(0, 2)]), (1, vec![(0, 4)])]);
+    assert_eq!(w.window_replays, 0);
+}
+
+#[test]
+fn a_window_committed_but_not_published_is_published_by_the_next_owner() {
+    // a's commit goes through, then a dies before publishing (its insert fails).
+    let (mut s, mut k) = world();
+    let mut a = resume(staged(TOPIC_ID, &[0], 2, "a"), &mut s, &mut k);
+    run(&mut a, &partition0(0, 2), &mut s, &mut k);
+    s.world().budget = Some(3); // raw insert, stage, commit; the window insert fails
+    assert!(a.step(&partition0(2, 2), T0, &mut s, &mut k).is_err());
+    assert_eq!(k.0.borrow().markers[&0], "a#1");
+    // The failed insert may have stored it or not, as a process killed mid-write leaves it.
+    s.world().windows.retain(|_, w| w.seq == 0);
+
+    // b takes the partition over: it publishes a's window from the marker, then goes on.
+    s.world().budget = None;
+    let mut b = resume(staged(TOPIC_ID, &[0], 2, "b"), &mut s, &mut k);
+    assert_eq!(s.world().windows.len(), 2);
+    assert_eq!((b.positions()[&0], b.next_seq()), (4, 2));
+    run(&mut b, &partition0(4, 2), &mut s, &mut k);
+    let w = s.world();
+    let seqs: Vec<i64> = w.windows.values().map(|w| w.seq).collect();
+    assert_eq!(seqs.len(), 3);
+    assert_eq!(w.raw.len(), 6);
+}
+
+#[test]
+fn markers_name_a_token_and_a_window_number() {
+    assert_eq!(staged_marker("0a1b", 17), "0a1b#17");
+    assert_eq!(parse_marker("0a1b#17"), Some(("0a1b", 17)));
+    for bad in ["", "0a1b", "#3", "0a1b#", "0a1b#-1", "0a1b#x"] {
+        assert_eq!(parse_marker(bad), None, "{bad:?}");
+    }
 }

@@ -22,6 +22,7 @@ use super::fetch::{fetch_from, FetchPosition, FetchedRecord, PartitionAnswer};
 use super::group::{describe_group, Generation, MemberInfo};
 use super::wire::WireError;
 use super::KafkaError;
+use crate::engine::Committed;
 use crate::shutdown::Shutdown;
 
 const LIST_OFFSETS_VERSION: i16 = 7;
@@ -200,13 +201,13 @@ impl KafkaSource {
         fail(operation, e.to_string())
     }
 
-    /// The group's committed offsets for this log; partitions without one are absent. An
-    /// offset committed for another incarnation of the topic (its id is kept in the commit's
-    /// metadata) is ignored: it points into a log that no longer exists.
+    /// The group's committed offsets for this log, with their markers; partitions without one
+    /// are absent. An offset committed for another incarnation of the topic (its id is kept in
+    /// the commit's metadata) is ignored: it points into a log that no longer exists.
     pub fn committed_offsets(
         &mut self,
         partitions: &[i32],
-    ) -> Result<HashMap<i32, i64>, KafkaError> {
+    ) -> Result<HashMap<i32, Committed>, KafkaError> {
         let request = OffsetFetchRequest::default()
             .with_group_id(group_id(&self.group))
             .with_require_stable(true)
@@ -230,10 +231,17 @@ impl KafkaSource {
                         problem = Some(e);
                         continue;
                     }
-                    let label = p.metadata.as_ref().map_or("", |m| m.as_str());
+                    let (label, marker) =
+                        parse_commit_metadata(p.metadata.as_ref().map_or("", |m| m.as_str()));
                     let other_log = !label.is_empty() && Some(label) != this_log.as_deref();
                     if p.committed_offset >= 0 && !other_log {
-                        found.insert(p.partition_index, p.committed_offset);
+                        found.insert(
+                            p.partition_index,
+                            Committed {
+                                offset: p.committed_offset,
+                                marker: marker.map(str::to_string),
+                            },
+                        );
                     } else if other_log {
                         warn!(
                             "partition {}: the group's committed offset {} belongs to an earlier \
@@ -291,9 +299,17 @@ impl KafkaSource {
     }
 
     /// Commits `(partition, next offset to read)` pairs for the group, labelled with the
-    /// topic's id. A refusal of our generation is returned with `fenced` set.
-    pub fn commit(&mut self, offsets: &[(i32, i64)]) -> Result<(), KafkaError> {
-        let label = self.topic_id.map(|id| id.to_string()).unwrap_or_default();
+    /// topic's id and `marker` (the staged window they end). A refusal of our generation is
+    /// returned with `fenced` set.
+    pub fn commit(
+        &mut self,
+        offsets: &[(i32, i64)],
+        marker: Option<&str>,
+    ) -> Result<(), KafkaError> {
+        let label = commit_metadata(
+            &self.topic_id.map(|id| id.to_string()).unwrap_or_default(),
+            marker,
+        );
         let (generation_id, member_id) = match &self.generation {
             Some(g) => (g.id, g.member_id.clone()),
             None => (-1, String::new()),
@@ -561,5 +577,39 @@ impl KafkaSource {
                 *size / 1024
             );
         }
+    }
+}
+
+/// A commit's metadata: the topic id (which log the offset belongs to), then, after a space,
+/// the marker of the staged window the offset ends, when there is one.
+fn commit_metadata(topic_id: &str, marker: Option<&str>) -> String {
+    match marker {
+        Some(m) => format!("{topic_id} {m}"),
+        None => topic_id.to_string(),
+    }
+}
+
+/// The topic id and the marker of a commit's metadata ([`commit_metadata`]); metadata written
+/// before markers existed is the topic id alone.
+fn parse_commit_metadata(metadata: &str) -> (&str, Option<&str>) {
+    match metadata.split_once(' ') {
+        Some((topic_id, marker)) => (topic_id, Some(marker).filter(|m| !m.is_empty())),
+        None => (metadata, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_metadata_carries_the_topic_id_and_the_marker() {
+        let id = "6f1d0a52-0000-4000-8000-000000000001";
+        assert_eq!(commit_metadata(id, None), id);
+        let with = commit_metadata(id, Some("0a1b#17"));
+        assert_eq!(parse_commit_metadata(&with), (id, Some("0a1b#17")));
+        // Written before markers existed, or by another client: the whole text is the label.
+        assert_eq!(parse_commit_metadata(id), (id, None));
+        assert_eq!(parse_commit_metadata(""), ("", None));
     }
 }

@@ -26,8 +26,8 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
 use crate::engine::{
-    DeadLetter, DeadPayload, InsertOutcome, LastWindow, Position, RawRecord, StoredPosition,
-    WindowOutcome, WindowRecord,
+    staged_marker, DeadLetter, DeadPayload, InsertOutcome, LastWindow, Position, RawRecord,
+    StoredPosition, WindowOutcome, WindowRecord,
 };
 use crate::redact;
 use crate::settings::MongoSettings;
@@ -121,6 +121,9 @@ pub struct Store {
     /// The raw collection for inserts: documents written as BSON bytes, not as trees.
     raw_bytes: Collection<RawDocumentBuf>,
     kpi: Collection<Document>,
+    /// Windows of group members between staging and publication (`engine::Publication`):
+    /// `{kpi}_staged`.
+    staged: Collection<Document>,
     dlq: Collection<Document>,
 }
 
@@ -145,6 +148,7 @@ impl Store {
             raw: database.collection(&names.raw),
             raw_bytes: database.collection(&names.raw),
             kpi: database.collection(&names.kpi),
+            staged: database.collection(&staged_collection(&names.kpi)),
             dlq: database.collection(&names.dlq),
             database,
         })
@@ -197,6 +201,15 @@ impl Store {
             .create_index(IndexModel::builder().keys(doc! {"computed_at": 1}).build())
             .run()
             .map_err(|e| store_error("create KPI index", &e))?;
+        // Publication reads and forgets one engine's staged windows up to a number.
+        self.staged
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! {"token": 1, "seq": 1})
+                    .build(),
+            )
+            .run()
+            .map_err(|e| store_error("create staged-window index", &e))?;
         Ok(())
     }
 
@@ -268,12 +281,23 @@ impl Store {
         // Stamped at each attempt, not when the window closed: `kpis show --follow` reads
         // windows by this time, and one stamped long before a delayed insert would slip behind
         // its cursor.
-        let stored_at = OffsetDateTime::now_utc();
-        let mut outcomes = Vec::with_capacity(records.len());
-        let mut rest = records;
+        let stored_at = date(OffsetDateTime::now_utc());
+        let docs = records
+            .iter()
+            .map(|r| window_document(r, stored_at))
+            .collect();
+        self.insert_window_documents(docs)
+    }
+
+    /// The ordered insert of [`Store::insert_windows`], of documents already built.
+    fn insert_window_documents(
+        &self,
+        docs: Vec<Document>,
+    ) -> Result<Vec<WindowOutcome>, StoreError> {
+        let mut outcomes = Vec::with_capacity(docs.len());
+        let mut rest = &docs[..];
         while !rest.is_empty() {
-            let docs: Vec<Document> = rest.iter().map(|r| window_document(r, stored_at)).collect();
-            match self.kpi.insert_many(docs).ordered(true).run() {
+            match self.kpi.insert_many(rest).ordered(true).run() {
                 Ok(_) => {
                     outcomes.extend(rest.iter().map(|_| WindowOutcome::Inserted));
                     break;
@@ -312,6 +336,91 @@ impl Store {
             }
         }
         Ok(outcomes)
+    }
+
+    /// Stages windows under `token` (`engine::Publication::AfterCommit`): each the KPI
+    /// document it will be, kept as BSON bytes (the database does not look inside it until it
+    /// is published). One staged already (a retried call) is left as it is.
+    pub fn stage_windows(&self, token: &str, records: &[WindowRecord]) -> Result<(), StoreError> {
+        let staged_at = date(OffsetDateTime::now_utc());
+        let docs = records
+            .iter()
+            .map(|r| {
+                let window = RawDocumentBuf::from_document(&window_document(r, staged_at))
+                    .map_err(|e| StoreError {
+                        operation: "staging windows",
+                        detail: format!("window {} cannot be written as BSON: {e}", r.id()),
+                        permanent: true,
+                    })?;
+                Ok(doc! {
+                    "_id": staged_marker(token, r.seq),
+                    "token": token,
+                    "seq": r.seq,
+                    "window_id": r.id(),
+                    "staged_at": staged_at,
+                    "window": Binary { subtype: BinarySubtype::Generic, bytes: window.into_bytes() },
+                })
+            })
+            .collect::<Result<Vec<Document>, StoreError>>()?;
+        let outcomes = insert_unordered(&self.staged, docs, "staging windows")?;
+        refusals_are_errors(&outcomes, "staging windows")
+    }
+
+    /// Publishes the windows staged under `token` up to `through`, in order, each stamped
+    /// `computed_at` now; returns how many were stored now (the others were published
+    /// already).
+    pub fn publish_staged(&self, token: &str, through: i64) -> Result<usize, StoreError> {
+        let read_error = |e: DriverError| store_error("reading staged windows", &e);
+        let now = date(OffsetDateTime::now_utc());
+        let mut docs = Vec::new();
+        let cursor = self
+            .staged
+            .find(doc! {"token": token, "seq": {"$lte": through}})
+            .sort(doc! {"seq": 1})
+            .run()
+            .map_err(read_error)?;
+        for staged in cursor {
+            let staged = staged.map_err(read_error)?;
+            let bytes = match staged.get("window") {
+                Some(Bson::Binary(b)) => b.bytes.clone(),
+                _ => Vec::new(),
+            };
+            let mut window = RawDocumentBuf::from_bytes(bytes)
+                .and_then(|raw| raw.to_document())
+                .map_err(|e| StoreError {
+                    operation: "reading staged windows",
+                    detail: format!(
+                        "staged window {} is not a BSON document: {e}",
+                        staged.get_str("_id").unwrap_or("?")
+                    ),
+                    permanent: true,
+                })?;
+            window.insert("computed_at", now);
+            docs.push(window);
+        }
+        let outcomes = self.insert_window_documents(docs)?;
+        Ok(outcomes
+            .iter()
+            .filter(|o| **o == WindowOutcome::Inserted)
+            .count())
+    }
+
+    /// Forgets the windows staged under `token` up to `through` (they are published).
+    pub fn drop_staged(&self, token: &str, through: i64) -> Result<(), StoreError> {
+        self.staged
+            .delete_many(doc! {"token": token, "seq": {"$lte": through}})
+            .run()
+            .map(|_| ())
+            .map_err(|e| store_error("forgetting staged windows", &e))
+    }
+
+    /// Forgets the windows staged before `cutoff`, whoever staged them; returns how many.
+    pub fn forget_staged_before(&self, cutoff: OffsetDateTime) -> Result<u64, StoreError> {
+        self.staged
+            .delete_many(doc! {"staged_at": {"$lt": date(cutoff)}})
+            .run()
+            .map(|r| r.deleted_count)
+            .map_err(|e| store_error("forgetting abandoned staged windows", &e))
     }
 
     /// The last stored window of a stream, if any.
@@ -632,7 +741,12 @@ fn dead_letter_document(l: &DeadLetter) -> Document {
     d
 }
 
-fn window_document(r: &WindowRecord, stored_at: OffsetDateTime) -> Document {
+/// Where group members stage their windows before publication: `{kpi}_staged`.
+pub fn staged_collection(kpi: &str) -> String {
+    format!("{kpi}_staged")
+}
+
+fn window_document(r: &WindowRecord, stored_at: DateTime) -> Document {
     let w = r.window;
     let averages = |a: &crate::window::Averages| {
         doc! {
@@ -692,7 +806,7 @@ fn window_document(r: &WindowRecord, stored_at: OffsetDateTime) -> Document {
         .collect();
     doc! {
         "_id": r.id(),
-        "computed_at": date(stored_at),
+        "computed_at": stored_at,
         "window_start": date(w.start),
         "window_end": date(w.end),
         "window_duration_s": w.duration_s,
