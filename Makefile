@@ -74,6 +74,19 @@ bench: up bench-env
 bench-smoke:
 	$(MAKE) bench BENCH_SCALE=smoke
 
+# Consumer-group scale-out (bench/scaleout.py): 1, 2 and 3 `metricsctl consume` members of one
+# group on a fresh 3-partition topic per run, side by side in one run (about 2 min at the
+# defaults); ratios to one member, never a timed assertion. Markdown to stdout, or to BENCH_OUT.
+# SCALEOUT_ARGS passes more flags (--messages N, --repeat R; see its --help). No profiling here,
+# so bench-env is told not to install valgrind.
+SCALEOUT_ARGS ?=
+.PHONY: bench-scaleout
+bench-scaleout: BENCH_PROFILE = off
+bench-scaleout: up bench-env
+	cargo build --release
+	set -a && source $(SERVICES_ENV) && set +a && \
+	$(BENCH_VENV)/bin/python bench/scaleout.py --bin $(BIN) $(if $(BENCH_OUT),--out $(BENCH_OUT)) $(SCALEOUT_ARGS)
+
 # The virtual environment (rebuilt when bench/requirements.txt changes), GNU time for peak RSS
 # and CPU, and valgrind for profiles (hardware counters for perf are often unavailable).
 bench-env: $(BENCH_VENV)/.installed
