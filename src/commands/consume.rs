@@ -19,7 +19,7 @@
 
 mod prefetch;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt::Display;
 use std::time::{Duration, Instant};
 
@@ -29,9 +29,9 @@ use uuid::Uuid;
 use super::CommandError;
 use crate::cli::ConsumeArgs;
 use crate::engine::{
-    Committed, Counts, DeadLetter, Engine, EngineConfig, EngineError, InsertOutcome, LastWindow,
-    Limits, LogId, OffsetCommitter, Publication, RawRecord, SinkError, StoreSink, StoredPosition,
-    WindowOutcome, WindowRecord,
+    self, Committed, Counts, DeadLetter, Engine, EngineConfig, EngineError, InsertOutcome,
+    LastWindow, Limits, LogId, OffsetCommitter, Publication, RawRecord, SinkError, StoreSink,
+    StoredPosition, WindowOutcome, WindowRecord,
 };
 use crate::kafka::{
     Fetched, FetchedRecord, GroupMember, GroupTimeouts, KafkaError, KafkaSource, TopicInfo,
@@ -119,8 +119,6 @@ struct MongoSink<'a> {
     shutdown: &'a Shutdown,
     member: Option<&'a mut GroupMember>,
     topic_id: &'a str,
-    group: &'a str,
-    partitions: &'a [i32],
     /// Why the consumer must stop, when it must.
     stop: Option<Stop>,
 }
@@ -208,25 +206,18 @@ impl StoreSink for MongoSink<'_> {
     }
 
     fn last_window(&mut self, stream: &str) -> Result<Option<LastWindow>, SinkError> {
-        let last = self.retry("reading the last window", |s| s.last_window(stream))?;
-        // Windows of other streams (other members, earlier assignments) may have covered these
-        // partitions too: resume after the furthest of them.
-        let (topic_id, group, partitions) = (self.topic_id, self.group, self.partitions);
-        let furthest = self.retry("reading window positions", |s| {
+        self.retry("reading the last window", |s| s.last_window(stream))
+    }
+
+    fn furthest_positions(
+        &mut self,
+        topic_id: &str,
+        group: &str,
+        partitions: &[i32],
+    ) -> Result<HashMap<i32, i64>, SinkError> {
+        self.retry("reading window positions", |s| {
             s.resume_positions(topic_id, group, partitions)
-        })?;
-        if furthest.is_empty() {
-            return Ok(last);
-        }
-        let mut merged = last.unwrap_or(LastWindow {
-            seq: -1,
-            next_offsets: BTreeMap::new(),
-        });
-        for (p, at) in furthest {
-            let slot = merged.next_offsets.entry(p).or_insert(at);
-            *slot = (*slot).max(at);
-        }
-        Ok(Some(merged))
+        })
     }
 }
 
@@ -669,8 +660,6 @@ impl<'a> Pipeline<'a> {
                 shutdown: self.shutdown,
                 member: self.member.as_mut(),
                 topic_id: &topic_id,
-                group: &self.settings.group,
-                partitions: &self.assigned,
                 stop: None,
             };
             let mut committer = KafkaCommitter {
@@ -712,6 +701,11 @@ impl<'a> Pipeline<'a> {
                         return Err(stop);
                     }
                     if self.rejoin_needed() {
+                        info!(
+                            "{e}: the step's {} records are left to the partitions' next \
+                             owner (what was stored raw is a replay for it)",
+                            engine::step_len(rest, &self.engine.config().limits)
+                        );
                         return Ok(false);
                     }
                     if let EngineError::Diverged { .. } = e {
@@ -884,13 +878,11 @@ fn resume(
         servers_listed: settings.servers_per_window,
         limits: Limits::default(),
         // A group member's partitions can move while one of its writes is on its way: its
-        // windows count only once the group accepted their commit.
-        publication: if member.is_some() {
-            Publication::AfterCommit {
-                token: Uuid::new_v4().simple().to_string(),
-            }
-        } else {
-            Publication::Direct
+        // windows count only once the group accepted their commit. A static consumer's cannot
+        // move, but with every window behind a commit a restart resumes from the commits
+        // alone, without reading the group's windows.
+        publication: Publication::AfterCommit {
+            token: Uuid::new_v4().simple().to_string(),
         },
     };
     // Windows staged a day ago were never committed (their member was fenced out or killed
@@ -908,8 +900,6 @@ fn resume(
         shutdown,
         member,
         topic_id: &topic_id,
-        group: &settings.group,
-        partitions,
         stop: None,
     };
     let mut committer = KafkaCommitter {

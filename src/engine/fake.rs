@@ -305,6 +305,29 @@ impl StoreSink for FakeStore {
         }))
     }
 
+    fn furthest_positions(
+        &mut self,
+        topic_id: &str,
+        _group: &str,
+        partitions: &[i32],
+    ) -> Result<HashMap<i32, i64>, SinkError> {
+        let mut w = self.0.borrow_mut();
+        if w.crashes("window scan") {
+            return Err(crash("window scan"));
+        }
+        // One group per world.
+        let mut found: HashMap<i32, i64> = HashMap::new();
+        for window in w.windows.values().filter(|w| w.topic_id == topic_id) {
+            for &(p, o) in &window.next_offsets {
+                if partitions.contains(&p) {
+                    let best = found.entry(p).or_insert(o);
+                    *best = (*best).max(o);
+                }
+            }
+        }
+        Ok(found)
+    }
+
     fn stage_windows(
         &mut self,
         token: &str,

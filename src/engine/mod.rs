@@ -288,8 +288,10 @@ pub struct Engine {
 
 impl Engine {
     /// Builds the engine where the last run left off: per partition the later of the group's
-    /// committed offset and the last stored window's next offset, else `log_start` (the log's
-    /// first offset, 0 when missing). A position below `log_start` (records deleted by
+    /// committed offset and the furthest stored window's next offset (this stream's last
+    /// window, and any window of the group on this log when a window may lie past the commit:
+    /// see [`StoreSink::furthest_positions`]), else `log_start` (the log's first offset, 0 when
+    /// missing). A position below `log_start` (records deleted by
     /// retention before being read) moves up to it, with a warning.
     ///
     /// First, the staged windows the committed offsets' markers name are published: their
@@ -325,10 +327,31 @@ impl Engine {
             }
         }
         let last = store.last_window(&stream)?;
+        // Staged windows are published only after their commit, so none lies past the
+        // group's commit: the group's windows need reading only for a partition without one.
+        // Windows stored directly may lie past a commit that was lost.
+        let uncommitted: Vec<i32> = config
+            .partitions
+            .iter()
+            .copied()
+            .filter(|p| !committed.contains_key(p))
+            .collect();
+        let furthest = match config.publication {
+            Publication::AfterCommit { .. } if uncommitted.is_empty() => HashMap::new(),
+            Publication::AfterCommit { .. } => {
+                store.furthest_positions(&config.log.topic_id, &config.group, &uncommitted)?
+            }
+            Publication::Direct => {
+                store.furthest_positions(&config.log.topic_id, &config.group, &config.partitions)?
+            }
+        };
 
         let mut positions = BTreeMap::new();
         for &p in &config.partitions {
-            let from_window = last.as_ref().and_then(|l| l.next_offsets.get(&p).copied());
+            let from_window = last
+                .as_ref()
+                .and_then(|l| l.next_offsets.get(&p).copied())
+                .max(furthest.get(&p).copied());
             let from_group = committed.get(&p).map(|c| c.offset);
             let start = log_start.get(&p).copied().unwrap_or(0);
             let mut at = from_window.max(from_group).unwrap_or(start);

@@ -637,6 +637,7 @@ fn exactly_once_survives_a_crash_between_any_two_writes() {
         "window staging",
         "staged publication",
         "staged drop",
+        "window scan",
     ] {
         assert!(
             coverage.crashed_in.get(op).is_some_and(|n| *n > 10),

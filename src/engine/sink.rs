@@ -264,6 +264,18 @@ pub trait StoreSink {
     /// The stored window of `stream` with the highest `seq`, if any.
     fn last_window(&mut self, stream: &str) -> Result<Option<LastWindow>, SinkError>;
 
+    /// Per partition of `partitions`, the furthest next offset any stored window of this
+    /// group on this log recorded, whichever stream stored it: where a partition resumes when
+    /// the group holds no commit for it (a first start, offsets expired in Kafka), or when a
+    /// window can lie past the commit (stored directly, its commit lost). It reads every
+    /// window of the group, so the engine asks only then.
+    fn furthest_positions(
+        &mut self,
+        topic_id: &str,
+        group: &str,
+        partitions: &[i32],
+    ) -> Result<HashMap<i32, i64>, SinkError>;
+
     /// Stages windows under `token`, idempotent by `(token, seq)`: kept where a later
     /// [`StoreSink::publish_staged`] finds them, and not KPI windows yet. Group members stage
     /// their windows before the commit that fences them ([`Publication::AfterCommit`]).

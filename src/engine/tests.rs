@@ -591,3 +591,37 @@ fn markers_name_a_token_and_a_window_number() {
         assert_eq!(parse_marker(bad), None, "{bad:?}");
     }
 }
+
+#[test]
+fn a_partition_whose_commit_expired_resumes_after_the_groups_furthest_window() {
+    // Windows published behind commits; then Kafka forgets the group's offsets (retention of
+    // an idle group's offsets) and the partitions come back under another partition set.
+    let (mut s, mut k) = world();
+    let mut a = resume(staged(TOPIC_ID, &[0], 2, "a"), &mut s, &mut k);
+    run(&mut a, &partition0(0, 4), &mut s, &mut k);
+    assert_eq!(s.world().windows.len(), 2);
+    k.0.borrow_mut().committed.clear();
+    k.0.borrow_mut().markers.clear();
+    let b = resume(staged(TOPIC_ID, &[0, 1], 2, "b"), &mut s, &mut k);
+    assert_eq!(
+        b.positions()[&0],
+        4,
+        "not from the log start: those are counted"
+    );
+    assert_eq!(b.positions()[&1], 0);
+}
+
+#[test]
+fn a_direct_window_past_a_lost_commit_counts_for_another_partition_set() {
+    // Stored directly over partition 0, its commit lost; then partitions 0 and 1 together
+    // (another stream): partition 0 resumes after that window, not at the commit.
+    let (mut s, mut k) = world();
+    let mut a = resume(config(TOPIC_ID, &[0], 2), &mut s, &mut k);
+    s.world().budget = Some(2); // raw insert, window insert; the commit fails
+    let _ = a.step(&partition0(0, 2), T0, &mut s, &mut k);
+    s.world().budget = None;
+    assert_eq!(s.world().windows.len(), 1);
+    k.0.borrow_mut().committed.clear();
+    let b = resume(config(TOPIC_ID, &[0, 1], 2), &mut s, &mut k);
+    assert_eq!(b.positions()[&0], 2);
+}
