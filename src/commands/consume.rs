@@ -5,10 +5,11 @@
 //! topic, idle exit, retries, logging. In short:
 //! - the consumer owns its positions: it fetches at explicit offsets per partition;
 //! - every KPI document records, per partition, the next offset to read once it is stored;
-//! - a (re)start resumes each partition at the later of the group's committed offset and the
-//!   furthest stored window of the group on this log;
-//! - the group's offsets are committed only at window boundaries, after the window is stored,
-//!   so the messages of the open window are read again after a restart and counted then;
+//! - the group's offsets are committed only at window boundaries, so the messages of the open
+//!   window are read again after a restart and counted then; a group member's windows are
+//!   staged, committed under its generation, and published only after the commit went through;
+//! - a (re)start resumes each partition at the group's committed offset (with no commit, or
+//!   one that may lag a window stored directly, after the group's furthest window);
 //! - re-read messages hit the unique index on `message_uuid` and are recognised as replays
 //!   (same Kafka position), so nothing is stored twice; a `message_uuid` stored from another
 //!   position is a duplicate event and goes to the dead-letter collection.
@@ -29,8 +30,8 @@ use uuid::Uuid;
 use super::CommandError;
 use crate::cli::ConsumeArgs;
 use crate::engine::{
-    self, Committed, Counts, DeadLetter, Engine, EngineConfig, EngineError, InsertOutcome,
-    LastWindow, Limits, LogId, OffsetCommitter, Publication, RawRecord, SinkError, StoreSink,
+    Committed, Counts, DeadLetter, Engine, EngineConfig, EngineError, InsertOutcome, LastWindow,
+    Limits, LogId, OffsetCommitter, Publication, RawRecord, SinkError, StepReport, StoreSink,
     StoredPosition, WindowOutcome, WindowRecord,
 };
 use crate::kafka::{
@@ -42,6 +43,10 @@ use crate::settings::{ConsumeSettings, SettingError, Sources};
 use crate::shutdown::Shutdown;
 use crate::store::{CollectionNames, Store, StoreError};
 use prefetch::{FetchRequest, Interrupted, Prefetcher};
+
+/// Windows a consumer may hold staged while their commit keeps failing before it stops
+/// reading (20,000 messages at the default window size).
+const MAX_UNPUBLISHED_WINDOWS: usize = 1_000;
 
 /// Group timeouts: a member silent for `session` is removed and its partitions move; members
 /// get `rebalance` to rejoin during a rebalance.
@@ -179,11 +184,12 @@ impl StoreSink for MongoSink<'_> {
         token: &str,
         windows: &[WindowRecord<'_>],
     ) -> Result<(), SinkError> {
-        // The commit that follows is the fence; a member that already knows it lost its
-        // partitions (a pause past the session timeout) need not stage what it cannot commit.
+        // The commit that follows is the fence; a member whose heartbeats already learned of
+        // a rebalance (or that it was fenced out) need not stage what it cannot commit. It
+        // does not ask the coordinator here: an unreachable coordinator would hold the step,
+        // and the commit asks anyway.
         if let Some(member) = self.member.as_deref_mut() {
-            if !member.still_owner() {
-                member.request_rejoin();
+            if member.rejoin_needed() {
                 return Err(SinkError {
                     operation: "staging KPI windows",
                     detail: "this member no longer owns its partitions; rejoining".into(),
@@ -424,15 +430,17 @@ impl<'a> Pipeline<'a> {
         Ok(())
     }
 
-    /// The group is rebalancing, or this member lost its generation: the open window is
-    /// dropped (its messages are stored raw and will be counted by whoever owns their
-    /// partitions next, from the last stored window on), then the member rejoins.
+    /// The group is rebalancing, or this member lost its generation: the open window and the
+    /// windows not committed are dropped (their messages are stored raw and will be counted
+    /// by whoever owns their partitions next, from the committed offsets on), then the member
+    /// rejoins.
     fn rebalance(&mut self) -> Result<(), Stop> {
         info!(
-            "group {}: rebalancing; dropping the open window of {} messages (read again from \
-             the last stored window by the partitions' next owner)",
+            "group {}: rebalancing; dropping the open window of {} messages and {} window(s) \
+             not committed (read again from the committed offsets by the partitions' next owner)",
             self.settings.group,
-            self.engine.pending()
+            self.engine.pending(),
+            self.engine.unpublished()
         );
         self.source.set_generation(None);
         self.reassign()
@@ -443,11 +451,13 @@ impl<'a> Pipeline<'a> {
     fn follow_new_log(&mut self, topic: TopicInfo) -> Result<(), Stop> {
         warn!(
             "topic {} was re-created (id {} -> {}): reading the new log from its start; the open \
-             window's {} messages of the old log are stored raw but will be in no window",
+             window's {} messages and the {} window(s) not committed of the old log are stored \
+             raw but will be in no window",
             self.settings.topic,
             self.topic.topic_id,
             topic.topic_id,
-            self.engine.pending()
+            self.engine.pending(),
+            self.engine.unpublished()
         );
         self.source.follow(&topic);
         self.topic = topic;
@@ -513,7 +523,11 @@ impl<'a> Pipeline<'a> {
             // Idle means caught up: every partition read to its high watermark, and nothing new
             // for the whole period since the last processing ended.
             if let Some(idle) = self.settings.exit_when_idle {
-                if idle_since.elapsed() >= idle && self.caught_up() {
+                // Windows still waiting for their commit are not caught up.
+                if idle_since.elapsed() >= idle
+                    && self.caught_up()
+                    && self.engine.unpublished() == 0
+                {
                     info!(
                         "caught up and no new messages for {} s: stopping",
                         idle.as_secs_f64()
@@ -617,6 +631,14 @@ impl<'a> Pipeline<'a> {
             }
             if had_records {
                 idle_since = Instant::now();
+            } else if self.engine.unpublished() > 0 {
+                // A quiet stream closes no window whose commit would cover the ones held.
+                if self
+                    .engine_call(|engine, sink, committer| engine.publish_pending(sink, committer))?
+                    .is_none()
+                {
+                    continue;
+                }
             }
             // Past control batches, compaction gaps and retention; not past what --max-messages
             // left unread.
@@ -654,71 +676,137 @@ impl<'a> Pipeline<'a> {
             if self.rejoin_needed() {
                 return Ok(false);
             }
-            let topic_id = self.topic.topic_id.to_string();
-            let mut sink = MongoSink {
-                store: self.store,
-                shutdown: self.shutdown,
-                member: self.member.as_mut(),
-                topic_id: &topic_id,
-                stop: None,
-            };
-            let mut committer = KafkaCommitter {
-                source: &mut self.source,
-                shutdown: self.shutdown,
-                fenced: false,
-                stop: None,
-            };
-            let outcome = self.engine.step(rest, arrival, &mut sink, &mut committer);
-            let stop = sink.stop.take().or(committer.stop.take());
-            let fenced = committer.fenced;
-            match outcome {
-                Ok(report) => {
-                    rest = &rest[report.consumed..];
-                    for t in [&mut self.totals, &mut self.interval] {
-                        t.counts.add(&report.counts);
-                        t.batches += 1;
-                    }
-                    if let Some(c) = report.committed {
-                        self.committed = Some(c);
-                    }
-                    if let Some(e) = report.commit_error {
-                        if fenced {
-                            warn!(
-                                "{e}; rejoining the group (windows staged since the last \
-                                 commit are not published: the partitions' next owner counts \
-                                 their messages)"
-                            );
-                            if let Some(member) = self.member.as_ref() {
-                                member.fenced();
-                            }
-                        } else {
-                            error!("{e}; the next window's commit will cover these offsets");
-                        }
-                    }
+            if self.engine.unpublished() >= MAX_UNPUBLISHED_WINDOWS {
+                // Commits keep failing while fetching works (the group's coordinator is
+                // unavailable): read no further until the windows held can be published.
+                if !self.publish_pending_until_done()? {
+                    return Ok(false);
                 }
-                Err(e) => {
-                    if let Some(stop) = stop {
-                        return Err(stop);
-                    }
-                    if self.rejoin_needed() {
-                        info!(
-                            "{e}: the step's {} records are left to the partitions' next \
-                             owner (what was stored raw is a replay for it)",
-                            engine::step_len(rest, &self.engine.config().limits)
-                        );
-                        return Ok(false);
-                    }
-                    if let EngineError::Diverged { .. } = e {
-                        error!("{e}; resuming from the store");
-                    } else {
-                        warn!("{e}; resuming from the store");
-                    }
-                    self.restart_engine()?;
+                continue;
+            }
+            match self.engine_call(|engine, sink, committer| {
+                engine.step(rest, arrival, sink, committer)
+            })? {
+                Some(report) => rest = &rest[report.consumed..],
+                None => {
+                    info!(
+                        "{} fetched records are left unprocessed: read again from the \
+                         committed offsets",
+                        rest.len()
+                    );
                     return Ok(false);
                 }
             }
         }
         Ok(true)
+    }
+
+    /// Runs one engine call (a step, or the retry of a commit) with the store and the group's
+    /// offsets, and accounts for its report. `Ok(None)`: it failed, and the engine was resumed
+    /// from the store, or the member must rejoin first.
+    fn engine_call<F>(&mut self, call: F) -> Result<Option<StepReport>, Stop>
+    where
+        F: FnOnce(
+            &mut Engine,
+            &mut MongoSink<'_>,
+            &mut KafkaCommitter<'_>,
+        ) -> Result<StepReport, EngineError>,
+    {
+        let topic_id = self.topic.topic_id.to_string();
+        let mut sink = MongoSink {
+            store: self.store,
+            shutdown: self.shutdown,
+            member: self.member.as_mut(),
+            topic_id: &topic_id,
+            stop: None,
+        };
+        let mut committer = KafkaCommitter {
+            source: &mut self.source,
+            shutdown: self.shutdown,
+            fenced: false,
+            stop: None,
+        };
+        let outcome = call(&mut self.engine, &mut sink, &mut committer);
+        let stop = sink.stop.take().or(committer.stop.take());
+        let fenced = committer.fenced;
+        match outcome {
+            Ok(report) => {
+                self.account(&report, fenced);
+                Ok(Some(report))
+            }
+            Err(e) => {
+                if let Some(stop) = stop {
+                    return Err(stop);
+                }
+                if self.rejoin_needed() {
+                    info!("{e}");
+                    return Ok(None);
+                }
+                if let EngineError::Diverged { .. } = e {
+                    error!("{e}; resuming from the store");
+                } else {
+                    warn!("{e}; resuming from the store");
+                }
+                self.restart_engine()?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Adds a report to the totals and says what a failed commit means.
+    fn account(&mut self, report: &StepReport, fenced: bool) {
+        for t in [&mut self.totals, &mut self.interval] {
+            t.counts.add(&report.counts);
+            t.batches += u64::from(report.consumed > 0);
+        }
+        if let Some(c) = &report.committed {
+            self.committed = Some(c.clone());
+        }
+        let Some(e) = &report.commit_error else {
+            return;
+        };
+        let waiting = self.engine.unpublished();
+        match (&self.member, fenced) {
+            (Some(member), true) => {
+                warn!(
+                    "{e}; rejoining the group ({waiting} window(s) not committed are not \
+                     published: the partitions' next owner counts their messages from the \
+                     committed offsets)"
+                );
+                member.fenced();
+            }
+            (None, true) => error!(
+                "{e}: the group has members, and Kafka takes no commit from a consumer outside \
+                 it (--partitions); the windows are stored, and a restart resumes after them"
+            ),
+            (_, false) if waiting > 0 => {
+                error!("{e}; {waiting} window(s) wait staged for a commit that goes through")
+            }
+            (_, false) => error!("{e}; the next window's commit will cover these offsets"),
+        }
+    }
+
+    /// Retries the commit of the windows held until it goes through (true) or the member must
+    /// rejoin (false), with backoff.
+    fn publish_pending_until_done(&mut self) -> Result<bool, Stop> {
+        let mut backoff = Backoff::standard();
+        loop {
+            if self.shutdown.requested() {
+                return Err(Stop::Shutdown);
+            }
+            match self
+                .engine_call(|engine, sink, committer| engine.publish_pending(sink, committer))?
+            {
+                None => return Ok(false),
+                Some(report) if report.commit_error.is_none() => return Ok(true),
+                Some(_) if self.rejoin_needed() => return Ok(false),
+                Some(_) => {
+                    if !self.shutdown.sleep(backoff.next_delay()) {
+                        return Err(Stop::Shutdown);
+                    }
+                }
+            }
+        }
     }
 
     /// A position past the log's end: the log was truncated under us (an unclean leader
@@ -731,7 +819,22 @@ impl<'a> Pipeline<'a> {
             at - end
         );
         self.restart_engine()?;
-        self.engine.rewind_to(partition, end);
+        if self.engine.rewind_to(partition, end) {
+            // Committed now: a restart before the next window would resume at the old
+            // position, past the records the log will hold from `end` on by then.
+            let mut committer = KafkaCommitter {
+                source: &mut self.source,
+                shutdown: self.shutdown,
+                fenced: false,
+                stop: None,
+            };
+            if let Err(e) = self.engine.commit_positions(&mut committer) {
+                error!(
+                    "{e}; partition {partition} resumes at {at} if the consumer stops before \
+                     its next window"
+                );
+            }
+        }
         Ok(())
     }
 
@@ -879,22 +982,15 @@ fn resume(
         limits: Limits::default(),
         // A group member's partitions can move while one of its writes is on its way: its
         // windows count only once the group accepted their commit. A static consumer's cannot
-        // move, but with every window behind a commit a restart resumes from the commits
-        // alone, without reading the group's windows.
-        publication: Publication::AfterCommit {
-            token: Uuid::new_v4().simple().to_string(),
+        // move, and Kafka refuses its commits while the group has members: it stores directly.
+        publication: if member.is_some() {
+            Publication::AfterCommit {
+                token: Uuid::new_v4().simple().to_string(),
+            }
+        } else {
+            Publication::Direct
         },
     };
-    // Windows staged a day ago were never committed (their member was fenced out or killed
-    // first; a member cannot keep its partitions that long without a commit going through):
-    // nobody will publish them.
-    let cutoff = time::OffsetDateTime::now_utc() - STAGED_WINDOW_LIFETIME;
-    match retry("forgetting abandoned staged windows", shutdown, || {
-        store.forget_staged_before(cutoff)
-    })? {
-        0 => {}
-        n => info!("forgot {n} staged window(s) abandoned over a day ago"),
-    }
     let mut sink = MongoSink {
         store,
         shutdown,
@@ -917,9 +1013,6 @@ fn resume(
             .unwrap_or_else(|| Stop::Fatal(CommandError::Failed(e.to_string())))),
     }
 }
-
-/// How long a staged window may wait for its commit before it is taken as abandoned.
-const STAGED_WINDOW_LIFETIME: time::Duration = time::Duration::days(1);
 
 /// `--partitions` reads outside group membership: refuse partitions a live member of the same
 /// group owns, since both would read and window them.

@@ -4,16 +4,18 @@
 //! Exactly-once windows without transactions:
 //! - the consumer owns its positions: the caller fetches at [`Engine::positions`];
 //! - every KPI window records, per partition, the next offset to read once it is stored;
-//! - a restart ([`Engine::resume`]) resumes from the later of the group's committed offsets
-//!   and the positions in the last stored window of this consumer's stream (topic, topic id,
-//!   group, partition set);
-//! - the group's offsets are committed only at window boundaries, after the window is stored,
-//!   so the messages of the open window are read again after a restart and counted then;
+//! - the group's offsets are committed only at window boundaries, so the messages of the open
+//!   window are read again after a restart and counted then;
 //! - a group member ([`Publication::AfterCommit`]) stages its windows, commits under its
 //!   generation with a marker naming the last one, and publishes them only after the commit
 //!   went through: the coordinator's refusal of a fenced member's commit is the fence, so a
 //!   write that reaches the database after a rebalance never adds a window; a resumed engine
 //!   first publishes the staged windows the committed markers name;
+//! - a consumer nobody can take partitions from ([`Publication::Direct`], static assignment)
+//!   stores its windows, then commits;
+//! - a restart ([`Engine::resume`]) resumes at the group's commit where it carries a marker
+//!   (no window lies past it), else at the later of the commit and the furthest stored window
+//!   of the group on this log (a direct window may lie past a lost commit);
 //! - re-read messages hit the unique index on `message_uuid` and are recognised as replays
 //!   (same log and position), so nothing is stored twice; a `message_uuid` stored from another
 //!   position, or from another log of the same name, is a duplicate event and is dead-lettered.
@@ -198,9 +200,15 @@ pub struct ClosedWindow {
     pub window: KpiWindow,
     /// Per partition, where a restart after this window resumes.
     pub next_offsets: Vec<(i32, i64)>,
+    /// The arrival time of the step that closed it.
+    pub computed_at: OffsetDateTime,
     /// False if it was already stored (the stored copy was checked to end at the same offsets).
     pub new: bool,
 }
+
+/// The outcome of a commit a step tried: `None` when it had nothing to commit, else the
+/// offsets committed or why the commit failed.
+type CommitOutcome = Option<Result<Vec<(i32, i64)>, SinkError>>;
 
 /// What one step did.
 #[derive(Debug, Clone, PartialEq)]
@@ -220,6 +228,19 @@ pub struct StepReport {
     /// The commit failed: nothing is lost (a restart resumes from the stored window), and the
     /// next window's commit covers these offsets.
     pub commit_error: Option<SinkError>,
+}
+
+impl StepReport {
+    /// A report of no work: nothing consumed, counted, stored or committed.
+    fn empty() -> StepReport {
+        StepReport {
+            consumed: 0,
+            counts: Counts::default(),
+            windows: Vec::new(),
+            committed: None,
+            commit_error: None,
+        }
+    }
 }
 
 /// Why a step or a resume failed.
@@ -279,23 +300,24 @@ pub struct Engine {
     windows: TumblingWindows,
     next_seq: i64,
     /// [`Publication::AfterCommit`]: windows staged whose commit has not gone through yet (it
-    /// failed, e.g. Kafka was unreachable), with their arrival time; the next commit that
-    /// does covers them.
-    unpublished: Vec<(ClosedWindow, OffsetDateTime)>,
+    /// failed, e.g. Kafka was unreachable); the next commit that does covers them.
+    unpublished: Vec<ClosedWindow>,
     /// A step failed part-way: the open window and the window numbers may not match the store.
     poisoned: bool,
 }
 
 impl Engine {
-    /// Builds the engine where the last run left off: per partition the later of the group's
-    /// committed offset and the furthest stored window's next offset (this stream's last
-    /// window, and any window of the group on this log when a window may lie past the commit:
-    /// see [`StoreSink::furthest_positions`]), else `log_start` (the log's first offset, 0 when
-    /// missing). A position below `log_start` (records deleted by
-    /// retention before being read) moves up to it, with a warning.
+    /// Builds the engine where the last run left off: per partition the group's committed
+    /// offset when it carries a marker (its committer published only behind its commits);
+    /// else the later of the commit and the furthest stored window's next offset (this
+    /// stream's last window and any window of the group on this log:
+    /// [`StoreSink::furthest_positions`]); else `log_start` (the log's first offset, 0 when
+    /// missing). A position below `log_start` (records deleted by retention before being read)
+    /// moves up to it, with a warning.
     ///
-    /// First, the staged windows the committed offsets' markers name are published: their
-    /// commit went through, so they are the group's windows, whoever staged them.
+    /// First, the staged windows the committed offsets' markers name are published, and their
+    /// staged copies forgotten: their commit went through, so they are the group's windows,
+    /// whoever staged them.
     pub fn resume<S, C>(
         mut config: EngineConfig,
         log_start: &HashMap<i32, i64>,
@@ -320,6 +342,7 @@ impl Engine {
         }
         for (token, through) in markers {
             let published = store.publish_staged(token, through)?;
+            store.drop_staged(token, through)?;
             if published > 0 {
                 info!(
                     "published {published} staged window(s) of {token} up to {through}: their offsets were committed, their publication had not finished"
@@ -327,31 +350,35 @@ impl Engine {
             }
         }
         let last = store.last_window(&stream)?;
-        // Staged windows are published only after their commit, so none lies past the
-        // group's commit: the group's windows need reading only for a partition without one.
-        // Windows stored directly may lie past a commit that was lost.
-        let uncommitted: Vec<i32> = config
+        // A commit with a marker was made by a consumer that publishes its windows only after
+        // their commit: no window lies past it, and it alone says where the partition stands
+        // (even below a window, after a log truncation). A commit without one (a consumer that
+        // stores directly, or the version before markers) may have been lost after its window
+        // was stored, and a partition without a commit may have windows all the same (Kafka
+        // expires the offsets of a group idle for a week): those resume after the group's
+        // furthest window on this log too.
+        let authoritative = |p: &i32| committed.get(p).is_some_and(|c| c.marker.is_some());
+        let unsure: Vec<i32> = config
             .partitions
             .iter()
             .copied()
-            .filter(|p| !committed.contains_key(p))
+            .filter(|p| !authoritative(p))
             .collect();
-        let furthest = match config.publication {
-            Publication::AfterCommit { .. } if uncommitted.is_empty() => HashMap::new(),
-            Publication::AfterCommit { .. } => {
-                store.furthest_positions(&config.log.topic_id, &config.group, &uncommitted)?
-            }
-            Publication::Direct => {
-                store.furthest_positions(&config.log.topic_id, &config.group, &config.partitions)?
-            }
+        let furthest = if unsure.is_empty() {
+            HashMap::new()
+        } else {
+            store.furthest_positions(&config.log.topic_id, &config.group, &unsure)?
         };
 
         let mut positions = BTreeMap::new();
         for &p in &config.partitions {
-            let from_window = last
-                .as_ref()
-                .and_then(|l| l.next_offsets.get(&p).copied())
-                .max(furthest.get(&p).copied());
+            let from_window = if authoritative(&p) {
+                None
+            } else {
+                last.as_ref()
+                    .and_then(|l| l.next_offsets.get(&p).copied())
+                    .max(furthest.get(&p).copied())
+            };
             let from_group = committed.get(&p).map(|c| c.offset);
             let start = log_start.get(&p).copied().unwrap_or(0);
             let mut at = from_window.max(from_group).unwrap_or(start);
@@ -433,7 +460,7 @@ impl Engine {
     /// freshly resumed engine: with messages in the open window, moving back could count them
     /// twice. Returns whether the position moved.
     pub fn rewind_to(&mut self, partition: i32, offset: i64) -> bool {
-        if self.windows.pending() > 0 || self.poisoned {
+        if self.windows.pending() > 0 || !self.unpublished.is_empty() || self.poisoned {
             return false;
         }
         match self.positions.get_mut(&partition) {
@@ -443,6 +470,22 @@ impl Engine {
             }
             _ => false,
         }
+    }
+
+    /// Commits the current positions, with no window to publish: after
+    /// [`Engine::rewind_to`], so that a restart before the next window does not resume at the
+    /// old position, past the new records the truncated log now holds there. A staging engine
+    /// marks the commit (with no window, `#-1`) so that the commit alone counts.
+    pub fn commit_positions<C>(&mut self, committer: &mut C) -> Result<(), SinkError>
+    where
+        C: OffsetCommitter + ?Sized,
+    {
+        let offsets: Vec<(i32, i64)> = self.positions.iter().map(|(p, o)| (*p, *o)).collect();
+        let marker = match &self.config.publication {
+            Publication::Direct => None,
+            Publication::AfterCommit { token } => Some(staged_marker(token, -1)),
+        };
+        committer.commit(&offsets, marker.as_deref())
     }
 
     /// Processes one step: the first [`step_len`] records of `records` (consumption order;
@@ -686,6 +729,7 @@ impl Engine {
                 seq,
                 window,
                 next_offsets,
+                computed_at: arrival,
                 new: outcome == WindowOutcome::Inserted,
             });
         }
@@ -710,27 +754,14 @@ impl Engine {
                 windows
             }
             Publication::AfterCommit { token } => {
-                self.unpublished
-                    .extend(windows.into_iter().map(|w| (w, arrival)));
-                match self.unpublished.last() {
-                    None => Vec::new(),
-                    Some((last, _)) => {
-                        let marker = staged_marker(&token, last.seq);
-                        match committer.commit(&last.next_offsets, Some(&marker)) {
-                            Ok(()) => {
-                                committed = Some(last.next_offsets.clone());
-                                self.publish(&token, store)?
-                            }
-                            // Not published: a member fenced out never publishes them, and
-                            // a restart counts their messages again from the committed
-                            // offsets.
-                            Err(e) => {
-                                commit_error = Some(e);
-                                Vec::new()
-                            }
-                        }
-                    }
+                self.unpublished.extend(windows);
+                let (published, outcome) = self.commit_and_publish(&token, store, committer)?;
+                match outcome {
+                    Some(Ok(offsets)) => committed = Some(offsets),
+                    Some(Err(e)) => commit_error = Some(e),
+                    None => {}
                 }
+                published
             }
         };
         windows.iter().for_each(log_window);
@@ -751,6 +782,72 @@ impl Engine {
         })
     }
 
+    /// Commits the offsets the staged windows end at, with the marker of the last one, and
+    /// publishes them once the commit went through. Returns the windows published and the
+    /// commit's outcome (`None`: no window waits). A refused commit leaves them staged: a
+    /// member fenced out never publishes them (the partitions' next owner counts their
+    /// messages from the committed offsets), and after another failure the next commit that
+    /// goes through covers them.
+    fn commit_and_publish<S, C>(
+        &mut self,
+        token: &str,
+        store: &mut S,
+        committer: &mut C,
+    ) -> Result<(Vec<ClosedWindow>, CommitOutcome), EngineError>
+    where
+        S: StoreSink + ?Sized,
+        C: OffsetCommitter + ?Sized,
+    {
+        let Some(last) = self.unpublished.last() else {
+            return Ok((Vec::new(), None));
+        };
+        let offsets = last.next_offsets.clone();
+        let marker = staged_marker(token, last.seq);
+        match committer.commit(&offsets, Some(&marker)) {
+            Ok(()) => Ok((self.publish(token, store)?, Some(Ok(offsets)))),
+            Err(e) => Ok((Vec::new(), Some(Err(e)))),
+        }
+    }
+
+    /// Windows staged whose commit has not gone through yet.
+    pub fn unpublished(&self) -> usize {
+        self.unpublished.len()
+    }
+
+    /// Tries again the commit of the windows staged since the last commit that went through,
+    /// and publishes them if it goes through now: called when no step comes to do it (the
+    /// stream went quiet, the run is about to end) or before reading more while too many
+    /// wait. The report's `committed` and `commit_error` say how it went; `consumed` is 0.
+    pub fn publish_pending<S, C>(
+        &mut self,
+        store: &mut S,
+        committer: &mut C,
+    ) -> Result<StepReport, EngineError>
+    where
+        S: StoreSink + ?Sized,
+        C: OffsetCommitter + ?Sized,
+    {
+        if self.poisoned {
+            return Err(EngineError::Poisoned);
+        }
+        let Publication::AfterCommit { token } = self.config.publication.clone() else {
+            return Ok(StepReport::empty());
+        };
+        self.poisoned = true;
+        let (windows, outcome) = self.commit_and_publish(&token, store, committer)?;
+        self.poisoned = false;
+        windows.iter().for_each(log_window);
+        let mut report = StepReport::empty();
+        report.counts.windows = windows.iter().filter(|w| w.new).count() as u64;
+        report.windows = windows;
+        match outcome {
+            Some(Ok(offsets)) => report.committed = Some(offsets),
+            Some(Err(e)) => report.commit_error = Some(e),
+            None => {}
+        }
+        Ok(report)
+    }
+
     /// Publishes the staged windows whose commit just went through, in order, and forgets
     /// their staged copies. One already stored was published by a member that resumed these
     /// partitions from the commit's marker: the same window, from the same staged copy.
@@ -759,14 +856,14 @@ impl Engine {
         token: &str,
         store: &mut S,
     ) -> Result<Vec<ClosedWindow>, EngineError> {
-        let Some(through) = self.unpublished.last().map(|(w, _)| w.seq) else {
+        let Some(through) = self.unpublished.last().map(|w| w.seq) else {
             return Ok(Vec::new());
         };
         let outcomes = {
             let records: Vec<WindowRecord> = self
                 .unpublished
                 .iter()
-                .map(|(w, arrival)| WindowRecord {
+                .map(|w| WindowRecord {
                     window: &w.window,
                     stream: &self.stream,
                     seq: w.seq,
@@ -774,7 +871,7 @@ impl Engine {
                     topic_id: &self.config.log.topic_id,
                     group: &self.config.group,
                     next_offsets: &w.next_offsets,
-                    computed_at: *arrival,
+                    computed_at: w.computed_at,
                 })
                 .collect();
             store.insert_windows(&records)?
@@ -785,7 +882,7 @@ impl Engine {
             .unpublished
             .drain(..)
             .zip(outcomes)
-            .map(|((mut w, _), outcome)| {
+            .map(|(mut w, outcome)| {
                 w.new = outcome == WindowOutcome::Inserted;
                 w
             })

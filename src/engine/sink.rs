@@ -325,11 +325,12 @@ pub fn staged_marker(token: &str, seq: i64) -> String {
     format!("{token}#{seq}")
 }
 
-/// The token and `seq` of a marker, if it is one.
+/// The token and `seq` of a marker, if it is one. A `seq` of -1 names no window: a commit of
+/// positions alone (after a log truncation), by a consumer that publishes after committing.
 pub fn parse_marker(marker: &str) -> Option<(&str, i64)> {
     let (token, seq) = marker.rsplit_once('#')?;
     let seq = seq.parse().ok()?;
-    (!token.is_empty() && seq >= 0).then_some((token, seq))
+    (!token.is_empty() && seq >= -1).then_some((token, seq))
 }
 
 /// The consumer group's committed offsets (Kafka in production). The committer knows the group

@@ -587,7 +587,8 @@ fn a_window_committed_but_not_published_is_published_by_the_next_owner() {
 fn markers_name_a_token_and_a_window_number() {
     assert_eq!(staged_marker("0a1b", 17), "0a1b#17");
     assert_eq!(parse_marker("0a1b#17"), Some(("0a1b", 17)));
-    for bad in ["", "0a1b", "#3", "0a1b#", "0a1b#-1", "0a1b#x"] {
+    assert_eq!(parse_marker("0a1b#-1"), Some(("0a1b", -1)));
+    for bad in ["", "0a1b", "#3", "0a1b#", "0a1b#-2", "0a1b#x"] {
         assert_eq!(parse_marker(bad), None, "{bad:?}");
     }
 }
@@ -624,4 +625,112 @@ fn a_direct_window_past_a_lost_commit_counts_for_another_partition_set() {
     k.0.borrow_mut().committed.clear();
     let b = resume(config(TOPIC_ID, &[0, 1], 2), &mut s, &mut k);
     assert_eq!(b.positions()[&0], 2);
+}
+
+/// `n` valid records of partition `p` from `from`, uuids `{tag}-{p}-{offset}`.
+fn part(p: i32, from: i64, n: i64, tag: &str) -> Vec<Record> {
+    (from..from + n)
+        .map(|o| rec(p, o, &payload(&format!("{tag}-{p}-{o}"), "web01", o as f64)))
+        .collect()
+}
+
+/// How many stored windows count offset `o` of partition `p`.
+fn windows_counting(s: &FakeStore, p: i32, o: i64) -> usize {
+    s.world()
+        .windows
+        .values()
+        .filter(|w| {
+            w.window
+                .partitions
+                .iter()
+                .any(|sp| sp.partition == p && sp.first_offset <= o && o <= sp.last_offset)
+        })
+        .count()
+}
+
+#[test]
+fn a_window_stored_directly_past_its_commit_is_not_counted_again_by_a_staging_engine() {
+    // A consumer that stored directly (the version before staging) stored window 1 of
+    // partition 0 and lost its commit; a staging member then gets partitions 0 and 1.
+    let (mut s, mut k) = world();
+    let mut old = resume(config(TOPIC_ID, &[0], 2), &mut s, &mut k);
+    run(&mut old, &part(0, 0, 2, "u"), &mut s, &mut k);
+    s.world().refuse_commits = true;
+    let _ = old.step(&part(0, 2, 2, "u"), T0, &mut s, &mut k);
+    s.world().refuse_commits = false;
+    assert_eq!(
+        k.0.borrow().committed[&0],
+        2,
+        "the commit is behind the window"
+    );
+    let mut new = resume(staged(TOPIC_ID, &[0, 1], 2, "n"), &mut s, &mut k);
+    assert_eq!(new.positions()[&0], 4);
+    run(&mut new, &part(0, 4, 2, "u"), &mut s, &mut k);
+    assert_eq!(windows_counting(&s, 0, 2), 1);
+}
+
+#[test]
+fn a_marked_commit_below_a_window_after_a_truncation_is_where_the_partition_resumes() {
+    // Partitions 0 and 1 counted up to 10 on partition 0; the log is then truncated to 6,
+    // and a member of partition 0 alone rewinds and counts the new records 6 and 7.
+    let (mut s, mut k) = world();
+    let mut a = resume(staged(TOPIC_ID, &[0, 1], 2, "a"), &mut s, &mut k);
+    run(&mut a, &part(0, 0, 10, "u"), &mut s, &mut k);
+    drop(a);
+    let mut b = resume(staged(TOPIC_ID, &[0], 2, "b"), &mut s, &mut k);
+    assert!(b.rewind_to(0, 6));
+    run(&mut b, &part(0, 6, 2, "new"), &mut s, &mut k);
+    drop(b);
+    // The commit says 8, the last window of {0,1} says 10: 8 and 9 are new records.
+    let c = resume(staged(TOPIC_ID, &[0, 1], 2, "c"), &mut s, &mut k);
+    assert_eq!(c.positions()[&0], 8);
+}
+
+#[test]
+fn a_rewound_position_is_committed_at_once() {
+    let (mut s, mut k) = world();
+    let mut a = resume(staged(TOPIC_ID, &[0], 2, "a"), &mut s, &mut k);
+    run(&mut a, &part(0, 0, 10, "u"), &mut s, &mut k);
+    drop(a);
+    let mut b = resume(staged(TOPIC_ID, &[0], 2, "b"), &mut s, &mut k);
+    assert!(b.rewind_to(0, 6));
+    b.commit_positions(&mut k).unwrap();
+    // b stops before its next window: a restart reads the truncated log from 6.
+    drop(b);
+    let c = resume(staged(TOPIC_ID, &[0], 2, "c"), &mut s, &mut k);
+    assert_eq!(c.positions()[&0], 6);
+}
+
+#[test]
+fn windows_held_while_commits_fail_are_published_once_a_commit_goes_through() {
+    let (mut s, mut k) = world();
+    let mut a = resume(staged(TOPIC_ID, &[0], 2, "a"), &mut s, &mut k);
+    s.world().refuse_commits = true;
+    run(&mut a, &part(0, 0, 6, "u"), &mut s, &mut k);
+    assert_eq!((a.unpublished(), s.world().windows.len()), (3, 0));
+    let r = a.publish_pending(&mut s, &mut k).unwrap();
+    assert!(r.commit_error.is_some() && r.windows.is_empty());
+    s.world().refuse_commits = false;
+    let r = a.publish_pending(&mut s, &mut k).unwrap();
+    assert_eq!(r.committed.as_deref(), Some(&[(0, 6)][..]));
+    assert_eq!((r.windows.len(), a.unpublished()), (3, 0));
+    assert_eq!(s.world().windows.len(), 3);
+    assert!(s.world().staged.is_empty());
+    // Nothing waits: nothing is committed.
+    let r = a.publish_pending(&mut s, &mut k).unwrap();
+    assert!(r.committed.is_none() && r.commit_error.is_none());
+}
+
+#[test]
+fn the_next_owner_forgets_the_staged_copies_it_published() {
+    let (mut s, mut k) = world();
+    let mut a = resume(staged(TOPIC_ID, &[0], 2, "a"), &mut s, &mut k);
+    s.world().budget = Some(3); // raw insert, stage, commit; the window insert fails
+    assert!(a.step(&part(0, 0, 2, "u"), T0, &mut s, &mut k).is_err());
+    s.world().budget = None;
+    s.world().windows.clear();
+    assert_eq!(s.world().staged.len(), 1);
+    let _b = resume(staged(TOPIC_ID, &[0], 2, "b"), &mut s, &mut k);
+    assert_eq!(s.world().windows.len(), 1);
+    assert!(s.world().staged.is_empty());
 }

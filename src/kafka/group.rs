@@ -69,8 +69,6 @@ struct State {
     generation: Option<Generation>,
     /// The group is rebalancing, or this member was fenced: rejoin before storing more.
     rejoin: bool,
-    /// When the coordinator last confirmed this member's generation.
-    confirmed_at: Instant,
 }
 
 /// A member of one consumer group, subscribed to one topic.
@@ -101,7 +99,6 @@ impl GroupMember {
             state: Arc::new(Mutex::new(State {
                 generation: None,
                 rejoin: true,
-                confirmed_at: Instant::now(),
             })),
             stop_heartbeats: Arc::new(AtomicBool::new(false)),
             heartbeats: None,
@@ -130,49 +127,6 @@ impl GroupMember {
         let mut s = lock(&self.state);
         s.rejoin = true;
         s.generation = None;
-    }
-
-    /// Whether the member may still store work for its partitions: it holds a generation the
-    /// coordinator confirmed recently. After a long pause (SIGSTOP, a stall) the last
-    /// confirmation is old, so the member asks the coordinator before trusting it.
-    pub fn still_owner(&mut self) -> bool {
-        let (generation, fresh) = {
-            let s = lock(&self.state);
-            if s.rejoin {
-                return false;
-            }
-            (
-                s.generation.clone(),
-                s.confirmed_at.elapsed() < self.timeouts.heartbeat_interval() * 2,
-            )
-        };
-        let Some(generation) = generation else {
-            return false;
-        };
-        if fresh {
-            return true;
-        }
-        match heartbeat(&mut self.cluster, &self.group, &generation) {
-            Ok(()) => {
-                lock(&self.state).confirmed_at = Instant::now();
-                true
-            }
-            Err(HeartbeatError::Rejoin(why)) => {
-                warn!("group {}: {why}; rejoining before storing more", self.group);
-                let mut s = lock(&self.state);
-                s.rejoin = true;
-                if why.fenced() {
-                    s.generation = None;
-                }
-                false
-            }
-            // The coordinator is unreachable: the membership may have lapsed, so store nothing
-            // until it answers.
-            Err(HeartbeatError::Unreachable(e)) => {
-                warn!("group {}: cannot confirm membership ({e})", self.group);
-                false
-            }
-        }
     }
 
     /// Joins (or rejoins) the group and returns this member's partitions of the topic. Blocks
@@ -212,7 +166,6 @@ impl GroupMember {
                         let mut s = lock(&self.state);
                         s.generation = Some(generation.clone());
                         s.rejoin = false;
-                        s.confirmed_at = Instant::now();
                     }
                     self.start_heartbeat_thread();
                     info!(
@@ -400,7 +353,7 @@ impl GroupMember {
                     };
                     if let Some(generation) = generation {
                         match heartbeat(&mut cluster, &group, &generation) {
-                            Ok(()) => lock(&state).confirmed_at = Instant::now(),
+                            Ok(()) => {}
                             Err(HeartbeatError::Rejoin(why)) => {
                                 info!("group {group}: {why}; the member will rejoin");
                                 let mut s = lock(&state);

@@ -414,15 +414,6 @@ impl Store {
             .map_err(|e| store_error("forgetting staged windows", &e))
     }
 
-    /// Forgets the windows staged before `cutoff`, whoever staged them; returns how many.
-    pub fn forget_staged_before(&self, cutoff: OffsetDateTime) -> Result<u64, StoreError> {
-        self.staged
-            .delete_many(doc! {"staged_at": {"$lt": date(cutoff)}})
-            .run()
-            .map(|r| r.deleted_count)
-            .map_err(|e| store_error("forgetting abandoned staged windows", &e))
-    }
-
     /// The last stored window of a stream, if any.
     pub fn last_window(&self, stream: &str) -> Result<Option<LastWindow>, StoreError> {
         let found = self
