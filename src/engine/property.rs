@@ -6,10 +6,13 @@
 //!
 //! - I1: every valid `message_uuid` is stored raw exactly once, from one of its positions,
 //!   with its fields as received;
-//! - I2: the windows are numbered 0..n, each of exactly `window_size` messages; window k
-//!   counts exactly the raw messages between window k-1's next offsets and its own, so no
-//!   message is counted twice or skipped, and those after the last window (fewer than
-//!   `window_size`) are the open window;
+//! - I2: every window holds exactly `window_size` stored messages within its offset spans, no
+//!   stored message is in two windows, and those in none are the last engine's open window, at
+//!   the end of their partitions; with one stream, the windows are also numbered 0..n and
+//!   window k counts exactly the raw messages between window k-1's next offsets and its own.
+//!   In half the cases engines take turns over random shares of the partitions (each share
+//!   its own stream), as group members do across rebalances; half the cases stage their
+//!   windows and publish them after the commit, and go on after a failed commit;
 //! - I3: every invalid record and every other occurrence of a stored `message_uuid` is
 //!   dead-lettered exactly once, with its reason code (and, for a duplicate, where the stored
 //!   copy is);
@@ -18,7 +21,7 @@
 //! A failing case prints its seed; `ENGINE_SEED=<seed> cargo test --lib engine::property`
 //! runs that one alone.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::num::NonZeroUsize;
 
 use fastrand::Rng;
@@ -55,19 +58,22 @@ struct Case {
     partial: Partial,
     /// Windows staged and published after their commit, as group members do.
     staged: bool,
+    /// Engines take turns over random subsets of the partitions, as group members do across
+    /// rebalances (each subset is its own window stream); the last one reads them all.
+    shares: bool,
 }
 
 impl Case {
-    /// The configuration of the `incarnation`th engine of the case: a staging engine's token
-    /// is its own.
-    fn config(&self, incarnation: usize) -> EngineConfig {
+    /// The configuration of the `incarnation`th engine of the case over `partitions`: a
+    /// staging engine's token is its own.
+    fn config(&self, incarnation: usize, partitions: &[i32]) -> EngineConfig {
         EngineConfig {
             log: LogId {
                 topic: TOPIC.into(),
                 topic_id: TOPIC_ID.into(),
             },
             group: GROUP.into(),
-            partitions: self.partitions.clone(),
+            partitions: partitions.to_vec(),
             window_size: NonZeroUsize::new(self.window_size).unwrap(),
             servers_listed: crate::window::MAX_LISTED,
             limits: self.limits,
@@ -222,6 +228,7 @@ fn generate(rng: &mut Rng) -> Case {
             Partial::Subset
         },
         staged: rng.bool(),
+        shares: rng.bool(),
     }
 }
 
@@ -232,8 +239,8 @@ fn generate(rng: &mut Rng) -> Case {
 fn fetch(case: &Case, positions: &BTreeMap<i32, i64>, rng: &mut Rng) -> (Vec<Record>, Vec<i32>) {
     let mut lists: Vec<Vec<Record>> = Vec::new();
     let mut at_end = Vec::new();
-    for (p, log) in &case.logs {
-        let at = positions[p];
+    for (p, &at) in positions {
+        let log = &case.logs[p];
         let from = log.partition_point(|r| r.offset < at);
         let back = if rng.u8(..6) == 0 {
             rng.usize(..=from.min(3))
@@ -282,6 +289,8 @@ fn arm(store: &FakeStore, rng: &mut Rng) {
 #[derive(Default)]
 struct Coverage {
     crashes: usize,
+    /// Cases whose windows ended up in more than one stream.
+    several_streams: usize,
     commit_errors_survived: usize,
     steps: Counts,
     crashed_in: BTreeMap<&'static str, usize>,
@@ -305,7 +314,20 @@ fn drive(
             Some(e) => e,
             None => {
                 incarnations += 1;
-                match Engine::resume(case.config(incarnations), &case.log_start, store, committer) {
+                // A share of the partitions, or all of them (always, once the log is consumed:
+                // that engine ends the case).
+                let mut share = case.partitions.clone();
+                if case.shares && rng.bool() {
+                    rng.shuffle(&mut share);
+                    share.truncate(rng.usize(1..=share.len()));
+                    share.sort_unstable();
+                }
+                match Engine::resume(
+                    case.config(incarnations, &share),
+                    &case.log_start,
+                    store,
+                    committer,
+                ) {
                     Ok(e) => engine.insert(e),
                     Err(_) => {
                         coverage.crashes += 1;
@@ -315,9 +337,14 @@ fn drive(
                 }
             }
         };
-        if *e.positions() == case.ends {
+        if e.positions().iter().all(|(p, at)| case.ends[p] == *at) {
             if e.unpublished() == 0 {
-                return Ok(e.pending());
+                if e.positions().len() == case.partitions.len() {
+                    return Ok(e.pending());
+                }
+                // This share is read: a rebalance hands the partitions out again.
+                engine = None;
+                continue;
             }
             // Caught up with windows whose commit failed: the consumer retries it while the
             // stream is quiet.
@@ -511,9 +538,18 @@ fn check(case: &Case, world: &World, pending: usize) -> Result<(), String> {
     }
 
     // I2: windows partition the raw messages in consumption order.
-    let stream = stream_name(&case.config(0).log, GROUP, &case.partitions);
+    check_spans(case, world, pending)?;
+    let stream = stream_name(
+        &case.config(0, &case.partitions).log,
+        GROUP,
+        &case.partitions,
+    );
     let windows = world.stream_windows(&stream);
     if windows.len() != world.windows.len() {
+        if case.shares {
+            // Several streams: their windows were checked by their spans.
+            return commits_and_replays(world);
+        }
         return Err("I2: windows of another stream".into());
     }
     let mut prev: BTreeMap<i32, i64> = case
@@ -581,12 +617,68 @@ fn check(case: &Case, world: &World, pending: usize) -> Result<(), String> {
         ));
     }
 
-    // Commits: checked as they happened.
+    commits_and_replays(world)
+}
+
+/// Commits were checked as they happened; no window was computed twice.
+fn commits_and_replays(world: &World) -> Result<(), String> {
     if let Some(v) = world.violations.first() {
         return Err(format!("commit: {v}"));
     }
     if world.window_replays != 0 {
         return Err(format!("{} windows computed twice", world.window_replays));
+    }
+    Ok(())
+}
+
+/// I2 by offset spans, whatever the streams: every window holds `window_size` stored messages
+/// within its spans, no stored message lies in two windows, and those in none are the last
+/// engine's open window, at the end of their partitions.
+fn check_spans(case: &Case, world: &World, pending: usize) -> Result<(), String> {
+    let stored: BTreeSet<(i32, i64)> = world
+        .raw
+        .values()
+        .map(|s| (s.position.partition, s.position.offset))
+        .collect();
+    let mut counted: BTreeMap<(i32, i64), &str> = BTreeMap::new();
+    for (id, w) in &world.windows {
+        let mut members = 0;
+        for span in &w.window.partitions {
+            for &(p, o) in stored
+                .range((span.partition, span.first_offset)..=(span.partition, span.last_offset))
+            {
+                members += 1;
+                if let Some(other) = counted.insert((p, o), id) {
+                    return Err(format!(
+                        "I2: partition {p} offset {o} in windows {other} and {id}"
+                    ));
+                }
+            }
+        }
+        if members != case.window_size || w.window.message_count != case.window_size {
+            return Err(format!(
+                "I2: window {id} of {} messages spans {members} stored ones",
+                w.window.message_count
+            ));
+        }
+    }
+    let uncounted: Vec<&(i32, i64)> = stored
+        .iter()
+        .filter(|m| !counted.contains_key(*m))
+        .collect();
+    if uncounted.len() != pending {
+        return Err(format!(
+            "I2: {} stored messages in no window, the last engine holds {pending}",
+            uncounted.len()
+        ));
+    }
+    if let Some((p, o)) = uncounted
+        .iter()
+        .find(|(p, o)| counted.keys().any(|(cp, co)| cp == p && co > o))
+    {
+        return Err(format!(
+            "I2: partition {p} offset {o} is in no window, but later ones are"
+        ));
     }
     Ok(())
 }
@@ -603,6 +695,8 @@ fn run_case(seed: u64, coverage: &mut Coverage) -> Result<(), String> {
     for (op, n) in &world.crashed_in {
         *coverage.crashed_in.entry(op).or_default() += n;
     }
+    let streams: BTreeSet<&str> = world.windows.values().map(|w| w.stream.as_str()).collect();
+    coverage.several_streams += usize::from(streams.len() > 1);
     check(&case, &world, pending)
 }
 
@@ -635,6 +729,11 @@ fn exactly_once_survives_a_crash_between_any_two_writes() {
         "{c:?}"
     );
     assert!(c.windows > 0 && c.skipped > 0, "{c:?}");
+    assert!(
+        coverage.several_streams > 30,
+        "too few cases took turns over shares of the partitions: {}",
+        coverage.several_streams
+    );
     assert!(
         coverage.commit_errors_survived > 10,
         "too few runs went on after a failed commit: {}",
