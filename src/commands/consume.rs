@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::fmt::Display;
 use std::time::{Duration, Instant};
 
-use log::{error, info, warn};
+use log::{debug, error, info, warn};
 use uuid::Uuid;
 
 use super::CommandError;
@@ -329,6 +329,7 @@ pub fn run(args: &ConsumeArgs) -> Result<(), CommandError> {
         Err(Stop::Fatal(e)) => return Err(e),
     };
     let outcome = pipeline.run();
+    pipeline.retire_engine();
     pipeline.log_totals();
     // Leaving hands our partitions to the other members at once instead of after the session
     // timeout.
@@ -417,6 +418,7 @@ impl<'a> Pipeline<'a> {
     /// A new engine over the current assignment, resumed from the store: after a failed step
     /// the open window may not match what is stored.
     fn restart_engine(&mut self) -> Result<(), Stop> {
+        self.retire_engine();
         self.engine = resume(
             self.settings,
             self.store,
@@ -428,6 +430,23 @@ impl<'a> Pipeline<'a> {
         )?;
         self.high_watermarks.clear();
         Ok(())
+    }
+
+    /// Forgets the staged copies of the windows the engine published, before it is replaced
+    /// or the consumer stops. Best effort: copies left behind are forgotten by whoever resumes
+    /// these partitions next, from the last commit's marker.
+    fn retire_engine(&mut self) {
+        let topic_id = self.topic.topic_id.to_string();
+        let mut sink = MongoSink {
+            store: self.store,
+            shutdown: self.shutdown,
+            member: None,
+            topic_id: &topic_id,
+            stop: None,
+        };
+        if let Err(e) = self.engine.forget_published(&mut sink) {
+            debug!("{e}; the staged copies are forgotten by the next resume");
+        }
     }
 
     /// The group is rebalancing, or this member lost its generation: the open window and the

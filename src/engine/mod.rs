@@ -55,6 +55,8 @@ use crate::window::{KpiWindow, TumblingWindows, WindowMessage};
 pub const MAX_STEP_MESSAGES: usize = 2_000;
 /// At most this many payload bytes in one step (a single larger record still makes a step).
 pub const MAX_STEP_BYTES: usize = 4 * 1024 * 1024;
+/// Windows published before their staged copies are forgotten in one delete.
+pub const FORGET_STAGED_EVERY: usize = 500;
 /// A payload larger than this is dead-lettered as `payload_too_large` without being parsed:
 /// stored raw (as BSON, with our fields around it) it could exceed MongoDB's 16 MiB document
 /// limit, and a document the database refuses would stop the consumer at that offset forever.
@@ -302,6 +304,10 @@ pub struct Engine {
     /// [`Publication::AfterCommit`]: windows staged whose commit has not gone through yet (it
     /// failed, e.g. Kafka was unreachable); the next commit that does covers them.
     unpublished: Vec<ClosedWindow>,
+    /// The last window published whose staged copy (and those before it) is not forgotten
+    /// yet, and how many such windows there are.
+    published_staged: Option<i64>,
+    published_staged_count: usize,
     /// A step failed part-way: the open window and the window numbers may not match the store.
     poisoned: bool,
 }
@@ -404,6 +410,8 @@ impl Engine {
             positions,
             next_seq,
             unpublished: Vec::new(),
+            published_staged: None,
+            published_staged_count: 0,
             poisoned: false,
         })
     }
@@ -804,7 +812,7 @@ impl Engine {
         let offsets = last.next_offsets.clone();
         let marker = staged_marker(token, last.seq);
         match committer.commit(&offsets, Some(&marker)) {
-            Ok(()) => Ok((self.publish(token, store)?, Some(Ok(offsets)))),
+            Ok(()) => Ok((self.publish(store)?, Some(Ok(offsets)))),
             Err(e) => Ok((Vec::new(), Some(Err(e)))),
         }
     }
@@ -812,6 +820,23 @@ impl Engine {
     /// Windows staged whose commit has not gone through yet.
     pub fn unpublished(&self) -> usize {
         self.unpublished.len()
+    }
+
+    /// Forgets the staged copies of the windows this engine published. Called in batches
+    /// while it runs and when it is retired (a rebalance, a stop); copies a killed engine left
+    /// are forgotten by whoever resumes its partitions, from its commit's marker.
+    pub fn forget_published<S: StoreSink + ?Sized>(
+        &mut self,
+        store: &mut S,
+    ) -> Result<(), EngineError> {
+        if let (Publication::AfterCommit { token }, Some(through)) =
+            (&self.config.publication, self.published_staged)
+        {
+            store.drop_staged(token, through)?;
+            self.published_staged = None;
+            self.published_staged_count = 0;
+        }
+        Ok(())
     }
 
     /// Tries again the commit of the windows staged since the last commit that went through,
@@ -848,12 +873,11 @@ impl Engine {
         Ok(report)
     }
 
-    /// Publishes the staged windows whose commit just went through, in order, and forgets
-    /// their staged copies. One already stored was published by a member that resumed these
+    /// Publishes the staged windows whose commit just went through, in order (their staged
+    /// copies are forgotten in batches, [`Engine::forget_published`]). One already stored was published by a member that resumed these
     /// partitions from the commit's marker: the same window, from the same staged copy.
     fn publish<S: StoreSink + ?Sized>(
         &mut self,
-        token: &str,
         store: &mut S,
     ) -> Result<Vec<ClosedWindow>, EngineError> {
         let Some(through) = self.unpublished.last().map(|w| w.seq) else {
@@ -877,7 +901,13 @@ impl Engine {
             store.insert_windows(&records)?
         };
         same_length("window insert", outcomes.len(), self.unpublished.len())?;
-        store.drop_staged(token, through)?;
+        // Their staged copies are forgotten in batches: on FerretDB a delete costs about as
+        // much as inserting a step's windows, whatever it deletes.
+        self.published_staged = Some(through);
+        self.published_staged_count += outcomes.len();
+        if self.published_staged_count >= FORGET_STAGED_EVERY {
+            self.forget_published(store)?;
+        }
         Ok(self
             .unpublished
             .drain(..)

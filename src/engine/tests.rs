@@ -527,7 +527,13 @@ fn a_staged_window_whose_commit_is_refused_is_never_published_and_its_messages_a
         1,
         "a's first window, committed, is published"
     );
-    assert!(s.world().staged.is_empty(), "and no longer staged");
+    assert_eq!(
+        s.world().staged.len(),
+        1,
+        "its staged copy is forgotten in a batch"
+    );
+    a.forget_published(&mut s).unwrap();
+    assert!(s.world().staged.is_empty(), "or when the engine is retired");
 
     s.world().refuse_commits = true;
     let r = a.step(&partition0(2, 2), T0, &mut s, &mut k).unwrap();
@@ -715,6 +721,7 @@ fn windows_held_while_commits_fail_are_published_once_a_commit_goes_through() {
     assert_eq!(r.committed.as_deref(), Some(&[(0, 6)][..]));
     assert_eq!((r.windows.len(), a.unpublished()), (3, 0));
     assert_eq!(s.world().windows.len(), 3);
+    a.forget_published(&mut s).unwrap();
     assert!(s.world().staged.is_empty());
     // Nothing waits: nothing is committed.
     let r = a.publish_pending(&mut s, &mut k).unwrap();
@@ -733,4 +740,21 @@ fn the_next_owner_forgets_the_staged_copies_it_published() {
     let _b = resume(staged(TOPIC_ID, &[0], 2, "b"), &mut s, &mut k);
     assert_eq!(s.world().windows.len(), 1);
     assert!(s.world().staged.is_empty());
+}
+
+#[test]
+fn staged_copies_are_forgotten_in_batches() {
+    let (mut s, mut k) = world();
+    let mut a = resume(staged(TOPIC_ID, &[0], 1, "a"), &mut s, &mut k);
+    let records = |from: i64, n: i64| -> Vec<Record> {
+        (from..from + n)
+            .map(|o| rec(0, o, &payload(&format!("u-{o}"), "web01", 50.0)))
+            .collect()
+    };
+    let n = FORGET_STAGED_EVERY as i64;
+    run(&mut a, &records(0, n - 1), &mut s, &mut k);
+    assert_eq!(s.world().staged.len(), FORGET_STAGED_EVERY - 1);
+    run(&mut a, &records(n - 1, 1), &mut s, &mut k);
+    assert!(s.world().staged.is_empty());
+    assert_eq!(s.world().windows.len(), FORGET_STAGED_EVERY);
 }

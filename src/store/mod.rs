@@ -368,14 +368,50 @@ impl Store {
 
     /// Publishes the windows staged under `token` up to `through`, in order, each stamped
     /// `computed_at` now; returns how many were stored now (the others were published
-    /// already).
+    /// already: those are looked up first, since most staged copies a resume finds are of
+    /// published windows, forgotten in batches).
     pub fn publish_staged(&self, token: &str, through: i64) -> Result<usize, StoreError> {
         let read_error = |e: DriverError| store_error("reading staged windows", &e);
         let now = date(OffsetDateTime::now_utc());
-        let mut docs = Vec::new();
+        let mut staged_ids = Vec::new();
         let cursor = self
             .staged
             .find(doc! {"token": token, "seq": {"$lte": through}})
+            .projection(doc! {"window_id": 1})
+            .run()
+            .map_err(read_error)?;
+        for staged in cursor {
+            let staged = staged.map_err(read_error)?;
+            if let Ok(id) = staged.get_str("window_id") {
+                staged_ids.push(id.to_string());
+            }
+        }
+        if staged_ids.is_empty() {
+            return Ok(0);
+        }
+        let mut published = std::collections::HashSet::new();
+        let cursor = self
+            .kpi
+            .find(doc! {"_id": {"$in": &staged_ids}})
+            .projection(doc! {"_id": 1})
+            .run()
+            .map_err(read_error)?;
+        for window in cursor {
+            if let Ok(id) = window.map_err(read_error)?.get_str("_id") {
+                published.insert(id.to_string());
+            }
+        }
+        let missing: Vec<&String> = staged_ids
+            .iter()
+            .filter(|id| !published.contains(*id))
+            .collect();
+        if missing.is_empty() {
+            return Ok(0);
+        }
+        let mut docs = Vec::new();
+        let cursor = self
+            .staged
+            .find(doc! {"token": token, "window_id": {"$in": missing}})
             .sort(doc! {"seq": 1})
             .run()
             .map_err(read_error)?;
