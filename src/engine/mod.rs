@@ -202,8 +202,6 @@ pub struct ClosedWindow {
     pub window: KpiWindow,
     /// Per partition, where a restart after this window resumes.
     pub next_offsets: Vec<(i32, i64)>,
-    /// The arrival time of the step that closed it.
-    pub computed_at: OffsetDateTime,
     /// False if it was already stored (the stored copy was checked to end at the same offsets).
     pub new: bool,
 }
@@ -705,7 +703,6 @@ impl Engine {
                 topic_id: &log.topic_id,
                 group: &self.config.group,
                 next_offsets,
-                computed_at: arrival,
             })
             .collect();
         let window_outcomes = match (&self.config.publication, records.is_empty()) {
@@ -737,7 +734,6 @@ impl Engine {
                 seq,
                 window,
                 next_offsets,
-                computed_at: arrival,
                 new: outcome == WindowOutcome::Inserted,
             });
         }
@@ -895,7 +891,6 @@ impl Engine {
                     topic_id: &self.config.log.topic_id,
                     group: &self.config.group,
                     next_offsets: &w.next_offsets,
-                    computed_at: w.computed_at,
                 })
                 .collect();
             store.insert_windows(&records)?

@@ -176,8 +176,6 @@ pub struct WindowRecord<'a> {
     /// Per partition, the next offset to read once this window is stored: where a restart
     /// resumes, and what the group commits.
     pub next_offsets: &'a [(i32, i64)],
-    /// When it was computed: the arrival time of the step that closed it.
-    pub computed_at: OffsetDateTime,
 }
 
 impl WindowRecord<'_> {

@@ -372,27 +372,25 @@ impl Store {
     /// published windows, forgotten in batches).
     pub fn publish_staged(&self, token: &str, through: i64) -> Result<usize, StoreError> {
         let read_error = |e: DriverError| store_error("reading staged windows", &e);
-        let now = date(OffsetDateTime::now_utc());
-        let mut staged_ids = Vec::new();
-        let cursor = self
+        let staged: Vec<Document> = self
             .staged
             .find(doc! {"token": token, "seq": {"$lte": through}})
-            .projection(doc! {"window_id": 1})
+            .sort(doc! {"seq": 1})
             .run()
+            .map_err(read_error)?
+            .collect::<Result<_, _>>()
             .map_err(read_error)?;
-        for staged in cursor {
-            let staged = staged.map_err(read_error)?;
-            if let Ok(id) = staged.get_str("window_id") {
-                staged_ids.push(id.to_string());
-            }
-        }
-        if staged_ids.is_empty() {
+        let ids: Vec<&str> = staged
+            .iter()
+            .filter_map(|d| d.get_str("window_id").ok())
+            .collect();
+        if ids.is_empty() {
             return Ok(0);
         }
         let mut published = std::collections::HashSet::new();
         let cursor = self
             .kpi
-            .find(doc! {"_id": {"$in": &staged_ids}})
+            .find(doc! {"_id": {"$in": &ids}})
             .projection(doc! {"_id": 1})
             .run()
             .map_err(read_error)?;
@@ -401,22 +399,12 @@ impl Store {
                 published.insert(id.to_string());
             }
         }
-        let missing: Vec<&String> = staged_ids
-            .iter()
-            .filter(|id| !published.contains(*id))
-            .collect();
-        if missing.is_empty() {
-            return Ok(0);
-        }
+        let now = date(OffsetDateTime::now_utc());
         let mut docs = Vec::new();
-        let cursor = self
-            .staged
-            .find(doc! {"token": token, "window_id": {"$in": missing}})
-            .sort(doc! {"seq": 1})
-            .run()
-            .map_err(read_error)?;
-        for staged in cursor {
-            let staged = staged.map_err(read_error)?;
+        for staged in staged.iter().filter(|d| {
+            d.get_str("window_id")
+                .is_ok_and(|id| !published.contains(id))
+        }) {
             let bytes = match staged.get("window") {
                 Some(Bson::Binary(b)) => b.bytes.clone(),
                 _ => Vec::new(),
@@ -433,6 +421,9 @@ impl Store {
                 })?;
             window.insert("computed_at", now);
             docs.push(window);
+        }
+        if docs.is_empty() {
+            return Ok(0);
         }
         let outcomes = self.insert_window_documents(docs)?;
         Ok(outcomes
@@ -769,7 +760,7 @@ fn dead_letter_document(l: &DeadLetter) -> Document {
 }
 
 /// Where group members stage their windows before publication: `{kpi}_staged`.
-pub fn staged_collection(kpi: &str) -> String {
+fn staged_collection(kpi: &str) -> String {
     format!("{kpi}_staged")
 }
 
