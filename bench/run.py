@@ -180,8 +180,13 @@ def parse_gnu_time(path):
     return r
 
 
+def redact_uri(uri):
+    """A connection string with its password masked, for reports and errors."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1****@", str(uri))
+
+
 def display_argv(argv, env_prefix=None, abbreviations=None):
-    """A shell-quoted command line, long arguments shown by a short name."""
+    """A shell-quoted command line, long arguments shown by a short name, passwords masked."""
     parts = []
     for a in argv:
         if abbreviations and a in abbreviations:
@@ -189,8 +194,8 @@ def display_argv(argv, env_prefix=None, abbreviations=None):
         elif a == "\t":
             parts.append("$'\\t'")
         else:
-            parts.append(shlex.quote(str(a)))
-    prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in (env_prefix or {}).items())
+            parts.append(shlex.quote(redact_uri(a)))
+    prefix = " ".join(f"{k}={shlex.quote(redact_uri(v))}" for k, v in (env_prefix or {}).items())
     return (prefix + " " if prefix else "") + " ".join(parts)
 
 
@@ -1059,7 +1064,7 @@ class Bench:
         for k, v in [("cores", e["cores"]), ("CPU", e["cpu"]), ("memory", f"{e['memory_gib']:.1f} GiB"),
                      ("OS, kernel", f"{e['os']}, {e['kernel']}"), ("Kafka", f"{e['kafka']} (KRaft, {len(self.brokers.split(','))} "
                                f"{'node' if len(self.brokers.split(',')) == 1 else 'nodes, every topic with replication factor 1'}, `{self.brokers}`)"),
-                     ("database", f"{e['ferretdb']}, `{self.mongodb_uri}`"), ("rustc", e["rustc"]),
+                     ("database", f"{e['ferretdb']}, `{redact_uri(self.mongodb_uri)}`"), ("rustc", e["rustc"]),
                      ("Python", e["python"]), ("kafka-python", e["kafka-python"]), ("pymongo", e["pymongo"]),
                      ("kcat", e["kcat"]), ("GNU time", e["gnu_time"])]:
             w(f"| {k} | {v} |")
@@ -1412,7 +1417,7 @@ def main():
         bench = Bench(args)
     except Exception as e:  # noqa: BLE001 - the services are not there: one line, not a traceback
         raise SystemExit(f"bench: cannot reach the services (KAFKA_BROKERS={os.environ.get('KAFKA_BROKERS')}, "
-                         f"MONGODB_URI={os.environ.get('MONGODB_URI')}): {e!r}; run `make up`")
+                         f"MONGODB_URI={redact_uri(os.environ.get('MONGODB_URI'))}): {e!r}; run `make up`")
     say(f"scale {args.scale}, run id {bench.run_id}, binary {os.path.relpath(bench.bin, ROOT)}, work folder {bench.work}")
     ok = False
     bench.results["notes"].extend(args.note)

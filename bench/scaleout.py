@@ -875,7 +875,7 @@ def main():
         so = ScaleOut(args)
     except Exception as e:  # noqa: BLE001 - the services are not there: one line, not a traceback
         raise SystemExit(f"scaleout: cannot reach the services (KAFKA_BROKERS={os.environ.get('KAFKA_BROKERS')}, "
-                         f"MONGODB_URI={os.environ.get('MONGODB_URI')}): {e!r}")
+                         f"MONGODB_URI={suite.redact_uri(os.environ.get('MONGODB_URI'))}): {e!r}")
     say(f"run id {so.run_id}, binary {so.bin}, {args.messages:,} messages, {args.repeat} repeat(s), work folder {so.work}")
     order = []
     for rep in range(args.repeat):
