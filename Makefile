@@ -10,14 +10,19 @@ DEMO_INTERVAL ?= 1
 # Kafka nodes: 1 or 3 (a three-node KRaft cluster), e.g. `make up BROKERS=3`. Unset: the mode
 # `up` last started (remembered in .local/kafka/mode), else 1.
 BROKERS ?=
+# Kafka version: a 3.9.x or 4.x release, e.g. `make up KAFKA_VERSION=3.9.2` (also `make test`,
+# `make test-cluster`, `make chaos`). Unset: the version `up` last started (remembered in
+# .local/kafka/version), else 4.4.0. Each version has its own jars and storage in
+# .local/kafka/<version>; asking for another one stops the running nodes first.
+KAFKA_VERSION ?=
 
 .PHONY: up up-cluster down status test demo build lint fmt
 
 up:
-	@BROKERS="$(BROKERS)" bash $(SERVICES) up
+	@BROKERS="$(BROKERS)" KAFKA_VERSION="$(KAFKA_VERSION)" bash $(SERVICES) up
 
 up-cluster:
-	@BROKERS=3 bash $(SERVICES) up
+	@BROKERS=3 KAFKA_VERSION="$(KAFKA_VERSION)" bash $(SERVICES) up
 
 down:
 	@BROKERS="$(BROKERS)" bash $(SERVICES) down
@@ -29,7 +34,7 @@ build:
 	cargo build --release
 
 # Unit tests need nothing; integration tests need the broker and the database,
-# which `up` starts (a no-op when they already run).
+# which `up` starts (a no-op when they already run; KAFKA_VERSION and BROKERS pass through).
 test: up
 	set -a && source $(SERVICES_ENV) && set +a && cargo test -- --test-threads=4
 
@@ -105,6 +110,8 @@ $(BENCH_VENV)/.installed: bench/requirements.txt
 # Failover tests against the three-node cluster (tests/cluster.rs, #[ignore] in plain `cargo
 # test`): switches the local services to BROKERS=3, runs them one at a time, and switches back
 # to one broker whether they passed or not. The 90 s outage (chaos_*) is left to `make chaos`.
+# KAFKA_VERSION (given, else the remembered one) holds for both switches: the sub-makes inherit
+# it from the command line, else from .local/services.env, sourced before the second.
 .PHONY: test-cluster
 test-cluster:
 	$(MAKE) up BROKERS=3
@@ -117,7 +124,8 @@ test-cluster:
 # 90 s, the database down, hostile input, both services down at start; then the cluster's
 # chaos_* tests in tests/cluster.rs (all three nodes down 90 s) on `make up BROKERS=3`, and back
 # to one broker, pass or fail. About 20 min, plus about 5 for the cluster part; release build,
-# one test at a time; the exit status fails when either part failed.
+# one test at a time; the exit status fails when either part failed. KAFKA_VERSION picks the
+# Kafka version of both parts (the cluster part keeps the version .local/services.env names).
 # Tests that stop a service wait until no other test run uses the services (CHAOS_WAIT_SECS,
 # 1800) and bring them back, pass or fail. Each scenario's figures: target/chaos/*.txt.
 # CHAOS_SEED=N replays a run's random choices; CHAOS_ARGS passes more arguments to both harnesses
@@ -128,7 +136,7 @@ test-cluster:
 CHAOS_ARGS ?=
 .PHONY: chaos
 chaos:
-	BROKERS=1 bash $(SERVICES) up
+	BROKERS=1 KAFKA_VERSION="$(KAFKA_VERSION)" bash $(SERVICES) up
 	rm -rf target/chaos
 	set -a && source $(SERVICES_ENV) && set +a && \
 	cargo test --release --test chaos -- --ignored --test-threads=1 --nocapture $(CHAOS_ARGS); \

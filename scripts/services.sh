@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # Local services for metricsctl's demo and integration tests, run natively (no Docker):
-#   - Apache Kafka 3.9.2 in KRaft mode, either one node (broker + controller) on 127.0.0.1:29092
-#     (BROKERS=1, the default) or a three-node cluster (BROKERS=3): node N is broker + controller
-#     with id N on 127.0.0.1:29092 / 29192 / 29292 (controllers on 29093 / 29193 / 29293)
+#   - Apache Kafka in KRaft mode, 4.4.0 by default (KAFKA_VERSION=3.9.2 still works), either one
+#     node (broker + controller) on 127.0.0.1:29092 (BROKERS=1, the default) or a three-node
+#     cluster (BROKERS=3): node N is broker + controller with id N on 127.0.0.1:29092 / 29192 /
+#     29292 (controllers on 29093 / 29193 / 29293)
 #   - FerretDB v1.24.2 (MongoDB wire protocol, SQLite backend) on 127.0.0.1:27017
 #
-# Usage: scripts/services.sh up [--brokers 1|3] | down | status | running
+# Usage: scripts/services.sh up [--brokers 1|3] [--kafka-version V] | down | status | running
 #        scripts/services.sh kill-broker N | start-broker N | broker-pid N
 #   up            start what is not running (only that), wait until everything answers, write
 #                 .local/services.env. The Kafka mode is BROKERS (env) or --brokers, else the mode
-#                 `up` last started (remembered in .local/kafka/mode), else 1. Asking for the other
-#                 mode than the running one stops the running Kafka node(s) first.
-#   down          stop every Kafka node this script started (either mode) and FerretDB
+#                 `up` last started (remembered in .local/kafka/mode), else 1. The Kafka version
+#                 is KAFKA_VERSION (env) or --kafka-version, else the version `up` last started
+#                 (remembered in .local/kafka/version), else 4.4.0. Asking for another mode or
+#                 version than the running one stops the running Kafka node(s) first.
+#   down          stop every Kafka node this script started (any mode, any version) and FerretDB
 #   status        what runs where (informational, always exits 0)
-#   running       exit 0 when every Kafka node of the current mode and FerretDB run, else 1
+#   running       exit 0 when every Kafka node of the current mode and version and FerretDB run
 #   kill-broker N SIGKILL Kafka node N of the current mode; prints its pid
 #   start-broker N start Kafka node N of the current mode; waits until it answers
 #   broker-pid N  print the pid of Kafka node N of the current mode (exit 1 if it does not run)
@@ -22,8 +25,9 @@
 #
 # Everything the services need is fetched/built on first use and kept under the
 # git-ignored .local/ folder (jars, binary, data, logs, pid files), so a fresh machine only
-# needs java (11+), mvn, go and, for kcat, apt-get. `up` is idempotent: when the services
-# already run it only checks that they answer. Data survives `down`; `rm -rf .local` resets all.
+# needs java (17+; Kafka 3.9 also runs on 11), mvn, go and, for kcat, apt-get. `up` is
+# idempotent: when the services already run it only checks that they answer. Data survives
+# `down`; `rm -rf .local` resets all.
 set -euo pipefail
 
 # --- Locations and settings -----------------------------------------------------------------
@@ -39,21 +43,17 @@ MONGO_PORT=27017
 READY_TIMEOUT="${SERVICES_READY_TIMEOUT:-90}" # seconds each service gets to answer after start
 STOP_TIMEOUT=15                               # seconds between SIGTERM and SIGKILL
 
-KAFKA_VERSION=3.9.2
+KAFKA_DEFAULT_VERSION=4.4.0
 KAFKA_SRC="$ROOT/scripts/kafka"
 KAFKA_HOME="$LOCAL/kafka"
-KAFKA_LIBS="$KAFKA_HOME/libs"
-KAFKA_LIBS_MARKER="$KAFKA_LIBS/.complete"
-KAFKA_DATA="$KAFKA_HOME/data"
-KAFKA_LOGS="$KAFKA_HOME/logs"
-KAFKA_CONFIG="$KAFKA_HOME/server.properties"
-KAFKA_CLUSTER_ID_FILE="$KAFKA_HOME/cluster-id"
-KAFKA_PID="$LOCAL/run/kafka.pid"
-# The three-node cluster (BROKERS=3) keeps its own storage: a KRaft log formatted for one voter
-# cannot join a three-voter quorum. Node N: cluster/node-N/{data,logs,server.properties} and
-# .local/run/kafka-N.pid. The single node keeps the paths above.
-KAFKA_CLUSTER_HOME="$KAFKA_HOME/cluster"
-KAFKA_MODE_FILE="$KAFKA_HOME/mode" # 1 or 3: the mode `up` last started
+KAFKA_MODE_FILE="$KAFKA_HOME/mode"       # 1 or 3: the mode `up` last started
+KAFKA_VERSION_FILE="$KAFKA_HOME/version" # the Kafka version `up` last started
+# Before per-version folders, .local/kafka held one version's jars and storage directly (libs,
+# data, logs, cluster/, cluster-id); that version was always 3.9.2. See migrate_old_layout.
+KAFKA_OLD_LAYOUT_VERSION=3.9.2
+# Node pid files, the same for every version (only one version runs at a time): kafka.pid for
+# the single node, kafka-N.pid for node N of the cluster.
+KAFKA_SLOTS=(kafka kafka-1 kafka-2 kafka-3)
 
 FERRET_SRC="$ROOT/scripts/ferretdb"
 FERRET_BIN="$LOCAL/bin/ferretdb-runner"
@@ -64,6 +64,27 @@ MONGO_URI="mongodb://$HOST:$MONGO_PORT"
 
 LOCK_FILE="$LOCAL/services.lock"
 LOCK_TIMEOUT="${SERVICES_LOCK_TIMEOUT:-300}" # seconds to wait for another run's lock
+
+# Each version keeps its jars, storage, logs and configs in .local/kafka/VERSION (node N of the
+# cluster in .local/kafka/VERSION/cluster/node-N): KRaft storage formatted by one version must
+# never be fed to another (a 3.9 node refuses the newer metadata version a 4.x format writes,
+# and a 4.x node upgrades what it is given for good), and a running node keeps loading classes
+# from its own jars while another version's are fetched. Sets the KAFKA_* paths for version $1.
+use_version() {
+  KAFKA_VERSION="$1"
+  KAFKA_MAJOR="${1%%.*}"
+  KAFKA_VHOME="$KAFKA_HOME/$1"
+  KAFKA_LIBS="$KAFKA_VHOME/libs"
+  KAFKA_LIBS_MARKER="$KAFKA_LIBS/.complete"
+  KAFKA_DATA="$KAFKA_VHOME/data"
+  KAFKA_LOGS="$KAFKA_VHOME/logs"
+  KAFKA_CONFIG="$KAFKA_VHOME/server.properties"
+  KAFKA_CLUSTER_ID_FILE="$KAFKA_VHOME/cluster-id"
+  # The three-node cluster (BROKERS=3) keeps its own storage: a KRaft log formatted for one voter
+  # cannot join a three-voter quorum. Node N: cluster/node-N/{data,logs,server.properties} and
+  # .local/run/kafka-N.pid. The single node keeps the paths above.
+  KAFKA_CLUSTER_HOME="$KAFKA_VHOME/cluster"
+}
 
 # --- Output helpers -------------------------------------------------------------------------
 say() { echo "services: $*"; }
@@ -211,13 +232,29 @@ stop_pid() {
   fi
 }
 
+
 # --- Tools ----------------------------------------------------------------------------------
+# The Java feature release (17, 21, ...; 8 for 1.8), empty when java does not answer.
+java_major() {
+  java -XshowSettings:properties -version 2>&1 |
+    awk -F' = ' '$1 ~ /java\.specification\.version$/ { v = $2; sub(/^1\./, "", v); print v }'
+}
+
+# Kafka 4.x brokers and tools need Java 17 or newer; 3.9 runs on 11.
+require_java() {
+  local need=11 have
+  ((KAFKA_MAJOR < 4)) || need=17
+  have="$(java_major)"
+  [[ "$have" =~ ^[0-9]+$ ]] || die "java does not answer 'java -version' (a JDK $need+ runs Kafka $KAFKA_VERSION)"
+  ((have >= need)) || die "Kafka $KAFKA_VERSION needs Java $need or newer, but java is $have; install a newer JDK or pick an older Kafka (KAFKA_VERSION=3.9.2 runs on Java 11)"
+}
+
 require_tools() {
   local missing=() t
   for t in java mvn go; do
     command -v "$t" >/dev/null 2>&1 || missing+=("$t")
   done
-  ((${#missing[@]} == 0)) || die "missing tools: ${missing[*]} (needed: a JDK 11+ for Kafka, Maven to fetch its jars, Go 1.21+ to build FerretDB)"
+  ((${#missing[@]} == 0)) || die "missing tools: ${missing[*]} (needed: a JDK 17+ for Kafka, Maven to fetch its jars, Go 1.21+ to build FerretDB)"
 }
 
 # kcat is the independent Kafka client of the integration tests and our readiness probe.
@@ -236,24 +273,73 @@ ensure_kcat() {
   fi
 }
 
-# --- Kafka ----------------------------------------------------------------------------------
-# Jars come from Maven (scripts/kafka/pom.xml) into libs.tmp; its marker holds the pom's
-# checksum, so editing the pom refetches them. They replace libs only while no Kafka node runs:
-# a running JVM still loads classes from the jars in libs.
-kafka_libs_want() { sha256sum "$KAFKA_SRC/pom.xml" | cut -d' ' -f1; }
+
+# --- Kafka versions -------------------------------------------------------------------------
+valid_version() { [[ "$1" =~ ^(3\.9|4\.[0-9]+)\.[0-9]+$ ]]; }
+
+check_version() {
+  valid_version "$1" || {
+    echo "services: error: KAFKA_VERSION must be a Kafka 3.9.x or 4.x release such as 4.4.0 (the default) or 3.9.2, not '$1'" >&2
+    exit 2
+  }
+}
+
+# Is .local/kafka still in the layout from before per-version folders?
+old_layout() {
+  [[ -e "$KAFKA_HOME/data" || -e "$KAFKA_HOME/cluster" || -e "$KAFKA_HOME/libs" || -e "$KAFKA_HOME/libs.tmp" ]]
+}
+
+# The version `up` last started; before per-version folders that was 3.9.2; else the default.
+current_version() {
+  local v=""
+  [[ -s "$KAFKA_VERSION_FILE" ]] && v="$(<"$KAFKA_VERSION_FILE")"
+  if valid_version "$v"; then
+    echo "$v"
+  elif old_layout; then
+    echo "$KAFKA_OLD_LAYOUT_VERSION"
+  else
+    echo "$KAFKA_DEFAULT_VERSION"
+  fi
+}
+
+# The version a command works on: --kafka-version V or KAFKA_VERSION, else the remembered one.
+wanted_version() {
+  if [[ -n "$WANT_VERSION" ]]; then echo "$WANT_VERSION"; else current_version; fi
+}
+
+# Kafka 3.x logs through log4j 1 (reload4j, log4j.properties), 4.x through log4j2 (log4j2.xml):
+# the pom's logging profile and the JVM option naming the configuration.
+kafka_logging() { if ((KAFKA_MAJOR >= 4)); then echo log4j2; else echo reload4j; fi; }
+kafka_log_config() {
+  if ((KAFKA_MAJOR >= 4)); then
+    echo "-Dlog4j2.configurationFile=$KAFKA_SRC/log4j2.xml"
+  else
+    echo "-Dlog4j.configuration=file:$KAFKA_SRC/log4j.properties"
+  fi
+}
+
+# --- Kafka jars -----------------------------------------------------------------------------
+# Jars come from Maven (scripts/kafka/pom.xml, given the version and its logging backend) into
+# libs.tmp; its marker holds a checksum of the pom and both settings, so editing the pom
+# refetches them. They replace libs only while no node of this version runs: a running JVM still
+# loads classes from the jars in libs (nodes of other versions run from their own libs).
+kafka_libs_want() {
+  { sha256sum "$KAFKA_SRC/pom.xml" | cut -d' ' -f1 && echo "kafka.version=$KAFKA_VERSION kafka.logging=$(kafka_logging)"; } |
+    sha256sum | cut -d' ' -f1
+}
 
 fetch_kafka_libs() {
-  local want tmp="$KAFKA_HOME/libs.tmp"
+  local want tmp="$KAFKA_VHOME/libs.tmp"
   want="$(kafka_libs_want)"
   [[ -f "$KAFKA_LIBS_MARKER" && "$(<"$KAFKA_LIBS_MARKER")" == "$want" ]] && return 0
   [[ -f "$tmp/.complete" && "$(<"$tmp/.complete")" == "$want" ]] && return 0
-  say "kafka: fetching Kafka $KAFKA_VERSION jars with Maven into $(rel "$KAFKA_LIBS") (first run, or scripts/kafka/pom.xml changed)"
+  say "kafka: fetching Kafka $KAFKA_VERSION jars with Maven into $(rel "$KAFKA_LIBS") (first run of this version, or scripts/kafka/pom.xml changed)"
   rm -rf "$tmp"
-  mkdir -p "$KAFKA_HOME"
-  if ! mvn -B -q -f "$KAFKA_SRC/pom.xml" dependency:copy-dependencies \
-    -DincludeScope=runtime -DoutputDirectory="$tmp" >"$KAFKA_HOME/mvn.log" 2>&1; then
-    show_tail "$KAFKA_HOME/mvn.log"
-    die "kafka: mvn could not fetch the Kafka jars (full output in $(rel "$KAFKA_HOME/mvn.log"))"
+  mkdir -p "$KAFKA_VHOME"
+  if ! mvn -B -q -f "$KAFKA_SRC/pom.xml" -Dkafka.version="$KAFKA_VERSION" -Dkafka.logging="$(kafka_logging)" \
+    dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$tmp" >"$KAFKA_VHOME/mvn.log" 2>&1; then
+    show_tail "$KAFKA_VHOME/mvn.log"
+    die "kafka: mvn could not fetch the Kafka $KAFKA_VERSION jars (full output in $(rel "$KAFKA_VHOME/mvn.log"); is $KAFKA_VERSION a release on Maven Central?)"
   fi
   compgen -G "$tmp/kafka_2.13-$KAFKA_VERSION.jar" >/dev/null ||
     die "kafka: mvn finished but kafka_2.13-$KAFKA_VERSION.jar is not in $(rel "$tmp")"
@@ -261,16 +347,16 @@ fetch_kafka_libs() {
 }
 
 install_kafka_libs() {
-  local tmp="$KAFKA_HOME/libs.tmp"
+  local tmp="$KAFKA_VHOME/libs.tmp"
   [[ -f "$tmp/.complete" ]] || return 0
-  if any_kafka_running; then
-    [[ -f "$KAFKA_LIBS_MARKER" ]] || die "kafka: $(rel "$KAFKA_LIBS") is incomplete while a Kafka node runs; run: scripts/services.sh down"
-    say "kafka: new jars wait in $(rel "$tmp") while other nodes run from $(rel "$KAFKA_LIBS"); they are installed by the next up with no node running"
+  if version_running "$KAFKA_VERSION"; then
+    [[ -f "$KAFKA_LIBS_MARKER" ]] || die "kafka: $(rel "$KAFKA_LIBS") is incomplete while a Kafka $KAFKA_VERSION node runs; run: scripts/services.sh down"
+    say "kafka: new jars wait in $(rel "$tmp") while other nodes run from $(rel "$KAFKA_LIBS"); they are installed by the next up with no node of Kafka $KAFKA_VERSION running"
     return 0
   fi
   rm -rf "$KAFKA_LIBS"
   mv "$tmp" "$KAFKA_LIBS"
-  say "kafka: $(find "$KAFKA_LIBS" -name '*.jar' | wc -l) jars ready"
+  say "kafka: $(find "$KAFKA_LIBS" -name '*.jar' | wc -l) jars of Kafka $KAFKA_VERSION ready"
 }
 
 ensure_kafka_libs() {
@@ -280,6 +366,110 @@ ensure_kafka_libs() {
 
 kafka_java() {
   java -cp "$KAFKA_LIBS/*" "$@"
+}
+
+# --- Running nodes, whatever their version and mode -----------------------------------------
+slot_pidfile() { echo "$LOCAL/run/$1.pid"; }
+slot_node() { if [[ "$1" == kafka ]]; then echo 1; else echo "${1#kafka-}"; fi; }
+slot_mode() { if [[ "$1" == kafka ]]; then echo 1; else echo 3; fi; }
+slot_port() { echo $((KAFKA_PORT + 100 * ($(slot_node "$1") - 1))); }
+
+# The config file of the live node in slot $1: the argument after kafka.Kafka on its command
+# line, when it lies under .local/kafka (so the process is ours; a recycled pid is not); else
+# exit 1. A process that is exiting (a zombie) does not count.
+slot_config() {
+  local pidfile pid i args=()
+  pidfile="$(slot_pidfile "$1")"
+  [[ -s "$pidfile" ]] || return 1
+  pid="$(<"$pidfile")"
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+  kill -0 "$pid" 2>/dev/null || return 1
+  [[ "$(proc_field "$pid" State)" != Z ]] || return 1
+  mapfile -d "" -t args 2>/dev/null <"/proc/$pid/cmdline" || return 1
+  for ((i = 0; i + 1 < ${#args[@]}; i++)); do
+    if [[ "${args[i]}" == kafka.Kafka && "${args[i + 1]}" == "$KAFKA_HOME/"* ]]; then
+      echo "${args[i + 1]}"
+      return 0
+    fi
+  done
+  return 1
+}
+
+# The version a node's config belongs to (.local/kafka/VERSION/...), or "old-layout" for a node
+# started before per-version folders (.local/kafka/server.properties, .local/kafka/cluster/...).
+config_version() {
+  local first="${1#"$KAFKA_HOME"/}"
+  first="${first%%/*}"
+  if valid_version "$first"; then echo "$first"; else echo old-layout; fi
+}
+
+# "Kafka 4.4.0", or "Kafka 3.9.2, old layout", for the node in slot $1 (running).
+slot_label() {
+  local v
+  v="$(config_version "$(slot_config "$1")")"
+  if [[ "$v" == old-layout ]]; then echo "Kafka $KAFKA_OLD_LAYOUT_VERSION, old layout"; else echo "Kafka $v"; fi
+}
+
+# The slots whose node runs.
+live_slots() {
+  local s
+  for s in "${KAFKA_SLOTS[@]}"; do
+    if slot_config "$s" >/dev/null; then echo "$s"; fi
+  done
+}
+
+# Does a node of version $1 ("old-layout" included) run?
+version_running() {
+  local s cfg
+  for s in "${KAFKA_SLOTS[@]}"; do
+    cfg="$(slot_config "$s")" || continue
+    [[ "$(config_version "$cfg")" == "$1" ]] && return 0
+  done
+  return 1
+}
+
+# Stop the nodes in the given slots all at once (SIGTERM to each, then each is awaited): a KRaft
+# cluster stopped one node at a time loses its quorum, and the last node's controlled shutdown
+# then waits for a controller that is gone.
+stop_slots() {
+  local s rc=0 job jobs=()
+  for s in "$@"; do
+    (
+      cfg="$(slot_config "$s")" || exit 0 # gone meanwhile
+      stop_pid "$s ($(slot_label "$s"))" "$(slot_pidfile "$s")" "kafka.Kafka $cfg" "$(slot_port "$s")"
+    ) &
+    jobs+=("$!")
+  done
+  for job in "${jobs[@]}"; do
+    wait "$job" || rc=1
+  done
+  ((rc == 0)) || die "kafka: a node did not stop (see above)"
+}
+
+# Before per-version folders, .local/kafka held Kafka 3.9.2's jars and storage directly. Once no
+# node runs from there, its storage (data, logs, cluster/, cluster-id) moves to
+# .local/kafka/3.9.2, where KAFKA_VERSION=3.9.2 finds its topics again, and the old jars go (the
+# per-version jars are fetched anew). A node still running from there is left alone: `up` stops
+# it like a node of another version, then calls this again.
+migrate_old_layout() {
+  local dest="$KAFKA_HOME/$KAFKA_OLD_LAYOUT_VERSION" item moved=()
+  old_layout || return 0
+  version_running old-layout && return 0
+  mkdir -p "$dest"
+  for item in data logs cluster cluster-id; do
+    [[ -e "$KAFKA_HOME/$item" ]] || continue
+    if [[ -e "$dest/$item" ]]; then
+      # Both layouts hold one: the per-version one is the newer.
+      rm -rf "${KAFKA_HOME:?}/$item"
+    else
+      mv "$KAFKA_HOME/$item" "$dest/$item"
+      moved+=("$item")
+    fi
+  done
+  rm -rf "$KAFKA_HOME/libs" "$KAFKA_HOME/libs.tmp" "$KAFKA_HOME/server.properties" "$KAFKA_HOME/mvn.log"
+  # The version that ran from the old layout is the remembered one until `up` starts another.
+  [[ -s "$KAFKA_VERSION_FILE" ]] || echo "$KAFKA_OLD_LAYOUT_VERSION" >"$KAFKA_VERSION_FILE"
+  ((${#moved[@]} == 0)) || say "kafka: moved Kafka $KAFKA_OLD_LAYOUT_VERSION's ${moved[*]} from $(rel "$KAFKA_HOME") to $(rel "$dest") (one folder per version now)"
 }
 
 # --- Kafka modes and nodes ------------------------------------------------------------------
@@ -315,7 +505,8 @@ broker_list() {
   )
 }
 
-# Set the NODE_* globals to node $2 of mode $1; everything below works on the selected node.
+# Set the NODE_* globals to node $2 of mode $1 of the version use_version chose; everything below
+# works on the selected node.
 select_node() {
   local mode="$1" n="$2"
   NODE_ID="$n"
@@ -326,7 +517,6 @@ select_node() {
     NODE_DATA="$KAFKA_DATA"
     NODE_LOGS="$KAFKA_LOGS"
     NODE_CONFIG="$KAFKA_CONFIG"
-    NODE_PID="$KAFKA_PID"
     NODE_TEMPLATE="$KAFKA_SRC/server.properties"
     NODE_CLUSTER_ID_FILE="$KAFKA_CLUSTER_ID_FILE"
     NODE_XMS=256m
@@ -335,33 +525,25 @@ select_node() {
     NODE_DATA="$KAFKA_CLUSTER_HOME/node-$n/data"
     NODE_LOGS="$KAFKA_CLUSTER_HOME/node-$n/logs"
     NODE_CONFIG="$KAFKA_CLUSTER_HOME/node-$n/server.properties"
-    NODE_PID="$LOCAL/run/kafka-$n.pid"
     NODE_TEMPLATE="$KAFKA_SRC/cluster.properties"
     NODE_CLUSTER_ID_FILE="$KAFKA_CLUSTER_HOME/cluster-id"
     NODE_XMS=128m # three JVMs share the machine
   fi
+  NODE_PID="$(slot_pidfile "$NODE_NAME")"
   NODE_LOG="$NODE_LOGS/server.log"      # log4j output
   NODE_CONSOLE="$NODE_LOGS/console.log" # JVM stdout/stderr (crashes before log4j is up)
-  # The config path tells the nodes (and the two modes) apart in a process's command line.
+  # The config path tells the nodes, the two modes and the versions apart in a process's
+  # command line.
   NODE_MARKER="kafka.Kafka $NODE_CONFIG"
 }
 
 node_alive() { pid_alive "$NODE_PID" "$NODE_MARKER"; }
 
-any_kafka_running() {
-  local mode n
-  for mode in 1 3; do
-    for n in $(node_ids "$mode"); do
-      select_node "$mode" "$n"
-      node_alive && return 0
-    done
-  done
-  return 1
-}
-
 # server.properties is regenerated on each start (cheap), so template edits and a moved
 # checkout are picked up. Storage is formatted once, with a cluster id kept in .local
-# (one id for all three cluster nodes).
+# (one id for all three cluster nodes). The configs name their controllers statically
+# (controller.quorum.voters), which both 3.9 and 4.x format without --standalone or
+# --initial-controllers (those are for a dynamic quorum, controller.quorum.bootstrap.servers).
 prepare_node() {
   mkdir -p "$NODE_DATA" "$NODE_LOGS"
   sed -e "s|@LOG_DIRS@|$NODE_DATA|" -e "s|@NODE_ID@|$NODE_ID|" \
@@ -375,8 +557,8 @@ prepare_node() {
     [[ -s "$NODE_CLUSTER_ID_FILE.tmp" ]] || die "kafka: StorageTool random-uuid printed nothing"
     mv "$NODE_CLUSTER_ID_FILE.tmp" "$NODE_CLUSTER_ID_FILE"
   fi
-  say "$NODE_NAME: formatting storage in $(rel "$NODE_DATA") (cluster id $(<"$NODE_CLUSTER_ID_FILE"))"
-  if ! kafka_java -Dlog4j.configuration="file:$KAFKA_SRC/log4j.properties" -Dkafka.logs.dir="$NODE_LOGS" \
+  say "$NODE_NAME: formatting Kafka $KAFKA_VERSION storage in $(rel "$NODE_DATA") (cluster id $(<"$NODE_CLUSTER_ID_FILE"))"
+  if ! kafka_java "$(kafka_log_config)" -Dkafka.logs.dir="$NODE_LOGS" \
     kafka.tools.StorageTool format -t "$(<"$NODE_CLUSTER_ID_FILE")" -c "$NODE_CONFIG" \
     >"$NODE_LOGS/format.log" 2>&1; then
     show_tail "$NODE_LOGS/format.log"
@@ -392,8 +574,14 @@ start_node() {
   fi
   start_detached "$NODE_PID" "$NODE_CONSOLE" \
     java "-Xms$NODE_XMS" -Xmx512m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
-    -Dkafka.logs.dir="$NODE_LOGS" -Dlog4j.configuration="file:$KAFKA_SRC/log4j.properties" \
+    -Dkafka.logs.dir="$NODE_LOGS" "$(kafka_log_config)" \
     -cp "$KAFKA_LIBS/*" kafka.Kafka "$NODE_CONFIG"
+}
+
+# Kafka's API-versions tool from the jars of the selected version (its class moved in 4.0;
+# scripts/kafka-tool.sh knows where).
+broker_api_versions() {
+  KAFKA_VERSION="$KAFKA_VERSION" bash "$ROOT/scripts/kafka-tool.sh" broker-api-versions --bootstrap-server "$1"
 }
 
 # Ready = a metadata request to the node lists the node itself (kcat), or, without kcat, the
@@ -406,7 +594,7 @@ kafka_answers() {
     out="$(kcat -b "$HOST:$NODE_PORT" -L -m 5 2>/dev/null)" || return 1
     [[ "$out" == *"broker $NODE_ID at $HOST:$NODE_PORT"* ]]
   else
-    kafka_java kafka.admin.BrokerApiVersionsCommand --bootstrap-server "$HOST:$NODE_PORT" >/dev/null 2>&1
+    broker_api_versions "$HOST:$NODE_PORT" >/dev/null 2>&1
   fi
 }
 
@@ -419,7 +607,7 @@ kafka_cluster_answers() {
       [[ "$out" == *"broker $n at $HOST:$((KAFKA_PORT + 100 * (n - 1)))"* ]] || return 1
     done
   else
-    out="$(kafka_java kafka.admin.BrokerApiVersionsCommand --bootstrap-server "$(broker_list 3)" 2>/dev/null)" || return 1
+    out="$(broker_api_versions "$(broker_list 3)" 2>/dev/null)" || return 1
     for n in 1 2 3; do
       [[ "$out" == *"(id: $n rack"* ]] || return 1
     done
@@ -438,7 +626,7 @@ wait_cluster() {
         exit 1
       fi
     done
-    ((SECONDS < deadline)) || die "kafka: the metadata did not list all three brokers within ${READY_TIMEOUT}s; see .local/kafka/cluster/node-*/logs/server.log"
+    ((SECONDS < deadline)) || die "kafka: the metadata did not list all three brokers within ${READY_TIMEOUT}s; see $(rel "$KAFKA_CLUSTER_HOME")/node-*/logs/server.log"
     sleep 0.5
   done
 }
@@ -520,63 +708,77 @@ wait_ready() {
   done
 }
 
+
 write_env() {
   local mode="$1"
   mkdir -p "$LOCAL"
-  cat >"$ENV_FILE.tmp" <<EOF
+  cat >"$ENV_FILE.tmp" <<ENV
 # Written by scripts/services.sh up; source with: set -a; source .local/services.env; set +a
 KAFKA_BROKERS=$(broker_list "$mode")
 KAFKA_NODES=$mode
+KAFKA_VERSION=$KAFKA_VERSION
 MONGODB_URI=$MONGO_URI
-EOF
+ENV
   mv "$ENV_FILE.tmp" "$ENV_FILE"
 }
 
 mode_name() { if (($1 == 1)); then echo "1 node"; else echo "3 nodes"; fi; }
 
-# Stop the given nodes of mode $1 all at once (SIGTERM to each, then each is awaited): a KRaft
-# cluster stopped one node at a time loses its quorum, and the last node's controlled shutdown
-# then waits for a controller that is gone.
-stop_nodes() {
-  local mode="$1" n rc=0 job jobs=()
-  shift
-  for n in "$@"; do
-    (
-      select_node "$mode" "$n"
-      stop_pid "$NODE_NAME" "$NODE_PID" "$NODE_MARKER" "$NODE_PORT"
-    ) &
-    jobs+=("$!")
+# What the nodes in the given slots run, e.g. "Kafka 3.9.2 (1 node)", one phrase per version and
+# mode, for messages.
+slots_description() {
+  local s out=()
+  for s in "$@"; do
+    out+=("$(slot_label "$s") ($(mode_name "$(slot_mode "$s")"))")
   done
-  for job in "${jobs[@]}"; do
-    wait "$job" || rc=1
-  done
-  ((rc == 0)) || die "kafka: a node did not stop (see above)"
+  printf '%s\n' "${out[@]}" | sort -u | paste -sd, - | sed 's/,/, /g'
 }
 
 # --- Commands -------------------------------------------------------------------------------
 cmd_up() {
-  local mode other n ferret_running=0 running=() missing=() stray=() started=()
+  local mode version n s ferret_running=0 running=() missing=() stray=() started=() old=()
   take_lock
   mode="$(wanted_mode)"
-  other=$((mode == 1 ? 3 : 1))
-  for n in $(node_ids "$other"); do
-    select_node "$other" "$n"
-    if node_alive; then stray+=("$n"); fi
-  done
+  version="$(wanted_version)"
+  use_version "$version"
+  # Kafka 3.9.2 from the layout before per-version folders is moved into its folder first; when
+  # it is the version asked for and still runs, it is stopped for that (once).
+  if [[ "$version" == "$KAFKA_OLD_LAYOUT_VERSION" ]] && old_layout; then
+    for s in $(live_slots); do
+      [[ "$(config_version "$(slot_config "$s")")" == old-layout ]] && old+=("$s")
+    done
+    if ((${#old[@]} > 0)); then
+      say "kafka: stopping $(slots_description "${old[@]}"), which runs from the layout before per-version folders, to move its storage"
+      stop_slots "${old[@]}"
+    fi
+  fi
+  migrate_old_layout
+
   for n in $(node_ids "$mode"); do
     select_node "$mode" "$n"
     if node_alive; then running+=("$n"); else missing+=("$n"); fi
   done
+  # Every other live node (the other mode, another version) is stopped before ours start.
+  for s in $(live_slots); do
+    if [[ "$(slot_mode "$s")" == "$mode" && " ${running[*]} " == *" $(slot_node "$s") "* ]]; then
+      continue
+    fi
+    stray+=("$s")
+  done
   pid_alive "$FERRET_PID" ferretdb-runner && ferret_running=1
 
   # Check every port before starting (or stopping) anything, so a conflict fails before minutes
-  # of setup. Ports held by a node of the other mode (node N uses the same ports in both) are
-  # freed by the switch below.
+  # of setup. Ports held by a stray node (node N uses the same ports in every mode and version)
+  # are freed by the switch below; so is its pid file, which a node of the same mode shares.
   for n in "${missing[@]}"; do
     select_node "$mode" "$n"
+    local held=0
+    for s in "${stray[@]}"; do
+      [[ "$(slot_node "$s")" == "$n" ]] && held=1
+    done
+    ((held)) && continue
     await_exit "$NODE_PID"
     rm -f "$NODE_PID"
-    [[ " ${stray[*]} " == *" $n "* ]] && continue
     require_free_port "$NODE_NAME" "$NODE_PORT"
     require_free_port "$NODE_NAME (controller)" "$NODE_CONTROLLER_PORT"
   done
@@ -591,8 +793,9 @@ cmd_up() {
     require_tools
   fi
   # Jars fetched and storage formatted before a switch stops anything, to keep Kafka's downtime
-  # short (the two modes have separate storage).
+  # short (every mode and version has its own jars and storage).
   if ((${#missing[@]} > 0)); then
+    require_java
     fetch_kafka_libs
     # On a fresh machine nothing runs from libs yet; otherwise new jars wait for the switch.
     [[ -f "$KAFKA_LIBS_MARKER" ]] || install_kafka_libs
@@ -602,14 +805,18 @@ cmd_up() {
     done
   fi
 
+  local from
   if ((${#stray[@]} > 0)); then
-    say "kafka: switching from $(mode_name "$other") to $(mode_name "$mode") (BROKERS=$mode): stopping the running node(s) first"
-    stop_nodes "$other" "${stray[@]}"
-  elif [[ "$(current_mode)" != "$mode" ]]; then
-    say "kafka: switching from $(mode_name "$other") to $(mode_name "$mode") (BROKERS=$mode)"
+    from="$(slots_description "${stray[@]}")"
+    say "kafka: switching from $from to Kafka $version ($(mode_name "$mode"); KAFKA_VERSION=$version BROKERS=$mode): stopping the running node(s) first"
+    stop_slots "${stray[@]}"
+    migrate_old_layout
+  elif [[ "$(current_mode)" != "$mode" || "$(current_version)" != "$version" ]]; then
+    say "kafka: switching to Kafka $version ($(mode_name "$mode"); KAFKA_VERSION=$version BROKERS=$mode)"
   fi
   mkdir -p "$KAFKA_HOME"
   echo "$mode" >"$KAFKA_MODE_FILE"
+  echo "$version" >"$KAFKA_VERSION_FILE"
 
   # Kafka first: it boots while FerretDB is being built.
   if ((${#missing[@]} > 0)); then
@@ -630,7 +837,7 @@ cmd_up() {
     select_node "$mode" "$n"
     wait_ready "$NODE_NAME" "$HOST:$NODE_PORT" kafka_answers "$NODE_PID" "$NODE_MARKER" "$NODE_LOG" "$NODE_CONSOLE"
     if [[ " ${running[*]} " == *" $n "* ]]; then
-      say "$NODE_NAME: already running (pid $(<"$NODE_PID")) on $HOST:$NODE_PORT"
+      say "$NODE_NAME: already running (pid $(<"$NODE_PID")) on $HOST:$NODE_PORT, Kafka $(kafka_version)"
     else
       say "$NODE_NAME: ready on $HOST:$NODE_PORT (pid $(<"$NODE_PID"), Kafka $(kafka_version))"
     fi
@@ -648,39 +855,45 @@ cmd_up() {
   fi
 
   write_env "$mode"
-  ((${#started[@]} == 0)) || say "wrote $(rel "$ENV_FILE") (KAFKA_BROKERS=$(broker_list "$mode") MONGODB_URI=$MONGO_URI)"
+  ((${#started[@]} == 0)) || say "wrote $(rel "$ENV_FILE") (KAFKA_BROKERS=$(broker_list "$mode") KAFKA_VERSION=$version MONGODB_URI=$MONGO_URI)"
 }
 
 cmd_down() {
-  local mode other n stray=()
+  local mode n live=()
   take_lock
   mode="$(current_mode)"
-  other=$((mode == 1 ? 3 : 1))
+  use_version "$(current_version)"
   # FerretDB first: it has no dependency on Kafka, and Kafka's shutdown is the slower one.
   stop_pid ferretdb "$FERRET_PID" ferretdb-runner "$MONGO_PORT"
-  # Every node of the current mode is reported; one of the other mode only if it runs.
-  for n in $(node_ids "$other"); do
-    select_node "$other" "$n"
-    if node_alive; then stray+=("$n"); fi
+  # Every live node, whatever its mode and version, all at once; every node of the current mode
+  # and version is reported, running or not.
+  mapfile -t live < <(live_slots)
+  ((${#live[@]} == 0)) || stop_slots "${live[@]}"
+  for n in $(node_ids "$mode"); do
+    select_node "$mode" "$n"
+    [[ " ${live[*]} " == *" $NODE_NAME "* ]] || stop_pid "$NODE_NAME" "$NODE_PID" "$NODE_MARKER" "$NODE_PORT"
   done
-  ((${#stray[@]} == 0)) || stop_nodes "$other" "${stray[@]}"
-  # shellcheck disable=SC2046 # node ids are single words
-  stop_nodes "$mode" $(node_ids "$mode")
 }
 
-# kill-broker, start-broker and broker-pid work on node N of the current mode; BROKERS, when
-# given, must name that mode. Sets NODE_* for the node.
+# kill-broker, start-broker and broker-pid work on node N of the current mode and version;
+# BROKERS and KAFKA_VERSION, when given, must name those. Sets NODE_* for the node.
 select_existing_node() {
-  local n="$1" mode
+  local n="$1" mode version
   mode="$(current_mode)"
+  version="$(current_version)"
   if [[ -n "$WANT_BROKERS" && "$WANT_BROKERS" != "$mode" ]]; then
     echo "services: error: BROKERS=$WANT_BROKERS, but Kafka's current mode is $(mode_name "$mode"); switch first with: make up BROKERS=$WANT_BROKERS" >&2
+    exit 2
+  fi
+  if [[ -n "$WANT_VERSION" && "$WANT_VERSION" != "$version" ]]; then
+    echo "services: error: KAFKA_VERSION=$WANT_VERSION, but the current Kafka is $version; switch first with: make up KAFKA_VERSION=$WANT_VERSION" >&2
     exit 2
   fi
   if [[ ! "$n" =~ ^[0-9]+$ || " $(node_ids "$mode") " != *" $n "* ]]; then
     echo "services: error: no Kafka node '$n': the current mode has $(mode_name "$mode") (ids: $(node_ids "$mode"))" >&2
     exit 2
   fi
+  use_version "$version"
   select_node "$mode" "$n"
 }
 
@@ -702,12 +915,11 @@ cmd_kill_broker() {
   echo "$pid"
 }
 
-# Start node N of the current mode (FerretDB and the other nodes are left as they are) and wait
+# Start node N of the current mode and version (FerretDB and the other nodes are left as they are) and wait
 # until it answers. In a cluster, the node answers once a controller quorum (2 of 3) is up.
 cmd_start_broker() {
-  local n="$1" mode
+  local n="$1"
   select_existing_node "$n"
-  mode="$(current_mode)"
   take_lock
   if node_alive; then
     say "$NODE_NAME: already running (pid $(<"$NODE_PID")) on $HOST:$NODE_PORT"
@@ -718,9 +930,9 @@ cmd_start_broker() {
   require_free_port "$NODE_NAME" "$NODE_PORT"
   require_free_port "$NODE_NAME (controller)" "$NODE_CONTROLLER_PORT"
   ensure_kcat
-  command -v java >/dev/null 2>&1 || die "java is missing (a JDK 11+ runs Kafka)"
-  ensure_kafka_libs # selects other nodes while it checks which run
-  select_node "$mode" "$n"
+  command -v java >/dev/null 2>&1 || die "java is missing (a JDK 17+ runs Kafka)"
+  require_java
+  ensure_kafka_libs
   prepare_node
   start_node
   wait_ready "$NODE_NAME" "$HOST:$NODE_PORT" kafka_answers "$NODE_PID" "$NODE_MARKER" "$NODE_LOG" "$NODE_CONSOLE"
@@ -733,17 +945,19 @@ cmd_broker_pid() {
   cat "$NODE_PID"
 }
 
-# Exit 0 when every node of the current Kafka mode and FerretDB run (CI leaves such services up).
+# Exit 0 when every node of the current Kafka mode and version and FerretDB run (CI leaves such
+# services up).
 cmd_running() {
   local mode n down=()
   mode="$(current_mode)"
+  use_version "$(current_version)"
   for n in $(node_ids "$mode"); do
     select_node "$mode" "$n"
     node_alive || down+=("$NODE_NAME")
   done
   pid_alive "$FERRET_PID" ferretdb-runner || down+=(ferretdb)
   if ((${#down[@]} == 0)); then
-    say "running: kafka ($(mode_name "$mode")) and ferretdb"
+    say "running: kafka (Kafka $KAFKA_VERSION, $(mode_name "$mode")) and ferretdb"
     return 0
   fi
   say "not running: ${down[*]}"
@@ -768,19 +982,20 @@ status_line() {
 
 # Informational only: exits 0 whether or not the services run (so `make status` never fails).
 cmd_status() {
-  local mode other n
+  local mode version n s
   mode="$(current_mode)"
-  other=$((mode == 1 ? 3 : 1))
-  say "kafka: mode $(mode_name "$mode") (BROKERS=$mode; remembered in $(rel "$KAFKA_MODE_FILE"))"
+  version="$(current_version)"
+  use_version "$version"
+  say "kafka: Kafka $version, mode $(mode_name "$mode") (KAFKA_VERSION=$version BROKERS=$mode; remembered in $(rel "$KAFKA_VERSION_FILE") and $(rel "$KAFKA_MODE_FILE"))"
   for n in $(node_ids "$mode"); do
     select_node "$mode" "$n"
     status_line "$NODE_NAME" "$NODE_PID" "$NODE_MARKER" "$NODE_PORT" kafka_answers "Kafka $(kafka_version) (KRaft)" "$NODE_LOG" || true
   done
-  for n in $(node_ids "$other"); do
-    select_node "$other" "$n"
-    if node_alive; then
-      say "$NODE_NAME: runs, pid $(<"$NODE_PID"), but belongs to the $(mode_name "$other") mode; scripts/services.sh down stops it"
+  for s in $(live_slots); do
+    if [[ "$(slot_mode "$s")" == "$mode" && "$(config_version "$(slot_config "$s")")" == "$version" ]]; then
+      continue
     fi
+    say "$s: runs $(slot_label "$s") ($(mode_name "$(slot_mode "$s")")), pid $(<"$(slot_pidfile "$s")"), but the current setting is Kafka $version ($(mode_name "$mode")); scripts/services.sh down stops it, up switches"
   done
   status_line ferretdb "$FERRET_PID" ferretdb-runner "$MONGO_PORT" mongo_answers "FerretDB $(ferretdb_version) (SQLite)" "$FERRET_LOG" || true
   if [[ -f "$ENV_FILE" ]]; then
@@ -789,11 +1004,12 @@ cmd_status() {
 }
 
 usage() {
-  echo "usage: $0 up [--brokers 1|3] | down | status | running | kill-broker N | start-broker N | broker-pid N" >&2
+  echo "usage: $0 up [--brokers 1|3] [--kafka-version V] | down | status | running | kill-broker N | start-broker N | broker-pid N" >&2
   exit 2
 }
 
-WANT_BROKERS="${BROKERS:-}" # empty: the remembered mode
+WANT_BROKERS="${BROKERS:-}"       # empty: the remembered mode
+WANT_VERSION="${KAFKA_VERSION:-}" # empty: the remembered version
 
 main() {
   local cmd="${1:-}" arg=""
@@ -809,6 +1025,15 @@ main() {
         WANT_BROKERS="${1#*=}"
         shift
         ;;
+      --kafka-version)
+        (($# >= 2)) || usage
+        WANT_VERSION="$2"
+        shift 2
+        ;;
+      --kafka-version=*)
+        WANT_VERSION="${1#*=}"
+        shift
+        ;;
       *)
         [[ -z "$arg" ]] || usage
         arg="$1"
@@ -817,6 +1042,7 @@ main() {
     esac
   done
   [[ -z "$WANT_BROKERS" ]] || check_mode "$WANT_BROKERS"
+  [[ -z "$WANT_VERSION" ]] || check_version "$WANT_VERSION"
   case "$cmd" in
     up | down | status | running) [[ -z "$arg" ]] || usage ;;
     kill-broker | start-broker | broker-pid) [[ -n "$arg" ]] || usage ;;
