@@ -45,6 +45,9 @@ pub struct ProduceArgs {
     /// on SIGINT/SIGTERM, keep sending reports already made for up to this many seconds (PRODUCER_DRAIN_TIMEOUT_SECONDS; 10)
     #[argh(option)]
     pub drain_timeout: Option<String>,
+    /// codec of the record batches: none, gzip, snappy, lz4 or zstd (KAFKA_COMPRESSION; none)
+    #[argh(option)]
+    pub compression: Option<String>,
 }
 
 /// Read the topic, store raw metrics in MongoDB and a KPI document per tumbling window.

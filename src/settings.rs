@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::cli::{ConsumeArgs, ProduceArgs, ShowArgs, StatusArgs};
+use crate::kafka::Compression;
 use crate::redact;
 use crate::window::MAX_LISTED;
 
@@ -130,6 +131,7 @@ pub struct ProduceSettings {
     pub seed: Option<u64>,
     /// After a stop signal, how long reports already made may still be sent.
     pub drain_timeout: Duration,
+    pub compression: Compression,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -201,6 +203,10 @@ impl ProduceSettings {
             ) {
                 Some(v) => seconds(&v)?,
                 None => Duration::from_secs(DEFAULT_DRAIN_TIMEOUT_SECONDS),
+            },
+            compression: match src.pick(&args.compression, "compression", &["KAFKA_COMPRESSION"]) {
+                Some(v) => v.text.parse().map_err(|e: String| v.error(e))?,
+                None => Compression::None,
             },
         })
     }

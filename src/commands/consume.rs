@@ -69,13 +69,24 @@ trait Retryable: Display {
     fn permanent(&self) -> bool {
         false
     }
+    /// What the operator should check when the error stops the command.
+    fn hint(&self) -> &'static str {
+        ""
+    }
 }
 
-impl Retryable for KafkaError {}
+impl Retryable for KafkaError {
+    fn permanent(&self) -> bool {
+        self.is_fatal()
+    }
+}
 
 impl Retryable for StoreError {
     fn permanent(&self) -> bool {
         self.permanent
+    }
+    fn hint(&self) -> &'static str {
+        "; check MONGODB_URI (user, password, options)"
     }
 }
 
@@ -102,7 +113,8 @@ fn retry<T, E: Retryable>(
             Err(_) if shutdown.requested() => return Err(Stop::Shutdown),
             Err(e) if e.permanent() => {
                 return Err(Stop::Fatal(CommandError::Failed(format!(
-                    "{e}; check MONGODB_URI (user, password, options)"
+                    "{e}{}",
+                    e.hint()
                 ))))
             }
             Err(e) => {
@@ -239,7 +251,7 @@ struct KafkaCommitter<'a> {
 impl OffsetCommitter for KafkaCommitter<'_> {
     fn commit(&mut self, offsets: &[(i32, i64)], marker: Option<&str>) -> Result<(), SinkError> {
         self.source.commit(offsets, marker).map_err(|e| {
-            self.fenced |= e.fenced;
+            self.fenced |= e.is_fenced();
             SinkError {
                 operation: "committing offsets",
                 detail: e.to_string(),
@@ -598,6 +610,9 @@ impl<'a> Pipeline<'a> {
                     f
                 }
                 Err(_) if self.shutdown.requested() => return Err(Stop::Shutdown),
+                Err(e) if e.is_fatal() => {
+                    return Err(Stop::Fatal(CommandError::Failed(e.to_string())))
+                }
                 Err(e) => {
                     let delay = backoff.next_delay();
                     error!(

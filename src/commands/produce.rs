@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::{now_utc, CommandError};
 use crate::cli::ProduceArgs;
-use crate::kafka::KafkaProducer;
+use crate::kafka::{KafkaError, KafkaProducer};
 use crate::metric::MetricMessage;
 use crate::outbox::Outbox;
 use crate::retry::Backoff;
@@ -45,9 +45,10 @@ pub fn run(args: &ProduceArgs) -> Result<(), CommandError> {
     let settings = ProduceSettings::resolve(args, &Sources::load()?)?;
     let shutdown = Shutdown::install().map_err(CommandError::Failed)?;
     info!(
-        "producing to topic {} on {}: servers {}, a report every {} s{}",
+        "producing to topic {} on {} ({} batches, idempotent): servers {}, a report every {} s{}",
         settings.topic,
         settings.brokers.join(","),
+        settings.compression,
         settings.servers.join(","),
         settings.interval.as_secs_f64(),
         settings
@@ -60,10 +61,11 @@ pub fn run(args: &ProduceArgs) -> Result<(), CommandError> {
     let mut producer = KafkaProducer::new(
         settings.brokers.clone(),
         settings.topic.clone(),
+        settings.compression,
         give_up.clone(),
     );
-    let (mut totals, mut outbox) = produce_loop(&settings, &mut producer, &shutdown);
-    if !outbox.is_empty() {
+    let (mut totals, mut outbox, fatal) = produce_loop(&settings, &mut producer, &shutdown);
+    if fatal.is_none() && !outbox.is_empty() {
         drain(&mut producer, &mut outbox, &mut totals, &give_up, &settings);
     }
     let unsent: usize = outbox.iter().map(|r| r.unsent.len()).sum();
@@ -76,7 +78,10 @@ pub fn run(args: &ProduceArgs) -> Result<(), CommandError> {
         outbox.dropped(),
         unsent
     );
-    Ok(())
+    match fatal {
+        Some(e) => Err(CommandError::Failed(e.to_string())),
+        None => Ok(()),
+    }
 }
 
 /// A flag raised `drain` after the first stop signal.
@@ -114,6 +119,10 @@ fn drain(
     let mut backoff = Backoff::standard();
     while !outbox.is_empty() && !give_up.requested() {
         if let Err(problem) = send_front(producer, outbox, totals, false) {
+            if let SendError::Fatal(e) = problem {
+                error!("{e}");
+                break;
+            }
             totals.failed_attempts += 1;
             let delay = backoff.next_delay();
             warn!(
@@ -133,11 +142,13 @@ fn drain(
     }
 }
 
+/// Runs until the last report is sent, a stop request, or a Kafka error retrying cannot fix
+/// (returned third).
 fn produce_loop(
     settings: &ProduceSettings,
     producer: &mut KafkaProducer,
     shutdown: &Shutdown,
-) -> (Totals, Outbox<PendingReport>) {
+) -> (Totals, Outbox<PendingReport>, Option<KafkaError>) {
     let mut fleet = Fleet::new(settings.servers.clone(), settings.seed);
     let mut outbox: Outbox<PendingReport> = Outbox::new(OUTBOX_REPORTS);
     let mut totals = Totals::default();
@@ -204,6 +215,7 @@ fn produce_loop(
                     }
                     backoff.reset();
                 }
+                Err(SendError::Fatal(e)) => return (totals, outbox, Some(e)),
                 Err(_) if shutdown.requested() => break,
                 Err(problem) => {
                     totals.failed_attempts += 1;
@@ -229,7 +241,24 @@ fn produce_loop(
         }
         shutdown.sleep(wake.saturating_duration_since(Instant::now()));
     }
-    (totals, outbox)
+    (totals, outbox, None)
+}
+
+/// Why a report was not sent whole.
+enum SendError {
+    /// Some messages were not acknowledged: back off and send them again.
+    Retry(String),
+    /// Retrying cannot help: the command stops.
+    Fatal(KafkaError),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Retry(problem) => f.write_str(problem),
+            SendError::Fatal(e) => e.fmt(f),
+        }
+    }
 }
 
 /// Sends what is left of the oldest report. Messages acknowledged are logged and removed, so a
@@ -239,7 +268,7 @@ fn send_front(
     outbox: &mut Outbox<PendingReport>,
     totals: &mut Totals,
     chatty: bool,
-) -> Result<(), String> {
+) -> Result<(), SendError> {
     let Some(report) = outbox.front_mut() else {
         return Ok(());
     };
@@ -248,7 +277,13 @@ fn send_front(
         .iter()
         .map(|m| (m.server_id.clone(), m.to_json()))
         .collect();
-    let outcomes = producer.send(records).map_err(|e| e.to_string())?;
+    let outcomes = producer.send(records).map_err(|e| {
+        if e.is_fatal() {
+            SendError::Fatal(e)
+        } else {
+            SendError::Retry(e.to_string())
+        }
+    })?;
     let mut still_unsent = Vec::new();
     let mut failures = Vec::new();
     for (message, outcome) in report.unsent.drain(..).zip(outcomes) {
@@ -284,10 +319,10 @@ fn send_front(
     } else {
         let n = still_unsent.len();
         report.unsent = still_unsent;
-        Err(format!(
+        Err(SendError::Retry(format!(
             "kafka produce failed for {n} messages of report {} ({})",
             report.number,
             failures.join("; ")
-        ))
+        )))
     }
 }

@@ -85,7 +85,9 @@ pub fn run(args: &StatusArgs) -> Result<(), CommandError> {
 
 fn gather(settings: &StatusSettings, store: &Store) -> Result<Report, CommandError> {
     let kafka_failed = |e: KafkaError| {
-        CommandError::Failed(if e.detail.contains("does not exist") {
+        CommandError::Failed(if e.is_fatal() {
+            e.to_string()
+        } else if e.detail.contains("does not exist") {
             format!("{e}; check --topic (KAFKA_TOPIC)")
         } else {
             format!(

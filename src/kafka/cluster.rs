@@ -12,13 +12,10 @@ use kafka_protocol::messages::{FindCoordinatorRequest, GroupId, MetadataRequest,
 use kafka_protocol::protocol::{Request, StrBytes};
 use uuid::Uuid;
 
-use super::wire::{Connection, WireError};
-use super::KafkaError;
+use super::connection::{Connection, WireError};
+use super::{fail, fatal, from_wire, KafkaError};
 use crate::shutdown::Shutdown;
 
-/// Protocol versions this client speaks (all supported by Kafka 3.x).
-pub const METADATA_VERSION: i16 = 12;
-const FIND_COORDINATOR_VERSION: i16 = 3;
 /// How long a request other than a fetch may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a fresh topic's partitions may take to get leaders after auto-creation.
@@ -131,7 +128,7 @@ impl Cluster {
                 TopicName(StrBytes::from_string(self.topic.clone())),
             ))]))
             .with_allow_auto_topic_creation(auto_create == AutoCreate::Yes);
-        let response = self.call_any(&request, METADATA_VERSION)?;
+        let response = self.call_any(&request)?;
         let brokers: HashMap<i32, String> = response
             .brokers
             .iter()
@@ -154,6 +151,16 @@ impl Cluster {
             )));
         };
         if let Some(e) = ResponseError::try_from_code(topic.error_code) {
+            if e == ResponseError::TopicAuthorizationFailed {
+                return Err(fatal(
+                    "metadata",
+                    format!(
+                        "the brokers refused access to topic {} (TOPIC_AUTHORIZATION_FAILED): \
+                         ask the cluster's operator for DESCRIBE, READ and WRITE on it",
+                        self.topic
+                    ),
+                ));
+            }
             return Ok(Err(match e {
                 ResponseError::UnknownTopicOrPartition => format!("topic {}{MISSING}", self.topic),
                 ResponseError::LeaderNotAvailable => {
@@ -198,11 +205,7 @@ impl Cluster {
     }
 
     /// Sends a request to any broker that answers: known brokers first, then the bootstrap list.
-    pub fn call_any<R: Request>(
-        &mut self,
-        request: &R,
-        version: i16,
-    ) -> Result<R::Response, KafkaError> {
+    pub fn call_any<R: Request>(&mut self, request: &R) -> Result<R::Response, KafkaError> {
         let mut candidates: Vec<String> = self.connections.keys().cloned().collect();
         for addr in self.brokers.values().chain(&self.bootstrap) {
             if !candidates.contains(addr) {
@@ -211,8 +214,10 @@ impl Cluster {
         }
         let mut failures = Vec::new();
         for addr in candidates {
-            match self.call_addr(&addr, request, version, REQUEST_TIMEOUT) {
+            match self.call_addr(&addr, request, REQUEST_TIMEOUT) {
                 Ok(r) => return Ok(r),
+                // Brokers of one cluster run one version: asking the next one cannot help.
+                Err(e @ WireError::TooOld(_)) => return Err(from_wire("metadata", e)),
                 Err(e) => failures.push(e),
             }
             if self.shutdown.requested() {
@@ -236,7 +241,6 @@ impl Cluster {
         &mut self,
         broker: i32,
         request: &R,
-        version: i16,
         timeout: Duration,
     ) -> Result<R::Response, WireError> {
         let addr = self
@@ -244,7 +248,7 @@ impl Cluster {
             .get(&broker)
             .cloned()
             .ok_or_else(|| WireError::Io(format!("broker {broker} is not in the metadata")))?;
-        self.call_addr(&addr, request, version, timeout)
+        self.call_addr(&addr, request, timeout)
     }
 
     /// Sends a request to `addr`, connecting first if needed; a failed connection is dropped so
@@ -253,17 +257,15 @@ impl Cluster {
         &mut self,
         addr: &str,
         request: &R,
-        version: i16,
         timeout: Duration,
     ) -> Result<R::Response, WireError> {
-        self.call_addr_interruptible(addr, request, version, timeout, &|| false)
+        self.call_addr_interruptible(addr, request, timeout, &|| false)
     }
 
     fn call_addr_interruptible<R: Request>(
         &mut self,
         addr: &str,
         request: &R,
-        version: i16,
         timeout: Duration,
         interrupted: &dyn Fn() -> bool,
     ) -> Result<R::Response, WireError> {
@@ -271,7 +273,7 @@ impl Cluster {
             Some(c) => c,
             None => Connection::open(addr)?,
         };
-        let result = connection.call_interruptible(request, version, timeout, interrupted);
+        let result = connection.call_interruptible(request, timeout, interrupted);
         if !matches!(result, Err(WireError::Io(_))) {
             self.connections.insert(addr.to_string(), connection);
         }
@@ -309,10 +311,9 @@ impl Cluster {
         &mut self,
         group: &str,
         request: &R,
-        version: i16,
         timeout: Duration,
     ) -> Result<R::Response, KafkaError> {
-        self.call_coordinator_interruptible(group, request, version, timeout, &|| false)
+        self.call_coordinator_interruptible(group, request, timeout, &|| false)
     }
 
     /// As [`Cluster::call_coordinator`], giving up the wait when `interrupted()` turns true.
@@ -320,7 +321,6 @@ impl Cluster {
         &mut self,
         group: &str,
         request: &R,
-        version: i16,
         timeout: Duration,
         interrupted: &dyn Fn() -> bool,
     ) -> Result<R::Response, KafkaError> {
@@ -332,10 +332,10 @@ impl Cluster {
                 a
             }
         };
-        self.call_addr_interruptible(&addr, request, version, timeout, interrupted)
+        self.call_addr_interruptible(&addr, request, timeout, interrupted)
             .map_err(|e| {
                 self.coordinator = None;
-                fail("group coordinator", e.to_string())
+                from_wire("group coordinator", e)
             })
     }
 
@@ -353,9 +353,19 @@ impl Cluster {
             .with_key_type(0);
         let deadline = Instant::now() + LEADER_WAIT;
         loop {
-            let response = self.call_any(&request, FIND_COORDINATOR_VERSION)?;
+            let response = self.call_any(&request)?;
             match ResponseError::try_from_code(response.error_code) {
                 None => return Ok(format!("{}:{}", response.host.as_str(), response.port)),
+                Some(ResponseError::GroupAuthorizationFailed) => {
+                    return Err(fatal(
+                        "find-coordinator",
+                        format!(
+                            "the brokers refused access to group {group} \
+                             (GROUP_AUTHORIZATION_FAILED): ask the cluster's operator for READ \
+                             on it, or use a group you may join"
+                        ),
+                    ))
+                }
                 Some(e)
                     if e.is_retriable()
                         && Instant::now() < deadline
@@ -379,12 +389,4 @@ pub fn group_id(group: &str) -> GroupId {
 /// A topic name as the codecs want it.
 pub fn topic_name(topic: &str) -> TopicName {
     TopicName(StrBytes::from_string(topic.to_string()))
-}
-
-pub fn fail(operation: &'static str, detail: impl Into<String>) -> KafkaError {
-    KafkaError {
-        operation,
-        detail: detail.into(),
-        fenced: false,
-    }
 }

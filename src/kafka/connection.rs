@@ -1,5 +1,10 @@
-//! One blocking connection to one broker: frames requests encoded by `kafka-protocol` and reads
-//! the matching responses. It only moves bytes; which request to send where is decided above.
+//! One blocking connection to one broker: opens the socket, learns the broker's API versions,
+//! frames requests encoded by `kafka-protocol` and reads the matching responses. It only moves
+//! bytes and picks versions; which request to send where is decided above.
+//!
+//! Everything that makes a socket a Kafka connection happens in [`Connection::open`]: connect,
+//! then ApiVersions. Security layers (TLS, SASL) belong there too, between the connect and the
+//! first request, so that the producer, fetch and group code above never see them.
 
 use std::fmt;
 use std::io::{ErrorKind, Read, Write};
@@ -7,11 +12,17 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::messages::RequestHeader;
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader};
+use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
+use log::{debug, trace};
+
+use super::versions::{self, BrokerVersions, Range, TooOld};
 
 /// How long a TCP connect may take before the broker counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the ApiVersions exchange that opens every connection may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A response larger than this is refused rather than allocated (a corrupt length prefix, or
 /// something that is not a Kafka broker on the port).
 const MAX_RESPONSE_BYTES: usize = 512 * 1024 * 1024;
@@ -20,89 +31,156 @@ pub const INTERRUPT_POLL: Duration = Duration::from_millis(200);
 /// The client id brokers log and Kafka's group tools show.
 pub const CLIENT_ID: &str = "metricsctl";
 
-/// A failed exchange with a broker. `Io` means the connection is unusable and must be dropped.
+/// A failed exchange with a broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WireError {
-    /// Connecting, writing or reading failed (refused, reset, timed out, closed).
+    /// Connecting, writing or reading failed (refused, reset, timed out, closed), or the byte
+    /// stream fell out of step (a bad frame size, an answer to another request): the
+    /// connection is unusable and must be dropped.
     Io(String),
-    /// The bytes did not decode as the expected response.
+    /// The answer was framed correctly but did not decode as the expected response.
     Protocol(String),
+    /// The broker lacks every version of an API we speak: retrying cannot help.
+    TooOld(TooOld),
 }
 
 impl fmt::Display for WireError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             WireError::Io(e) | WireError::Protocol(e) => f.write_str(e),
+            WireError::TooOld(e) => e.fmt(f),
         }
     }
 }
 
-/// A connection to `addr`, with a correlation id per request.
+/// A connection to `addr`, with the broker's versions and a correlation id per request.
 pub struct Connection {
     addr: String,
     stream: TcpStream,
     correlation_id: i32,
+    versions: BrokerVersions,
 }
 
 impl Connection {
-    /// Connects to `host:port`, trying each address it resolves to.
+    /// Connects to `host:port` (trying each address it resolves to) and asks the broker which
+    /// API versions it speaks.
     pub fn open(addr: &str) -> Result<Connection, WireError> {
-        let candidates: Vec<SocketAddr> = addr
-            .to_socket_addrs()
-            .map_err(|e| WireError::Io(format!("cannot resolve {addr}: {e}")))?
-            .collect();
-        let mut last = format!("{addr} resolves to no address");
-        for candidate in candidates {
-            match TcpStream::connect_timeout(&candidate, CONNECT_TIMEOUT) {
-                Ok(stream) => {
-                    // Requests are small and latency matters more than packet count.
-                    let _ = stream.set_nodelay(true);
-                    return Ok(Connection {
-                        addr: addr.to_string(),
-                        stream,
-                        correlation_id: 0,
-                    });
-                }
-                Err(e) => last = format!("cannot connect to {addr}: {e}"),
-            }
-        }
-        Err(WireError::Io(last))
+        let stream = connect(addr)?;
+        let mut connection = Connection {
+            addr: addr.to_string(),
+            stream,
+            correlation_id: 0,
+            versions: BrokerVersions::default(),
+        };
+        connection.versions = connection.api_versions()?;
+        debug!("connected to {addr}: {}", connection.versions.summary(addr));
+        trace!("{addr} supports {}", connection.versions);
+        Ok(connection)
     }
 
     pub fn addr(&self) -> &str {
         &self.addr
     }
 
-    /// Sends `request` at `version` and waits up to `timeout` for its response.
-    pub fn call<R>(
+    /// The version requests of type `R` go out at on this connection.
+    pub fn version<R: Request>(&self) -> Result<i16, WireError> {
+        let api = ApiKey::try_from(R::KEY)
+            .map_err(|()| WireError::Protocol(format!("request type {} has no API key", R::KEY)))?;
+        self.versions
+            .pick(api, &self.addr)
+            .map_err(WireError::TooOld)
+    }
+
+    /// Sends `request` and waits up to `timeout` for its response.
+    pub fn call<R: Request>(
         &mut self,
         request: &R,
-        version: i16,
         timeout: Duration,
-    ) -> Result<R::Response, WireError>
-    where
-        R: Request,
-    {
-        self.call_interruptible(request, version, timeout, &|| false)
+    ) -> Result<R::Response, WireError> {
+        self.call_interruptible(request, timeout, &|| false)
     }
 
     /// As [`Connection::call`], but gives up as soon as `interrupted()` turns true (checked at
     /// least every [`INTERRUPT_POLL`] while waiting): for requests a broker may hold for half a
     /// minute, such as a JoinGroup during a rebalance. A call given up leaves its response
     /// unread, so it fails as `Io` and the connection is dropped.
-    pub fn call_interruptible<R>(
+    pub fn call_interruptible<R: Request>(
         &mut self,
         request: &R,
+        timeout: Duration,
+        interrupted: &dyn Fn() -> bool,
+    ) -> Result<R::Response, WireError> {
+        let version = self.version::<R>()?;
+        let body = self.exchange(R::KEY, version, timeout, interrupted, |buf| {
+            request.encode(buf, version)
+        })?;
+        let mut body = body;
+        R::Response::decode(&mut body, version)
+            .map_err(|e| WireError::Protocol(format!("{}: undecodable response: {e}", self.addr)))
+    }
+
+    /// ApiVersions, the first request on every connection. A broker older than our version of
+    /// it answers UNSUPPORTED_VERSION in the v0 layout, which still lists its ranges.
+    fn api_versions(&mut self) -> Result<BrokerVersions, WireError> {
+        let request = ApiVersionsRequest::default()
+            .with_client_software_name(StrBytes::from_static_str(CLIENT_ID))
+            .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")));
+        let version = versions::API_VERSIONS;
+        let body = self.exchange(
+            ApiVersionsRequest::KEY,
+            version,
+            HANDSHAKE_TIMEOUT,
+            &|| false,
+            |buf| request.encode(buf, version),
+        )?;
+        let unsupported = body.len() >= 2
+            && ResponseError::try_from_code(i16::from_be_bytes([body[0], body[1]]))
+                == Some(ResponseError::UnsupportedVersion);
+        let answer_version = if unsupported { 0 } else { version };
+        let mut bytes = body;
+        let response = ApiVersionsResponse::decode(&mut bytes, answer_version).map_err(|e| {
+            WireError::Protocol(format!(
+                "{}: undecodable ApiVersions answer ({e}); is it a Kafka broker?",
+                self.addr
+            ))
+        })?;
+        let broker = BrokerVersions::new(response.api_keys.iter().map(|k| {
+            (
+                k.api_key,
+                Range {
+                    min: k.min_version,
+                    max: k.max_version,
+                },
+            )
+        }));
+        if unsupported {
+            // Names the broker's ApiVersions range, which lacks our v3.
+            broker
+                .pick(ApiKey::ApiVersions, &self.addr)
+                .map_err(WireError::TooOld)?;
+        }
+        if let Some(e) = ResponseError::try_from_code(response.error_code) {
+            return Err(WireError::Protocol(format!(
+                "{} refused ApiVersions: {e}",
+                self.addr
+            )));
+        }
+        Ok(broker)
+    }
+
+    /// Writes one request frame and reads the body of its answer (after the response header,
+    /// whose correlation id is checked).
+    fn exchange<E: fmt::Display>(
+        &mut self,
+        api_key: i16,
         version: i16,
         timeout: Duration,
         interrupted: &dyn Fn() -> bool,
-    ) -> Result<R::Response, WireError>
-    where
-        R: Request,
-    {
+        encode_body: impl FnOnce(&mut BytesMut) -> Result<(), E>,
+    ) -> Result<Bytes, WireError> {
         self.correlation_id = self.correlation_id.wrapping_add(1);
         let correlation_id = self.correlation_id;
-        let frame = encode_request(request, version, correlation_id)?;
+        let frame = encode_frame(api_key, version, correlation_id, encode_body)?;
         let deadline = Instant::now() + timeout;
         let io = |what: &str, e: std::io::Error| {
             WireError::Io(format!("{what} {} failed: {e}", self.addr))
@@ -123,17 +201,28 @@ impl Connection {
         let size = i32::from_be_bytes(size);
         let size = usize::try_from(size)
             .ok()
-            .filter(|s| *s <= MAX_RESPONSE_BYTES)
+            .filter(|s| (4..=MAX_RESPONSE_BYTES).contains(s))
             .ok_or_else(|| {
-                WireError::Protocol(format!(
+                WireError::Io(format!(
                     "{} answered a frame of {size} bytes; is it a Kafka broker?",
                     self.addr
                 ))
             })?;
         let mut body = vec![0u8; size];
         self.read_full(&mut body, deadline, interrupted)?;
-        decode_response::<R>(Bytes::from(body), version, correlation_id)
-            .map_err(|e| WireError::Protocol(format!("{}: {e}", self.addr)))
+        let mut body = Bytes::from(body);
+        let header_version = response_header_version(api_key, version);
+        let header = kafka_protocol::messages::ResponseHeader::decode(&mut body, header_version)
+            .map_err(|e| {
+                WireError::Io(format!("{}: undecodable response header: {e}", self.addr))
+            })?;
+        if header.correlation_id != correlation_id {
+            return Err(WireError::Io(format!(
+                "{}: the answer to request {} arrived for request {correlation_id}",
+                self.addr, header.correlation_id
+            )));
+        }
+        Ok(body)
     }
 
     /// Fills `buf` from the socket by the deadline. A read that times out keeps what it read
@@ -181,44 +270,74 @@ impl Connection {
     }
 }
 
+fn connect(addr: &str) -> Result<TcpStream, WireError> {
+    let candidates: Vec<SocketAddr> = addr
+        .to_socket_addrs()
+        .map_err(|e| WireError::Io(format!("cannot resolve {addr}: {e}")))?
+        .collect();
+    let mut last = format!("{addr} resolves to no address");
+    for candidate in candidates {
+        match TcpStream::connect_timeout(&candidate, CONNECT_TIMEOUT) {
+            Ok(stream) => {
+                // Requests are small and latency matters more than packet count.
+                let _ = stream.set_nodelay(true);
+                return Ok(stream);
+            }
+            Err(e) => last = format!("cannot connect to {addr}: {e}"),
+        }
+    }
+    Err(WireError::Io(last))
+}
+
 /// The size-prefixed frame of one request.
-fn encode_request<R: Request>(
-    request: &R,
+fn encode_frame<E: fmt::Display>(
+    api_key: i16,
     version: i16,
     correlation_id: i32,
+    encode_body: impl FnOnce(&mut BytesMut) -> Result<(), E>,
 ) -> Result<BytesMut, WireError> {
     let header = RequestHeader::default()
-        .with_request_api_key(R::KEY)
+        .with_request_api_key(api_key)
         .with_request_api_version(version)
         .with_correlation_id(correlation_id)
         .with_client_id(Some(StrBytes::from_static_str(CLIENT_ID)));
-    let mut body = BytesMut::new();
+    let header_version = ApiKey::try_from(api_key)
+        .map(|k| k.request_header_version(version))
+        .unwrap_or(1);
+    let mut frame = BytesMut::with_capacity(256);
+    frame.extend_from_slice(&[0; 4]);
+    let failed =
+        |e: &dyn fmt::Display| WireError::Protocol(format!("encoding a request failed: {e}"));
     header
-        .encode(&mut body, R::header_version(version))
-        .and_then(|()| request.encode(&mut body, version))
-        .map_err(|e| WireError::Protocol(format!("encoding a request failed: {e}")))?;
-    let mut frame = BytesMut::with_capacity(body.len() + 4);
-    frame.extend_from_slice(&(body.len() as i32).to_be_bytes());
-    frame.extend_from_slice(&body);
+        .encode(&mut frame, header_version)
+        .map_err(|e| failed(&e))?;
+    encode_body(&mut frame).map_err(|e| failed(&e))?;
+    let size = (frame.len() - 4) as i32;
+    frame[..4].copy_from_slice(&size.to_be_bytes());
     Ok(frame)
 }
 
-/// Decodes a response body (after the size prefix) and checks it answers our request.
-fn decode_response<R: Request>(
-    mut body: Bytes,
-    version: i16,
-    correlation_id: i32,
-) -> Result<R::Response, String> {
-    let header = kafka_protocol::messages::ResponseHeader::decode(
-        &mut body,
-        R::Response::header_version(version),
-    )
-    .map_err(|e| format!("undecodable response header: {e}"))?;
-    if header.correlation_id != correlation_id {
-        return Err(format!(
-            "response to request {} arrived for request {correlation_id}",
-            header.correlation_id
-        ));
+/// The header version of the answer to `api_key` at `version`. ApiVersions answers always use
+/// v0, so that a client can read a broker's refusal of a version it does not know.
+fn response_header_version(api_key: i16, version: i16) -> i16 {
+    ApiKey::try_from(api_key)
+        .map(|k| k.response_header_version(version))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Buf;
+
+    #[test]
+    fn request_frames_carry_their_size_and_header() {
+        let mut frame = encode_frame(18, 3, 7, |_| Ok::<(), String>(())).unwrap();
+        let size = frame.get_i32();
+        assert_eq!(size as usize, frame.len());
+        assert_eq!(frame.get_i16(), 18);
+        assert_eq!(frame.get_i16(), 3);
+        assert_eq!(frame.get_i32(), 7);
+        assert_eq!(response_header_version(18, 3), 0);
     }
-    R::Response::decode(&mut body, version).map_err(|e| format!("undecodable response: {e}"))
 }

@@ -16,9 +16,8 @@ use kafka_protocol::messages::FetchRequest;
 use kafka_protocol::records::RecordBatchDecoder;
 use uuid::Uuid;
 
-use super::wire::{Connection, WireError};
+use super::connection::{Connection, WireError};
 
-pub const FETCH_VERSION: i16 = 13;
 /// Bytes in front of every batch: base offset (8) and batch length (4).
 const BATCH_FRAME: usize = 12;
 /// Where the v2 batch header keeps its magic byte, attributes and last offset delta.
@@ -198,7 +197,7 @@ pub fn fetch_from(
                     .collect(),
             )]);
     // The broker may hold the request for max_wait before it answers.
-    let response = connection.call(&request, FETCH_VERSION, max_wait + Duration::from_secs(15))?;
+    let response = connection.call(&request, max_wait + Duration::from_secs(15))?;
     if let Some(e) = ResponseError::try_from_code(response.error_code) {
         return Err(WireError::Protocol(format!("fetch refused: {e}")));
     }

@@ -26,15 +26,10 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 use log::{debug, info, warn};
 
-use super::cluster::{fail, group_id, topic_name, AutoCreate, Cluster};
-use super::KafkaError;
+use super::cluster::{group_id, topic_name, AutoCreate, Cluster};
+use super::{fail, KafkaError};
 use crate::shutdown::Shutdown;
 
-const JOIN_GROUP_VERSION: i16 = 7;
-const SYNC_GROUP_VERSION: i16 = 5;
-const HEARTBEAT_VERSION: i16 = 4;
-const LEAVE_GROUP_VERSION: i16 = 4;
-const DESCRIBE_GROUPS_VERSION: i16 = 5;
 /// The consumer-protocol version of our subscription and assignment bytes (any Kafka tool
 /// reads version 0).
 const CONSUMER_PROTOCOL_VERSION: i16 = 0;
@@ -203,7 +198,7 @@ impl GroupMember {
             .with_protocols(vec![JoinGroupRequestProtocol::default()
                 .with_name(StrBytes::from_static_str(ASSIGNOR))
                 .with_metadata(encode_subscription(&self.topic))]);
-        let response = self.call_during_rebalance(&request, JOIN_GROUP_VERSION)?;
+        let response = self.call_during_rebalance(&request)?;
         match ResponseError::try_from_code(response.error_code) {
             None => Ok(JoinOutcome::Joined(Joined {
                 generation: response.generation_id,
@@ -282,7 +277,7 @@ impl GroupMember {
                     })
                     .collect(),
             );
-        let response = self.call_during_rebalance(&request, SYNC_GROUP_VERSION)?;
+        let response = self.call_during_rebalance(&request)?;
         match ResponseError::try_from_code(response.error_code) {
             None => Ok(Some(decode_assignment(&response.assignment, &self.topic))),
             Some(
@@ -309,14 +304,11 @@ impl GroupMember {
     fn call_during_rebalance<R: Request>(
         &mut self,
         request: &R,
-        version: i16,
     ) -> Result<R::Response, KafkaError> {
         let timeout = self.timeouts.rebalance + Duration::from_secs(5);
         let shutdown = self.shutdown.clone();
         self.cluster
-            .call_coordinator_interruptible(&self.group, request, version, timeout, &|| {
-                shutdown.requested()
-            })
+            .call_coordinator_interruptible(&self.group, request, timeout, &|| shutdown.requested())
     }
 
     fn coordinator_trouble(&mut self, e: ResponseError) {
@@ -400,12 +392,10 @@ impl GroupMember {
                 .with_reason(Some(StrBytes::from_static_str(
                     "the consumer is stopping",
                 )))]);
-        match self.cluster.call_coordinator(
-            &self.group,
-            &request,
-            LEAVE_GROUP_VERSION,
-            Duration::from_secs(5),
-        ) {
+        match self
+            .cluster
+            .call_coordinator(&self.group, &request, Duration::from_secs(5))
+        {
             Ok(r) if r.error_code == 0 => {
                 info!("group {}: left as {}", self.group, generation.member_id)
             }
@@ -479,7 +469,7 @@ fn heartbeat(
         .with_generation_id(generation.id)
         .with_member_id(StrBytes::from_string(generation.member_id.clone()));
     let response = cluster
-        .call_coordinator(group, &request, HEARTBEAT_VERSION, Duration::from_secs(5))
+        .call_coordinator(group, &request, Duration::from_secs(5))
         .map_err(|e| HeartbeatError::Unreachable(e.to_string()))?;
     match ResponseError::try_from_code(response.error_code) {
         None => Ok(()),
@@ -520,12 +510,7 @@ pub fn describe_group(
     topic: &str,
 ) -> Result<(String, Vec<MemberInfo>), KafkaError> {
     let request = DescribeGroupsRequest::default().with_groups(vec![group_id(group)]);
-    let response = cluster.call_coordinator(
-        group,
-        &request,
-        DESCRIBE_GROUPS_VERSION,
-        Duration::from_secs(10),
-    )?;
+    let response = cluster.call_coordinator(group, &request, Duration::from_secs(10))?;
     let Some(described) = response.groups.into_iter().next() else {
         return Err(fail(
             "describe-group",

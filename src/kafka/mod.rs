@@ -1,37 +1,64 @@
-//! The Kafka adapter: the only module that imports the `kafka` and `kafka-protocol` crates.
+//! The Kafka adapter: our own Kafka client, the only module that imports `kafka-protocol`.
 //!
-//! Two crates, each where it is correct:
-//! - `producer` keeps the `kafka` crate (kafka-rust) for producing: it writes keyed messages with
-//!   acks from all in-sync replicas, which is all the producer needs.
-//! - the consumer speaks the Kafka protocol itself, with `kafka-protocol`'s generated codecs over
-//!   a blocking `TcpStream` (`wire`): Metadata v12 (leaders and topic ids, `cluster`), Fetch v12
-//!   with record batches v2 in every codec a 3.9 broker holds (`fetch`), ListOffsets and the
-//!   group's offsets (`source`). The `kafka` crate cannot do that part: it speaks Fetch v0 only,
-//!   cannot read lz4 or zstd, drops plain messages that precede a compressed set in one
-//!   response, and never refreshes metadata after a leader moves.
+//! Requests and responses are `kafka-protocol`'s codecs, generated from Kafka's own message
+//! schemas; this module only moves them over blocking sockets and decides what to send where:
+//! - `connection`: one socket to one broker, opened with ApiVersions (`versions` picks the
+//!   version of every request from both sides' ranges);
+//! - `cluster`: metadata, the leader of each partition, the group's coordinator, a connection
+//!   per broker;
+//! - `producer`: idempotent Produce with record batches v2 in any codec;
+//! - `fetch`: Fetch and the decoding of record batches;
+//! - `source`: the consumer's reads, offsets and commits; `group`: group membership.
+//!
+//! The project started on the `kafka` crate (kafka-rust); it is gone because it cannot keep
+//! the product's promise: it speaks Produce v0 and Fetch v0 (Kafka 4.0 removed Produce v0-v2),
+//! reads no lz4 or zstd, drops messages next to compressed sets, has no group membership, no
+//! TLS through rustls and no SASL.
 
 mod cluster;
+mod connection;
 mod fetch;
 mod group;
 mod producer;
 mod source;
-mod wire;
+mod versions;
 
 use std::fmt;
 
 pub use fetch::FetchedRecord;
 pub use group::{Generation, GroupMember, GroupTimeouts, MemberInfo};
-pub use producer::{Delivery, KafkaProducer};
+pub use producer::{Compression, Delivery, KafkaProducer};
 pub use source::{Fetched, KafkaSource, PartitionData, TopicInfo};
+
+/// What a failed call into Kafka means for the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KafkaErrorKind {
+    /// The broker is down, moving or busy: back off and try again.
+    Retriable,
+    /// The group coordinator refused our generation: this member was fenced out of the group
+    /// (or the group is rebalancing) and must rejoin before it stores or commits more.
+    Fenced,
+    /// Retrying cannot help (a broker too old for our versions, access refused, a batch the
+    /// broker will never take): the command stops with exit code 1.
+    Fatal,
+}
 
 /// A failed call into Kafka, written for the operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KafkaError {
     pub operation: &'static str,
     pub detail: String,
-    /// The group coordinator refused our generation: this member was fenced out of the group
-    /// (or the group is rebalancing) and must rejoin before it stores or commits more.
-    pub fenced: bool,
+    pub kind: KafkaErrorKind,
+}
+
+impl KafkaError {
+    pub fn is_fatal(&self) -> bool {
+        self.kind == KafkaErrorKind::Fatal
+    }
+
+    pub fn is_fenced(&self) -> bool {
+        self.kind == KafkaErrorKind::Fenced
+    }
 }
 
 impl fmt::Display for KafkaError {
@@ -42,10 +69,36 @@ impl fmt::Display for KafkaError {
 
 impl std::error::Error for KafkaError {}
 
+/// A retriable failure of `operation`.
+pub(crate) fn fail(operation: &'static str, detail: impl Into<String>) -> KafkaError {
+    KafkaError {
+        operation,
+        detail: detail.into(),
+        kind: KafkaErrorKind::Retriable,
+    }
+}
+
+/// A failure of `operation` that retrying cannot fix.
+pub(crate) fn fatal(operation: &'static str, detail: impl Into<String>) -> KafkaError {
+    KafkaError {
+        operation,
+        detail: detail.into(),
+        kind: KafkaErrorKind::Fatal,
+    }
+}
+
+/// A failed exchange with a broker as the caller sees it: a broker too old for us is fatal,
+/// anything else is retried.
+pub(crate) fn from_wire(operation: &'static str, e: connection::WireError) -> KafkaError {
+    match e {
+        connection::WireError::TooOld(old) => fatal(operation, old.to_string()),
+        other => fail(operation, other.to_string()),
+    }
+}
+
 /// The partition for a key, as Java's default partitioner computes it (murmur2 of the key,
 /// made positive, modulo the partition count), so metricsctl and Java or librdkafka
-/// (`murmur2_random`) producers agree on where a server's metrics go. The `kafka` crate's own
-/// default partitioner uses XxHash32 instead, which would disagree with them.
+/// (`murmur2_random`) producers agree on where a server's metrics go.
 pub fn partition_for_key(key: &[u8], partition_count: u32) -> i32 {
     ((murmur2(key) & 0x7fff_ffff) as u32 % partition_count.max(1)) as i32
 }

@@ -1,403 +1,784 @@
-//! The producer: the only file that imports the `kafka` crate (kafka-rust 0.10).
+//! The idempotent producer: keyed records to one topic, one record batch v2 per partition and
+//! one Produce request per leader, acknowledged by all in-sync replicas.
 //!
-//! The crate shapes this file. It never reconnects a pooled connection that failed, never
-//! retries a produce, freezes a producer's partition table, can panic on some broker failures,
-//! and its sockets time out only after 120 s. So every call runs on a short-lived worker thread
-//! that owns the client and is waited for with a deadline: a panic or a stall there costs a
-//! rebuilt client, never the caller's data, and never blocks shutdown. Any failure, including
-//! a partition-level one such as NOT_LEADER_FOR_PARTITION after a leader moved, drops the
-//! client; the next call builds a fresh one and reloads metadata, which is how this adapter
-//! reconnects and follows the cluster.
+//! Idempotence works as in Java's producer (the default there since Kafka 3.0): the broker
+//! hands out a producer id (InitProducerId), every batch carries that id, an epoch and the
+//! sequence number of its first record, and the leader stores a batch only if its sequence
+//! follows the last one it stored for the partition; a batch it already holds is answered with
+//! its original offset instead of being stored again. So a batch whose fate is unknown (the
+//! connection broke, the answer never came) is re-sent exactly as it was, same bytes and same
+//! sequence, and can never be stored twice.
 //!
-//! A worker that missed its deadline cannot be stopped, only abandoned. A link keeps at most
-//! one abandoned worker: a new call first waits (within its own deadline) for it to return, and
-//! fails as "busy" if it does not, instead of starting another thread; so an outage that stalls
-//! every call does not pile up threads and sockets at each retry.
+//! The caller re-sends what was not acknowledged; a partition's records that are re-sent
+//! identically reuse their sealed batch. Records given up instead (the caller dropped them)
+//! leave a gap in the sequence that the broker would refuse, so the producer then starts a new
+//! epoch, as Java's does, and numbers from 0 again. The same happens when a leader answers
+//! OUT_OF_ORDER_SEQUENCE_NUMBER or UNKNOWN_PRODUCER_ID (it lost or expired our state); a
+//! producer fenced by a newer epoch asks for a new id.
 
-use std::collections::HashMap;
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use kafka::client::{KafkaClient, ProduceMessage, RequiredAcks};
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::produce_response::PartitionProduceResponse;
+use kafka_protocol::messages::{
+    InitProducerIdRequest, ProduceRequest, ProduceResponse, ProducerId,
+};
+use kafka_protocol::records::{
+    self, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use log::{debug, warn};
 
-use super::{partition_for_key, KafkaError};
+use super::cluster::{topic_name, AutoCreate, Cluster, TopicMeta};
+use super::connection::{Connection, WireError};
+use super::{fail, fatal, partition_for_key, KafkaError};
 use crate::shutdown::Shutdown;
 
-/// How long the broker may wait for all in-sync replicas before failing a produce.
+/// How long the leader may wait for all in-sync replicas before failing a produce.
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
-/// Deadline for one call into the crate, beyond which the worker is abandoned.
-const CALL_DEADLINE: Duration = Duration::from_secs(20);
-/// How long a fresh client waits for the topic's partitions to have leaders (the first
-/// metadata requests after a broker start or a topic's auto-creation answer "not available").
-const METADATA_WAIT: Duration = Duration::from_secs(15);
+/// How long one Produce exchange may take: the ack timeout plus room for the network.
+const CALL_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long InitProducerId may keep answering "not yet" (a coordinator loading) before the
+/// caller's backoff takes over.
+const PRODUCER_ID_WAIT: Duration = Duration::from_secs(10);
 
-/// Builds a connected client for a topic (`connect` below; a stub in tests).
-type Connect = fn(Vec<String>, &str) -> Result<KafkaClient, String>;
-
-/// What a worker sends back: the client and the call's result, the connect failure, or the
-/// panic it caught.
-type Outcome<T> = std::thread::Result<Result<(KafkaClient, Result<T, String>), String>>;
-
-/// A worker that missed its deadline and may still be running inside the crate.
-struct Abandoned {
-    operation: &'static str,
-    since: Instant,
-    /// Tells when the worker ends: it sends, or hangs up, once its outcome is dropped.
-    done: mpsc::Receiver<()>,
+/// The codec of the record batches the producer writes (`--compression`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    #[default]
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
 }
 
-/// A client for one topic that survives broker restarts by being rebuilt after any failure.
-struct Link {
-    brokers: Vec<String>,
-    topic: String,
-    client: Option<KafkaClient>,
-    /// A stop request abandons the call in flight instead of waiting out its deadline.
-    shutdown: Shutdown,
-    connect: Connect,
-    deadline: Duration,
-    /// The one abandoned worker this link may have; no call starts while it runs.
-    abandoned: Option<Abandoned>,
-}
+impl Compression {
+    pub const NAMES: &'static str = "none, gzip, snappy, lz4, zstd";
 
-impl Link {
-    fn new(brokers: Vec<String>, topic: String, shutdown: Shutdown) -> Self {
-        Link {
-            brokers,
-            topic,
-            client: None,
-            shutdown,
-            connect,
-            deadline: CALL_DEADLINE,
-            abandoned: None,
-        }
-    }
-
-    /// Runs `op` with a connected client on a worker thread, within the link's deadline. While
-    /// an abandoned worker still runs, no worker starts: the call waits for it instead, and
-    /// fails as busy when the deadline passes first.
-    fn call<T, F>(&mut self, operation: &'static str, op: F) -> Result<T, KafkaError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut KafkaClient, &str) -> Result<T, String> + Send + 'static,
-    {
-        let fail = |detail: String| KafkaError {
-            operation,
-            detail,
-            fenced: false,
-        };
-        let deadline = Instant::now() + self.deadline;
-        if let Some(stuck) = self.abandoned.take() {
-            if !self.wait_until_over(&stuck, deadline) {
-                let detail = format!(
-                    "busy: the {} call abandoned {:.0} s ago still waits for the broker; no new \
-                     call starts until it returns (the kafka crate's sockets give up after 120 s)",
-                    stuck.operation,
-                    stuck.since.elapsed().as_secs_f64()
-                );
-                self.abandoned = Some(stuck);
-                return Err(fail(detail));
-            }
-            // It returned; its client, whatever state it was in, went with it.
-        }
-        let existing = self.client.take();
-        let brokers = self.brokers.clone();
-        let topic = self.topic.clone();
-        let connect = self.connect;
-        let (tx, rx) = mpsc::channel::<Outcome<T>>();
-        let (done_tx, done_rx) = mpsc::channel::<()>();
-        std::thread::Builder::new()
-            .name(format!("kafka-{operation}"))
-            .spawn(move || {
-                let outcome = catch_unwind(AssertUnwindSafe(move || {
-                    let mut client = match existing {
-                        Some(c) => c,
-                        None => connect(brokers, &topic)?,
-                    };
-                    let result = op(&mut client, &topic);
-                    Ok::<_, String>((client, result))
-                }));
-                // The receiver may have given up on us; nothing to do then. The outcome (and
-                // the client in it) is dropped before `done` says the worker is over.
-                let _ = tx.send(outcome);
-                let _ = done_tx.send(());
-            })
-            .map_err(|e| fail(format!("cannot start a worker thread: {e}")))?;
-
-        let answer = loop {
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Err(mpsc::RecvTimeoutError::Timeout)
-                    if Instant::now() < deadline && !self.shutdown.requested() => {}
-                other => break other,
-            }
-        };
-        if matches!(answer, Err(mpsc::RecvTimeoutError::Timeout)) {
-            self.abandoned = Some(Abandoned {
-                operation,
-                since: Instant::now(),
-                done: done_rx,
-            });
-        }
-        match answer {
-            Ok(Ok(Ok((client, Ok(value))))) => {
-                self.client = Some(client);
-                Ok(value)
-            }
-            // The client may hold a broken connection the crate would keep reusing: drop it.
-            Ok(Ok(Ok((_client, Err(detail))))) => Err(fail(detail)),
-            Ok(Ok(Err(detail))) => Err(fail(detail)),
-            Ok(Err(panic)) => Err(fail(format!(
-                "the kafka client panicked ({}); it will be rebuilt",
-                panic_text(&panic)
-            ))),
-            Err(_) if self.shutdown.requested() => Err(fail("abandoned: stop requested".into())),
-            Err(_) => Err(fail(format!(
-                "no answer within {} s; the client will be rebuilt",
-                self.deadline.as_secs_f64()
-            ))),
-        }
-    }
-
-    /// Waits until the abandoned worker is over, the deadline passes or a stop is requested;
-    /// true when it is over.
-    fn wait_until_over(&self, stuck: &Abandoned, deadline: Instant) -> bool {
-        loop {
-            match stuck.done.recv_timeout(Duration::from_millis(100)) {
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if Instant::now() >= deadline || self.shutdown.requested() {
-                        return false;
-                    }
-                }
-                Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => return true,
-            }
+    fn codec(self) -> records::Compression {
+        match self {
+            Compression::None => records::Compression::None,
+            Compression::Gzip => records::Compression::Gzip,
+            Compression::Snappy => records::Compression::Snappy,
+            Compression::Lz4 => records::Compression::Lz4,
+            Compression::Zstd => records::Compression::Zstd,
         }
     }
 }
 
-/// Builds a client and loads the topic's metadata (auto-creating the topic where the broker
-/// allows it), waiting until every partition has a leader.
-fn connect(brokers: Vec<String>, topic: &str) -> Result<KafkaClient, String> {
-    let mut client = KafkaClient::new(brokers.clone());
-    client.set_client_id(super::wire::CLIENT_ID.into());
-    // Bounded retries inside the crate, so a call returns well within CALL_DEADLINE.
-    client.set_retry_max_attempts(5);
-    client.set_retry_backoff_time(Duration::from_millis(200));
+impl FromStr for Compression {
+    type Err = String;
 
-    let deadline = Instant::now() + METADATA_WAIT;
-    loop {
-        // An unreachable broker fails at once: the caller's backoff paces the retries.
-        client
-            .load_metadata(&[topic])
-            .map_err(|e| format!("no broker of {} answered ({e})", brokers.join(",")))?;
-        let problem = match client.topics().partitions(topic) {
-            Some(ps) if !ps.is_empty() && ps.iter().all(|p| p.leader().is_some()) => {
-                return Ok(client)
-            }
-            Some(_) => format!("topic {topic} has partitions without a leader yet"),
-            None => format!("topic {topic} does not exist yet"),
-        };
-        if Instant::now() >= deadline {
-            return Err(problem);
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "none" => Ok(Compression::None),
+            "gzip" => Ok(Compression::Gzip),
+            "snappy" => Ok(Compression::Snappy),
+            "lz4" => Ok(Compression::Lz4),
+            "zstd" => Ok(Compression::Zstd),
+            other => Err(format!(
+                "unknown codec '{other}'; use one of {}",
+                Compression::NAMES
+            )),
         }
-        std::thread::sleep(Duration::from_millis(250));
     }
 }
 
-fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".to_string())
+impl fmt::Display for Compression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        })
+    }
 }
 
 /// Where Kafka stored one produced record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delivery {
     pub partition: i32,
+    /// -1 when the leader said it already held the batch but no longer knew where
+    /// (DUPLICATE_SEQUENCE_NUMBER, for a batch older than the five it remembers).
     pub offset: i64,
 }
 
-/// Sends keyed records to one topic, acknowledged by all in-sync replicas.
+/// The broker's name for this producer: batches of one id and epoch are numbered in sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Identity {
+    id: i64,
+    epoch: i16,
+}
+
+/// A batch sealed for one partition: numbered, encoded, and kept until the leader answers.
+struct Sealed {
+    identity: Identity,
+    base_sequence: i32,
+    record_count: i32,
+    /// Recognises the same records when the caller sends them again.
+    fingerprint: u64,
+    bytes: Bytes,
+}
+
+#[derive(Default)]
+struct PartitionState {
+    next_sequence: i32,
+    /// The batch sent last and not acknowledged: its fate is unknown until it is re-sent.
+    in_doubt: Option<Sealed>,
+}
+
+/// Sends keyed records to one topic, idempotently.
 pub struct KafkaProducer {
-    link: Link,
+    cluster: Cluster,
+    compression: Compression,
+    identity: Option<Identity>,
+    partitions: HashMap<i32, PartitionState>,
+    /// Set after an answer that says the metadata is out of date (a leader moved).
+    stale: bool,
+    shutdown: Shutdown,
+}
+
+/// A leader's answer, read into a verdict per partition, or the failed exchange.
+type LeaderAnswer = Result<Vec<(i32, Verdict)>, WireError>;
+
+/// What a leader's answer means for one partition's batch.
+enum Verdict {
+    Stored(i64),
+    /// Not stored; the same batch may be sent again (a leader moved, replicas missing, a
+    /// broken connection).
+    Retry(String),
+    /// Not stored, and the broker has lost or refuses our numbering: start a new epoch.
+    NewEpoch(String),
+    /// Not stored, and this producer id was fenced: ask for a new one.
+    NewId(String),
+    /// Retrying cannot help.
+    Fatal(String),
 }
 
 impl KafkaProducer {
-    pub fn new(brokers: Vec<String>, topic: String, shutdown: Shutdown) -> Self {
+    pub fn new(
+        brokers: Vec<String>,
+        topic: String,
+        compression: Compression,
+        shutdown: Shutdown,
+    ) -> Self {
         KafkaProducer {
-            link: Link::new(brokers, topic, shutdown),
+            cluster: Cluster::new(brokers, topic, shutdown.clone()),
+            compression,
+            identity: None,
+            partitions: HashMap::new(),
+            stale: true,
+            shutdown,
         }
     }
 
-    /// Sends `(key, value)` records in one request per leader. Each record gets its own
-    /// outcome: a partition that failed does not hide the others that succeeded, so the caller
-    /// re-sends only what was not stored.
+    /// Sends `(key, value)` records, one batch per partition and one request per leader. Each
+    /// record gets its own outcome: a partition that failed does not hide the others that
+    /// succeeded, so the caller re-sends only what was not stored (in the same order).
     pub fn send(
         &mut self,
         records: Vec<(String, String)>,
     ) -> Result<Vec<Result<Delivery, String>>, KafkaError> {
-        let outcomes = self.link.call("produce", move |client, topic| {
-            let partition_count = client
-                .topics()
-                .partitions(topic)
-                .map(|p| p.len() as u32)
-                .ok_or_else(|| format!("topic {topic} is unknown"))?;
-            let partitions: Vec<i32> = records
-                .iter()
-                .map(|(key, _)| partition_for_key(key.as_bytes(), partition_count))
-                .collect();
-            let messages: Vec<ProduceMessage> = records
-                .iter()
-                .zip(&partitions)
-                .map(|((key, value), &p)| {
-                    ProduceMessage::new(topic, p, Some(key.as_bytes()), Some(value.as_bytes()))
-                })
-                .collect();
-            let confirms = client
-                .produce_messages(RequiredAcks::All, ACK_TIMEOUT, messages)
-                .map_err(|e| e.to_string())?;
-            let mut base: HashMap<i32, Result<i64, String>> = HashMap::new();
-            for confirm in confirms {
-                for pc in confirm.partition_confirms {
-                    base.insert(pc.partition, pc.offset.map_err(|code| format!("{code:?}")));
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let meta = self.metadata()?;
+        let partition_count = meta.partitions.len() as u32;
+        let mut by_partition: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
+        for (i, (key, _)) in records.iter().enumerate() {
+            by_partition
+                .entry(partition_for_key(key.as_bytes(), partition_count))
+                .or_default()
+                .push(i);
+        }
+        let fingerprints: BTreeMap<i32, u64> = by_partition
+            .iter()
+            .map(|(p, idx)| (*p, fingerprint(idx.iter().map(|&i| &records[i]))))
+            .collect();
+        let counts: BTreeMap<i32, i32> = by_partition
+            .iter()
+            .map(|(p, idx)| (*p, idx.len() as i32))
+            .collect();
+        let identity = self.identity_for(&fingerprints, &counts)?;
+
+        let mut outcomes: Vec<Result<Delivery, String>> =
+            vec![Err("not sent".to_string()); records.len()];
+        let mut slots: Vec<Option<(String, String)>> = records.into_iter().map(Some).collect();
+        let mut by_leader: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
+        for (p, idx) in &by_partition {
+            let Some(leader) = meta.partitions.get(p).and_then(|l| l.broker) else {
+                self.stale = true;
+                for &i in idx {
+                    outcomes[i] = Err(format!("partition {p} has no leader"));
+                }
+                continue;
+            };
+            let state = self.partitions.entry(*p).or_default();
+            let reuse = state
+                .in_doubt
+                .as_ref()
+                .is_some_and(|s| s.identity == identity && s.fingerprint == fingerprints[p]);
+            if !reuse {
+                let batch: Vec<(String, String)> =
+                    idx.iter().filter_map(|&i| slots[i].take()).collect();
+                state.in_doubt = Some(seal(
+                    batch,
+                    identity,
+                    state.next_sequence,
+                    fingerprints[p],
+                    self.compression,
+                )?);
+            }
+            by_leader.entry(leader).or_default().push(*p);
+        }
+
+        let answers = self.produce(&by_leader);
+        let mut new_epoch = None;
+        let mut new_id = None;
+        for (leader, answer) in answers {
+            let verdicts: Vec<(i32, Verdict)> = match answer {
+                Ok(v) => v,
+                Err(WireError::TooOld(old)) => return Err(fatal("produce", old.to_string())),
+                Err(e) => {
+                    self.stale = true;
+                    let why = format!("broker {leader}: {e}");
+                    by_leader[&leader]
+                        .iter()
+                        .map(|p| (*p, Verdict::Retry(why.clone())))
+                        .collect()
+                }
+            };
+            for (p, verdict) in verdicts {
+                let state = self.partitions.entry(p).or_default();
+                let count = state.in_doubt.as_ref().map_or(0, |s| s.record_count);
+                let idx = &by_partition[&p];
+                match verdict {
+                    Verdict::Stored(base) => {
+                        if let Some(sealed) = state.in_doubt.take() {
+                            state.next_sequence = next_sequence(sealed.base_sequence, count);
+                        }
+                        for (k, &i) in idx.iter().enumerate() {
+                            let offset = if base < 0 { -1 } else { base + k as i64 };
+                            outcomes[i] = Ok(Delivery {
+                                partition: p,
+                                offset,
+                            });
+                        }
+                    }
+                    Verdict::Retry(why) => {
+                        for &i in idx {
+                            outcomes[i] = Err(format!("partition {p}: {why}"));
+                        }
+                    }
+                    Verdict::NewEpoch(why) => {
+                        // The leader refused the batch: it is not in the log, so it is sealed
+                        // again under the new epoch.
+                        state.in_doubt = None;
+                        for &i in idx {
+                            outcomes[i] = Err(format!("partition {p}: {why}"));
+                        }
+                        new_epoch = Some(why);
+                    }
+                    Verdict::NewId(why) => {
+                        state.in_doubt = None;
+                        for &i in idx {
+                            outcomes[i] = Err(format!("partition {p}: {why}"));
+                        }
+                        new_id = Some(why);
+                    }
+                    Verdict::Fatal(why) => {
+                        return Err(fatal("produce", format!("partition {p}: {why}")));
+                    }
                 }
             }
-            // Records of one partition are appended in order from the confirmed base offset.
-            let mut next_in_partition: HashMap<i32, i64> = HashMap::new();
-            Ok(partitions
-                .iter()
-                .map(|p| match base.get(p) {
-                    Some(Ok(first)) => {
-                        let k = next_in_partition.entry(*p).or_insert(0);
-                        let offset = first + *k;
-                        *k += 1;
-                        Ok(Delivery {
-                            partition: *p,
-                            offset,
-                        })
-                    }
-                    Some(Err(code)) => Err(format!("partition {p}: {code}")),
-                    None => Err(format!("partition {p}: no acknowledgement")),
-                })
-                .collect::<Vec<_>>())
-        })?;
-        // A partition-level failure (NOT_LEADER_FOR_PARTITION after a leader moved, an unknown
-        // partition after the topic grew) means the client's metadata is stale: rebuild it.
-        if outcomes.iter().any(Result::is_err) {
-            self.link.client = None;
+        }
+        if let Some(why) = new_id {
+            warn!("kafka produce: {why}; asking for a new producer id");
+            self.identity = None;
+            self.forget_sequences();
+        } else if let Some(why) = new_epoch {
+            warn!("kafka produce: {why}; starting a new producer epoch");
+            self.bump_epoch();
         }
         Ok(outcomes)
     }
+
+    /// The topic's metadata, reloaded when an answer said it is out of date. The first load
+    /// may create the topic where the brokers allow it.
+    fn metadata(&mut self) -> Result<TopicMeta, KafkaError> {
+        match self.cluster.meta() {
+            Some(meta) if !self.stale => Ok(meta.clone()),
+            _ => {
+                let meta = self.cluster.refresh(AutoCreate::Yes)?;
+                self.stale = false;
+                Ok(meta)
+            }
+        }
+    }
+
+    /// The identity to seal this call's batches with. Batches in doubt that this call does
+    /// not send again as they were are given up by the caller: the broker would refuse the
+    /// next sequence numbers after such a gap, so a new epoch starts.
+    fn identity_for(
+        &mut self,
+        fingerprints: &BTreeMap<i32, u64>,
+        counts: &BTreeMap<i32, i32>,
+    ) -> Result<Identity, KafkaError> {
+        let abandoned = self
+            .partitions
+            .iter()
+            .filter(|(p, s)| {
+                s.in_doubt
+                    .as_ref()
+                    .is_some_and(|sealed| fingerprints.get(p) != Some(&sealed.fingerprint))
+            })
+            .count();
+        if abandoned > 0 {
+            warn!(
+                "kafka produce: {abandoned} batch(es) whose delivery is unknown were given up; \
+                 starting a new producer epoch so that later batches are accepted"
+            );
+            self.bump_epoch();
+        }
+        // Kafka's sequences wrap from i32::MAX to 0, and a batch may span the wrap; the codec
+        // we encode with cannot write such a batch in one piece (it would write two, which a
+        // broker refuses in a Produce request). After two billion records to one partition a
+        // new epoch, numbered from 0, costs nothing.
+        let wraps = counts.iter().any(|(p, n)| {
+            self.partitions
+                .get(p)
+                .is_some_and(|s| s.in_doubt.is_none() && spans_wrap(s.next_sequence, *n))
+        });
+        if wraps {
+            debug!("kafka produce: sequence numbers would wrap; starting a new producer epoch");
+            self.bump_epoch();
+        }
+        match self.identity {
+            Some(identity) => Ok(identity),
+            None => {
+                let identity = self.init_producer_id()?;
+                debug!(
+                    "kafka produce: producer id {} epoch {}",
+                    identity.id, identity.epoch
+                );
+                self.identity = Some(identity);
+                Ok(identity)
+            }
+        }
+    }
+
+    /// Starts a new epoch of the same producer id, as Java's idempotent producer does without
+    /// asking the broker (KIP-360): a leader accepts a higher epoch that starts at sequence 0.
+    /// An exhausted epoch asks for a new id instead.
+    fn bump_epoch(&mut self) {
+        self.identity = match self.identity {
+            Some(Identity { id, epoch }) if epoch < i16::MAX - 1 => Some(Identity {
+                id,
+                epoch: epoch + 1,
+            }),
+            _ => None,
+        };
+        self.forget_sequences();
+    }
+
+    /// Numbering starts again from 0; sealed batches are sealed again under the new identity.
+    fn forget_sequences(&mut self) {
+        let in_doubt = self
+            .partitions
+            .values()
+            .filter(|s| s.in_doubt.is_some())
+            .count();
+        if in_doubt > 0 {
+            warn!(
+                "kafka produce: {in_doubt} batch(es) whose delivery is unknown will be sent \
+                 again under the new producer epoch: any of them the broker did store is stored \
+                 twice"
+            );
+        }
+        for state in self.partitions.values_mut() {
+            state.next_sequence = 0;
+            state.in_doubt = None;
+        }
+    }
+
+    /// A new producer id from any broker.
+    fn init_producer_id(&mut self) -> Result<Identity, KafkaError> {
+        let request = InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_transaction_timeout_ms(i32::MAX)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1);
+        let deadline = Instant::now() + PRODUCER_ID_WAIT;
+        loop {
+            let response = self.cluster.call_any(&request).map_err(|e| KafkaError {
+                operation: "init-producer-id",
+                ..e
+            })?;
+            match ResponseError::try_from_code(response.error_code) {
+                None => {
+                    return Ok(Identity {
+                        id: response.producer_id.0,
+                        epoch: response.producer_epoch,
+                    })
+                }
+                Some(
+                    e @ (ResponseError::ClusterAuthorizationFailed
+                    | ResponseError::TransactionalIdAuthorizationFailed),
+                ) => {
+                    return Err(fatal(
+                        "init-producer-id",
+                        format!(
+                            "the brokers refuse this producer an id ({e}): ask the cluster's \
+                             operator for IDEMPOTENT_WRITE on the cluster, or WRITE on the topic"
+                        ),
+                    ))
+                }
+                Some(e) if Instant::now() < deadline && self.shutdown.sleep(backoff()) => {
+                    debug!("kafka init-producer-id: {e}; asking again");
+                }
+                Some(e) => return Err(fail("init-producer-id", e.to_string())),
+            }
+        }
+    }
+
+    /// One Produce request per leader, to all leaders at once; each answer is read into a
+    /// verdict per partition.
+    fn produce(
+        &mut self,
+        by_leader: &BTreeMap<i32, Vec<i32>>,
+    ) -> Vec<(i32, LeaderAnswer)> {
+        let topic = self.cluster.topic().to_string();
+        let requests: Vec<(i32, ProduceRequest)> = by_leader
+            .iter()
+            .map(|(leader, ps)| (*leader, self.request(&topic, ps)))
+            .collect();
+        if let [(leader, request)] = requests.as_slice() {
+            // One leader (always so on one broker): no thread needed.
+            let answer = match self.cluster.take(*leader) {
+                Ok(mut connection) => {
+                    let answer = call(&mut connection, request, &self.shutdown);
+                    if !matches!(answer, Err(WireError::Io(_))) {
+                        self.cluster.put(connection);
+                    }
+                    answer
+                }
+                Err(e) => Err(e),
+            };
+            return vec![(*leader, answer.map(|r| verdicts(&topic, r)))];
+        }
+        let mut connections: Vec<(i32, Result<Connection, WireError>)> = requests
+            .iter()
+            .map(|(leader, _)| (*leader, self.cluster.take(*leader)))
+            .collect();
+        let shutdown = &self.shutdown;
+        let answers: Vec<(i32, Result<ProduceResponse, WireError>)> = std::thread::scope(|s| {
+            let running: Vec<_> = connections
+                .iter_mut()
+                .zip(&requests)
+                .map(|((leader, connection), (_, request))| {
+                    let leader = *leader;
+                    s.spawn(move || match connection {
+                        Ok(c) => (leader, call(c, request, shutdown)),
+                        Err(e) => (leader, Err(e.clone())),
+                    })
+                })
+                .collect();
+            running
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        (-1, Err(WireError::Io("a produce thread panicked".into())))
+                    })
+                })
+                .collect()
+        });
+        for ((_, connection), (_, answer)) in connections.into_iter().zip(&answers) {
+            if let Ok(c) = connection {
+                if !matches!(answer, Err(WireError::Io(_))) {
+                    self.cluster.put(c);
+                }
+            }
+        }
+        answers
+            .into_iter()
+            .map(|(leader, answer)| (leader, answer.map(|r| verdicts(&topic, r))))
+            .collect()
+    }
+
+    /// The request for one leader: the sealed batch of each of its partitions.
+    fn request(&self, topic: &str, partitions: &[i32]) -> ProduceRequest {
+        let data = partitions
+            .iter()
+            .filter_map(|p| {
+                let sealed = self.partitions.get(p)?.in_doubt.as_ref()?;
+                Some(
+                    PartitionProduceData::default()
+                        .with_index(*p)
+                        .with_records(Some(sealed.bytes.clone())),
+                )
+            })
+            .collect();
+        ProduceRequest::default()
+            .with_transactional_id(None)
+            .with_acks(-1)
+            .with_timeout_ms(ACK_TIMEOUT.as_millis() as i32)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(topic_name(topic))
+                .with_partition_data(data)])
+    }
+}
+
+fn call(
+    connection: &mut Connection,
+    request: &ProduceRequest,
+    shutdown: &Shutdown,
+) -> Result<ProduceResponse, WireError> {
+    connection.call_interruptible(request, CALL_TIMEOUT, &|| shutdown.requested())
+}
+
+/// A verdict per partition of our topic in a leader's answer. A partition the answer leaves
+/// out is retried.
+fn verdicts(topic: &str, response: ProduceResponse) -> Vec<(i32, Verdict)> {
+    response
+        .responses
+        .iter()
+        .filter(|t| t.name.0.as_str() == topic)
+        .flat_map(|t| &t.partition_responses)
+        .map(|p| (p.index, verdict(p)))
+        .collect()
+}
+
+/// What Java's producer does with each answer, for an idempotent, non-transactional producer.
+fn verdict(p: &PartitionProduceResponse) -> Verdict {
+    let Some(e) = ResponseError::try_from_code(p.error_code) else {
+        return Verdict::Stored(p.base_offset);
+    };
+    let detail = match &p.error_message {
+        Some(m) if !m.is_empty() => format!("{e} ({})", m.as_str()),
+        _ => e.to_string(),
+    };
+    match e {
+        // Stored before, older than the five batches the leader remembers.
+        ResponseError::DuplicateSequenceNumber => Verdict::Stored(-1),
+        ResponseError::OutOfOrderSequenceNumber | ResponseError::UnknownProducerId => {
+            Verdict::NewEpoch(detail)
+        }
+        ResponseError::InvalidProducerEpoch
+        | ResponseError::ProducerFenced
+        | ResponseError::InvalidProducerIdMapping => Verdict::NewId(detail),
+        ResponseError::TopicAuthorizationFailed
+        | ResponseError::ClusterAuthorizationFailed
+        | ResponseError::TransactionalIdAuthorizationFailed => Verdict::Fatal(format!(
+            "the broker refused the write ({detail}): ask the cluster's operator for WRITE on \
+             the topic"
+        )),
+        ResponseError::MessageTooLarge
+        | ResponseError::RecordListTooLarge
+        | ResponseError::InvalidRecord
+        | ResponseError::InvalidTimestamp
+        | ResponseError::UnsupportedForMessageFormat
+        | ResponseError::UnsupportedCompressionType
+        | ResponseError::InvalidRequiredAcks => Verdict::Fatal(format!(
+            "the broker will never take this batch ({detail}): check the topic's settings \
+             (max.message.bytes, message.timestamp.*) and --compression"
+        )),
+        _ => Verdict::Retry(detail),
+    }
+}
+
+/// Numbers and encodes one partition's records as a record batch v2.
+fn seal(
+    batch: Vec<(String, String)>,
+    identity: Identity,
+    base_sequence: i32,
+    fingerprint: u64,
+    compression: Compression,
+) -> Result<Sealed, KafkaError> {
+    let timestamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let record_count = batch.len() as i32;
+    let records: Vec<Record> = batch
+        .into_iter()
+        .enumerate()
+        .map(|(i, (key, value))| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: records::NO_PARTITION_LEADER_EPOCH,
+            producer_id: identity.id,
+            producer_epoch: identity.epoch,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: next_sequence(base_sequence, i as i32),
+            timestamp,
+            key: Some(Bytes::from(key)),
+            value: Some(Bytes::from(value)),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut bytes = BytesMut::with_capacity(
+        records
+            .iter()
+            .map(|r| r.value.as_ref().map_or(0, Bytes::len) + 24)
+            .sum::<usize>()
+            + 64,
+    );
+    let options = RecordEncodeOptions {
+        version: 2,
+        compression: compression.codec(),
+    };
+    RecordBatchEncoder::encode(&mut bytes, records.iter(), &options).map_err(|e| {
+        fatal(
+            "produce",
+            format!("encoding a {compression} batch failed: {e}"),
+        )
+    })?;
+    Ok(Sealed {
+        identity,
+        base_sequence,
+        record_count,
+        fingerprint,
+        bytes: bytes.freeze(),
+    })
+}
+
+/// The sequence `n` records after `sequence`: Kafka's sequences wrap from i32::MAX to 0.
+fn next_sequence(sequence: i32, n: i32) -> i32 {
+    if sequence > i32::MAX - n {
+        n - (i32::MAX - sequence) - 1
+    } else {
+        sequence + n
+    }
+}
+
+/// Whether a batch of `n` records numbered from `sequence` would pass i32::MAX.
+fn spans_wrap(sequence: i32, n: i32) -> bool {
+    i64::from(sequence) + i64::from(n) - 1 > i64::from(i32::MAX)
+}
+
+/// Identifies a partition's share of one call, so a re-send of the same records is recognised.
+fn fingerprint<'a>(records: impl Iterator<Item = &'a (String, String)>) -> u64 {
+    let mut h = DefaultHasher::new();
+    for (key, value) in records {
+        key.hash(&mut h);
+        value.hash(&mut h);
+    }
+    h.finish()
+}
+
+fn backoff() -> Duration {
+    Duration::from_millis(200)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
+    use kafka_protocol::records::RecordBatchDecoder;
 
-    /// A client that is never used for I/O: the calls below do not touch it.
-    fn no_network(_: Vec<String>, _: &str) -> Result<KafkaClient, String> {
-        Ok(KafkaClient::new(vec!["127.0.0.1:9".into()]))
-    }
-
-    fn test_link(deadline: Duration) -> Link {
-        let mut link = Link::new(vec!["127.0.0.1:9".into()], "t".into(), Shutdown::default());
-        link.connect = no_network;
-        link.deadline = deadline;
-        link
+    #[test]
+    fn sequences_wrap_as_kafkas_do() {
+        assert_eq!(next_sequence(0, 5), 5);
+        assert_eq!(next_sequence(i32::MAX - 2, 2), i32::MAX);
+        assert_eq!(next_sequence(i32::MAX - 2, 3), 0);
+        assert_eq!(next_sequence(i32::MAX, 1), 0);
+        assert_eq!(next_sequence(i32::MAX - 1, 10), 8);
+        assert!(!spans_wrap(i32::MAX - 1, 2));
+        assert!(spans_wrap(i32::MAX - 1, 3));
+        assert!(spans_wrap(i32::MAX, 2));
+        assert!(!spans_wrap(0, 1000));
     }
 
     #[test]
-    fn a_link_leaves_at_most_one_abandoned_call_behind() {
-        let mut link = test_link(Duration::from_millis(300));
-        let started = Arc::new(AtomicUsize::new(0));
-        let counting = |result: i32| {
-            let s = started.clone();
-            move |_: &mut KafkaClient, _: &str| {
-                s.fetch_add(1, Ordering::SeqCst);
-                Ok(result)
-            }
-        };
-
-        // The first call hangs past its deadline, as a call into a stalled broker does.
-        let (release, hang) = mpsc::channel::<()>();
-        let s = started.clone();
-        let e = link
-            .call("produce", move |_, _| {
-                s.fetch_add(1, Ordering::SeqCst);
-                let _ = hang.recv();
-                Ok(0)
-            })
-            .unwrap_err();
-        assert!(e.detail.contains("no answer within 0.3 s"), "{e}");
-
-        // While it hangs, every retry waits out its own deadline and fails as busy, starting
-        // no worker.
-        for _ in 0..3 {
-            let t = Instant::now();
-            let e = link.call("produce", counting(1)).unwrap_err();
-            assert!(
-                e.detail.starts_with("busy: the produce call abandoned"),
-                "{e}"
-            );
-            assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    fn a_sealed_batch_carries_the_identity_and_sequence_in_every_codec() {
+        for compression in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            let records = vec![
+                ("web01".to_string(), "{\"a\":1}".to_string()),
+                ("web01".to_string(), "{\"a\":2}".to_string()),
+            ];
+            let fp = fingerprint(records.iter());
+            let identity = Identity { id: 42, epoch: 3 };
+            let sealed = seal(records, identity, i32::MAX - 1, fp, compression).unwrap();
+            assert_eq!(sealed.record_count, 2);
+            let mut bytes = sealed.bytes.clone();
+            let info = RecordBatchDecoder::decode_batch_info(&mut bytes.clone()).unwrap();
+            assert_eq!(info.len(), 1, "one batch");
+            assert_eq!(info[0].producer_id, 42);
+            assert_eq!(info[0].producer_epoch, 3);
+            assert_eq!(info[0].base_sequence, i32::MAX - 1);
+            assert_eq!(info[0].record_count, 2);
+            assert_eq!(info[0].compression, compression.codec());
+            let set = RecordBatchDecoder::decode(&mut bytes).unwrap();
+            let values: Vec<&[u8]> = set
+                .records
+                .iter()
+                .map(|r| r.value.as_deref().unwrap())
+                .collect();
+            assert_eq!(values, [&b"{\"a\":1}"[..], &b"{\"a\":2}"[..]]);
+            assert_eq!(set.records[1].sequence, i32::MAX);
         }
-        assert_eq!(
-            started.load(Ordering::SeqCst),
-            1,
-            "one worker, however many retries"
-        );
+    }
 
-        // A call waiting for the abandoned one goes ahead as soon as it returns.
-        let mut link = Link {
-            deadline: Duration::from_secs(10),
-            ..link
+    #[test]
+    fn answers_are_read_as_javas_idempotent_producer_reads_them() {
+        let answer = |e: Option<ResponseError>| {
+            PartitionProduceResponse::default()
+                .with_index(0)
+                .with_error_code(e.map_or(0, |e| e.code()))
+                .with_base_offset(if e.is_none() { 7 } else { -1 })
         };
-        let releaser = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(200));
-            release.send(()).unwrap();
-        });
-        let t = Instant::now();
-        assert_eq!(link.call("produce", counting(42)).unwrap(), 42);
-        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
-        releaser.join().unwrap();
-        assert_eq!(started.load(Ordering::SeqCst), 2);
-        assert!(link.abandoned.is_none());
-    }
-
-    #[test]
-    fn a_stop_request_ends_the_wait_for_an_abandoned_call() {
-        let mut link = test_link(Duration::from_millis(100));
-        let (_release, hang) = mpsc::channel::<()>();
-        let e = link
-            .call("produce", move |_, _| {
-                let _ = hang.recv();
-                Ok(())
-            })
-            .unwrap_err();
-        assert!(e.detail.contains("no answer"), "{e}");
-        link.deadline = Duration::from_secs(30);
-        link.shutdown.request();
-        let t = Instant::now();
-        let e = link.call("produce", |_, _| Ok(())).unwrap_err();
-        assert!(e.detail.starts_with("busy"), "{e}");
-        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
-    }
-
-    #[test]
-    fn calls_within_the_deadline_keep_their_client_and_abandon_nothing() {
-        let mut link = test_link(Duration::from_secs(5));
-        for i in 0..3 {
-            assert_eq!(link.call("produce", move |_, _| Ok(i)).unwrap(), i);
-            assert!(link.client.is_some() && link.abandoned.is_none());
+        assert!(matches!(verdict(&answer(None)), Verdict::Stored(7)));
+        assert!(matches!(
+            verdict(&answer(Some(ResponseError::DuplicateSequenceNumber))),
+            Verdict::Stored(-1)
+        ));
+        for e in [
+            ResponseError::OutOfOrderSequenceNumber,
+            ResponseError::UnknownProducerId,
+        ] {
+            assert!(matches!(verdict(&answer(Some(e))), Verdict::NewEpoch(_)));
         }
-        let e = link
-            .call::<(), _>("produce", |_, _| Err("NotLeaderForPartition".into()))
-            .unwrap_err();
-        assert_eq!(e.detail, "NotLeaderForPartition");
-        assert!(link.client.is_none(), "a failed call drops the client");
-        assert!(link.abandoned.is_none());
+        for e in [
+            ResponseError::ProducerFenced,
+            ResponseError::InvalidProducerEpoch,
+        ] {
+            assert!(matches!(verdict(&answer(Some(e))), Verdict::NewId(_)));
+        }
+        for e in [
+            ResponseError::NotLeaderOrFollower,
+            ResponseError::NotEnoughReplicas,
+            ResponseError::NotEnoughReplicasAfterAppend,
+            ResponseError::RequestTimedOut,
+        ] {
+            assert!(matches!(verdict(&answer(Some(e))), Verdict::Retry(_)));
+        }
+        for e in [
+            ResponseError::TopicAuthorizationFailed,
+            ResponseError::MessageTooLarge,
+        ] {
+            assert!(matches!(verdict(&answer(Some(e))), Verdict::Fatal(_)));
+        }
+    }
+
+    #[test]
+    fn codecs_parse_by_name() {
+        assert_eq!("LZ4".parse::<Compression>(), Ok(Compression::Lz4));
+        assert_eq!(" zstd ".parse::<Compression>(), Ok(Compression::Zstd));
+        let e = "brotli".parse::<Compression>().unwrap_err();
+        assert!(e.contains("none, gzip, snappy, lz4, zstd"), "{e}");
     }
 }

@@ -17,17 +17,14 @@ use kafka_protocol::protocol::StrBytes;
 use log::{error, warn};
 use uuid::Uuid;
 
-use super::cluster::{fail, group_id, topic_name, AutoCreate, Cluster, TopicMeta, REQUEST_TIMEOUT};
+use super::cluster::{group_id, topic_name, AutoCreate, Cluster, TopicMeta, REQUEST_TIMEOUT};
+use super::connection::WireError;
 use super::fetch::{fetch_from, FetchPosition, FetchedRecord, PartitionAnswer};
 use super::group::{describe_group, Generation, MemberInfo};
-use super::wire::WireError;
-use super::KafkaError;
+use super::{fail, from_wire, KafkaError, KafkaErrorKind};
 use crate::engine::Committed;
 use crate::shutdown::Shutdown;
 
-const LIST_OFFSETS_VERSION: i16 = 7;
-const OFFSET_FETCH_VERSION: i16 = 7;
-const OFFSET_COMMIT_VERSION: i16 = 8;
 /// How long the broker may hold a fetch that finds no new data.
 pub const FETCH_MAX_WAIT: Duration = Duration::from_millis(500);
 /// Bytes asked per partition and fetch; a batch larger than this is still returned whole when
@@ -176,7 +173,7 @@ impl KafkaSource {
                     )]);
             let response = self
                 .cluster
-                .call_broker(leader, &request, LIST_OFFSETS_VERSION, REQUEST_TIMEOUT)
+                .call_broker(leader, &request, REQUEST_TIMEOUT)
                 .map_err(|e| self.lost(e, "list-offsets"))?;
             for t in response.topics {
                 for p in t.partitions {
@@ -198,7 +195,7 @@ impl KafkaSource {
     /// A failed exchange: reload metadata so the next call goes to the current leader.
     fn lost(&mut self, e: WireError, operation: &'static str) -> KafkaError {
         let _ = self.cluster.refresh(AutoCreate::No);
-        fail(operation, e.to_string())
+        from_wire(operation, e)
     }
 
     /// The group's committed offsets for this log, with their markers; partitions without one
@@ -217,12 +214,9 @@ impl KafkaSource {
         let this_log = self.topic_id.map(|id| id.to_string());
         let deadline = Instant::now() + COORDINATOR_WAIT;
         loop {
-            let response = self.cluster.call_coordinator(
-                &self.group,
-                &request,
-                OFFSET_FETCH_VERSION,
-                REQUEST_TIMEOUT,
-            )?;
+            let response = self
+                .cluster
+                .call_coordinator(&self.group, &request, REQUEST_TIMEOUT)?;
             let mut problem = ResponseError::try_from_code(response.error_code);
             let mut found = HashMap::new();
             for t in &response.topics {
@@ -333,12 +327,9 @@ impl KafkaSource {
                 )]);
         let deadline = Instant::now() + COORDINATOR_WAIT;
         loop {
-            let response = self.cluster.call_coordinator(
-                &self.group,
-                &request,
-                OFFSET_COMMIT_VERSION,
-                REQUEST_TIMEOUT,
-            )?;
+            let response = self
+                .cluster
+                .call_coordinator(&self.group, &request, REQUEST_TIMEOUT)?;
             let problem = response
                 .topics
                 .iter()
@@ -356,7 +347,7 @@ impl KafkaSource {
                         "offset-commit",
                         format!("group {} refused this member's commit ({e})", self.group),
                     );
-                    refused.fenced = true;
+                    refused.kind = KafkaErrorKind::Fenced;
                     return Err(refused);
                 }
                 Some(e) => self.coordinator_trouble("offset-commit", e, deadline)?,
@@ -401,6 +392,7 @@ impl KafkaSource {
         for (leader, ps) in by_leader {
             match self.cluster.take(leader) {
                 Ok(connection) => work.push((connection, ps)),
+                Err(e @ WireError::TooOld(_)) => return Err(from_wire("fetch", e)),
                 Err(e) => {
                     failures.push(format!("broker {leader}: {e}"));
                     refresh = true;
@@ -435,6 +427,7 @@ impl KafkaSource {
                         }
                     }
                 }
+                Err(e @ WireError::TooOld(_)) => return Err(from_wire("fetch", e)),
                 Err(e) => {
                     // A protocol error leaves the stream in an unknown state too: drop it.
                     drop(connection);

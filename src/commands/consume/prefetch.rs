@@ -278,7 +278,7 @@ mod tests {
             Err(KafkaError {
                 operation: "fetch",
                 detail: "broker down".into(),
-                fenced: false,
+                kind: crate::kafka::KafkaErrorKind::Retriable,
             })
         })
         .unwrap();
