@@ -8,55 +8,21 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_ok, check_windows_against_raw, kafka_client, terminate, text, wait_with_limit, Sandbox,
+    assert_ok, check_windows_against_raw, ensure_topic, kcat_read_bytes, terminate, text,
+    wait_with_limit, Sandbox,
 };
-use kafka::client::FetchPartition;
 use mongodb::bson::{doc, Bson};
 use serde_json::{json, Value};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
-/// Every message in the topic: (partition, offset) -> payload.
+/// Every message in the topic: (partition, offset) -> payload, as kcat reads them (an
+/// independent client), from the start of each partition to its end.
 fn read_topic(sb: &Sandbox) -> BTreeMap<(i32, i64), Vec<u8>> {
-    let mut client = kafka_client(&sb.brokers, &sb.topic);
-    let partitions: Vec<i32> = client
-        .topics()
-        .partitions(&sb.topic)
-        .unwrap()
-        .iter()
-        .map(|p| p.id())
-        .collect();
-    let mut all = BTreeMap::new();
-    for p in partitions {
-        let mut offset = 0;
-        loop {
-            let mut got = 0;
-            let mut hw = 0;
-            for r in client
-                .fetch_messages(
-                    &[FetchPartition::new(&sb.topic, p, offset).with_max_bytes(1 << 20)],
-                )
-                .unwrap()
-            {
-                for t in r.topics() {
-                    for part in t.partitions() {
-                        let data = part.data().unwrap();
-                        hw = data.highwatermark_offset();
-                        let from = offset;
-                        for m in data.messages().iter().filter(|m| m.offset >= from) {
-                            all.insert((p, m.offset), m.value.to_vec());
-                            offset = m.offset + 1;
-                            got += 1;
-                        }
-                    }
-                }
-            }
-            if got == 0 || offset >= hw {
-                break;
-            }
-        }
-    }
-    all
+    kcat_read_bytes(&sb.brokers, &sb.topic)
+        .into_iter()
+        .map(|r| ((r.partition, r.offset), r.value.unwrap_or_default()))
+        .collect()
 }
 
 fn produce(sb: &Sandbox, reports: u32, seed: u64) {
@@ -516,7 +482,7 @@ fn keys_land_where_librdkafka_murmur2_puts_them() {
 
     // An independent client, told to partition like Java, writes the same keys elsewhere.
     let other = format!("{}-kcat", sb.topic);
-    let _ = kafka_client(&sb.brokers, &other);
+    ensure_topic(&sb.brokers, &other);
     let input: String = ours.keys().map(|k| format!("{k}:x\n")).collect();
     let mut kcat = std::process::Command::new("kcat")
         .args([

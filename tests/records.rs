@@ -1,5 +1,5 @@
-//! Every record batch a Kafka 3.9 broker holds is read: plain and compressed batches (gzip,
-//! snappy, lz4, zstd) mixed in one partition, a batch larger than the default fetch size,
+//! Every record batch a Kafka broker (3.9 or 4.x) holds is read: plain and compressed batches
+//! (gzip, snappy, lz4, zstd) mixed in one partition, a batch larger than the default fetch size,
 //! transactions and their control records, and a topic deleted and created again. The records
 //! are written by an independent producer (kcat), the batches' layout on disk is confirmed by
 //! Kafka's own DumpLogSegments, and what the consumer stored is read back with the mongodb

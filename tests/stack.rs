@@ -1,14 +1,13 @@
-//! The stack is real: a Kafka 3.9 broker and a MongoDB-wire server answer on loopback, seen
-//! through the same crates the program uses and through an independent client (kcat).
+//! The stack is real: a Kafka broker (4.4 by default, 3.9 when the services run it) and a
+//! MongoDB-wire server answer on loopback, seen through the same crates the program uses
+//! (`kafka-protocol`, `mongodb`) and through an independent client (kcat).
 
 mod common;
 
 use std::collections::HashMap;
 use std::process::Command;
-use std::time::Duration;
 
-use common::{kafka_client, text, Sandbox};
-use kafka::client::{CommitOffset, FetchGroupOffset, FetchPartition, ProduceMessage, RequiredAcks};
+use common::{ensure_topic, kafka_wire, kcat_read, text, Sandbox};
 use mongodb::bson::{doc, Document};
 use mongodb::error::ErrorKind;
 use mongodb::options::IndexOptions;
@@ -17,46 +16,31 @@ use mongodb::IndexModel;
 #[test]
 fn kafka_round_trips_keyed_messages_and_keeps_group_offsets() {
     let sb = Sandbox::new("stack_kafka");
-    let mut client = kafka_client(&sb.brokers, &sb.topic);
-    let partitions = client.topics().partitions(&sb.topic).unwrap().len();
+    let partitions = ensure_topic(&sb.brokers, &sb.topic).len();
     assert_eq!(
         partitions, 3,
         "the broker creates topics with num.partitions=3"
     );
 
     let keys = ["web01", "web02", "db01"];
-    let messages: Vec<ProduceMessage> = keys
+    let acked = keys
         .iter()
         .enumerate()
         .map(|(i, k)| {
-            ProduceMessage::new(&sb.topic, i as i32, Some(k.as_bytes()), Some(k.as_bytes()))
+            let record = (Some(k.as_bytes()), Some(k.as_bytes()));
+            kafka_wire::produce(&sb.brokers, &sb.topic, i as i32, &[record]).unwrap()
         })
-        .collect();
-    let confirms = client
-        .produce_messages(RequiredAcks::All, Duration::from_secs(10), messages)
-        .unwrap();
-    let acked: usize = confirms
-        .iter()
-        .flat_map(|c| &c.partition_confirms)
-        .filter(|p| p.offset == Ok(0))
+        .filter(|offset| *offset == 0)
         .count();
     assert_eq!(
         acked, 3,
         "each partition acknowledged its first message at offset 0"
     );
 
-    let fetches: Vec<FetchPartition> = (0..3)
-        .map(|p| FetchPartition::new(&sb.topic, p, 0))
-        .collect();
     let mut read: HashMap<i32, (Vec<u8>, Vec<u8>)> = HashMap::new();
-    for r in client.fetch_messages(&fetches).unwrap() {
-        for t in r.topics() {
-            for p in t.partitions() {
-                for m in p.data().unwrap().messages() {
-                    read.insert(p.partition(), (m.key.to_vec(), m.value.to_vec()));
-                }
-            }
-        }
+    for r in kcat_read(&sb.brokers, &sb.topic) {
+        let bytes = |s: Option<String>| s.unwrap_or_default().into_bytes();
+        read.insert(r.partition, (bytes(r.key), bytes(r.payload)));
     }
     for (i, k) in keys.iter().enumerate() {
         assert_eq!(
@@ -66,17 +50,9 @@ fn kafka_round_trips_keyed_messages_and_keeps_group_offsets() {
     }
 
     // Offsets committed under the group come back from the group coordinator.
-    let commits: Vec<CommitOffset> = (0..3).map(|p| CommitOffset::new(&sb.topic, p, 1)).collect();
-    client.commit_offsets(&sb.group, &commits).unwrap();
-    let wanted: Vec<FetchGroupOffset> = (0..3)
-        .map(|p| FetchGroupOffset::new(&sb.topic, p))
-        .collect();
-    let offsets = client.fetch_group_offsets(&sb.group, &wanted).unwrap();
-    let mut got: Vec<(i32, i64)> = offsets[&sb.topic]
-        .iter()
-        .map(|po| (po.partition, po.offset))
-        .collect();
-    got.sort();
+    let commits: Vec<(i32, i64)> = (0..3).map(|p| (p, 1)).collect();
+    kafka_wire::commit_offsets(&sb.brokers, &sb.group, &sb.topic, &commits).unwrap();
+    let got = kafka_wire::fetch_offsets(&sb.brokers, &sb.group, &sb.topic, &[0, 1, 2]).unwrap();
     assert_eq!(got, [(0, 1), (1, 1), (2, 1)]);
 }
 
@@ -118,7 +94,7 @@ fn mongodb_reports_duplicate_keys_from_an_unordered_insert_many() {
 #[test]
 fn kcat_sees_the_broker_too() {
     let sb = Sandbox::new("stack_kcat");
-    let _ = kafka_client(&sb.brokers, &sb.topic);
+    ensure_topic(&sb.brokers, &sb.topic);
     let out = Command::new("kcat")
         .args(["-b", &sb.brokers, "-L", "-t", &sb.topic, "-m", "10"])
         .output()

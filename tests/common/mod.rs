@@ -9,9 +9,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use kafka::client::{KafkaClient, ProduceMessage, RequiredAcks};
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::sync::{Client, Database};
+
+pub mod kafka_wire;
 
 /// Every variable the binary reads; cleared for each run so the developer's shell cannot leak in.
 const OUR_VARS: &[&str] = &[
@@ -156,21 +157,12 @@ impl Sandbox {
         wait_with_limit(child, limit)
     }
 
-    /// Produces raw payloads to one partition, in order, with the kafka crate.
+    /// Produces raw payloads (any bytes) to one partition, in order, with kcat, once the topic
+    /// exists with a leader for each partition.
     pub fn send_raw(&self, partition: i32, payloads: &[Vec<u8>]) {
-        let mut client = kafka_client(&self.brokers, &self.topic);
-        let messages: Vec<ProduceMessage> = payloads
-            .iter()
-            .map(|p| ProduceMessage::new(&self.topic, partition, None, Some(p.as_slice())))
-            .collect();
-        let confirms = client
-            .produce_messages(RequiredAcks::All, Duration::from_secs(10), messages)
-            .expect("produce");
-        for c in confirms {
-            for p in c.partition_confirms {
-                p.offset.expect("partition accepted the messages");
-            }
-        }
+        ensure_topic(&self.brokers, &self.topic);
+        let values: Vec<Option<Vec<u8>>> = payloads.iter().cloned().map(Some).collect();
+        kcat_send_values(&self.brokers, &self.topic, partition, &values);
     }
 }
 
@@ -187,49 +179,16 @@ impl Drop for Sandbox {
     }
 }
 
-/// A kafka-crate client with the topic's metadata loaded, waiting out the "leader not
-/// available" answers that follow a topic's auto-creation.
-pub fn kafka_client(brokers: &str, topic: &str) -> KafkaClient {
-    let mut client = KafkaClient::new(brokers.split(',').map(String::from).collect());
-    client.set_group_offset_storage(Some(kafka::client::GroupOffsetStorage::Kafka));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let ready = client.load_metadata(&[topic]).is_ok()
-            && client
-                .topics()
-                .partitions(topic)
-                .is_some_and(|ps| !ps.is_empty() && ps.iter().all(|p| p.leader().is_some()));
-        if ready {
-            return client;
-        }
-        assert!(Instant::now() < deadline, "topic {topic} never got leaders");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+/// Creates the topic as a producer's first request does (the broker's defaults: 3 partitions) and
+/// waits until every partition has a leader; returns the partitions' leaders.
+pub fn ensure_topic(brokers: &str, topic: &str) -> kafka_wire::Leaders {
+    kafka_wire::ensure_topic(brokers, topic)
 }
 
-/// Deletes a topic with a DeleteTopics v0 request, which the kafka crate does not offer.
+/// Deletes a topic without waiting for the cluster to forget it (DeleteTopics v4, which Kafka
+/// 3.9 and 4.x both accept).
 pub fn delete_topic(brokers: &str, topic: &str) -> std::io::Result<()> {
-    let broker = brokers.split(',').next().unwrap_or(brokers);
-    let mut s = TcpStream::connect(broker)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let client_id = b"metricsctl-tests";
-    let mut body = Vec::new();
-    body.extend_from_slice(&20i16.to_be_bytes()); // api key: DeleteTopics
-    body.extend_from_slice(&0i16.to_be_bytes()); // version 0
-    body.extend_from_slice(&1i32.to_be_bytes()); // correlation id
-    body.extend_from_slice(&(client_id.len() as i16).to_be_bytes());
-    body.extend_from_slice(client_id);
-    body.extend_from_slice(&1i32.to_be_bytes()); // one topic
-    body.extend_from_slice(&(topic.len() as i16).to_be_bytes());
-    body.extend_from_slice(topic.as_bytes());
-    body.extend_from_slice(&10_000i32.to_be_bytes()); // timeout ms
-    s.write_all(&(body.len() as i32).to_be_bytes())?;
-    s.write_all(&body)?;
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len)?;
-    let mut response = vec![0u8; i32::from_be_bytes(len).max(0) as usize];
-    s.read_exact(&mut response)?;
-    Ok(())
+    kafka_wire::delete_topic(brokers, topic)
 }
 
 pub fn wait_with_limit(mut child: Child, limit: Duration) -> Output {
@@ -661,6 +620,7 @@ pub struct KcatRecord {
     pub offset: i64,
     /// The record's timestamp in ms (LogAppendTime on topics created with it).
     pub timestamp_ms: i64,
+    pub key: Option<String>,
     pub payload: Option<String>,
 }
 
@@ -692,6 +652,7 @@ pub fn kcat_read(brokers: &str, topic: &str) -> Vec<KcatRecord> {
                 partition: v["partition"].as_i64().unwrap() as i32,
                 offset: v["offset"].as_i64().unwrap(),
                 timestamp_ms: v["ts"].as_i64().unwrap_or(-1),
+                key: v["key"].as_str().map(String::from),
                 payload: v["payload"].as_str().map(String::from),
             }
         })
@@ -711,11 +672,25 @@ pub struct LogBatch {
     pub control: bool,
 }
 
+/// Where the local services keep the running Kafka version's storage: `.local/kafka/<version>`
+/// (`KAFKA_VERSION` of the environment or `.local/services.env`), else `.local/kafka` (the layout
+/// before per-version folders).
+pub fn kafka_home() -> PathBuf {
+    let local = repo_root().join(".local/kafka");
+    let version = service_setting("KAFKA_VERSION", "");
+    let home = local.join(&version);
+    if !version.is_empty() && home.is_dir() {
+        home
+    } else {
+        local
+    }
+}
+
 /// The batches of a partition as stored on disk, read by Kafka's own `dump-log` tool from the
 /// local node's log directory (any replica); `None` when no local node holds the partition
 /// (services elsewhere).
 pub fn log_batches(topic: &str, partition: i32) -> Option<Vec<LogBatch>> {
-    let kafka = repo_root().join(".local/kafka");
+    let kafka = kafka_home();
     let mut data_dirs = vec![kafka.join("data")];
     if let Ok(nodes) = std::fs::read_dir(kafka.join("cluster")) {
         let mut nodes: Vec<PathBuf> = nodes.flatten().map(|e| e.path().join("data")).collect();
@@ -1233,7 +1208,8 @@ fn wire_string(out: &mut Vec<u8>, s: &str) {
 
 /// Describes `group` with FindCoordinator v0 and DescribeGroups v0, decoding each member's
 /// consumer-protocol assignment (its partitions of `topic`). `Err` when a broker does not answer
-/// or answers with an error.
+/// or answers with an error. Kafka 4 still accepts v0 of both (KIP-896 removed neither; 4.4
+/// answers FindCoordinator v0-v6 and DescribeGroups v0-v6).
 pub fn describe_group_wire(brokers: &str, group: &str, topic: &str) -> std::io::Result<WireGroup> {
     let timeout = Some(Duration::from_secs(5));
     let mut body = Vec::new();
