@@ -6,11 +6,13 @@ unique to the run and removed at the end), it measures:
 
   1. the Python baseline users would otherwise run (bench/baseline/: kafka-python producer,
      kafka-python + pymongo consumer with one insert_one per message);
-  2. the ceilings: Kafka write (kcat -P, acks=all), Kafka read (kcat -C -e), database
-     (pymongo insert_many, batches of 1,000, unordered, unique index on message_uuid);
-  3. metricsctl: producer throughput (default log level and RUST_LOG=warn), consumer catch-up
-     on a preloaded three-partition topic (two backlog sizes), latency at a steady rate,
-     peak RSS and CPU seconds per 1,000 messages of every process;
+  2. the ceilings: Kafka write (kcat -P, acks=all, idempotent, per compression codec), Kafka
+     read (kcat -C -e), database (pymongo insert_many, batches of 1,000, unordered, unique
+     index on message_uuid);
+  3. metricsctl: producer throughput per codec against kcat with the same settings (default
+     log level and RUST_LOG=warn; `--compression CODEC` once `produce --help` offers it),
+     consumer catch-up on a preloaded three-partition topic (two backlog sizes), latency at a
+     steady rate, peak RSS and CPU seconds per 1,000 messages of every process;
 
 then writes a Markdown report (BENCHMARKS.md by default) with the machine, the versions, the
 exact commands, the raw figures, the ratios and the goals. On a missed goal it profiles the
@@ -19,6 +21,7 @@ functions. The machine is assumed noisy: every figure is compared with others me
 same run, never with a figure from another run.
 
     python bench/run.py --scale full|quick|smoke [--bin target/release/metricsctl] [--out FILE]
+                        [--codecs none,lz4]   (none,gzip,snappy,lz4,zstd for the full table)
 
 Needs KAFKA_BROKERS and MONGODB_URI (make sources .local/services.env), kcat, GNU time
 (/usr/bin/time) and the packages of bench/requirements.txt.
@@ -53,6 +56,13 @@ CONSUMER_PY = BASELINE / "consumidor_metrics_iabdXX.py"
 GNU_TIME = "/usr/bin/time"
 WINDOW = 20  # messages per tumbling window, metricsctl's default and the exercise's N
 PARTITIONS = 3
+# Compression codecs of the producer comparison (librdkafka's `compression.codec` values, the
+# same names as metricsctl's `--compression`). Default per scale: smoke runs `none` only.
+CODECS = ("none", "gzip", "snappy", "lz4", "zstd")
+DEFAULT_CODECS = {"full": "none,lz4", "quick": "none,lz4", "smoke": "none"}
+# kcat's producer settings in every run and preload: acks=all and idempotence on, as metricsctl's
+# producer (and Java's since 3.0), murmur2 as Java's partitioner; the codec is added per run.
+KCAT_PRODUCER = ["-X", "acks=all", "-X", "enable.idempotence=true", "-X", "partitioner=murmur2_random"]
 
 # Counts per scale. full = the sizes the goals are stated for.
 SCALES = {
@@ -76,9 +86,18 @@ SCALES = {
 GOALS = {
     "catchup": "consumer catch-up ≥ 0.8 × database ceiling (same run)",
     "rss": "consumer peak RSS ≤ 64 MiB on the large backlog, flat in the backlog size (large/small ≤ 1.10)",
-    "producer": "producer (--interval 0, default log level) ≥ 0.6 × kcat -P",
     "latency": "p99 timestamp_utc → raw received_at ≤ 250 ms at the steady rate",
 }
+PRODUCER_TARGET = 1.0
+
+
+def goal_text(key):
+    """A goal's wording; the producer has one goal per codec, keyed `producer:CODEC`."""
+    if key.startswith("producer:"):
+        codec = key.split(":", 1)[1]
+        return (f"producer `{codec}` (--interval 0, default log level) ≥ {PRODUCER_TARGET:.1f} × kcat -P "
+                "(same codec, acks=all, idempotent)")
+    return GOALS[key]
 
 # Every variable metricsctl reads: removed from its environment so the caller's shell cannot leak in.
 METRICSCTL_VARS = [
@@ -86,7 +105,8 @@ METRICSCTL_VARS = [
     "MONGODB_DATABASE", "MONGODB_RAW_COLLECTION", "MONGODB_KPI_COLLECTION",
     "MONGODB_DLQ_COLLECTION", "WINDOW_SIZE", "REPORTING_INTERVAL_SECONDS", "SERVER_IDS",
     "METRICS_SUFFIX", "KAFKA_PARTITIONS", "EXIT_WHEN_IDLE_SECONDS", "MAX_MESSAGES",
-    "REPORT_COUNT", "SIMULATION_SEED", "KPIS_LIMIT", "RUST_LOG",
+    "REPORT_COUNT", "SIMULATION_SEED", "KPIS_LIMIT", "RUST_LOG", "KAFKA_COMPRESSION",
+    "PRODUCER_DRAIN_TIMEOUT_SECONDS",
 ]
 
 
@@ -294,6 +314,8 @@ class Bench:
         if args.repeat:
             self.cfg["repeat"] = args.repeat
         self.bin = str(Path(args.bin).resolve())
+        self.codecs = parse_codecs(args.codecs or DEFAULT_CODECS[args.scale])
+        self.compression_flag = None  # whether `metricsctl produce` takes --compression: see producers()
         self.brokers = os.environ.get("KAFKA_BROKERS", "127.0.0.1:29092")
         self.mongodb_uri = os.environ.get("MONGODB_URI", "mongodb://127.0.0.1:27017")
         self.run_id = datetime.now(timezone.utc).strftime("%H%M%S") + uuid.uuid4().hex[:4]
@@ -527,9 +549,11 @@ class Bench:
         say(f"{n_total:,} payloads generated ({self.payload_bytes:.0f} bytes of JSON on average), "
             f"{len(self.server_ids)} servers")
 
-    def kcat_produce(self, label, topic, payloads, messages, record=True):
+    def kcat_produce(self, label, topic, payloads, messages, codec="none"):
+        """kcat -P of `payloads` (key<TAB>value lines) into `topic`, acks=all and idempotent
+        (KCAT_PRODUCER), in `codec`; checks that the topic then holds exactly `messages`."""
         argv = ["kcat", "-P", "-b", self.brokers, "-t", topic, "-K", "\t",
-                "-X", "acks=all", "-X", "partitioner=murmur2_random"]
+                *KCAT_PRODUCER, "-X", f"compression.codec={codec}"]
         display = display_argv(argv) + f" < {payloads.name}"
         with open(payloads, "rb") as stdin, self.log_file(label) as log:
             m = Measured(self, label, argv, stdin=stdin, stderr=log, display=display, messages=messages)
@@ -551,28 +575,58 @@ class Bench:
             raise BenchError(f"{r['label']} exited with {r.get('rc')} (signal {r.get('signal')}): {r['command']}{tail}")
 
     # 1. producers -----------------------------------------------------------------------------
+    def metricsctl_has_compression(self):
+        """Whether `metricsctl produce` takes `--compression` (the idempotent producer has it;
+        the `kafka`-crate one refuses it as an unknown argument)."""
+        try:
+            out = subprocess.run([self.bin, "produce", "--help"], capture_output=True, text=True, timeout=30,
+                                 env=self.metricsctl_env())
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise BenchError(f"{self.bin} produce --help: {e}")
+        text = (out.stdout or "") + (out.stderr or "")
+        if "--brokers" not in text:
+            raise BenchError(f"{self.bin} produce --help printed no usage (exit {out.returncode}): {text[:300]!r}")
+        return re.search(r"--compression\b", text) is not None
+
+    def producer_runs(self):
+        """(label, kind, codec) of one repeat: per codec kcat, then metricsctl at both log levels;
+        the baseline once (it has no such settings), last."""
+        runs = []
+        for codec in self.codecs:
+            runs.append((f"kcat -P {codec} (acks=all, idempotent)", "kcat", codec))
+            for kind, level in (("info", "default log level"), ("warn", "RUST_LOG=warn")):
+                if self.compression_flag:
+                    runs.append((f"metricsctl produce --compression {codec} ({level})", kind, codec))
+                else:
+                    runs.append((f"metricsctl produce [{codec} row] ({level}) (no --compression support)", kind, codec))
+        runs.append(("baseline kafka-python producer (reference: acks=1, no key, no compression)", "baseline", None))
+        return runs
+
     def producers(self):
         n = self.cfg["servers"] * self.cfg["reports"]
         abbrev = {self.servers_arg: "$SERVERS"}
         self.backlog_topic = None
+        self.compression_flag = self.metricsctl_has_compression()
+        if not self.compression_flag:
+            self.results["notes"].append(
+                "`metricsctl produce --help` offers no `--compression`: metricsctl ran without it (so uncompressed) in "
+                "every codec's rows, marked \"(no --compression support)\"; those rows compare it with kcat in that codec.")
+        say(f"producers: codecs {', '.join(self.codecs)}; metricsctl produce "
+            + ("takes --compression" if self.compression_flag else "has no --compression: run without it"))
         for rep in range(1, self.cfg["repeat"] + 1):
-            runs = [
-                ("kcat -P (acks=all)", "kcat"),
-                ("metricsctl produce (default log level)", "info"),
-                ("metricsctl produce (RUST_LOG=warn)", "warn"),
-                ("baseline kafka-python producer", "baseline"),
-            ]
-            for name, kind in runs:
-                topic = self.topic(f"p{rep}-{kind}")
+            for name, kind, codec in self.producer_runs():
+                topic = self.topic(f"p{rep}-{kind}" + (f"-{codec}" if codec else ""))
                 label = f"{name} #{rep}"
                 if kind == "kcat":
-                    r = self.kcat_produce(label, topic, self.payload_file, n)
-                    if self.backlog_topic is None and n >= self.cfg["backlog"]:
+                    r = self.kcat_produce(label, topic, self.payload_file, n, codec=codec)
+                    if self.backlog_topic is None and codec == "none" and n >= self.cfg["backlog"]:
                         self.backlog_topic = topic  # reused as the consumer backlog
                 elif kind in ("info", "warn"):
                     argv = [self.bin, "produce", "--brokers", self.brokers, "--topic", topic,
                             "--servers", self.servers_arg, "--interval", "0",
                             "--count", str(self.cfg["reports"])]
+                    if self.compression_flag:
+                        argv += ["--compression", codec]
                     env_prefix = {"RUST_LOG": "warn"} if kind == "warn" else {}
                     with self.log_file(label) as log:
                         m = Measured(self, label, argv, env=self.metricsctl_env("warn" if kind == "warn" else None),
@@ -592,14 +646,34 @@ class Bench:
                 if got != n:
                     raise BenchError(f"{label}: topic {topic} holds {got} messages, expected {n}")
                 r["kind"] = kind
+                r["codec"] = codec
                 r["repeat"] = rep
                 r["rate"] = n / r["wall"]
                 r["payload_bytes"] = self.sample_size(topic)
+                log_bytes = self.topic_log_bytes(topic)
+                r["log_bytes_per_msg"] = log_bytes / n if log_bytes is not None else None
                 self.results["producer"].append(r)
                 say(f"[producer {rep}/{self.cfg['repeat']}] {name}: {n:,} msgs in {r['wall']:.2f} s = "
-                    f"{r['rate']:,.0f} msg/s, peak RSS {mib(r['rss_kb']):.1f} MiB")
+                    f"{r['rate']:,.0f} msg/s, peak RSS {mib(r['rss_kb']):.1f} MiB, "
+                    f"log {fmt_s(r['log_bytes_per_msg'], 0)} B/msg")
                 if topic != self.backlog_topic:
                     self.drop_topic(topic)
+
+    def topic_log_bytes(self, topic):
+        """Bytes of the topic's log segments (`*.log`) in the local brokers' data folders (under
+        .local/kafka): what the codec and the batching leave on disk. None when not every
+        partition's folder is there (a broker elsewhere)."""
+        pattern = re.compile(re.escape(topic) + r"-\d+$")
+        total, found = 0, 0
+        try:
+            for dirpath, dirnames, filenames in os.walk(ROOT / ".local/kafka"):
+                if pattern.match(os.path.basename(dirpath)):
+                    found += 1
+                    total += sum(os.path.getsize(os.path.join(dirpath, f)) for f in filenames if f.endswith(".log"))
+                    dirnames[:] = []
+        except OSError:
+            return None
+        return total if found == PARTITIONS else None
 
     def sample_size(self, topic, count=200):
         out = subprocess.run(["kcat", "-C", "-b", self.brokers, "-t", topic, "-p", "0", "-o", "beginning",
@@ -823,16 +897,35 @@ class Bench:
         return out
 
     # goals ------------------------------------------------------------------------------------
-    def best(self, rows, kind):
-        xs = [r for r in rows if r.get("kind") == kind]
+    def best(self, rows, kind, codec=None):
+        xs = [r for r in rows if r.get("kind") == kind and (codec is None or r.get("codec") == codec)]
         return max(xs, key=lambda r: r["rate"]) if xs else None
 
     def evaluate(self):
         P, C = self.results["producer"], self.results["ceilings"]
+        # Per codec: the best run of kcat and of metricsctl at both log levels.
+        by_codec = {c: {"kcat": self.best(P, "kcat", c), "info": self.best(P, "info", c),
+                        "warn": self.best(P, "warn", c)} for c in self.codecs}
+        first = by_codec.get("none") or by_codec[self.codecs[0]]
+        # A codec that leaves the log no smaller than `none` did not take effect (or the payloads
+        # do not compress): worth a note, not an error.
+        for codec, b in by_codec.items():
+            for kind in ("kcat", "info"):
+                plain = (by_codec.get("none") or {}).get(kind)
+                mine = b[kind]
+                if codec == "none" or not (plain and mine) or (kind == "info" and not self.compression_flag):
+                    continue
+                x, y = mine.get("log_bytes_per_msg"), plain.get("log_bytes_per_msg")
+                if x is not None and y is not None and x >= 0.95 * y:
+                    self.results["notes"].append(
+                        f"{mine['label'].rsplit(' #', 1)[0]}: {x:.0f} bytes in the log per message against {y:.0f} "
+                        f"uncompressed ({plain['label'].rsplit(' #', 1)[0]}): the codec `{codec}` did not shrink it.")
         self.summary = {
-            "kcat_write": self.best(P, "kcat"),
-            "mc_info": self.best(P, "info"),
-            "mc_warn": self.best(P, "warn"),
+            "producers": by_codec,
+            # The uncompressed codec's (else the first codec's) runs, for the reading and section 5.
+            "kcat_write": first["kcat"],
+            "mc_info": first["info"],
+            "mc_warn": first["warn"],
             "py_prod": self.best(P, "baseline"),
             "kafka_read": self.best(C, "kafka-read"),
             "db_stored": self.best(C, "db-stored"),
@@ -854,9 +947,15 @@ class Bench:
         growth = ratio(rss_big, rss_small)
         goals.append(("rss", f"{fmt_s(rss_big, 1)} MiB at {big:,}, {fmt_s(rss_small, 1)} MiB at {small:,} (× {fmt_ratio(growth)})",
                       "≤ 64 MiB, × ≤ 1.10", rss_big is not None and rss_big <= 64 and growth is not None and growth <= 1.10))
-        pr = ratio(rate(s["mc_info"]), rate(s["kcat_write"]))
-        goals.append(("producer", f"{fmt_rate(rate(s['mc_info']))} vs {fmt_rate(rate(s['kcat_write']))} msg/s = {fmt_ratio(pr)}",
-                      "≥ 0.60", pr is not None and pr >= 0.6))
+        for codec, b in s["producers"].items():
+            pr = ratio(rate(b["info"]), rate(b["kcat"]))
+            measured = f"{fmt_rate(rate(b['info']))} vs {fmt_rate(rate(b['kcat']))} msg/s = {fmt_ratio(pr)}"
+            met = pr is not None and pr >= PRODUCER_TARGET
+            if not self.compression_flag:
+                # metricsctl sent uncompressed with its old, not idempotent producer: not the goal's settings.
+                measured += " (no --compression support)"
+                met = None
+            goals.append((f"producer:{codec}", measured, f"≥ {PRODUCER_TARGET:.2f}", met))
         lat = self.results["latency"] or {}
         p99 = lat.get("raw_p99")
         goals.append(("latency", f"p99 {fmt_s(p99, 1)} ms at {fmt_rate(lat.get('achieved_rate'))} msg/s",
@@ -865,11 +964,11 @@ class Bench:
 
     # profile ----------------------------------------------------------------------------------
     def profile(self):
-        missed = {g for g, _, _, ok in self.goals if not ok}
+        missed = {g for g, _, _, ok in self.goals if ok is False}
         if self.scale == "smoke" or self.args.profile == "off" or (self.args.profile == "auto" and not missed):
             return
         if self.args.profile == "on":
-            missed = {"producer", "catchup"}
+            missed = {f"producer:{self.codecs[0]}", "catchup"}
         tool = None
         perf_ok = shutil.which("perf") and "<not supported>" not in cmd_output(["perf", "stat", "-e", "instructions", "true"]) \
             and "instructions" in cmd_output(["perf", "stat", "-e", "instructions", "true"])
@@ -884,8 +983,9 @@ class Bench:
         self.results["notes"].append(
             "perf: `perf stat -e instructions true` reports <not supported> here (no hardware counters), so callgrind was used"
             if tool == "callgrind" else "perf record was used (hardware counters available)")
-        if "producer" in missed:
-            self.profile_producer(tool)
+        producer_missed = [g.split(":", 1)[1] for g, *_ in self.goals if g in missed and g.startswith("producer:")]
+        if producer_missed:
+            self.profile_producer(tool, producer_missed[0])
         if missed & {"catchup", "rss", "latency"}:
             self.profile_consumer(tool)
 
@@ -894,21 +994,26 @@ class Bench:
             return ["perf", "record", "-g", "-o", str(out), "--", *argv]
         return ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *argv]
 
-    def profile_producer(self, tool):
+    def profile_producer(self, tool, codec):
+        """The producer of the first codec whose goal is missed, at the default log level."""
         reports = self.cfg["profile_reports"]
         n = reports * len(self.server_ids)
         topic = self.topic("prof-produce")
         out = self.work / f"produce.{tool}"
         argv = [self.bin, "produce", "--brokers", self.brokers, "--topic", topic, "--servers", self.servers_arg,
                 "--interval", "0", "--count", str(reports)]
+        if self.compression_flag:
+            argv += ["--compression", codec]
         full = self.profiled_argv(tool, out, argv)
-        say(f"[profile] {tool} on metricsctl produce, {n:,} messages (default log level)")
+        say(f"[profile] {tool} on metricsctl produce, {n:,} messages (default log level"
+            + (f", --compression {codec})" if self.compression_flag else ")"))
         with self.log_file("profile produce") as log:
             m = Measured(self, "profile produce", full, env=self.metricsctl_env(), stderr=log, messages=n,
                          display=display_argv(full, None, {self.servers_arg: "$SERVERS"}) + " 2> produce.log")
             r = m.wait(timeout=1800)
         self.check_exit(r, log.name)
-        self.results["profile"].append(self.profile_report(tool, out, "metricsctl produce", n, r))
+        what = f"metricsctl produce --compression {codec}" if self.compression_flag else "metricsctl produce"
+        self.results["profile"].append(self.profile_report(tool, out, what, n, r))
         self.drop_topic(topic)
 
     def profile_consumer(self, tool):
@@ -949,30 +1054,43 @@ class Bench:
     def reading(self):
         """One bullet per missed goal: the figures of this run that locate the cost."""
         s, out = self.summary, []
-        missed = {g for g, _, _, ok in self.goals if not ok}
+        missed = {g for g, _, _, ok in self.goals if ok is False}
         prof = {p["what"]: p for p in self.results["profile"]}
 
         def incl(p, pattern):
             xs = [pct for pct, fn, _ in p["inclusive"] + p.get("inclusive_all", []) if re.search(pattern, fn)]
             return max(xs) if xs else None
 
-        if "producer" in missed and s["mc_info"] and s["kcat_write"]:
-            info, warn, kc = s["mc_info"], s["mc_warn"], s["kcat_write"]
-            line = (f"**Producer**: {fmt_rate(info['rate'])} msg/s at the default log level, {fmt_rate(warn['rate'])} at "
-                    f"RUST_LOG=warn (× {fmt_ratio(ratio(warn['rate'], info['rate']))}), kcat {fmt_rate(kc['rate'])}. "
-                    f"CPU per 1,000 messages: metricsctl {fmt_s(cpu_per_1k(info), 3)} s (warn: {fmt_s(cpu_per_1k(warn), 3)}), "
-                    f"kcat {fmt_s(cpu_per_1k(kc), 3)} s; the process is busy "
-                    f"{fmt_ratio(ratio(info['user'] + info['sys'], info['wall']))} of a core over its wall time, "
-                    "the rest of the time it waits for the broker's acknowledgements.")
-            p = prof.get("metricsctl produce")
+        for codec, b in s["producers"].items():
+            if f"producer:{codec}" not in missed or not (b["info"] and b["kcat"]):
+                continue
+            info, warn, kc = b["info"], b["warn"], b["kcat"]
+            line = (f"**Producer, `{codec}`**" + ("" if self.compression_flag else " (no --compression support: "
+                                                  "metricsctl sent uncompressed)") +
+                    f": {fmt_rate(info['rate'])} msg/s at the default log level, "
+                    f"{fmt_rate(warn['rate']) if warn else '-'} at RUST_LOG=warn "
+                    f"(× {fmt_ratio(ratio(warn['rate'] if warn else None, info['rate']))}), kcat {fmt_rate(kc['rate'])}. "
+                    f"CPU per 1,000 messages: metricsctl {fmt_s(cpu_per_1k(info), 3)} s "
+                    f"(warn: {fmt_s(cpu_per_1k(warn) if warn else None, 3)}), kcat {fmt_s(cpu_per_1k(kc), 3)} s; "
+                    f"bytes in the log per message: metricsctl {fmt_s(info.get('log_bytes_per_msg'), 0)}, "
+                    f"kcat {fmt_s(kc.get('log_bytes_per_msg'), 0)}; the process is busy "
+                    f"{fmt_ratio(ratio(info['user'] + info['sys'], info['wall']))} of a core over its wall time "
+                    f"(kcat {fmt_ratio(ratio(kc['user'] + kc['sys'], kc['wall']))}), the rest of the time it waits for "
+                    "the broker's acknowledgements.")
+            p = prof.get(f"metricsctl produce --compression {codec}") or (
+                None if self.compression_flag else prof.get("metricsctl produce"))
             if p:
                 parts = [(name, incl(p, pat)) for name, pat in (
                     ("logging a line per message (env_logger `Log::log`)", r"env_logger::logger::Logger as log::Log>::log$"),
                     ("the kafka crate's produce call (encoding, CRC, socket)", r"kafka::client::KafkaClient::produce_messages$"),
+                    ("metricsctl's Kafka producer (`metricsctl::kafka::producer`)", r"^<?metricsctl::kafka::producer::"),
+                    ("compression (lz4, zstd, snap, flate2)", r"^<?(lz4|lz4_flex|zstd|zstd_safe|snap|flate2)::"),
                     ("JSON encoding (`MetricMessage::to_json`)", r"MetricMessage::to_json$"),
                     ("ANSI stripping of log output (anstream)", r"anstream::.*write|anstream::adapter::strip::next_bytes$"))]
-                line += " Callgrind (inclusive share of the instructions): " + "; ".join(
-                    f"{name} {pct:.0f} %" for name, pct in parts if pct is not None) + "."
+                found = [(name, pct) for name, pct in parts if pct is not None and pct >= 0.5]
+                if found:
+                    line += " Callgrind (inclusive share of the instructions): " + "; ".join(
+                        f"{name} {pct:.0f} %" for name, pct in found) + "."
             out.append(line)
         if "catchup" in missed and s["mc_big"] and s["db_stored"]:
             r, c = s["mc_big"], s["db_stored"]
@@ -1050,7 +1168,7 @@ class Bench:
         w("| goal | measured | target | status |")
         w("| --- | --- | --- | --- |")
         for key, measured, target, ok in self.goals:
-            w(f"| {GOALS[key]} | {measured} | {target} | {'**met**' if ok else '**missed**'} |")
+            w(f"| {goal_text(key)} | {measured} | {target} | {status_text(ok)} |")
         w("")
         if self.scale != "full":
             w(f"At this scale the backlogs are {cfg['backlog']:,} and {cfg['small_backlog']:,} messages instead of 200,000 "
@@ -1069,27 +1187,49 @@ class Bench:
                      ("kcat", e["kcat"]), ("GNU time", e["gnu_time"])]:
             w(f"| {k} | {v} |")
         w("")
-        w("## 1. Producer: messages/s, `--interval 0`")
+        w("## 1. Producer: messages/s, `--interval 0`, per compression codec")
         w("")
+        mc_settings = (
+            "metricsctl runs with `--compression CODEC` (its producer: acks=all, idempotent), at the default log level "
+            "and at RUST_LOG=warn"
+            if self.compression_flag else
+            "metricsctl runs at the default log level and at RUST_LOG=warn, but **this metricsctl has no "
+            "`--compression`** (`metricsctl produce --help` lacks it): it ran without the flag, uncompressed and with its "
+            "producer's own settings, in every codec's rows, marked \"(no --compression support)\", so in a compressed "
+            "codec's rows it is compared with kcat compressing")
         w(f"{cfg['servers'] * cfg['reports']:,} messages: {cfg['reports']} reports of {cfg['servers']:,} servers "
           f"(`$SERVERS` = `srv0001,…,srv{cfg['servers']:04d}`), each producer into its own fresh {PARTITIONS}-partition topic. "
-          "kcat sends the same pre-generated payloads (key = server id, drawn by the baseline's own generator) with "
-          "librdkafka's batching. metricsctl waits for `acks=all` per report (one request per partition leader); the "
-          "baseline is the exercise's producer: kafka-python defaults (acks=1, no key), one `send` per message, a print per "
-          "message, a `flush` per report. Rates are messages / wall time of the whole process (start-up included). "
-          "Logs go to files, not a terminal.")
+          f"Per codec ({', '.join(f'`{c}`' for c in self.codecs)}), side by side in each repeat: kcat -P with "
+          "`-X acks=all -X enable.idempotence=true -X compression.codec=CODEC` (librdkafka's batching and defaults "
+          "otherwise, `partitioner=murmur2_random`) sends the same pre-generated payloads (key = server id, drawn by the "
+          f"baseline's own generator); {mc_settings}. × kcat is the ratio "
+          "to kcat **in the same codec** of the same run. The baseline, the reference, runs once per repeat, not per "
+          "codec: it is the exercise's producer with kafka-python defaults (acks=1, no key, no compression), one `send` "
+          "per message, a print per message, a `flush` per report; its × kcat is to kcat `none`. Rates are messages / "
+          "wall time of the whole process (start-up included). Logs go to files, not a terminal. Every topic is checked "
+          "to hold exactly the messages sent. **log B / msg** = bytes of the topic's log segments on the broker's disk "
+          "per message (record batch framing, keys and values after compression): it shows the codec took effect and "
+          "how well the batches compress.")
         w("")
-        w("| producer | best msg/s | × kcat | × baseline | runs (msg/s) | CPU s / 1k msgs | peak RSS MiB | avg payload B |")
-        w("| --- | --- | --- | --- | --- | --- | --- | --- |")
-        for key, kind in (("kcat_write", "kcat"), ("mc_info", "info"), ("mc_warn", "warn"), ("py_prod", "baseline")):
-            b = s[key]
+        w("| codec | producer | best msg/s | × kcat (same codec) | × baseline | runs (msg/s) | CPU s / 1k msgs | "
+          "peak RSS MiB | avg payload B | log B / msg |")
+        w("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        py = s["py_prod"]
+        rows = [(codec, kind, b[kind], b["kcat"]) for codec, b in s["producers"].items()
+                for kind in ("kcat", "info", "warn")]
+        none_kcat = s["producers"].get("none", {}).get("kcat")
+        rows.append(("none (reference)", "baseline", py, none_kcat))
+        for codec, kind, b, kc in rows:
             if not b:
                 continue
-            runs = [r for r in self.results["producer"] if r["kind"] == kind]
-            w(f"| {b['label'].rsplit(' #', 1)[0]} | {fmt_rate(b['rate'])} | {fmt_ratio(ratio(b['rate'], s['kcat_write']['rate']))} | "
-              f"{fmt_ratio(ratio(b['rate'], s['py_prod']['rate'] if s['py_prod'] else None))} | "
+            runs = [r for r in self.results["producer"] if r["kind"] == kind and
+                    (kind == "baseline" or r.get("codec") == codec)]
+            w(f"| {codec} | {b['label'].rsplit(' #', 1)[0]} | {fmt_rate(b['rate'])} | "
+              f"{fmt_ratio(ratio(b['rate'], kc['rate'] if kc else None))} | "
+              f"{fmt_ratio(ratio(b['rate'], py['rate'] if py else None))} | "
               f"{', '.join(fmt_rate(r['rate']) for r in runs)} | {fmt_s(statistics.median(cpu_per_1k(r) for r in runs), 3)} | "
-              f"{fmt_s(max(mib(r['rss_kb']) for r in runs), 1)} | {fmt_s(b.get('payload_bytes'), 0)} |")
+              f"{fmt_s(max(mib(r['rss_kb']) for r in runs), 1)} | {fmt_s(b.get('payload_bytes'), 0)} | "
+              f"{fmt_s(b.get('log_bytes_per_msg'), 0)} |")
         w("")
         w("## 2. Ceilings")
         w("")
@@ -1181,14 +1321,15 @@ class Bench:
         w("")
         w("| process | messages | wall s | CPU s | CPU s / 1k msgs | peak RSS MiB | Kafka CPU s | FerretDB CPU s |")
         w("| --- | --- | --- | --- | --- | --- | --- | --- |")
-        rows = [s[k] for k in ("kcat_write", "mc_info", "mc_warn", "py_prod", "kafka_read", "db_stored", "db_bare",
-                               "mc_big", "mc_lean", "mc_small", "py_big", "py_small") if s.get(k)]
+        rows = [b[k] for b in s["producers"].values() for k in ("kcat", "info", "warn") if b[k]]
+        rows += [s[k] for k in ("py_prod", "kafka_read", "db_stored", "db_bare",
+                                "mc_big", "mc_lean", "mc_small", "py_big", "py_small") if s.get(k)]
         rows += [lat["producer"], lat["consumer"]]
         for r in rows:
             w(f"| {r['label'].rsplit(' #', 1)[0]} | {r['messages']:,} | {r['wall']:.2f} | {r['user'] + r['sys']:.2f} | "
               f"{fmt_s(cpu_per_1k(r), 3)} | {mib(r['rss_kb']):.1f} | {fmt_s(r['kafka_cpu'], 1)} | {fmt_s(r['ferretdb_cpu'], 1)} |")
         w("")
-        if self.results["profile"] or any(not ok for *_, ok in self.goals):
+        if self.results["profile"] or any(ok is False for *_, ok in self.goals):
             w("## 6. Where the time goes (missed goals)")
             w("")
             w("Figures of this run that locate the cost, as a starting point for the fixes (written by the harness):")
@@ -1257,10 +1398,34 @@ class Bench:
         w("```sh")
         w("make up                         # Kafka and FerretDB, if not running")
         w(f"make bench BENCH_SCALE={self.scale}   # full (default, ~15 min) | quick (~3 min) | smoke (seconds; writes to a temp file)")
+        w(f"make bench BENCH_SCALE={self.scale} BENCH_ARGS=--codecs={','.join(self.codecs)}   # this run's codecs; "
+          f"--codecs={','.join(CODECS)} for the full table")
         w("```")
         w("")
         Path(path).write_text("\n".join(L))
         return path
+
+
+def status_text(ok):
+    """A goal's status cell: met, missed, or n/a (None: not measurable in this run)."""
+    if ok is None:
+        return "**n/a** (not the goal's settings)"
+    return "**met**" if ok else "**missed**"
+
+
+def parse_codecs(text):
+    """`none,lz4` → ["none", "lz4"]: known codecs only, in the given order, each once."""
+    out = []
+    for c in (x.strip().lower() for x in text.split(",")):
+        if not c:
+            continue
+        if c not in CODECS:
+            raise SystemExit(f"bench: unknown codec {c!r} in --codecs (known: {', '.join(CODECS)})")
+        if c not in out:
+            out.append(c)
+    if not out:
+        raise SystemExit("bench: --codecs names no codec")
+    return out
 
 
 def collection_count(db, collection):
@@ -1394,6 +1559,9 @@ def main():
     p.add_argument("--bin", default=str(ROOT / "target/release/metricsctl"))
     p.add_argument("--out", help="report path (default: BENCHMARKS.md; a temp file for smoke)")
     p.add_argument("--repeat", type=int, default=0, help="runs of each producer and ceiling (default per scale)")
+    p.add_argument("--codecs", default=os.environ.get("BENCH_CODECS"),
+                   help=f"comma-separated compression codecs of the producer comparison, of {','.join(CODECS)} "
+                   f"(default: {DEFAULT_CODECS['full']}; {DEFAULT_CODECS['smoke']} at smoke scale)")
     p.add_argument("--profile", choices=["auto", "on", "off"], default=os.environ.get("BENCH_PROFILE", "auto"),
                    help="auto = profile metricsctl where a goal is missed (not at smoke scale)")
     p.add_argument("--keep", action="store_true", help="keep topics, databases and the work folder")
@@ -1403,6 +1571,7 @@ def main():
     p.add_argument("--source", default="", help="where the binary was built from, for the report "
                    "(default: the work tree's commit and uncommitted files)")
     args = p.parse_args()
+    parse_codecs(args.codecs or DEFAULT_CODECS[args.scale])  # a wrong codec stops here, before any work
     out = args.out
     if not out:
         out = (tempfile.mkstemp(prefix="metricsctl-bench-smoke-", suffix=".md")[1] if args.scale == "smoke"
@@ -1445,7 +1614,7 @@ def main():
         return 1
     bench.write_report(out)
     for key, measured, target, met in bench.goals:
-        say(f"goal {'met   ' if met else 'MISSED'} {GOALS[key]}: {measured} (target {target})")
+        say(f"goal {'n/a   ' if met is None else 'met   ' if met else 'MISSED'} {goal_text(key)}: {measured} (target {target})")
     say(f"report written to {out} after {time.monotonic() - t0:.0f} s")
     return 0
 
