@@ -19,6 +19,7 @@ const OUR_VARS: &[&str] = &[
     "KAFKA_BROKERS",
     "KAFKA_TOPIC",
     "KAFKA_GROUP_ID",
+    "KAFKA_COMPRESSION",
     "MONGODB_URI",
     "CONNECTION_STRING",
     "MONGODB_DATABASE",
