@@ -305,20 +305,38 @@ fn local_data_dirs() -> Vec<std::path::PathBuf> {
 }
 
 /// Each partition's batches, from one run of Kafka's `dump-log` over every segment of the
-/// topic, wherever the local broker keeps it (topic names are unique, so at most one folder
-/// holds `<topic>-<p>`; with three nodes, the first replica found).
-fn dump_batches(topic: &str) -> BTreeMap<i32, Vec<Dumped>> {
+/// topic, wherever the local broker keeps it. Topic names are unique, so one folder holds
+/// `<topic>-<p>`, or with three nodes one per replica: then the leader's (`cluster/node-<id>`)
+/// is read, since a follower out of the in-sync set may lag.
+fn dump_batches(sb: &Sandbox) -> BTreeMap<i32, Vec<Dumped>> {
+    let topic = &sb.topic;
     let dirs = local_data_dirs();
+    let leaders = common::partition_leaders(&sb.brokers, topic).unwrap_or_default();
     let mut files = Vec::new();
     for p in 0..PARTITIONS {
-        let dir = dirs
+        let replicas: Vec<std::path::PathBuf> = dirs
             .iter()
             .map(|d| d.join(format!("{topic}-{p}")))
-            .find(|d| d.is_dir())
-            .unwrap_or_else(|| {
-                panic!("no local folder holds {topic}-{p} (is the broker local?): {dirs:?}")
-            });
-        let mut segments: Vec<String> = std::fs::read_dir(&dir)
+            .filter(|d| d.is_dir())
+            .collect();
+        let leader = leaders.get(&p).map(|id| format!("node-{id}"));
+        let dir = match replicas.as_slice() {
+            [only] => only,
+            _ => replicas
+                .iter()
+                .find(|d| {
+                    leader
+                        .as_deref()
+                        .is_some_and(|node| d.components().any(|c| c.as_os_str() == node))
+                })
+                .unwrap_or_else(|| {
+                    panic!(
+                        "no local folder holds {topic}-{p}'s leader replica ({leader:?}; is the \
+                         broker local?): {replicas:?} of {dirs:?}"
+                    )
+                }),
+        };
+        let mut segments: Vec<String> = std::fs::read_dir(dir)
             .expect("partition folder")
             .flatten()
             .map(|e| e.path())
@@ -380,8 +398,8 @@ fn dump_batches(topic: &str) -> BTreeMap<i32, Vec<Dumped>> {
 /// The batches are those of one idempotent producer in `codec`: record batches v2, a producer
 /// id, and per partition sequence numbers from 0 with no gap and no repeat (a new producer
 /// epoch starts again at 0). Returns the number of records in the batches.
-fn assert_idempotent_batches(topic: &str, codec: &str, context: &str) -> i64 {
-    let batches = dump_batches(topic);
+fn assert_idempotent_batches(sb: &Sandbox, codec: &str, context: &str) -> i64 {
+    let batches = dump_batches(sb);
     assert_eq!(
         batches.len(),
         PARTITIONS as usize,
@@ -443,7 +461,7 @@ fn every_message_is_stored_once_keyed_by_server_in_javas_partition() {
     let out = produce(&sb, &sb.brokers, &[]);
     let records = kcat_read_keyed(&sb.brokers, &sb.topic);
     let ours = assert_stored_exactly_once(&records, REPORTS * SERVER_COUNT, &log_of(&out));
-    let on_disk = assert_idempotent_batches(&sb.topic, "none", &log_of(&out));
+    let on_disk = assert_idempotent_batches(&sb, "none", &log_of(&out));
     assert_eq!(
         on_disk,
         records.len() as i64,
@@ -491,7 +509,7 @@ fn round_trip_in(codec: &str) {
     let out = produce(&sb, &sb.brokers, &["--compression", codec]);
     let records = kcat_read_keyed(&sb.brokers, &sb.topic);
     assert_stored_exactly_once(&records, REPORTS * SERVER_COUNT, &log_of(&out));
-    let on_disk = assert_idempotent_batches(&sb.topic, codec, &log_of(&out));
+    let on_disk = assert_idempotent_batches(&sb, codec, &log_of(&out));
     assert_eq!(
         on_disk,
         records.len() as i64,
@@ -557,7 +575,7 @@ fn retried_batches_are_stored_once(label: &str, codec: Option<&str>, fault: Faul
     );
     let records = kcat_read_keyed(&sb.brokers, &sb.topic);
     assert_stored_exactly_once(&records, REPORTS * SERVER_COUNT, &context);
-    let in_batches = assert_idempotent_batches(&sb.topic, codec.unwrap_or("none"), &context);
+    let in_batches = assert_idempotent_batches(&sb, codec.unwrap_or("none"), &context);
     assert_eq!(
         in_batches,
         records.len() as i64,
@@ -654,7 +672,7 @@ fn responses_dropped_mid_stream_are_retried_and_stored_once() {
     );
     let records = kcat_read_keyed(&sb.brokers, &sb.topic);
     assert_stored_exactly_once(&records, MANY * SERVER_COUNT, &context);
-    let in_batches = assert_idempotent_batches(&sb.topic, "gzip", &context);
+    let in_batches = assert_idempotent_batches(&sb, "gzip", &context);
     assert_eq!(
         in_batches,
         records.len() as i64,

@@ -57,24 +57,22 @@ pub enum Fault {
     WithholdProduceResponses(u32),
 }
 
-/// A TCP proxy in front of one broker, listening on `127.0.0.1:<ephemeral>`.
+/// A TCP proxy in front of a cluster: one listener on `127.0.0.1:<ephemeral>` for the bootstrap
+/// broker, and one more for each broker the cluster's metadata names, opened as it is named.
 ///
 /// Metadata and FindCoordinator responses are rewritten so that every broker address they carry
-/// is the proxy's own: a client learns broker addresses from them after bootstrapping and would
-/// otherwise connect to the broker directly, out of the proxy's reach. One address can stand
-/// for one broker only, so the proxy serves a single-node cluster: Metadata naming several
-/// brokers is not forwarded but recorded in [`KafkaProxy::rewrite_failures`] (a test that checks
-/// them says why it cannot run on three nodes).
+/// is one of the proxy's listeners (the same listener for the same node id): a client learns
+/// broker addresses from them after bootstrapping and would otherwise connect to the brokers
+/// directly, out of the proxy's reach. Faults and counters are the proxy's, over all listeners.
 pub struct KafkaProxy {
     addr: String,
     shared: Arc<ProxyShared>,
 }
 
 struct ProxyShared {
-    upstream: String,
-    host: String,
-    port: i32,
     fault: Mutex<Fault>,
+    /// The listener standing for each broker: node id -> its port on 127.0.0.1.
+    listeners: Mutex<HashMap<i32, u16>>,
     /// Requests seen, by api key.
     requests: Mutex<BTreeMap<i16, u64>>,
     dropped: AtomicU64,
@@ -88,17 +86,13 @@ struct ProxyShared {
 }
 
 impl KafkaProxy {
-    /// Starts a proxy in front of `upstream` (`host:port`; of a list, the first), forwarding
+    /// Starts a proxy in front of `bootstrap` (`host:port`; of a list, the first), forwarding
     /// everything until a fault is set.
-    pub fn start(upstream: &str) -> KafkaProxy {
-        let upstream = upstream.split(',').next().unwrap_or(upstream).trim();
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the Kafka proxy");
-        let local = listener.local_addr().expect("proxy address");
+    pub fn start(bootstrap: &str) -> KafkaProxy {
+        let bootstrap = bootstrap.split(',').next().unwrap_or(bootstrap).trim();
         let shared = Arc::new(ProxyShared {
-            upstream: upstream.to_string(),
-            host: local.ip().to_string(),
-            port: i32::from(local.port()),
             fault: Mutex::new(Fault::None),
+            listeners: Mutex::new(HashMap::new()),
             requests: Mutex::new(BTreeMap::new()),
             dropped: AtomicU64::new(0),
             withheld: AtomicU64::new(0),
@@ -107,12 +101,9 @@ impl KafkaProxy {
             sockets: Mutex::new(Vec::new()),
             stop: Arc::default(),
         });
-        let s = shared.clone();
-        accept_loop(listener, shared.stop.clone(), move |client| {
-            proxy_connection(client, s.clone())
-        });
+        let port = listen(&shared, bootstrap);
         KafkaProxy {
-            addr: local.to_string(),
+            addr: format!("127.0.0.1:{port}"),
             shared,
         }
     }
@@ -218,6 +209,28 @@ impl ProxyShared {
     }
 }
 
+/// A new listener of the proxy in front of `upstream`; returns its port.
+fn listen(shared: &Arc<ProxyShared>, upstream: &str) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the Kafka proxy");
+    let port = listener.local_addr().expect("proxy address").port();
+    let (s, upstream) = (shared.clone(), upstream.to_string());
+    accept_loop(listener, shared.stop.clone(), move |client| {
+        proxy_connection(client, &upstream, s.clone())
+    });
+    port
+}
+
+impl ProxyShared {
+    /// The port of the listener standing for broker `node` at `host:port`, opened on first use.
+    fn port_for(self: &Arc<Self>, node: i32, host: &str, port: i32) -> i32 {
+        let mut listeners = self.listeners.lock().unwrap();
+        let ours = *listeners
+            .entry(node)
+            .or_insert_with(|| listen(self, &format!("{host}:{port}")));
+        i32::from(ours)
+    }
+}
+
 /// Accepts connections on a thread until `stop`, handing each to `serve` on a thread of its own.
 fn accept_loop(
     listener: TcpListener,
@@ -244,9 +257,9 @@ fn accept_loop(
 
 /// One client connection: a thread pumps requests to the broker (noting each one's api key and
 /// version by correlation id), this thread pumps responses back, applying the fault.
-fn proxy_connection(client: TcpStream, shared: Arc<ProxyShared>) {
+fn proxy_connection(client: TcpStream, upstream: &str, shared: Arc<ProxyShared>) {
     shared.connections.fetch_add(1, Ordering::SeqCst);
-    let Ok(broker) = TcpStream::connect(&shared.upstream) else {
+    let Ok(broker) = TcpStream::connect(upstream) else {
         let _ = client.shutdown(Shutdown::Both);
         return;
     };
@@ -314,7 +327,8 @@ fn proxy_connection(client: TcpStream, shared: Arc<ProxyShared>) {
                 Action::Forward => frame,
             },
             _ if needs_rewrite(api_key) => {
-                match rewrite_addresses(&frame, api_key, version, &shared.host, shared.port) {
+                let ours = |node, host: &str, port| shared.port_for(node, host, port);
+                match rewrite_addresses(&frame, api_key, version, &ours) {
                     Ok(rewritten) => rewritten,
                     Err(e) => {
                         shared
@@ -341,14 +355,14 @@ fn needs_rewrite(api_key: i16) -> bool {
 }
 
 /// Re-encodes a Metadata or FindCoordinator response body (after the size) at the version the
-/// request asked for, with every broker address replaced by `host:port`. The response header's
-/// version follows from the api key and version (flexible versions have tagged fields).
+/// request asked for, each broker's address replaced by 127.0.0.1 and the port `ours(node id,
+/// host, port)` gives. The response header's version follows from the api key and version
+/// (flexible versions have tagged fields).
 fn rewrite_addresses(
     frame: &[u8],
     api_key: i16,
     version: i16,
-    host: &str,
-    port: i32,
+    ours: &dyn Fn(i32, &str, i32) -> i32,
 ) -> Result<Vec<u8>, String> {
     let key = ApiKey::try_from(api_key).map_err(|()| format!("unknown api key {api_key}"))?;
     let header_version = key.response_header_version(version);
@@ -358,19 +372,13 @@ fn rewrite_addresses(
     header
         .encode(&mut out, header_version)
         .map_err(|e| e.to_string())?;
-    let host = StrBytes::from_string(host.to_string());
+    let loopback = StrBytes::from_static_str("127.0.0.1");
     if key == ApiKey::Metadata {
         let mut response =
             MetadataResponse::decode(&mut body, version).map_err(|e| e.to_string())?;
-        if response.brokers.len() > 1 {
-            return Err(format!(
-                "the metadata names {} brokers; this proxy stands for a single-node cluster only",
-                response.brokers.len()
-            ));
-        }
         for b in &mut response.brokers {
-            b.host = host.clone();
-            b.port = port;
+            b.port = ours(b.node_id.0, &b.host, b.port);
+            b.host = loopback.clone();
         }
         response
             .encode(&mut out, version)
@@ -378,15 +386,16 @@ fn rewrite_addresses(
     } else {
         let mut response =
             FindCoordinatorResponse::decode(&mut body, version).map_err(|e| e.to_string())?;
-        // v0-v3 name one coordinator at the top level, v4+ a list (one per key asked).
+        // v0-v3 name one coordinator at the top level, v4+ a list (one per key asked); a node
+        // id of -1 comes with an error and no address.
         if version < 4 && response.node_id.0 >= 0 {
-            response.host = host.clone();
-            response.port = port;
+            response.port = ours(response.node_id.0, &response.host, response.port);
+            response.host = loopback.clone();
         }
         for c in &mut response.coordinators {
             if c.node_id.0 >= 0 {
-                c.host = host.clone();
-                c.port = port;
+                c.port = ours(c.node_id.0, &c.host, c.port);
+                c.host = loopback.clone();
             }
         }
         response
