@@ -826,8 +826,8 @@ fn produce_refuses_a_broker_without_produce_v3_at_once() {
     let sb = Sandbox::new("prod_too_old");
     let fake = FakeBroker::start(FakeBrokerSpec {
         versions: vec![(ApiKey::Produce, 0, 2)],
-        topic_error: 0,
         partitions: PARTITIONS,
+        ..FakeBrokerSpec::default()
     });
     let (out, took) = run_fast(&sb, &["produce", "--count", "1", "--brokers", &fake.addr()]);
     let line = assert_one_error_line(&out, &["Produce", &fake.addr(), "v0", "v2"], &[], &fake);
@@ -850,8 +850,8 @@ fn produce_refuses_a_broker_without_produce_v3_at_once() {
 fn ancient_broker() -> FakeBroker {
     FakeBroker::start(FakeBrokerSpec {
         versions: vec![(ApiKey::Metadata, 0, 3), (ApiKey::Fetch, 0, 3)],
-        topic_error: 0,
         partitions: PARTITIONS,
+        ..FakeBrokerSpec::default()
     })
 }
 
@@ -885,9 +885,9 @@ fn consume_refuses_a_broker_without_our_fetch_and_metadata_versions_at_once() {
 fn produce_stops_when_the_topic_is_not_authorized() {
     let sb = Sandbox::new("prod_denied");
     let fake = FakeBroker::start(FakeBrokerSpec {
-        versions: Vec::new(),
         topic_error: 29, // TOPIC_AUTHORIZATION_FAILED
         partitions: PARTITIONS,
+        ..FakeBrokerSpec::default()
     });
     let (out, took) = run_fast(&sb, &["produce", "--count", "1", "--brokers", &fake.addr()]);
     let line = assert_one_error_line(
@@ -898,4 +898,50 @@ fn produce_stops_when_the_topic_is_not_authorized() {
     );
     assert_eq!(fake.requests(PRODUCE), 0, "{}", fake.summary());
     eprintln!("FIGURE produce vs a topic not authorized: exit 1 in {took:?}: {line}");
+}
+
+/// The usual ACL setup: the topic may be described (Metadata answers) but not written, so the
+/// refusal comes in the Produce response.
+#[test]
+fn produce_stops_when_the_broker_refuses_the_write() {
+    let sb = Sandbox::new("prod_write_denied");
+    let fake = FakeBroker::start(FakeBrokerSpec {
+        partitions: PARTITIONS,
+        produce_error: Some(29), // TOPIC_AUTHORIZATION_FAILED
+        ..FakeBrokerSpec::default()
+    });
+    let (out, took) = run_fast(&sb, &["produce", "--count", "1", "--brokers", &fake.addr()]);
+    let line = assert_one_error_line(
+        &out,
+        &[&sb.topic],
+        &["authoriz", "refused", "denied", "access"],
+        &fake,
+    );
+    assert!(
+        fake.requests(PRODUCE) <= 1,
+        "a refused write is not retried; {}",
+        fake.summary()
+    );
+    eprintln!("FIGURE produce vs a write refused: exit 1 in {took:?}: {line}");
+}
+
+/// An idempotent producer needs a producer id; a cluster that refuses one (no IDEMPOTENT_WRITE
+/// for this client) is a setting for a human, not something to retry.
+#[test]
+fn produce_stops_when_the_broker_refuses_a_producer_id() {
+    let sb = Sandbox::new("prod_pid_denied");
+    let fake = FakeBroker::start(FakeBrokerSpec {
+        partitions: PARTITIONS,
+        init_producer_id_error: 31, // CLUSTER_AUTHORIZATION_FAILED
+        ..FakeBrokerSpec::default()
+    });
+    let (out, took) = run_fast(&sb, &["produce", "--count", "1", "--brokers", &fake.addr()]);
+    let line = assert_one_error_line(
+        &out,
+        &[],
+        &["authoriz", "refuse", "denied", "access"],
+        &fake,
+    );
+    assert_eq!(fake.requests(PRODUCE), 0, "{}", fake.summary());
+    eprintln!("FIGURE produce vs a producer id refused: exit 1 in {took:?}: {line}");
 }

@@ -24,9 +24,11 @@ use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, BrokerId, FindCoordinatorResponse, InitProducerIdResponse,
-    MetadataRequest, MetadataResponse, RequestHeader, ResponseHeader,
+    MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, RequestHeader,
+    ResponseHeader,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
@@ -434,12 +436,17 @@ fn write_frame(s: &mut TcpStream, body: &[u8]) -> io::Result<()> {
 #[derive(Debug, Clone)]
 pub struct FakeBrokerSpec {
     /// Version ranges advertised in ApiVersions in place of `kafka-protocol`'s own (which are
-    /// a current broker's): `(api key, min, max)`.
+    /// a current broker's): `(api key, min, max)`; a `min` above `max` leaves the api out.
     pub versions: Vec<(ApiKey, i16, i16)>,
     /// The error code Metadata gives every topic asked for (0: the topic exists, with
     /// `partitions` partitions led by this broker, node 1).
     pub topic_error: i16,
     pub partitions: i32,
+    /// The error code InitProducerId answers with (0: producer id 1000, epoch 0).
+    pub init_producer_id_error: i16,
+    /// Produce requests are answered with this error code for every partition (nothing is
+    /// stored); `None`: their connection is closed without an answer.
+    pub produce_error: Option<i16>,
 }
 
 impl Default for FakeBrokerSpec {
@@ -448,15 +455,18 @@ impl Default for FakeBrokerSpec {
             versions: Vec::new(),
             topic_error: 0,
             partitions: 1,
+            init_producer_id_error: 0,
+            produce_error: None,
         }
     }
 }
 
 /// A listener that speaks just enough Kafka for a client to get to the point a test is about:
 /// ApiVersions (with the ranges of its spec), Metadata (one broker, itself, node 1; every topic
-/// asked for with the spec's error code) and InitProducerId (producer id 1000, epoch 0). Any
-/// other request is counted and its connection closed without an answer: the fake stores
-/// nothing, so it must never seem to.
+/// asked for with the spec's error code), InitProducerId (producer id 1000, epoch 0, or the
+/// spec's error) and, if the spec says so, Produce with an error. Any other request is counted
+/// and its connection closed without an answer: the fake stores nothing, so it must never seem
+/// to.
 pub struct FakeBroker {
     addr: String,
     shared: Arc<FakeShared>,
@@ -599,8 +609,33 @@ fn fake_answer(shared: &FakeShared, frame: Vec<u8>) -> Option<Vec<u8>> {
         }
         ApiKey::InitProducerId => {
             let mut response = InitProducerIdResponse::default();
-            response.producer_id = 1000.into();
-            response.producer_epoch = 0;
+            response.error_code = shared.spec.init_producer_id_error;
+            if response.error_code == 0 {
+                response.producer_id = 1000.into();
+                response.producer_epoch = 0;
+            }
+            ResponseHeader::default()
+                .with_correlation_id(header.correlation_id)
+                .encode(&mut out, header_version)
+                .ok()?;
+            response.encode(&mut out, version).ok()?;
+        }
+        ApiKey::Produce => {
+            let error_code = shared.spec.produce_error?;
+            let request = ProduceRequest::decode(&mut body, version).ok()?;
+            let mut response = ProduceResponse::default();
+            for topic in request.topic_data {
+                let mut answer = TopicProduceResponse::default();
+                answer.name = topic.name;
+                answer.topic_id = topic.topic_id;
+                for partition in topic.partition_data {
+                    let mut p = PartitionProduceResponse::default();
+                    p.index = partition.index;
+                    p.error_code = error_code;
+                    answer.partition_responses.push(p);
+                }
+                response.responses.push(answer);
+            }
             ResponseHeader::default()
                 .with_correlation_id(header.correlation_id)
                 .encode(&mut out, header_version)
@@ -615,7 +650,7 @@ fn fake_answer(shared: &FakeShared, frame: Vec<u8>) -> Option<Vec<u8>> {
 /// Every api key `kafka-protocol` knows, at its range, except those the spec overrides.
 fn advertised_versions(spec: &FakeBrokerSpec) -> Vec<ApiVersion> {
     ApiKey::iter()
-        .map(|key| {
+        .filter_map(|key| {
             let range = key.valid_versions();
             let (min, max) = spec
                 .versions
@@ -626,7 +661,7 @@ fn advertised_versions(spec: &FakeBrokerSpec) -> Vec<ApiVersion> {
             v.api_key = key as i16;
             v.min_version = min;
             v.max_version = max;
-            v
+            (min <= max).then_some(v)
         })
         .collect()
 }
