@@ -45,7 +45,7 @@ pub fn run(args: &ProduceArgs) -> Result<(), CommandError> {
     let settings = ProduceSettings::resolve(args, &Sources::load()?)?;
     let shutdown = Shutdown::install().map_err(CommandError::Failed)?;
     info!(
-        "producing to topic {} on {} ({} batches, idempotent): servers {}, a report every {} s{}",
+        "producing to topic {} on {} (idempotent, compression {}): servers {}, a report every {} s{}",
         settings.topic,
         settings.brokers.join(","),
         settings.compression,

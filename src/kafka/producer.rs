@@ -295,7 +295,11 @@ impl KafkaProducer {
                         new_id = Some(why);
                     }
                     Verdict::Fatal(why) => {
-                        return Err(fatal("produce", format!("partition {p}: {why}")));
+                        let topic = self.cluster.topic();
+                        return Err(fatal(
+                            "produce",
+                            format!("topic {topic}, partition {p}: {why}"),
+                        ));
                     }
                 }
             }
@@ -451,10 +455,7 @@ impl KafkaProducer {
 
     /// One Produce request per leader, to all leaders at once; each answer is read into a
     /// verdict per partition.
-    fn produce(
-        &mut self,
-        by_leader: &BTreeMap<i32, Vec<i32>>,
-    ) -> Vec<(i32, LeaderAnswer)> {
+    fn produce(&mut self, by_leader: &BTreeMap<i32, Vec<i32>>) -> Vec<(i32, LeaderAnswer)> {
         let topic = self.cluster.topic().to_string();
         let requests: Vec<(i32, ProduceRequest)> = by_leader
             .iter()
