@@ -48,6 +48,27 @@ pub struct ProduceArgs {
     /// codec of the record batches: none, gzip, snappy, lz4 or zstd (KAFKA_COMPRESSION; none)
     #[argh(option)]
     pub compression: Option<String>,
+    /// PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (KAFKA_SECURITY_PROTOCOL; PLAINTEXT)
+    #[argh(option)]
+    pub security_protocol: Option<String>,
+    /// PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512, with SASL_* (KAFKA_SASL_MECHANISM)
+    #[argh(option)]
+    pub sasl_mechanism: Option<String>,
+    /// SASL user (KAFKA_SASL_USERNAME)
+    #[argh(option)]
+    pub sasl_username: Option<String>,
+    /// SASL password; prefer the variable, a flag shows in the process list (KAFKA_SASL_PASSWORD)
+    #[argh(option)]
+    pub sasl_password: Option<String>,
+    /// PEM file of the CA that signed the brokers' certificates (KAFKA_SSL_CA_LOCATION; built-in roots)
+    #[argh(option)]
+    pub ssl_ca_location: Option<String>,
+    /// PEM client certificate for mutual TLS (KAFKA_SSL_CERTIFICATE_LOCATION)
+    #[argh(option)]
+    pub ssl_certificate_location: Option<String>,
+    /// PEM private key of the client certificate (KAFKA_SSL_KEY_LOCATION)
+    #[argh(option)]
+    pub ssl_key_location: Option<String>,
 }
 
 /// Read the topic, store raw metrics in MongoDB and a KPI document per tumbling window.
@@ -94,6 +115,27 @@ pub struct ConsumeArgs {
     /// stop after this many messages (MAX_MESSAGES; unlimited)
     #[argh(option)]
     pub max_messages: Option<String>,
+    /// PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (KAFKA_SECURITY_PROTOCOL; PLAINTEXT)
+    #[argh(option)]
+    pub security_protocol: Option<String>,
+    /// PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512, with SASL_* (KAFKA_SASL_MECHANISM)
+    #[argh(option)]
+    pub sasl_mechanism: Option<String>,
+    /// SASL user (KAFKA_SASL_USERNAME)
+    #[argh(option)]
+    pub sasl_username: Option<String>,
+    /// SASL password; prefer the variable, a flag shows in the process list (KAFKA_SASL_PASSWORD)
+    #[argh(option)]
+    pub sasl_password: Option<String>,
+    /// PEM file of the CA that signed the brokers' certificates (KAFKA_SSL_CA_LOCATION; built-in roots)
+    #[argh(option)]
+    pub ssl_ca_location: Option<String>,
+    /// PEM client certificate for mutual TLS (KAFKA_SSL_CERTIFICATE_LOCATION)
+    #[argh(option)]
+    pub ssl_certificate_location: Option<String>,
+    /// PEM private key of the client certificate (KAFKA_SSL_KEY_LOCATION)
+    #[argh(option)]
+    pub ssl_key_location: Option<String>,
 }
 
 /// Per partition of the topic: log bounds, the group's committed offset and lag, the member that
@@ -126,6 +168,27 @@ pub struct StatusArgs {
     /// a partition lagging by this many messages or more is unhealthy (STATUS_MAX_LAG; 10000)
     #[argh(option)]
     pub max_lag: Option<String>,
+    /// PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (KAFKA_SECURITY_PROTOCOL; PLAINTEXT)
+    #[argh(option)]
+    pub security_protocol: Option<String>,
+    /// PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512, with SASL_* (KAFKA_SASL_MECHANISM)
+    #[argh(option)]
+    pub sasl_mechanism: Option<String>,
+    /// SASL user (KAFKA_SASL_USERNAME)
+    #[argh(option)]
+    pub sasl_username: Option<String>,
+    /// SASL password; prefer the variable, a flag shows in the process list (KAFKA_SASL_PASSWORD)
+    #[argh(option)]
+    pub sasl_password: Option<String>,
+    /// PEM file of the CA that signed the brokers' certificates (KAFKA_SSL_CA_LOCATION; built-in roots)
+    #[argh(option)]
+    pub ssl_ca_location: Option<String>,
+    /// PEM client certificate for mutual TLS (KAFKA_SSL_CERTIFICATE_LOCATION)
+    #[argh(option)]
+    pub ssl_certificate_location: Option<String>,
+    /// PEM private key of the client certificate (KAFKA_SSL_KEY_LOCATION)
+    #[argh(option)]
+    pub ssl_key_location: Option<String>,
     /// one JSON object, for programs
     #[argh(switch)]
     pub json: bool,

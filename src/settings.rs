@@ -5,11 +5,12 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::num::NonZeroUsize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::cli::{ConsumeArgs, ProduceArgs, ShowArgs, StatusArgs};
-use crate::kafka::Compression;
+use crate::kafka::security::{TlsFile, TlsFiles};
+use crate::kafka::{Compression, SaslCredentials, SaslMechanism, Security, SecurityProtocol};
 use crate::redact;
 use crate::window::MAX_LISTED;
 
@@ -124,6 +125,8 @@ pub struct MongoSettings {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProduceSettings {
     pub brokers: Vec<String>,
+    /// TLS and SASL for every connection to the brokers.
+    pub security: Security,
     pub topic: String,
     pub servers: Vec<String>,
     pub interval: Duration,
@@ -137,6 +140,8 @@ pub struct ProduceSettings {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConsumeSettings {
     pub brokers: Vec<String>,
+    /// TLS and SASL for every connection to the brokers.
+    pub security: Security,
     pub topic: String,
     pub group: String,
     pub mongo: MongoSettings,
@@ -164,6 +169,8 @@ pub struct KpisSettings {
 #[derive(Debug, Clone, PartialEq)]
 pub struct StatusSettings {
     pub brokers: Vec<String>,
+    /// TLS and SASL for every connection to the brokers.
+    pub security: Security,
     pub topic: String,
     pub group: String,
     pub mongo: MongoSettings,
@@ -176,8 +183,21 @@ pub struct StatusSettings {
 impl ProduceSettings {
     pub fn resolve(args: &ProduceArgs, src: &Sources) -> Result<Self, SettingError> {
         let suffix = suffix(src)?;
+        let security = kafka_security(
+            src,
+            &SecurityFlags {
+                protocol: &args.security_protocol,
+                mechanism: &args.sasl_mechanism,
+                username: &args.sasl_username,
+                password: &args.sasl_password,
+                ca: &args.ssl_ca_location,
+                certificate: &args.ssl_certificate_location,
+                key: &args.ssl_key_location,
+            },
+        )?;
         Ok(ProduceSettings {
             brokers: brokers(src.pick(&args.brokers, "brokers", &["KAFKA_BROKERS"]))?,
+            security,
             topic: topic(src.pick(&args.topic, "topic", &["KAFKA_TOPIC"]), &suffix)?,
             servers: servers(src.pick(&args.servers, "servers", &["SERVER_IDS"]))?,
             interval: match src.pick(&args.interval, "interval", &["REPORTING_INTERVAL_SECONDS"]) {
@@ -219,8 +239,21 @@ impl ConsumeSettings {
             Some(v) => NonZeroUsize::new(bounded(&v, 1_000_000)?).unwrap_or(NonZeroUsize::MIN),
             None => NonZeroUsize::new(DEFAULT_WINDOW_SIZE).unwrap_or(NonZeroUsize::MIN),
         };
+        let security = kafka_security(
+            src,
+            &SecurityFlags {
+                protocol: &args.security_protocol,
+                mechanism: &args.sasl_mechanism,
+                username: &args.sasl_username,
+                password: &args.sasl_password,
+                ca: &args.ssl_ca_location,
+                certificate: &args.ssl_certificate_location,
+                key: &args.ssl_key_location,
+            },
+        )?;
         Ok(ConsumeSettings {
             brokers: brokers(src.pick(&args.brokers, "brokers", &["KAFKA_BROKERS"]))?,
+            security,
             topic: topic(src.pick(&args.topic, "topic", &["KAFKA_TOPIC"]), &suffix)?,
             group: group(src.pick(&args.group, "group", &["KAFKA_GROUP_ID"]), &suffix)?,
             mongo: mongo(src, &args.mongodb_uri, &args.database)?,
@@ -288,8 +321,21 @@ impl ConsumeSettings {
 impl StatusSettings {
     pub fn resolve(args: &StatusArgs, src: &Sources) -> Result<Self, SettingError> {
         let suffix = suffix(src)?;
+        let security = kafka_security(
+            src,
+            &SecurityFlags {
+                protocol: &args.security_protocol,
+                mechanism: &args.sasl_mechanism,
+                username: &args.sasl_username,
+                password: &args.sasl_password,
+                ca: &args.ssl_ca_location,
+                certificate: &args.ssl_certificate_location,
+                key: &args.ssl_key_location,
+            },
+        )?;
         Ok(StatusSettings {
             brokers: brokers(src.pick(&args.brokers, "brokers", &["KAFKA_BROKERS"]))?,
+            security,
             topic: topic(src.pick(&args.topic, "topic", &["KAFKA_TOPIC"]), &suffix)?,
             group: group(src.pick(&args.group, "group", &["KAFKA_GROUP_ID"]), &suffix)?,
             mongo: mongo(src, &args.mongodb_uri, &args.database)?,
@@ -381,6 +427,121 @@ fn brokers(v: Option<Value>) -> Result<Vec<String>, SettingError> {
         }
     }
     Ok(list)
+}
+
+/// The Kafka security flags of a command that talks to Kafka (each falls back to its
+/// variable).
+struct SecurityFlags<'a> {
+    protocol: &'a Option<String>,
+    mechanism: &'a Option<String>,
+    username: &'a Option<String>,
+    password: &'a Option<String>,
+    ca: &'a Option<String>,
+    certificate: &'a Option<String>,
+    key: &'a Option<String>,
+}
+
+/// `KAFKA_SECURITY_PROTOCOL` and what goes with it. A combination that cannot work (SASL
+/// settings without a SASL protocol, TLS files without TLS, a key without its certificate) and
+/// a file that cannot be used are setting errors; the password is registered as a secret
+/// before anything can quote it.
+fn kafka_security(src: &Sources, f: &SecurityFlags) -> Result<Security, SettingError> {
+    let password = src.pick(f.password, "sasl-password", &["KAFKA_SASL_PASSWORD"]);
+    if let Some(p) = &password {
+        redact::register(&p.text);
+    }
+    let protocol_value = src.pick(
+        f.protocol,
+        "security-protocol",
+        &["KAFKA_SECURITY_PROTOCOL"],
+    );
+    let protocol = match &protocol_value {
+        Some(v) => v.text.parse().map_err(|e: String| v.error(e))?,
+        None => SecurityProtocol::Plaintext,
+    };
+    let mechanism = src.pick(f.mechanism, "sasl-mechanism", &["KAFKA_SASL_MECHANISM"]);
+    let username = src.pick(f.username, "sasl-username", &["KAFKA_SASL_USERNAME"]);
+    let ca = src.pick(f.ca, "ssl-ca-location", &["KAFKA_SSL_CA_LOCATION"]);
+    let certificate = src.pick(
+        f.certificate,
+        "ssl-certificate-location",
+        &["KAFKA_SSL_CERTIFICATE_LOCATION"],
+    );
+    let key = src.pick(f.key, "ssl-key-location", &["KAFKA_SSL_KEY_LOCATION"]);
+    let mismatch = |v: &Value, needs: &str| SettingError {
+        setting: v.origin.clone(),
+        problem: format!("needs KAFKA_SECURITY_PROTOCOL={needs}, but it is {protocol}"),
+    };
+    if !protocol.sasl() {
+        if let Some(v) = [&mechanism, &username, &password]
+            .into_iter()
+            .flatten()
+            .next()
+        {
+            return Err(mismatch(v, "SASL_SSL or SASL_PLAINTEXT"));
+        }
+    }
+    if !protocol.tls() {
+        if let Some(v) = [&ca, &certificate, &key].into_iter().flatten().next() {
+            return Err(mismatch(v, "SSL or SASL_SSL"));
+        }
+    }
+    let required = |v: Option<Value>, var: &str, what: &str| match v {
+        Some(v) if !v.text.trim().is_empty() => Ok(v),
+        Some(v) => Err(SettingError {
+            setting: v.origin,
+            problem: format!("must not be empty with {protocol}"),
+        }),
+        None => Err(SettingError {
+            setting: var.to_string(),
+            problem: format!("{protocol} needs {what}"),
+        }),
+    };
+    let sasl = if protocol.sasl() {
+        let mechanism = required(
+            mechanism,
+            "KAFKA_SASL_MECHANISM",
+            &format!("a SASL mechanism: {}", SaslMechanism::NAMES),
+        )?;
+        let mechanism: SaslMechanism = mechanism
+            .text
+            .parse()
+            .map_err(|e: String| mechanism.error(e))?;
+        let username = required(username, "KAFKA_SASL_USERNAME", "a SASL user")?;
+        let password = required(password, "KAFKA_SASL_PASSWORD", "the SASL user's password")?;
+        Some(SaslCredentials::new(
+            mechanism,
+            username.text.trim().to_string(),
+            password.text,
+        ))
+    } else {
+        None
+    };
+    let path = |v: &Option<Value>| -> Result<Option<PathBuf>, SettingError> {
+        match v {
+            Some(v) if v.text.trim().is_empty() => Err(v.error("must name a PEM file")),
+            Some(v) => Ok(Some(PathBuf::from(v.text.trim()))),
+            None => Ok(None),
+        }
+    };
+    let files = TlsFiles {
+        ca: path(&ca)?,
+        certificate: path(&certificate)?,
+        key: path(&key)?,
+    };
+    Security::new(protocol, sasl, files).map_err(|e| {
+        let (value, var) = match e.file {
+            TlsFile::Ca => (&ca, "KAFKA_SSL_CA_LOCATION"),
+            TlsFile::Certificate => (&certificate, "KAFKA_SSL_CERTIFICATE_LOCATION"),
+            TlsFile::Key => (&key, "KAFKA_SSL_KEY_LOCATION"),
+        };
+        SettingError {
+            setting: value
+                .as_ref()
+                .map_or_else(|| var.to_string(), |v| v.origin.clone()),
+            problem: e.problem,
+        }
+    })
 }
 
 fn topic(v: Option<Value>, suffix: &str) -> Result<String, SettingError> {
@@ -783,5 +944,111 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.partitions, Some(vec![0, 2]));
+    }
+
+    #[test]
+    fn kafka_security_defaults_to_plaintext() {
+        let p = ProduceSettings::resolve(&ProduceArgs::default(), &src(&[], &[])).unwrap();
+        assert_eq!(p.security, Security::plaintext());
+    }
+
+    #[test]
+    fn sasl_settings_make_credentials_and_keep_the_password_secret() {
+        let s = src(
+            &[
+                ("KAFKA_SECURITY_PROTOCOL", "sasl_plaintext"),
+                ("KAFKA_SASL_MECHANISM", "scram-sha-512"),
+                ("KAFKA_SASL_USERNAME", "alice"),
+                ("KAFKA_SASL_PASSWORD", "Unit-Kafka-Pass-1"),
+            ],
+            &[],
+        );
+        let c = ConsumeSettings::resolve(&ConsumeArgs::default(), &s).unwrap();
+        assert_eq!(c.security.protocol(), SecurityProtocol::SaslPlaintext);
+        let sasl = c.security.sasl().unwrap();
+        assert_eq!(
+            (sasl.mechanism, sasl.username.as_str()),
+            (SaslMechanism::ScramSha512, "alice")
+        );
+        assert_eq!(sasl.password(), "Unit-Kafka-Pass-1");
+        assert!(!format!("{c:?}").contains("Unit-Kafka-Pass-1"));
+        assert_eq!(redact::scrub("refused Unit-Kafka-Pass-1"), "refused ****");
+        // A flag beats the variable.
+        let args = StatusArgs {
+            sasl_username: Some("bob".into()),
+            ..Default::default()
+        };
+        let st = StatusSettings::resolve(&args, &s).unwrap();
+        assert_eq!(st.security.sasl().unwrap().username, "bob");
+    }
+
+    #[test]
+    fn security_combinations_that_cannot_work_are_refused_in_one_line() {
+        let bad = |env: &[(&str, &str)]| {
+            ProduceSettings::resolve(&ProduceArgs::default(), &src(env, &[]))
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            bad(&[("KAFKA_SECURITY_PROTOCOL", "TLS")]),
+            "invalid setting KAFKA_SECURITY_PROTOCOL (from environment): must be PLAINTEXT, SSL, \
+             SASL_PLAINTEXT or SASL_SSL (got \"TLS\")"
+        );
+        assert_eq!(
+            bad(&[
+                ("KAFKA_SECURITY_PROTOCOL", "SSL"),
+                ("KAFKA_SASL_USERNAME", "alice")
+            ]),
+            "invalid setting KAFKA_SASL_USERNAME (from environment): needs \
+             KAFKA_SECURITY_PROTOCOL=SASL_SSL or SASL_PLAINTEXT, but it is SSL"
+        );
+        let e = bad(&[("KAFKA_SASL_PASSWORD", "Unit-Kafka-Pass-2")]);
+        assert!(
+            e.contains("KAFKA_SASL_PASSWORD (from environment): needs"),
+            "{e}"
+        );
+        assert!(!e.contains("Unit-Kafka-Pass-2"), "{e}");
+        assert_eq!(
+            bad(&[("KAFKA_SSL_CA_LOCATION", "/tmp/ca.pem")]),
+            "invalid setting KAFKA_SSL_CA_LOCATION (from environment): needs \
+             KAFKA_SECURITY_PROTOCOL=SSL or SASL_SSL, but it is PLAINTEXT"
+        );
+        assert_eq!(
+            bad(&[("KAFKA_SECURITY_PROTOCOL", "SASL_SSL")]),
+            "invalid setting KAFKA_SASL_MECHANISM: SASL_SSL needs a SASL mechanism: PLAIN, \
+             SCRAM-SHA-256 or SCRAM-SHA-512"
+        );
+        assert!(bad(&[
+            ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("KAFKA_SASL_MECHANISM", "GSSAPI")
+        ])
+        .contains("must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (got \"GSSAPI\")"));
+        assert_eq!(
+            bad(&[
+                ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+                ("KAFKA_SASL_MECHANISM", "PLAIN"),
+                ("KAFKA_SASL_USERNAME", "alice"),
+            ]),
+            "invalid setting KAFKA_SASL_PASSWORD: SASL_SSL needs the SASL user's password"
+        );
+        assert_eq!(
+            bad(&[
+                ("KAFKA_SECURITY_PROTOCOL", "SSL"),
+                ("KAFKA_SSL_KEY_LOCATION", "/tmp/key.pem")
+            ]),
+            "invalid setting KAFKA_SSL_KEY_LOCATION (from environment): a private key needs its \
+             certificate (KAFKA_SSL_CERTIFICATE_LOCATION)"
+        );
+        let e = bad(&[
+            ("KAFKA_SECURITY_PROTOCOL", "SSL"),
+            ("KAFKA_SSL_CA_LOCATION", "/nonexistent/ca.pem"),
+        ]);
+        assert!(
+            e.starts_with(
+                "invalid setting KAFKA_SSL_CA_LOCATION (from environment): cannot read \
+                 /nonexistent/ca.pem"
+            ),
+            "{e}"
+        );
     }
 }

@@ -366,7 +366,8 @@ impl<'a> Pipeline<'a> {
             settings.topic.clone(),
             settings.group.clone(),
             shutdown.clone(),
-        );
+        )
+        .with_security(settings.security.clone());
         retry("database ping", shutdown, || store.ping())?;
         retry("creating indexes", shutdown, || store.ensure_indexes())?;
         let topic = retry("reading topic metadata", shutdown, || source.open())?;
@@ -375,13 +376,16 @@ impl<'a> Pipeline<'a> {
                 refuse_shared_partitions(settings, &mut source, shutdown)?;
                 None
             }
-            None => Some(GroupMember::new(
-                settings.brokers.clone(),
-                settings.topic.clone(),
-                settings.group.clone(),
-                GROUP_TIMEOUTS,
-                shutdown.clone(),
-            )),
+            None => Some(
+                GroupMember::new(
+                    settings.brokers.clone(),
+                    settings.topic.clone(),
+                    settings.group.clone(),
+                    GROUP_TIMEOUTS,
+                    shutdown.clone(),
+                )
+                .with_security(settings.security.clone()),
+            ),
         };
         let assigned = assignment(settings, &topic, member.as_mut(), &mut source, shutdown)?;
         let engine = resume(
@@ -922,7 +926,8 @@ fn start_fetcher(settings: &ConsumeSettings, shutdown: &Shutdown) -> Result<Pref
         settings.topic.clone(),
         settings.group.clone(),
         shutdown.clone(),
-    );
+    )
+    .with_security(settings.security.clone());
     let mut following = None;
     Prefetcher::start(shutdown.clone(), move |request: &FetchRequest| {
         // The log to read is the main thread's: it follows a re-created topic.

@@ -63,7 +63,8 @@ pub fn run(args: &ProduceArgs) -> Result<(), CommandError> {
         settings.topic.clone(),
         settings.compression,
         give_up.clone(),
-    );
+    )
+    .with_security(settings.security.clone());
     let (mut totals, mut outbox, fatal) = produce_loop(&settings, &mut producer, &shutdown);
     if fatal.is_none() && !outbox.is_empty() {
         drain(&mut producer, &mut outbox, &mut totals, &give_up, &settings);

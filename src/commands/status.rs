@@ -106,7 +106,8 @@ fn gather(settings: &StatusSettings, store: &Store) -> Result<Report, CommandErr
         settings.topic.clone(),
         settings.group.clone(),
         Shutdown::default(),
-    );
+    )
+    .with_security(settings.security.clone());
     let topic = source.inspect().map_err(kafka_failed)?;
     let bounds = source
         .offset_bounds(&topic.partitions)

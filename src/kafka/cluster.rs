@@ -13,6 +13,7 @@ use kafka_protocol::protocol::{Request, StrBytes};
 use uuid::Uuid;
 
 use super::connection::{Connection, WireError};
+use super::security::Security;
 use super::{fail, fatal, from_wire, KafkaError};
 use crate::shutdown::Shutdown;
 
@@ -64,6 +65,8 @@ pub struct Cluster {
     coordinator: Option<String>,
     meta: Option<TopicMeta>,
     shutdown: Shutdown,
+    /// How every connection is secured (plaintext unless `with_security` says otherwise).
+    security: Security,
 }
 
 impl Cluster {
@@ -76,7 +79,18 @@ impl Cluster {
             coordinator: None,
             meta: None,
             shutdown,
+            security: Security::plaintext(),
         }
+    }
+
+    /// Secures every connection this cluster opens from now on as `security` says.
+    pub fn set_security(&mut self, security: Security) {
+        self.security = security;
+        self.connections.clear();
+    }
+
+    pub fn security(&self) -> &Security {
+        &self.security
     }
 
     pub fn topic(&self) -> &str {
@@ -216,8 +230,11 @@ impl Cluster {
         for addr in candidates {
             match self.call_addr(&addr, request, REQUEST_TIMEOUT) {
                 Ok(r) => return Ok(r),
-                // Brokers of one cluster run one version: asking the next one cannot help.
-                Err(e @ WireError::TooOld(_)) => return Err(from_wire("metadata", e)),
+                // Brokers of one cluster run one version and one security setup: asking the
+                // next one cannot help.
+                Err(e @ (WireError::TooOld(_) | WireError::Security(_))) => {
+                    return Err(from_wire("metadata", e))
+                }
                 Err(e) => failures.push(e),
             }
             if self.shutdown.requested() {
@@ -271,7 +288,7 @@ impl Cluster {
     ) -> Result<R::Response, WireError> {
         let mut connection = match self.connections.remove(addr) {
             Some(c) => c,
-            None => Connection::open(addr)?,
+            None => Connection::open(addr, &self.security)?,
         };
         let result = connection.call_interruptible(request, timeout, interrupted);
         if !matches!(result, Err(WireError::Io(_))) {
@@ -290,7 +307,7 @@ impl Cluster {
             .ok_or_else(|| WireError::Io(format!("broker {broker} is not in the metadata")))?;
         match self.connections.remove(&addr) {
             Some(c) => Ok(c),
-            None => Connection::open(&addr),
+            None => Connection::open(&addr, &self.security),
         }
     }
 

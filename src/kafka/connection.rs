@@ -3,8 +3,9 @@
 //! bytes and picks versions; which request to send where is decided above.
 //!
 //! Everything that makes a socket a Kafka connection happens in [`Connection::open`]: connect,
-//! then ApiVersions. Security layers (TLS, SASL) belong there too, between the connect and the
-//! first request, so that the producer, fetch and group code above never see them.
+//! the TLS handshake (`tls`), ApiVersions, then SASL (`sasl`); so the producer, fetch and group
+//! code above never see the security layers. A SASL session the broker grants for a limited
+//! time is renewed on the same socket before it runs out (KIP-368), checked before each request.
 
 use std::fmt;
 use std::io::{ErrorKind, Read, Write};
@@ -17,6 +18,9 @@ use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse, 
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 use log::{debug, trace};
 
+use super::sasl;
+use super::security::Security;
+use super::tls::{self, Transport};
 use super::versions::{self, BrokerVersions, Range, TooOld};
 
 /// How long a TCP connect may take before the broker counts as unreachable.
@@ -28,6 +32,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_RESPONSE_BYTES: usize = 512 * 1024 * 1024;
 /// How often a waiting [`Connection::call_interruptible`] checks whether to give up.
 pub const INTERRUPT_POLL: Duration = Duration::from_millis(200);
+/// Marks a frame size that is a TLS alert record's header read as a number.
+const TLS_ALERT_AS_SIZE: &str = " (a TLS alert)";
 /// The client id brokers log and Kafka's group tools show.
 pub const CLIENT_ID: &str = "metricsctl";
 
@@ -42,12 +48,16 @@ pub enum WireError {
     Protocol(String),
     /// The broker lacks every version of an API we speak: retrying cannot help.
     TooOld(TooOld),
+    /// The connection cannot be secured as configured (credentials refused, a mechanism the
+    /// broker does not enable, a certificate that does not verify or is refused, TLS spoken to
+    /// a plaintext port or the reverse): retrying cannot help either.
+    Security(String),
 }
 
 impl fmt::Display for WireError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            WireError::Io(e) | WireError::Protocol(e) => f.write_str(e),
+            WireError::Io(e) | WireError::Protocol(e) | WireError::Security(e) => f.write_str(e),
             WireError::TooOld(e) => e.fmt(f),
         }
     }
@@ -56,26 +66,117 @@ impl fmt::Display for WireError {
 /// A connection to `addr`, with the broker's versions and a correlation id per request.
 pub struct Connection {
     addr: String,
-    stream: TcpStream,
+    stream: Transport,
     correlation_id: i32,
     versions: BrokerVersions,
+    security: Security,
+    /// When the SASL session the broker granted must be renewed; `None` without SASL or when
+    /// the broker sets no limit.
+    session: Option<Session>,
+}
+
+/// The times of a SASL session with a limited lifetime.
+#[derive(Debug, Clone, Copy)]
+struct Session {
+    /// Re-authenticate on the next request from this instant on: 85 to 95 % of the lifetime,
+    /// spread so that many connections do not renew at once (as KIP-368's clients do).
+    renew_at: Instant,
+    /// From here on the broker may already have ended the session, and would close the
+    /// connection on any request, a re-authentication included: reconnect instead.
+    too_late: Instant,
+}
+
+impl Session {
+    fn starting(started: Instant, lifetime: Duration) -> Session {
+        let share = 0.85 + 0.10 * fastrand::f64();
+        Session {
+            renew_at: started + lifetime.mul_f64(share),
+            too_late: started + lifetime.mul_f64(0.97),
+        }
+    }
 }
 
 impl Connection {
-    /// Connects to `host:port` (trying each address it resolves to) and asks the broker which
-    /// API versions it speaks.
-    pub fn open(addr: &str) -> Result<Connection, WireError> {
-        let stream = connect(addr)?;
+    /// Connects to `host:port` (trying each address it resolves to), secures the socket as
+    /// `security` says, asks the broker which API versions it speaks and authenticates.
+    pub fn open(addr: &str, security: &Security) -> Result<Connection, WireError> {
+        let socket = connect(addr)?;
+        let stream = match security.tls_config() {
+            Some(config) => tls::handshake(socket, addr, config, security, HANDSHAKE_TIMEOUT)?,
+            None => Transport::Plain(socket),
+        };
         let mut connection = Connection {
             addr: addr.to_string(),
             stream,
             correlation_id: 0,
             versions: BrokerVersions::default(),
+            security: security.clone(),
+            session: None,
         };
-        connection.versions = connection.api_versions()?;
+        connection.versions = connection
+            .api_versions()
+            .map_err(|e| connection.first_answer_failed(e))?;
         debug!("connected to {addr}: {}", connection.versions.summary(addr));
         trace!("{addr} supports {}", connection.versions);
+        connection.authenticate()?;
         Ok(connection)
+    }
+
+    /// SASL on this connection (again, when renewing), if the settings ask for it.
+    fn authenticate(&mut self) -> Result<(), WireError> {
+        let Some(credentials) = self.security.sasl().cloned() else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let lifetime = sasl::authenticate(self, &credentials)?;
+        self.session = lifetime.map(|l| Session::starting(started, l));
+        debug!(
+            "authenticated to {} as {} with {}{}",
+            self.addr,
+            credentials.username,
+            credentials.mechanism,
+            lifetime.map_or(String::new(), |l| format!(
+                ", session of {} ms",
+                l.as_millis()
+            ))
+        );
+        Ok(())
+    }
+
+    /// Renews the SASL session before the broker ends it (KIP-368): on the same socket while
+    /// there is time, else (a connection idle past its session) on a new connection.
+    fn keep_session(&mut self) -> Result<(), WireError> {
+        let Some(session) = self.session else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        if now >= session.too_late {
+            debug!(
+                "the SASL session with {} ran out while idle: reconnecting",
+                self.addr
+            );
+            *self = Connection::open(&self.addr, &self.security)?;
+        } else if now >= session.renew_at {
+            self.authenticate()?;
+            debug!("re-authenticated to {}", self.addr);
+        }
+        Ok(())
+    }
+
+    /// A failure of the first request on a new socket. A plaintext request sent to a TLS port
+    /// gets a TLS alert back; read as a frame, that is a size starting 0x15 0x03.
+    fn first_answer_failed(&self, e: WireError) -> WireError {
+        match e {
+            WireError::Io(m) if !self.stream.is_tls() && m.contains(TLS_ALERT_AS_SIZE) => {
+                WireError::Security(format!(
+                    "{} answered in TLS: it is a TLS listener (KAFKA_SECURITY_PROTOCOL is {}; \
+                     use SSL or SASL_SSL for this port)",
+                    self.addr,
+                    self.security.protocol()
+                ))
+            }
+            other => other,
+        }
     }
 
     pub fn addr(&self) -> &str {
@@ -105,6 +206,26 @@ impl Connection {
     /// minute, such as a JoinGroup during a rebalance. A call given up leaves its response
     /// unread, so it fails as `Io` and the connection is dropped.
     pub fn call_interruptible<R: Request>(
+        &mut self,
+        request: &R,
+        timeout: Duration,
+        interrupted: &dyn Fn() -> bool,
+    ) -> Result<R::Response, WireError> {
+        self.keep_session()?;
+        self.call_once(request, timeout, interrupted)
+    }
+
+    /// Sends `request` now, without renewing the SASL session first: for the SASL exchange
+    /// itself.
+    pub(super) fn call_now<R: Request>(
+        &mut self,
+        request: &R,
+        timeout: Duration,
+    ) -> Result<R::Response, WireError> {
+        self.call_once(request, timeout, &|| false)
+    }
+
+    fn call_once<R: Request>(
         &mut self,
         request: &R,
         timeout: Duration,
@@ -183,17 +304,17 @@ impl Connection {
         let frame = encode_frame(api_key, version, correlation_id, encode_body)?;
         let deadline = Instant::now() + timeout;
         let io = |what: &str, e: std::io::Error| {
-            WireError::Io(format!("{what} {} failed: {e}", self.addr))
+            tls::failure(&e, &self.addr, &self.security, false)
+                .unwrap_or_else(|| WireError::Io(format!("{what} {} failed: {e}", self.addr)))
         };
-        self.stream
+        let socket = self.stream.socket();
+        socket
             .set_write_timeout(Some(timeout))
-            .and_then(|()| {
-                self.stream
-                    .set_read_timeout(Some(timeout.min(INTERRUPT_POLL)))
-            })
+            .and_then(|()| socket.set_read_timeout(Some(timeout.min(INTERRUPT_POLL))))
             .map_err(|e| io("configuring the socket to", e))?;
         self.stream
             .write_all(&frame)
+            .and_then(|()| self.stream.flush())
             .map_err(|e| io("writing to", e))?;
 
         let mut size = [0u8; 4];
@@ -203,8 +324,13 @@ impl Connection {
             .ok()
             .filter(|s| (4..=MAX_RESPONSE_BYTES).contains(s))
             .ok_or_else(|| {
+                let tls = if size.to_be_bytes()[..2] == [0x15, 0x03] {
+                    TLS_ALERT_AS_SIZE
+                } else {
+                    ""
+                };
                 WireError::Io(format!(
-                    "{} answered a frame of {size} bytes; is it a Kafka broker?",
+                    "{} answered a frame of {size} bytes{tls}; is it a Kafka broker?",
                     self.addr
                 ))
             })?;
@@ -259,10 +385,11 @@ impl Connection {
                     }
                 }
                 Err(e) => {
-                    return Err(WireError::Io(format!(
-                        "reading from {} failed: {e}",
-                        self.addr
-                    )))
+                    return Err(
+                        tls::failure(&e, &self.addr, &self.security, false).unwrap_or_else(|| {
+                            WireError::Io(format!("reading from {} failed: {e}", self.addr))
+                        }),
+                    )
                 }
             }
         }

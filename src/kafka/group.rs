@@ -27,6 +27,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 use log::{debug, info, warn};
 
 use super::cluster::{group_id, topic_name, AutoCreate, Cluster};
+use super::security::Security;
 use super::{fail, KafkaError};
 use crate::shutdown::Shutdown;
 
@@ -99,6 +100,12 @@ impl GroupMember {
             heartbeats: None,
             shutdown,
         }
+    }
+
+    /// Secures every connection to the brokers as `security` says (TLS, SASL).
+    pub fn with_security(mut self, security: Security) -> Self {
+        self.cluster.set_security(security);
+        self
     }
 
     /// The current generation, if this member holds one.
@@ -329,6 +336,7 @@ impl GroupMember {
             self.topic.clone(),
             self.shutdown.clone(),
         );
+        cluster.set_security(self.cluster.security().clone());
         let group = self.group.clone();
         let interval = self.timeouts.heartbeat_interval();
         let spawned = std::thread::Builder::new()

@@ -3,7 +3,8 @@
 //! Requests and responses are `kafka-protocol`'s codecs, generated from Kafka's own message
 //! schemas; this module only moves them over blocking sockets and decides what to send where:
 //! - `connection`: one socket to one broker, opened with ApiVersions (`versions` picks the
-//!   version of every request from both sides' ranges);
+//!   version of every request from both sides' ranges), secured as `security` says: TLS
+//!   through rustls (`tls`), SASL PLAIN or SCRAM (`sasl`, `scram`);
 //! - `cluster`: metadata, the leader of each partition, the group's coordinator, a connection
 //!   per broker;
 //! - `producer`: idempotent Produce with record batches v2 in any codec;
@@ -20,7 +21,11 @@ mod connection;
 mod fetch;
 mod group;
 mod producer;
+mod sasl;
+mod scram;
+pub mod security;
 mod source;
+mod tls;
 mod versions;
 
 use std::fmt;
@@ -28,6 +33,7 @@ use std::fmt;
 pub use fetch::FetchedRecord;
 pub use group::{Generation, GroupMember, GroupTimeouts, MemberInfo};
 pub use producer::{Compression, Delivery, KafkaProducer};
+pub use security::{SaslCredentials, SaslMechanism, Security, SecurityProtocol, TlsFiles};
 pub use source::{Fetched, KafkaSource, PartitionData, TopicInfo};
 
 /// What a failed call into Kafka means for the caller.
@@ -87,11 +93,12 @@ pub(crate) fn fatal(operation: &'static str, detail: impl Into<String>) -> Kafka
     }
 }
 
-/// A failed exchange with a broker as the caller sees it: a broker too old for us is fatal,
-/// anything else is retried.
+/// A failed exchange with a broker as the caller sees it: a broker too old for us, or a
+/// connection that cannot be secured as configured, is fatal; anything else is retried.
 pub(crate) fn from_wire(operation: &'static str, e: connection::WireError) -> KafkaError {
     match e {
         connection::WireError::TooOld(old) => fatal(operation, old.to_string()),
+        connection::WireError::Security(why) => fatal("connection", why),
         other => fail(operation, other.to_string()),
     }
 }

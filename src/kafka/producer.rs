@@ -36,6 +36,7 @@ use log::{debug, warn};
 
 use super::cluster::{topic_name, AutoCreate, Cluster, TopicMeta};
 use super::connection::{Connection, WireError};
+use super::security::Security;
 use super::{fail, fatal, partition_for_key, KafkaError};
 use crate::shutdown::Shutdown;
 
@@ -180,6 +181,12 @@ impl KafkaProducer {
         }
     }
 
+    /// Secures every connection to the brokers as `security` says (TLS, SASL).
+    pub fn with_security(mut self, security: Security) -> Self {
+        self.cluster.set_security(security);
+        self
+    }
+
     /// Sends `(key, value)` records, one batch per partition and one request per leader. Each
     /// record gets its own outcome: a partition that failed does not hide the others that
     /// succeeded, so the caller re-sends only what was not stored (in the same order).
@@ -247,6 +254,7 @@ impl KafkaProducer {
             let verdicts: Vec<(i32, Verdict)> = match answer {
                 Ok(v) => v,
                 Err(WireError::TooOld(old)) => return Err(fatal("produce", old.to_string())),
+                Err(WireError::Security(why)) => return Err(fatal("connection", why)),
                 Err(e) => {
                     self.stale = true;
                     let why = format!("broker {leader}: {e}");

@@ -21,6 +21,7 @@ use super::cluster::{group_id, topic_name, AutoCreate, Cluster, TopicMeta, REQUE
 use super::connection::WireError;
 use super::fetch::{fetch_from, FetchPosition, FetchedRecord, PartitionAnswer};
 use super::group::{describe_group, Generation, MemberInfo};
+use super::security::Security;
 use super::{fail, from_wire, KafkaError, KafkaErrorKind};
 use crate::engine::Committed;
 use crate::shutdown::Shutdown;
@@ -100,6 +101,12 @@ impl KafkaSource {
             fetch_bytes: HashMap::new(),
             generation: None,
         }
+    }
+
+    /// Secures every connection to the brokers as `security` says (TLS, SASL).
+    pub fn with_security(mut self, security: Security) -> Self {
+        self.cluster.set_security(security);
+        self
     }
 
     /// The topic's id and partitions, creating the topic where the broker allows it (as a
@@ -392,7 +399,9 @@ impl KafkaSource {
         for (leader, ps) in by_leader {
             match self.cluster.take(leader) {
                 Ok(connection) => work.push((connection, ps)),
-                Err(e @ WireError::TooOld(_)) => return Err(from_wire("fetch", e)),
+                Err(e @ (WireError::TooOld(_) | WireError::Security(_))) => {
+                    return Err(from_wire("fetch", e))
+                }
                 Err(e) => {
                     failures.push(format!("broker {leader}: {e}"));
                     refresh = true;
@@ -427,7 +436,9 @@ impl KafkaSource {
                         }
                     }
                 }
-                Err(e @ WireError::TooOld(_)) => return Err(from_wire("fetch", e)),
+                Err(e @ (WireError::TooOld(_) | WireError::Security(_))) => {
+                    return Err(from_wire("fetch", e))
+                }
                 Err(e) => {
                     // A protocol error leaves the stream in an unknown state too: drop it.
                     drop(connection);
