@@ -3,8 +3,14 @@
 #   - Apache Kafka in KRaft mode, 4.4.0 by default (KAFKA_VERSION=3.9.2 still works), either one
 #     node (broker + controller) on 127.0.0.1:29092 (BROKERS=1, the default) or a three-node
 #     cluster (BROKERS=3): node N is broker + controller with id N on 127.0.0.1:29092 / 29192 /
-#     29292 (controllers on 29093 / 29193 / 29293)
+#     29292 (controllers on 29093 / 29193 / 29293). Next to its plaintext port P, each node also
+#     listens with SASL_SSL on P+2 (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512), with SSL requiring a
+#     client certificate on P+3, and with SASL_SSL whose sessions last 5 s on P+4 (for
+#     re-authentication tests); the CA, certificates and SASL user are made at `up` into
+#     .local/security and named in .local/services.env (LOCAL_KAFKA_*)
 #   - FerretDB v1.24.2 (MongoDB wire protocol, SQLite backend) on 127.0.0.1:27017
+# SERVICES_PORT_OFFSET=N (default 0) moves every port by N, e.g. 10000 for 39092 and 37017, so
+# a second checkout can run its own services next to the first.
 #
 # Usage: scripts/services.sh up [--brokers 1|3] [--kafka-version V] | down | status | running
 #        scripts/services.sh kill-broker N | start-broker N | broker-pid N
@@ -37,9 +43,18 @@ LOCAL="$ROOT/.local"
 ENV_FILE="$LOCAL/services.env"
 
 HOST=127.0.0.1
-KAFKA_PORT=29092
-KAFKA_CONTROLLER_PORT=29093
-MONGO_PORT=27017
+PORT_OFFSET="${SERVICES_PORT_OFFSET:-0}"
+[[ "$PORT_OFFSET" =~ ^[0-9]{1,5}$ ]] && ((PORT_OFFSET <= 30000)) || {
+  echo "services: error: SERVICES_PORT_OFFSET must be a whole number from 0 to 30000, not '$PORT_OFFSET'" >&2
+  exit 2
+}
+KAFKA_PORT=$((29092 + PORT_OFFSET))
+KAFKA_CONTROLLER_PORT=$((29093 + PORT_OFFSET))
+MONGO_PORT=$((27017 + PORT_OFFSET))
+# The secured listeners of a node, above its plaintext port.
+SASL_SSL_PORT_DELTA=2
+SSL_PORT_DELTA=3
+SASL_SHORT_PORT_DELTA=4
 READY_TIMEOUT="${SERVICES_READY_TIMEOUT:-90}" # seconds each service gets to answer after start
 STOP_TIMEOUT=15                               # seconds between SIGTERM and SIGKILL
 
@@ -54,6 +69,10 @@ KAFKA_OLD_LAYOUT_VERSION=3.9.2
 # Node pid files, the same for every version (only one version runs at a time): kafka.pid for
 # the single node, kafka-N.pid for node N of the cluster.
 KAFKA_SLOTS=(kafka kafka-1 kafka-2 kafka-3)
+
+# TLS material and the SASL user of the secured listeners (see ensure_security).
+SECURITY_DIR="$LOCAL/security"
+SASL_USER=metricsctl
 
 FERRET_SRC="$ROOT/scripts/ferretdb"
 FERRET_BIN="$LOCAL/bin/ferretdb-runner"
@@ -496,9 +515,11 @@ wanted_mode() {
 
 node_ids() { if (($1 == 1)); then echo 1; else echo 1 2 3; fi; }
 
+# The bootstrap list of mode $1; $2 (default 0) selects a listener by its offset from the
+# plaintext port (SASL_SSL_PORT_DELTA, ...).
 broker_list() {
-  local n out=()
-  for n in $(node_ids "$1"); do out+=("$HOST:$((KAFKA_PORT + 100 * (n - 1)))"); done
+  local n out=() delta="${2:-0}"
+  for n in $(node_ids "$1"); do out+=("$HOST:$((KAFKA_PORT + 100 * (n - 1) + delta))"); done
   (
     IFS=,
     echo "${out[*]}"
@@ -512,7 +533,9 @@ select_node() {
   NODE_ID="$n"
   NODE_PORT=$((KAFKA_PORT + 100 * (n - 1)))
   NODE_CONTROLLER_PORT=$((KAFKA_CONTROLLER_PORT + 100 * (n - 1)))
+  NODE_SECURED_PORTS=($((NODE_PORT + SASL_SSL_PORT_DELTA)) $((NODE_PORT + SSL_PORT_DELTA)) $((NODE_PORT + SASL_SHORT_PORT_DELTA)))
   if ((mode == 1)); then
+    NODE_VOTERS="1@$HOST:$KAFKA_CONTROLLER_PORT"
     NODE_NAME=kafka
     NODE_DATA="$KAFKA_DATA"
     NODE_LOGS="$KAFKA_LOGS"
@@ -522,6 +545,7 @@ select_node() {
     NODE_XMS=256m
   else
     NODE_NAME="kafka-$n"
+    NODE_VOTERS="1@$HOST:$KAFKA_CONTROLLER_PORT,2@$HOST:$((KAFKA_CONTROLLER_PORT + 100)),3@$HOST:$((KAFKA_CONTROLLER_PORT + 200))"
     NODE_DATA="$KAFKA_CLUSTER_HOME/node-$n/data"
     NODE_LOGS="$KAFKA_CLUSTER_HOME/node-$n/logs"
     NODE_CONFIG="$KAFKA_CLUSTER_HOME/node-$n/server.properties"
@@ -548,7 +572,11 @@ prepare_node() {
   mkdir -p "$NODE_DATA" "$NODE_LOGS"
   sed -e "s|@LOG_DIRS@|$NODE_DATA|" -e "s|@NODE_ID@|$NODE_ID|" \
     -e "s|@PORT@|$NODE_PORT|" -e "s|@CONTROLLER_PORT@|$NODE_CONTROLLER_PORT|" \
-    "$NODE_TEMPLATE" >"$NODE_CONFIG"
+    -e "s|@VOTERS@|$NODE_VOTERS|" -e "s|@SASL_SSL_PORT@|${NODE_SECURED_PORTS[0]}|" \
+    -e "s|@SSL_PORT@|${NODE_SECURED_PORTS[1]}|" -e "s|@SASL_SHORT_PORT@|${NODE_SECURED_PORTS[2]}|" \
+    -e "s|@SECURITY_DIR@|$SECURITY_DIR|" -e "s|@SASL_USER@|$SASL_USER|" \
+    -e "s|@SASL_PASSWORD@|$(<"$SECURITY_DIR/sasl-password")|" \
+    "$NODE_TEMPLATE" "$KAFKA_SRC/security.properties" >"$NODE_CONFIG"
   [[ -f "$NODE_DATA/meta.properties" ]] && return 0
 
   if [[ ! -s "$NODE_CLUSTER_ID_FILE" ]]; then
@@ -558,12 +586,82 @@ prepare_node() {
     mv "$NODE_CLUSTER_ID_FILE.tmp" "$NODE_CLUSTER_ID_FILE"
   fi
   say "$NODE_NAME: formatting Kafka $KAFKA_VERSION storage in $(rel "$NODE_DATA") (cluster id $(<"$NODE_CLUSTER_ID_FILE"))"
+  # The SCRAM users of the SASL_SSL listener live in the cluster metadata; format writes them.
+  local password
+  password="$(<"$SECURITY_DIR/sasl-password")"
   if ! kafka_java "$(kafka_log_config)" -Dkafka.logs.dir="$NODE_LOGS" \
     kafka.tools.StorageTool format -t "$(<"$NODE_CLUSTER_ID_FILE")" -c "$NODE_CONFIG" \
+    --add-scram "SCRAM-SHA-256=[name=$SASL_USER,password=$password]" \
+    --add-scram "SCRAM-SHA-512=[name=$SASL_USER,password=$password]" \
     >"$NODE_LOGS/format.log" 2>&1; then
     show_tail "$NODE_LOGS/format.log"
     die "$NODE_NAME: storage format failed"
   fi
+  echo "$SASL_USER" >"$NODE_DATA/.scram-users"
+}
+
+# Storage formatted before the secured listeners existed has no SCRAM user: once the node
+# answers, add it through the plaintext listener (Kafka's ConfigCommand), once.
+ensure_scram_users() {
+  local password
+  [[ -f "$NODE_DATA/.scram-users" ]] && return 0
+  password="$(<"$SECURITY_DIR/sasl-password")"
+  say "$NODE_NAME: adding SCRAM user $SASL_USER to storage formatted before the SASL listeners"
+  if ! KAFKA_VERSION="$KAFKA_VERSION" bash "$ROOT/scripts/kafka-tool.sh" configs \
+    --bootstrap-server "$HOST:$NODE_PORT" --alter --entity-type users --entity-name "$SASL_USER" \
+    --add-config "SCRAM-SHA-256=[password=$password],SCRAM-SHA-512=[password=$password]" \
+    >"$NODE_LOGS/scram-users.log" 2>&1; then
+    show_tail "$NODE_LOGS/scram-users.log"
+    die "$NODE_NAME: could not add the SCRAM user"
+  fi
+  echo "$SASL_USER" >"$NODE_DATA/.scram-users"
+}
+
+# --- TLS material and the SASL user -----------------------------------------------------------
+# Made once into .local/security with openssl (kept across `down`/`up`; `rm -rf .local/security`
+# makes new ones, and the next format or ensure_scram_users uses the new password):
+#   ca.pem / ca.key            a local CA (EC P-256, 10 years)
+#   broker.pem / broker.key    the brokers' certificate, for 127.0.0.1 only (a client that dials
+#                              localhost sees a host mismatch), and broker-keystore.pem = both,
+#                              the PEM key store Kafka reads
+#   client.pem / client.key    a client certificate for the SSL listener (mutual TLS)
+#   sasl-password              the password of SASL user metricsctl (PLAIN and SCRAM)
+ensure_security() {
+  local d="$SECURITY_DIR" tmp
+  [[ -s "$d/broker-keystore.pem" && -s "$d/client.pem" && -s "$d/sasl-password" ]] && return 0
+  command -v openssl >/dev/null 2>&1 || die "openssl is missing (it makes the local CA and certificates)"
+  say "security: making a local CA, broker and client certificates and a SASL password in $(rel "$d")"
+  tmp="$d.tmp"
+  rm -rf "$tmp"
+  mkdir -p "$tmp"
+  (
+    set -e
+    cd "$tmp"
+    key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+    key ca.key
+    openssl req -x509 -new -key ca.key -sha256 -days 3650 -subj "/CN=metricsctl local CA" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+      -out ca.pem 2>/dev/null
+    # $1: name, $2: subject, $3: extensions
+    issue() {
+      key "$1.key"
+      openssl req -new -key "$1.key" -subj "$2" -out "$1.csr" 2>/dev/null
+      printf '%s\n' "$3" >"$1.ext"
+      openssl x509 -req -in "$1.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 -sha256 \
+        -extfile "$1.ext" -out "$1.pem" 2>/dev/null
+      rm -f "$1.csr" "$1.ext"
+    }
+    issue broker "/CN=127.0.0.1" "$(printf '%s\n' 'basicConstraints=CA:FALSE' \
+      'keyUsage=critical,digitalSignature' 'extendedKeyUsage=serverAuth' 'subjectAltName=IP:127.0.0.1')"
+    issue client "/CN=metricsctl-client" "$(printf '%s\n' 'basicConstraints=CA:FALSE' \
+      'keyUsage=critical,digitalSignature' 'extendedKeyUsage=clientAuth')"
+    cat broker.key broker.pem >broker-keystore.pem
+    openssl rand -hex 16 >sasl-password
+    rm -f ca.srl
+    chmod 600 ./*.key broker-keystore.pem sasl-password
+  ) || die "security: openssl could not make the certificates"
+  rm -rf "$d"
+  mv "$tmp" "$d"
 }
 
 start_node() {
@@ -718,6 +816,22 @@ KAFKA_BROKERS=$(broker_list "$mode")
 KAFKA_NODES=$mode
 KAFKA_VERSION=$KAFKA_VERSION
 MONGODB_URI=$MONGO_URI
+# The secured listeners of the same nodes. Named LOCAL_* so that sourcing this file does not
+# turn security on; to try one, e.g. SASL_SSL with SCRAM:
+#   KAFKA_BROKERS=\$LOCAL_KAFKA_SASL_SSL_BROKERS KAFKA_SECURITY_PROTOCOL=SASL_SSL
+#   KAFKA_SASL_MECHANISM=SCRAM-SHA-512 KAFKA_SASL_USERNAME=\$LOCAL_KAFKA_SASL_USERNAME
+#   KAFKA_SASL_PASSWORD=\$LOCAL_KAFKA_SASL_PASSWORD KAFKA_SSL_CA_LOCATION=\$LOCAL_KAFKA_SSL_CA_LOCATION
+# SASL_SSL (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512):
+LOCAL_KAFKA_SASL_SSL_BROKERS=$(broker_list "$mode" "$SASL_SSL_PORT_DELTA")
+# SSL with a client certificate (mutual TLS):
+LOCAL_KAFKA_SSL_BROKERS=$(broker_list "$mode" "$SSL_PORT_DELTA")
+# SASL_SSL whose sessions last 5 s (connections.max.reauth.ms), for re-authentication:
+LOCAL_KAFKA_SASL_SSL_SHORT_SESSION_BROKERS=$(broker_list "$mode" "$SASL_SHORT_PORT_DELTA")
+LOCAL_KAFKA_SASL_USERNAME=$SASL_USER
+LOCAL_KAFKA_SASL_PASSWORD=$(<"$SECURITY_DIR/sasl-password")
+LOCAL_KAFKA_SSL_CA_LOCATION=$SECURITY_DIR/ca.pem
+LOCAL_KAFKA_SSL_CERTIFICATE_LOCATION=$SECURITY_DIR/client.pem
+LOCAL_KAFKA_SSL_KEY_LOCATION=$SECURITY_DIR/client.key
 ENV
   mv "$ENV_FILE.tmp" "$ENV_FILE"
 }
@@ -736,7 +850,7 @@ slots_description() {
 
 # --- Commands -------------------------------------------------------------------------------
 cmd_up() {
-  local mode version n s ferret_running=0 running=() missing=() stray=() started=() old=()
+  local mode version n s p ferret_running=0 running=() missing=() stray=() started=() old=()
   take_lock
   mode="$(wanted_mode)"
   version="$(wanted_version)"
@@ -781,6 +895,7 @@ cmd_up() {
     rm -f "$NODE_PID"
     require_free_port "$NODE_NAME" "$NODE_PORT"
     require_free_port "$NODE_NAME (controller)" "$NODE_CONTROLLER_PORT"
+    for p in "${NODE_SECURED_PORTS[@]}"; do require_free_port "$NODE_NAME (secured listener)" "$p"; done
   done
   if ((!ferret_running)); then
     await_exit "$FERRET_PID"
@@ -794,6 +909,8 @@ cmd_up() {
   fi
   # Jars fetched and storage formatted before a switch stops anything, to keep Kafka's downtime
   # short (every mode and version has its own jars and storage).
+  # The TLS material and SASL password (cheap when they exist; services.env names them).
+  ensure_security
   if ((${#missing[@]} > 0)); then
     require_java
     fetch_kafka_libs
@@ -836,6 +953,7 @@ cmd_up() {
   for n in $(node_ids "$mode"); do
     select_node "$mode" "$n"
     wait_ready "$NODE_NAME" "$HOST:$NODE_PORT" kafka_answers "$NODE_PID" "$NODE_MARKER" "$NODE_LOG" "$NODE_CONSOLE"
+    ensure_scram_users
     if [[ " ${running[*]} " == *" $n "* ]]; then
       say "$NODE_NAME: already running (pid $(<"$NODE_PID")) on $HOST:$NODE_PORT, Kafka $(kafka_version)"
     else
@@ -918,7 +1036,7 @@ cmd_kill_broker() {
 # Start node N of the current mode and version (FerretDB and the other nodes are left as they are) and wait
 # until it answers. In a cluster, the node answers once a controller quorum (2 of 3) is up.
 cmd_start_broker() {
-  local n="$1"
+  local n="$1" p
   select_existing_node "$n"
   take_lock
   if node_alive; then
@@ -929,10 +1047,12 @@ cmd_start_broker() {
   rm -f "$NODE_PID"
   require_free_port "$NODE_NAME" "$NODE_PORT"
   require_free_port "$NODE_NAME (controller)" "$NODE_CONTROLLER_PORT"
+  for p in "${NODE_SECURED_PORTS[@]}"; do require_free_port "$NODE_NAME (secured listener)" "$p"; done
   ensure_kcat
   command -v java >/dev/null 2>&1 || die "java is missing (a JDK 17+ runs Kafka)"
   require_java
   ensure_kafka_libs
+  ensure_security
   prepare_node
   start_node
   wait_ready "$NODE_NAME" "$HOST:$NODE_PORT" kafka_answers "$NODE_PID" "$NODE_MARKER" "$NODE_LOG" "$NODE_CONSOLE"
