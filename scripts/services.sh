@@ -825,7 +825,8 @@ MONGODB_URI=$MONGO_URI
 LOCAL_KAFKA_SASL_SSL_BROKERS=$(broker_list "$mode" "$SASL_SSL_PORT_DELTA")
 # SSL with a client certificate (mutual TLS):
 LOCAL_KAFKA_SSL_BROKERS=$(broker_list "$mode" "$SSL_PORT_DELTA")
-# SASL_SSL whose sessions last 5 s (connections.max.reauth.ms), for re-authentication:
+# SASL_SSL whose sessions last 5 s (connections.max.reauth.ms), for re-authentication; PLAIN
+# and SCRAM-SHA-512 only:
 LOCAL_KAFKA_SASL_SSL_SHORT_SESSION_BROKERS=$(broker_list "$mode" "$SASL_SHORT_PORT_DELTA")
 LOCAL_KAFKA_SASL_USERNAME=$SASL_USER
 LOCAL_KAFKA_SASL_PASSWORD=$(<"$SECURITY_DIR/sasl-password")

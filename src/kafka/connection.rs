@@ -32,6 +32,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_RESPONSE_BYTES: usize = 512 * 1024 * 1024;
 /// How often a waiting [`Connection::call_interruptible`] checks whether to give up.
 pub const INTERRUPT_POLL: Duration = Duration::from_millis(200);
+/// How a read that met the end of the stream ends its message.
+const CLOSED: &str = "the broker closed the connection";
 /// Marks a frame size that is a TLS alert record's header read as a number.
 const TLS_ALERT_AS_SIZE: &str = " (a TLS alert)";
 /// The client id brokers log and Kafka's group tools show.
@@ -78,20 +80,28 @@ pub struct Connection {
 /// The times of a SASL session with a limited lifetime.
 #[derive(Debug, Clone, Copy)]
 struct Session {
-    /// Re-authenticate on the next request from this instant on: 85 to 95 % of the lifetime,
-    /// spread so that many connections do not renew at once (as KIP-368's clients do).
+    /// Re-authenticate on the next request from this instant on: 50 to 60 % of the lifetime,
+    /// spread so that many connections do not renew at once. Java's client renews at 85 to 95 %
+    /// from its network thread, whatever the connection is doing; ours renews only when a
+    /// request goes out, so it starts earlier to leave a connection used every few seconds
+    /// time to renew before the session ends.
     renew_at: Instant,
     /// From here on the broker may already have ended the session, and would close the
-    /// connection on any request, a re-authentication included: reconnect instead.
+    /// connection on any request, a re-authentication included: reconnect instead (a
+    /// connection left idle for most of its session).
     too_late: Instant,
 }
 
 impl Session {
     fn starting(started: Instant, lifetime: Duration) -> Session {
-        let share = 0.85 + 0.10 * fastrand::f64();
+        let share = 0.50 + 0.10 * fastrand::f64();
+        // The broker starts its clock when it has checked the credentials, after `started`.
+        let margin = (lifetime / 50)
+            .max(Duration::from_millis(100))
+            .min(lifetime / 4);
         Session {
             renew_at: started + lifetime.mul_f64(share),
-            too_late: started + lifetime.mul_f64(0.97),
+            too_late: started + lifetime - margin,
         }
     }
 }
@@ -158,18 +168,26 @@ impl Connection {
             *self = Connection::open(&self.addr, &self.security)?;
         } else if now >= session.renew_at {
             self.authenticate()?;
-            debug!("re-authenticated to {}", self.addr);
+            debug!("re-authenticated to {} (KIP-368)", self.addr);
         }
         Ok(())
     }
 
     /// A failure of the first request on a new socket. A plaintext request sent to a TLS port
-    /// gets a TLS alert back; read as a frame, that is a size starting 0x15 0x03.
+    /// is answered by a TLS alert (read as a frame, a size starting 0x15 0x03) or, from Kafka,
+    /// by closing the connection: then a TLS handshake on a new socket tells whether it was
+    /// TLS, rather than a broker going down (which stays an `Io` error, retried).
     fn first_answer_failed(&self, e: WireError) -> WireError {
+        let tls_port = |m: &str| {
+            m.contains(TLS_ALERT_AS_SIZE)
+                || (m.ends_with(CLOSED)
+                    && connect(&self.addr)
+                        .is_ok_and(|socket| tls::speaks_tls(socket, &self.addr, CONNECT_TIMEOUT)))
+        };
         match e {
-            WireError::Io(m) if !self.stream.is_tls() && m.contains(TLS_ALERT_AS_SIZE) => {
+            WireError::Io(m) if !self.stream.is_tls() && tls_port(&m) => {
                 WireError::Security(format!(
-                    "{} answered in TLS: it is a TLS listener (KAFKA_SECURITY_PROTOCOL is {}; \
+                    "{} is a TLS listener (KAFKA_SECURITY_PROTOCOL is {}; \
                      use SSL or SASL_SSL for this port)",
                     self.addr,
                     self.security.protocol()
@@ -364,7 +382,7 @@ impl Connection {
             match self.stream.read(&mut buf[filled..]) {
                 Ok(0) => {
                     return Err(WireError::Io(format!(
-                        "reading from {} failed: the broker closed the connection",
+                        "reading from {} failed: {CLOSED}",
                         self.addr
                     )))
                 }

@@ -101,6 +101,44 @@ pub fn handshake(
     Ok(Transport::Tls(Box::new(StreamOwned::new(tls, socket))))
 }
 
+/// Whether the listener at `addr` speaks TLS: a TLS handshake on a fresh socket gets as far as
+/// the broker's certificate (whether it verifies does not matter). Asked only after a plaintext
+/// connection was closed at its first request, which is what a Kafka TLS listener does with
+/// bytes that are not TLS (it sends no alert), so the error can name the cause.
+pub fn speaks_tls(socket: TcpStream, addr: &str, timeout: Duration) -> bool {
+    let Ok(name) = ServerName::try_from(host_of(addr).to_string()) else {
+        return false;
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let Ok(builder) =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+    else {
+        return false;
+    };
+    let config = builder.with_root_certificates(roots).with_no_client_auth();
+    let Ok(mut tls) = ClientConnection::new(Arc::new(config), name) else {
+        return false;
+    };
+    let mut socket = socket;
+    if socket.set_read_timeout(Some(timeout)).is_err() {
+        return false;
+    }
+    while tls.is_handshaking() {
+        if let Err(e) = tls.complete_io(&mut socket) {
+            let tls_error = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+            return matches!(
+                tls_error,
+                Some(rustls::Error::InvalidCertificate(_) | rustls::Error::AlertReceived(_))
+            );
+        }
+    }
+    true
+}
+
 /// What a failed read or write on a TLS connection means, when it is TLS that failed (a
 /// certificate, an alert, bytes that are not TLS) rather than the network. `handshaking`: the
 /// failure came before the handshake was done, where an early close means the port does not
