@@ -816,6 +816,9 @@ KAFKA_BROKERS=$(broker_list "$mode")
 KAFKA_NODES=$mode
 KAFKA_VERSION=$KAFKA_VERSION
 MONGODB_URI=$MONGO_URI
+# The ports' offset these services run with: scripts/services.sh, called with this file sourced
+# (as the tests do), works on the same services.
+SERVICES_PORT_OFFSET=$PORT_OFFSET
 # The secured listeners of the same nodes. Named LOCAL_* so that sourcing this file does not
 # turn security on; to try one, e.g. SASL_SSL with SCRAM:
 #   KAFKA_BROKERS=\$LOCAL_KAFKA_SASL_SSL_BROKERS KAFKA_SECURITY_PROTOCOL=SASL_SSL

@@ -476,8 +476,47 @@ fn recovery(
 #[test]
 #[ignore = "needs the three-node cluster: make test-cluster"]
 fn cluster_leader_killed_under_load_nothing_lost_nothing_doubled_both_follow_the_new_leader() {
+    leader_killed_under_load("leaderkill", &[]);
+}
+
+/// The same over every node's SASL_SSL listener (SCRAM-SHA-512): the connections to the new
+/// leaders authenticate like the first ones.
+#[test]
+#[ignore = "needs the three-node cluster: make test-cluster"]
+fn cluster_leader_killed_under_load_over_sasl_ssl_nothing_lost_nothing_doubled() {
+    let local = |key: &str| {
+        let v = common::service_setting(key, "");
+        assert!(
+            !v.is_empty(),
+            "{key} missing from .local/services.env: make up BROKERS=3"
+        );
+        v
+    };
+    let secured = [
+        ("KAFKA_BROKERS", local("LOCAL_KAFKA_SASL_SSL_BROKERS")),
+        ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL".to_string()),
+        ("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512".to_string()),
+        ("KAFKA_SASL_USERNAME", local("LOCAL_KAFKA_SASL_USERNAME")),
+        ("KAFKA_SASL_PASSWORD", local("LOCAL_KAFKA_SASL_PASSWORD")),
+        (
+            "KAFKA_SSL_CA_LOCATION",
+            local("LOCAL_KAFKA_SSL_CA_LOCATION"),
+        ),
+    ];
+    leader_killed_under_load("leaderkillsasl", &secured);
+}
+
+/// Node 2 leads every partition and is SIGKILLed while `produce` and `consume` run (with the
+/// `secured` variables, if any); it comes back 15 s later.
+fn leader_killed_under_load(label: &str, secured: &[(&str, String)]) {
     require_cluster();
-    let sb = Sandbox::new("leaderkill");
+    let sb = Sandbox::new(label);
+    let secured: Vec<(&str, &str)> = secured.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let producer_env: Vec<(&str, &str)> = PRODUCER_SENDS_LOGGED
+        .iter()
+        .copied()
+        .chain(secured.iter().copied())
+        .collect();
     // Node 2, the first replica of every partition, leads them all.
     create_topic(
         &sb.brokers,
@@ -495,12 +534,12 @@ fn cluster_leader_killed_under_load_nothing_lost_nothing_doubled_both_follow_the
     });
     assert!(led.is_some(), "node {VICTIM} never led every partition");
     let sampler = WindowSampler::start(&sb);
-    let mut consumer = sb.spawn("consume", &["consume"]);
+    let mut consumer = sb.spawn_with("consume", &["consume"], &secured);
     // 900 reports of 5 messages every 50 ms: about 45 s, beyond the node's return.
     let mut producer = sb.spawn_with(
         "produce",
         &["produce", "--interval", "0.05", "--count", "900"],
-        PRODUCER_SENDS_LOGGED,
+        &producer_env,
     );
     let warm = poll(Duration::from_secs(60), Duration::from_millis(100), || {
         (sb.count("raw") >= 200).then_some(())
@@ -549,13 +588,13 @@ fn cluster_leader_killed_under_load_nothing_lost_nothing_doubled_both_follow_the
         elected_at,
     );
     eprintln!(
-        "FIGURE leaderkill: node {VICTIM} (pid {pid}) SIGKILLed; new leaders {new_leaders:?} seen \
+        "FIGURE {label}: node {VICTIM} (pid {pid}) SIGKILLed; new leaders {new_leaders:?} seen \
          {:.2} s after the kill ({polls} metadata polls, 100 ms apart)",
         elected_at - killed_at
     );
-    r.report("leaderkill", "the election");
+    r.report(label, "the election");
     eprintln!(
-        "FIGURE leaderkill: node {VICTIM} restarted {:.1} s after the kill (answering {:.1} s \
+        "FIGURE {label}: node {VICTIM} restarted {:.1} s after the kill (answering {:.1} s \
          later); {total} records, {stored} stored, {duplicates} duplicates dead-lettered, \
          {windows} windows; producer: {}",
         restart_started - killed_at,

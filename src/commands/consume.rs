@@ -321,10 +321,11 @@ pub fn run(args: &ConsumeArgs) -> Result<(), CommandError> {
         })
     })?;
     info!(
-        "consuming topic {} as group {} from {} into {} database {} ({}, {}, {}); windows of {} messages",
+        "consuming topic {} as group {} from {} ({}) into {} database {} ({}, {}, {}); windows of {} messages",
         settings.topic,
         settings.group,
         settings.brokers.join(","),
+        settings.security.describe(),
         redact_uri(&settings.mongo.uri),
         settings.mongo.database,
         names.raw,

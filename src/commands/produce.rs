@@ -45,9 +45,10 @@ pub fn run(args: &ProduceArgs) -> Result<(), CommandError> {
     let settings = ProduceSettings::resolve(args, &Sources::load()?)?;
     let shutdown = Shutdown::install().map_err(CommandError::Failed)?;
     info!(
-        "producing to topic {} on {} (idempotent, compression {}): servers {}, a report every {} s{}",
+        "producing to topic {} on {} ({}; idempotent, compression {}): servers {}, a report every {} s{}",
         settings.topic,
         settings.brokers.join(","),
+        settings.security.describe(),
         settings.compression,
         settings.servers.join(","),
         settings.interval.as_secs_f64(),

@@ -760,6 +760,11 @@ pub fn kafka_nodes() -> u32 {
 pub fn services_sh(args: &[&str]) -> Output {
     let mut c = Command::new("bash");
     c.arg(repo_root().join("scripts/services.sh")).args(args);
+    // The services of this checkout may run on moved ports (`SERVICES_PORT_OFFSET`).
+    c.env(
+        "SERVICES_PORT_OFFSET",
+        service_setting("SERVICES_PORT_OFFSET", "0"),
+    );
     run_tool(c, None, Duration::from_secs(400))
 }
 
