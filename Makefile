@@ -68,13 +68,22 @@ BENCH_PYTHON ?= python3
 BENCH_VENV := .local/bench-venv
 BENCH_BIN = $(if $(filter smoke,$(BENCH_SCALE)),target/debug/metricsctl,$(BIN))
 
-.PHONY: bench bench-smoke bench-env
+.PHONY: bench bench-smoke bench-env bench-tls
 
 bench: up bench-env
 	@if [ "$(BENCH_SCALE)" = smoke ]; then cargo build; else cargo build --release; fi
 	set -a && source $(SERVICES_ENV) && set +a && \
 	$(BENCH_VENV)/bin/python bench/run.py --scale $(BENCH_SCALE) --profile $(BENCH_PROFILE) \
 	  --bin $(BENCH_BIN) $(if $(BENCH_OUT),--out $(BENCH_OUT)) $(BENCH_ARGS)
+	set -a && source $(SERVICES_ENV) && set +a && \
+	$(BENCH_VENV)/bin/python bench/tls_cost.py --bin $(BENCH_BIN) \
+	  $(if $(filter smoke,$(BENCH_SCALE)),--reports 200 --repeat 1)
+
+# What TLS and SASL cost (bench/tls_cost.py): metricsctl's producer and consumer over the local
+# plaintext listener and over SASL_SSL (SCRAM-SHA-512), alternately; prints the throughput ratio.
+bench-tls: up bench-env
+	cargo build --release
+	set -a && source $(SERVICES_ENV) && set +a && $(BENCH_VENV)/bin/python bench/tls_cost.py --bin $(BIN)
 
 bench-smoke:
 	$(MAKE) bench BENCH_SCALE=smoke

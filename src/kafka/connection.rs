@@ -112,7 +112,8 @@ impl Connection {
     pub fn open(addr: &str, security: &Security) -> Result<Connection, WireError> {
         let socket = connect(addr)?;
         let stream = match security.tls_config() {
-            Some(config) => tls::handshake(socket, addr, config, security, HANDSHAKE_TIMEOUT)?,
+            Some(config) => tls::handshake(socket, addr, config, security, HANDSHAKE_TIMEOUT)
+                .map_err(|e| Connection::handshake_failed(addr, security, e))?,
             None => Transport::Plain(socket),
         };
         let mut connection = Connection {
@@ -171,6 +172,25 @@ impl Connection {
             debug!("re-authenticated to {} (KIP-368)", self.addr);
         }
         Ok(())
+    }
+
+    /// A TLS handshake the broker cut short: if the port answers a plaintext ApiVersions, it
+    /// is a plaintext listener (retrying cannot help); else the broker is going down (retried).
+    fn handshake_failed(addr: &str, security: &Security, e: WireError) -> WireError {
+        match e {
+            WireError::Io(m)
+                if m.ends_with(tls::CLOSED_IN_HANDSHAKE)
+                    && Connection::open(addr, &Security::plaintext()).is_ok() =>
+            {
+                WireError::Security(format!(
+                    "{addr} {}: it is a plaintext listener (KAFKA_SECURITY_PROTOCOL is {}; use \
+                     the broker's TLS port, or PLAINTEXT / SASL_PLAINTEXT for this one)",
+                    tls::CLOSED_IN_HANDSHAKE,
+                    security.protocol()
+                ))
+            }
+            other => other,
+        }
     }
 
     /// A failure of the first request on a new socket. A plaintext request sent to a TLS port

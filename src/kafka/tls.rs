@@ -17,6 +17,9 @@ use rustls::{AlertDescription, CertificateError, ClientConfig, ClientConnection,
 use super::connection::WireError;
 use super::security::Security;
 
+/// How a connection closed by the broker during the TLS handshake is reported.
+pub const CLOSED_IN_HANDSHAKE: &str = "closed the connection during the TLS handshake";
+
 /// The socket, plain or wrapped in TLS.
 pub enum Transport {
     Plain(TcpStream),
@@ -149,17 +152,15 @@ pub fn failure(
     security: &Security,
     handshaking: bool,
 ) -> Option<WireError> {
-    let protocol = security.protocol();
     let Some(tls_error) = e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
     else {
         if handshaking && e.kind() == ErrorKind::UnexpectedEof {
-            return Some(WireError::Security(format!(
-                "{addr} closed the connection during the TLS handshake: is it a plaintext \
-                 listener? (KAFKA_SECURITY_PROTOCOL is {protocol}; use the broker's TLS port, or \
-                 PLAINTEXT / SASL_PLAINTEXT for this one)"
-            )));
+            // Kafka closes a plaintext listener's connection when the ClientHello arrives (its
+            // first bytes, read as a request size, are far too large); so does a broker going
+            // down. `Connection::open` asks the port in plaintext to tell which.
+            return Some(WireError::Io(format!("{addr} {CLOSED_IN_HANDSHAKE}")));
         }
         return None;
     };
@@ -179,8 +180,9 @@ pub fn failure(
             .unwrap_or_else(|| format!("{addr} ended TLS with the alert {alert:?}")),
         rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => format!(
             "{addr} does not speak TLS ({tls_error}): is it a plaintext listener? \
-             (KAFKA_SECURITY_PROTOCOL is {protocol}; use the broker's TLS port, or PLAINTEXT / \
-             SASL_PLAINTEXT for this one)"
+             (KAFKA_SECURITY_PROTOCOL is {}; use the broker's TLS port, or PLAINTEXT / \
+             SASL_PLAINTEXT for this one)",
+            security.protocol()
         ),
         other => format!("TLS with {addr} failed: {other}"),
     };
