@@ -1014,18 +1014,18 @@ mod tests {
              KAFKA_SECURITY_PROTOCOL=SSL or SASL_SSL, but it is PLAINTEXT"
         );
         assert_eq!(
-            bad(&[("KAFKA_SECURITY_PROTOCOL", "SASL_SSL")]),
+            bad(&[("KAFKA_SECURITY_PROTOCOL", "sasl_ssl")]),
             "invalid setting KAFKA_SASL_MECHANISM: SASL_SSL needs a SASL mechanism: PLAIN, \
              SCRAM-SHA-256 or SCRAM-SHA-512"
         );
         assert!(bad(&[
-            ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("KAFKA_SECURITY_PROTOCOL", "sasl_ssl"),
             ("KAFKA_SASL_MECHANISM", "GSSAPI")
         ])
         .contains("must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (got \"GSSAPI\")"));
         assert_eq!(
             bad(&[
-                ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+                ("KAFKA_SECURITY_PROTOCOL", "sasl_ssl"),
                 ("KAFKA_SASL_MECHANISM", "PLAIN"),
                 ("KAFKA_SASL_USERNAME", "alice"),
             ]),

@@ -1759,7 +1759,14 @@ fn exit_codes_are_the_documented_ones_and_the_password_never_shows() {
         other => panic!("exit {other:?}: {all}"),
     }
     // SIGTERM while the database cannot be reached: 0, and the password stays hidden.
-    let unreachable = c.sb.mongodb_uri.replace("27017", "1");
+    // The database's port, whatever SERVICES_PORT_OFFSET moved it to, replaced by port 1.
+    let port: String =
+        c.sb.mongodb_uri
+            .rsplit_once("@127.0.0.1:")
+            .or_else(|| c.sb.mongodb_uri.rsplit_once("://127.0.0.1:"))
+            .map(|(_, rest)| rest.chars().take_while(char::is_ascii_digit).collect())
+            .unwrap_or_else(|| "27017".into());
+    let unreachable = c.sb.mongodb_uri.replace(&format!(":{port}"), ":1");
     let p = Proc::spawn_env(
         &c.sb,
         "consume-unreachable",

@@ -335,13 +335,18 @@ fn mutual_tls_round_trip_with_kcat() {
 /// Runs `produce` (which connects first thing) expecting a failure that retrying cannot fix:
 /// one line on stderr, exit code 1, within seconds, no secret anywhere; returns the line.
 fn fails_fast(sb: &Sandbox, secured: &Secured, secrets: &[&str]) -> String {
-    let started = Instant::now();
-    let out = run(
+    fails_fast_running(
         sb,
         secured,
         &["produce", "--count", "1", "--interval", "0"],
-        LIMIT,
-    );
+        secrets,
+    )
+}
+
+/// [`fails_fast`] for any command.
+fn fails_fast_running(sb: &Sandbox, secured: &Secured, args: &[&str], secrets: &[&str]) -> String {
+    let started = Instant::now();
+    let out = run(sb, secured, args, LIMIT);
     let took = started.elapsed();
     assert_eq!(
         out.status.code(),
@@ -403,6 +408,19 @@ fn credentials_the_broker_refuses_stop_at_once_naming_the_mechanism() {
                 "refused user \"nobody-here\" with SASL {mechanism}"
             )),
             "{line}"
+        );
+    }
+    // The consumer and status stop the same way.
+    for args in [&["consume"][..], &["status"]] {
+        let line = fails_fast_running(
+            &sb,
+            &with(sasl_ssl("SCRAM-SHA-256"), "KAFKA_SASL_PASSWORD", wrong),
+            args,
+            &[wrong, &password()],
+        );
+        assert!(
+            line.contains("refused user \"metricsctl\" with SASL SCRAM-SHA-256"),
+            "{args:?}: {line}"
         );
     }
 }
