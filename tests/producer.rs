@@ -634,7 +634,8 @@ fn three_dropped_responses_in_a_row_are_retried_and_stored_once() {
 /// partition, a batch per report in flight.
 #[test]
 fn responses_dropped_mid_stream_are_retried_and_stored_once() {
-    const MANY: usize = 1000;
+    // About 16 MB of messages: some 18 requests of up to 900 KiB, so the fault fires mid-stream.
+    const MANY: usize = 6000;
     let sb = Sandbox::new("prod_idem_midstream");
     three_partitions(&sb);
     let proxy = KafkaProxy::start(&sb.brokers);
@@ -654,7 +655,7 @@ fn responses_dropped_mid_stream_are_retried_and_stored_once() {
     ];
     let mut producer = sb.spawn("produce", &args);
     let going = common::poll(PRODUCE_LIMIT, Duration::from_millis(5), || {
-        (proxy.requests(PRODUCE) >= 20).then_some(())
+        (proxy.requests(PRODUCE) >= 5).then_some(())
     });
     proxy.set_fault(Fault::DropProduceResponses(2));
     let code = producer.wait_exit(PRODUCE_LIMIT);

@@ -27,11 +27,42 @@ pub const OUTBOX_REPORTS: usize = 1000;
 const CHATTY_INTERVAL: Duration = Duration::from_secs(1);
 /// How often a fast producer logs what it sent.
 const SUMMARY_EVERY: Duration = Duration::from_secs(10);
+/// Payload bytes (keys and values) in one Produce request at most, taken from as many reports
+/// as fit: a request waits one round trip for all in-sync replicas, so a fast producer fills
+/// it, as librdkafka fills its 1 MB batches. Below the broker's default 1 MiB batch limit
+/// (`max.message.bytes`) even when every message goes to one partition.
+const SEND_BYTES: usize = 900 * 1024;
 
 /// A report, or what is left of it to send.
 struct PendingReport {
     number: u64,
-    unsent: Vec<MetricMessage>,
+    unsent: Vec<Unsent>,
+}
+
+/// A message of a report and its JSON, made once when the report is made.
+struct Unsent {
+    message: MetricMessage,
+    json: String,
+}
+
+impl Unsent {
+    fn new(message: MetricMessage) -> Self {
+        let json = message.to_json();
+        Unsent { message, json }
+    }
+
+    fn bytes(&self) -> usize {
+        self.message.server_id.len() + self.json.len()
+    }
+}
+
+/// Payload bytes waiting in the outbox.
+fn unsent_bytes(outbox: &Outbox<PendingReport>) -> usize {
+    outbox
+        .iter()
+        .flat_map(|r| &r.unsent)
+        .map(Unsent::bytes)
+        .sum()
 }
 
 #[derive(Default)]
@@ -178,9 +209,11 @@ fn produce_loop(
         let more_to_make = settings.count.is_none_or(|c| totals.reports < c);
         // Report k starts at start + k * interval, whatever the previous sends cost.
         let due = started + settings.interval.saturating_mul(totals.reports as u32);
+        // As fast as possible: reports are made until one request's worth waits (or the
+        // outbox is half full, for fleets of a few servers), then sent together.
         let make_now = more_to_make
             && if as_fast_as_possible {
-                outbox.is_empty()
+                outbox.len() < OUTBOX_REPORTS / 2 && unsent_bytes(&outbox) < SEND_BYTES
             } else {
                 now >= due
             };
@@ -189,7 +222,7 @@ fn produce_loop(
             let report = fleet.report(now_utc(), || Uuid::new_v4().to_string());
             let pending = PendingReport {
                 number: totals.reports,
-                unsent: report,
+                unsent: report.into_iter().map(Unsent::new).collect(),
             };
             if let Some(dropped) = outbox.push(pending) {
                 warn!(
@@ -203,7 +236,9 @@ fn produce_loop(
             break;
         }
 
-        if !outbox.is_empty() && Instant::now() >= next_send_at {
+        // A fast producer sends once a request's worth waits or the last report is made.
+        let send_now = !as_fast_as_possible || !make_now;
+        if send_now && !outbox.is_empty() && Instant::now() >= next_send_at {
             match send_front(producer, &mut outbox, &mut totals, chatty) {
                 Ok(()) => {
                     if backoff.failures() > 0 {
@@ -261,67 +296,112 @@ impl std::fmt::Display for SendError {
     }
 }
 
-/// Sends what is left of the oldest report. Messages acknowledged are logged and removed, so a
-/// partial failure re-sends only the others.
+/// Sends the oldest unsent messages, from as many reports as fit in one request
+/// ([`SEND_BYTES`]; always at least one message). Messages acknowledged are logged and removed
+/// and reports left with none are popped, so a partial failure re-sends only the others.
 fn send_front(
     producer: &mut KafkaProducer,
     outbox: &mut Outbox<PendingReport>,
     totals: &mut Totals,
     chatty: bool,
 ) -> Result<(), SendError> {
-    let Some(report) = outbox.front_mut() else {
-        return Ok(());
-    };
-    let records: Vec<(String, String)> = report
-        .unsent
-        .iter()
-        .map(|m| (m.server_id.clone(), m.to_json()))
-        .collect();
-    let outcomes = producer.send(records).map_err(|e| {
-        if e.is_fatal() {
-            SendError::Fatal(e)
-        } else {
-            SendError::Retry(e.to_string())
+    // (report index in the outbox, messages taken from its front)
+    let mut taken: Vec<(usize, usize)> = Vec::new();
+    let mut records: Vec<(String, String)> = Vec::new();
+    let mut bytes = 0;
+    'reports: for (i, report) in outbox.iter().enumerate() {
+        let mut n = 0;
+        for u in &report.unsent {
+            if !records.is_empty() && bytes + u.bytes() > SEND_BYTES {
+                if n > 0 {
+                    taken.push((i, n));
+                }
+                break 'reports;
+            }
+            bytes += u.bytes();
+            records.push((u.message.server_id.clone(), u.json.clone()));
+            n += 1;
         }
-    })?;
-    let mut still_unsent = Vec::new();
-    let mut failures = Vec::new();
-    for (message, outcome) in report.unsent.drain(..).zip(outcomes) {
-        match outcome {
-            Ok(d) => {
-                totals.sent += 1;
-                let level = if chatty {
-                    log::Level::Info
-                } else {
-                    log::Level::Debug
-                };
-                log::log!(
-                    level,
-                    "sent {} to partition {} at offset {} (report {}, cpu {:.2} %, mem {:.2} %, errors {})",
-                    message.server_id,
-                    d.partition,
-                    d.offset,
-                    report.number,
-                    message.metrics.cpu_percent,
-                    message.metrics.memory_percent,
-                    message.metrics.error_count
-                );
-            }
-            Err(problem) => {
-                failures.push(format!("{}: {problem}", message.server_id));
-                still_unsent.push(message);
-            }
+        if n > 0 {
+            taken.push((i, n));
         }
     }
-    if still_unsent.is_empty() {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let mut outcomes = producer
+        .send(records)
+        .map_err(|e| {
+            if e.is_fatal() {
+                SendError::Fatal(e)
+            } else {
+                SendError::Retry(e.to_string())
+            }
+        })?
+        .into_iter();
+    let level = if chatty {
+        log::Level::Info
+    } else {
+        log::Level::Debug
+    };
+    let mut failures = Vec::new();
+    let mut failed = 0;
+    let mut reports = outbox.iter_mut();
+    let mut index = 0;
+    for (i, n) in taken {
+        // `nth` counts from where the previous report was taken.
+        let Some(report) = reports.by_ref().nth(i - index) else {
+            break;
+        };
+        index = i + 1;
+        let rest = report.unsent.split_off(n);
+        let mut still_unsent = Vec::new();
+        for (u, outcome) in report.unsent.drain(..).zip(outcomes.by_ref()) {
+            match outcome {
+                Ok(d) => {
+                    totals.sent += 1;
+                    let m = &u.message;
+                    log::log!(
+                        level,
+                        "sent {} to partition {} at offset {} (report {}, cpu {:.2} %, mem {:.2} %, errors {})",
+                        m.server_id,
+                        d.partition,
+                        d.offset,
+                        report.number,
+                        m.metrics.cpu_percent,
+                        m.metrics.memory_percent,
+                        m.metrics.error_count
+                    );
+                }
+                Err(problem) => {
+                    failed += 1;
+                    if failures.len() < 3 {
+                        failures.push(format!(
+                            "{} of report {}: {problem}",
+                            u.message.server_id, report.number
+                        ));
+                    }
+                    still_unsent.push(u);
+                }
+            }
+        }
+        still_unsent.extend(rest);
+        report.unsent = still_unsent;
+    }
+    drop(reports);
+    while outbox.front_mut().is_some_and(|r| r.unsent.is_empty()) {
         outbox.pop_front();
+    }
+    if failed == 0 {
         Ok(())
     } else {
-        let n = still_unsent.len();
-        report.unsent = still_unsent;
+        let more = if failed > failures.len() {
+            format!("; {} more", failed - failures.len())
+        } else {
+            String::new()
+        };
         Err(SendError::Retry(format!(
-            "kafka produce failed for {n} messages of report {} ({})",
-            report.number,
+            "kafka produce failed for {failed} messages ({}{more})",
             failures.join("; ")
         )))
     }
