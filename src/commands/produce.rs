@@ -192,6 +192,8 @@ fn produce_loop(
     let chatty = settings.interval >= CHATTY_INTERVAL;
     let mut summary_at = Instant::now() + SUMMARY_EVERY;
     let mut sent_at_summary = 0;
+    // Payload bytes in the outbox: kept up to date here, recounted after each send.
+    let mut waiting_bytes = 0;
 
     while !shutdown.requested() {
         let now = Instant::now();
@@ -213,7 +215,7 @@ fn produce_loop(
         // outbox is half full, for fleets of a few servers), then sent together.
         let make_now = more_to_make
             && if as_fast_as_possible {
-                outbox.len() < OUTBOX_REPORTS / 2 && unsent_bytes(&outbox) < SEND_BYTES
+                outbox.len() < OUTBOX_REPORTS / 2 && waiting_bytes < SEND_BYTES
             } else {
                 now >= due
             };
@@ -224,7 +226,9 @@ fn produce_loop(
                 number: totals.reports,
                 unsent: report.into_iter().map(Unsent::new).collect(),
             };
+            waiting_bytes += pending.unsent.iter().map(Unsent::bytes).sum::<usize>();
             if let Some(dropped) = outbox.push(pending) {
+                waiting_bytes -= dropped.unsent.iter().map(Unsent::bytes).sum::<usize>();
                 warn!(
                     "outbox full ({OUTBOX_REPORTS} reports): dropped report {} with {} unsent messages",
                     dropped.number,
@@ -239,7 +243,9 @@ fn produce_loop(
         // A fast producer sends once a request's worth waits or the last report is made.
         let send_now = !as_fast_as_possible || !make_now;
         if send_now && !outbox.is_empty() && Instant::now() >= next_send_at {
-            match send_front(producer, &mut outbox, &mut totals, chatty) {
+            let sent = send_front(producer, &mut outbox, &mut totals, chatty);
+            waiting_bytes = unsent_bytes(&outbox);
+            match sent {
                 Ok(()) => {
                     if backoff.failures() > 0 {
                         info!(
@@ -305,18 +311,67 @@ fn send_front(
     totals: &mut Totals,
     chatty: bool,
 ) -> Result<(), SendError> {
-    // (report index in the outbox, messages taken from its front)
-    let mut taken: Vec<(usize, usize)> = Vec::new();
-    let mut records: Vec<(String, String)> = Vec::new();
+    let Taken { from, records } = take_front(outbox, SEND_BYTES);
+    if records.is_empty() {
+        return Ok(());
+    }
+    let outcomes = producer.send(records).map_err(|e| {
+        if e.is_fatal() {
+            SendError::Fatal(e)
+        } else {
+            SendError::Retry(e.to_string())
+        }
+    })?;
+    let level = if chatty {
+        log::Level::Info
+    } else {
+        log::Level::Debug
+    };
+    let (failed, failures) = settle(outbox, &from, outcomes, |m, report, d| {
+        totals.sent += 1;
+        log::log!(
+            level,
+            "sent {} to partition {} at offset {} (report {report}, cpu {:.2} %, mem {:.2} %, errors {})",
+            m.server_id,
+            d.partition,
+            d.offset,
+            m.metrics.cpu_percent,
+            m.metrics.memory_percent,
+            m.metrics.error_count
+        );
+    });
+    if failed == 0 {
+        return Ok(());
+    }
+    let more = if failed > failures.len() {
+        format!("; {} more", failed - failures.len())
+    } else {
+        String::new()
+    };
+    Err(SendError::Retry(format!(
+        "kafka produce failed for {failed} messages ({}{more})",
+        failures.join("; ")
+    )))
+}
+
+/// The messages of one Produce request.
+struct Taken {
+    /// Where they come from: (report index in the outbox, messages from its front).
+    from: Vec<(usize, usize)>,
+    /// As (key, value) records, in outbox order.
+    records: Vec<(String, String)>,
+}
+
+/// The oldest unsent messages, up to `budget` payload bytes (at least one).
+fn take_front(outbox: &Outbox<PendingReport>, budget: usize) -> Taken {
+    let mut taken = Vec::new();
+    let mut records = Vec::new();
     let mut bytes = 0;
-    'reports: for (i, report) in outbox.iter().enumerate() {
+    for (i, report) in outbox.iter().enumerate() {
         let mut n = 0;
         for u in &report.unsent {
-            if !records.is_empty() && bytes + u.bytes() > SEND_BYTES {
-                if n > 0 {
-                    taken.push((i, n));
-                }
-                break 'reports;
+            if !records.is_empty() && bytes + u.bytes() > budget {
+                break;
             }
             bytes += u.bytes();
             records.push((u.message.server_id.clone(), u.json.clone()));
@@ -325,55 +380,45 @@ fn send_front(
         if n > 0 {
             taken.push((i, n));
         }
+        if n < report.unsent.len() {
+            break;
+        }
     }
-    if records.is_empty() {
-        return Ok(());
+    Taken {
+        from: taken,
+        records,
     }
-    let mut outcomes = producer
-        .send(records)
-        .map_err(|e| {
-            if e.is_fatal() {
-                SendError::Fatal(e)
-            } else {
-                SendError::Retry(e.to_string())
-            }
-        })?
-        .into_iter();
-    let level = if chatty {
-        log::Level::Info
-    } else {
-        log::Level::Debug
-    };
+}
+
+/// Applies the outcomes of the records [`take_front`] took, in order: each acknowledged
+/// message is handed to `on_sent` (with its report's number) and removed, each refused one
+/// stays where it was, ahead of its report's untaken messages; a message without an outcome
+/// counts as refused, never as sent. Reports left empty at the front are popped. Returns how
+/// many were refused and the first three reasons.
+fn settle<D>(
+    outbox: &mut Outbox<PendingReport>,
+    taken: &[(usize, usize)],
+    outcomes: Vec<Result<D, String>>,
+    mut on_sent: impl FnMut(&MetricMessage, u64, &D),
+) -> (usize, Vec<String>) {
+    let mut outcomes = outcomes.into_iter();
     let mut failures = Vec::new();
     let mut failed = 0;
-    let mut reports = outbox.iter_mut();
-    let mut index = 0;
-    for (i, n) in taken {
-        // `nth` counts from where the previous report was taken.
-        let Some(report) = reports.by_ref().nth(i - index) else {
-            break;
+    let mut taken = taken.iter().peekable();
+    for (index, report) in outbox.iter_mut().enumerate() {
+        let Some(&(_, n)) = taken.next_if(|t| t.0 == index) else {
+            continue;
         };
-        index = i + 1;
-        let rest = report.unsent.split_off(n);
+        let rest = report.unsent.split_off(n.min(report.unsent.len()));
         let mut still_unsent = Vec::new();
-        for (u, outcome) in report.unsent.drain(..).zip(outcomes.by_ref()) {
-            match outcome {
-                Ok(d) => {
-                    totals.sent += 1;
-                    let m = &u.message;
-                    log::log!(
-                        level,
-                        "sent {} to partition {} at offset {} (report {}, cpu {:.2} %, mem {:.2} %, errors {})",
-                        m.server_id,
-                        d.partition,
-                        d.offset,
-                        report.number,
-                        m.metrics.cpu_percent,
-                        m.metrics.memory_percent,
-                        m.metrics.error_count
-                    );
-                }
-                Err(problem) => {
+        for u in report.unsent.drain(..) {
+            match outcomes.next() {
+                Some(Ok(d)) => on_sent(&u.message, report.number, &d),
+                refused => {
+                    let problem = match refused {
+                        Some(Err(problem)) => problem,
+                        _ => "no answer for this message".to_string(),
+                    };
                     failed += 1;
                     if failures.len() < 3 {
                         failures.push(format!(
@@ -388,21 +433,121 @@ fn send_front(
         still_unsent.extend(rest);
         report.unsent = still_unsent;
     }
-    drop(reports);
     while outbox.front_mut().is_some_and(|r| r.unsent.is_empty()) {
         outbox.pop_front();
     }
-    if failed == 0 {
-        Ok(())
-    } else {
-        let more = if failed > failures.len() {
-            format!("; {} more", failed - failures.len())
-        } else {
-            String::new()
-        };
-        Err(SendError::Retry(format!(
-            "kafka produce failed for {failed} messages ({}{more})",
-            failures.join("; ")
-        )))
+    (failed, failures)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An outbox of `reports` reports of the servers `s0..s{servers}`, numbered from 1; each
+    /// message's id is `r{report}-{server}`.
+    fn outbox(reports: u64, servers: usize) -> Outbox<PendingReport> {
+        let names: Vec<String> = (0..servers).map(|i| format!("s{i}")).collect();
+        let mut fleet = Fleet::new(names, Some(7));
+        let mut outbox = Outbox::new(OUTBOX_REPORTS);
+        for number in 1..=reports {
+            let mut i = 0;
+            let report = fleet.report(now_utc(), || {
+                i += 1;
+                format!("r{number}-{}", i - 1)
+            });
+            outbox.push(PendingReport {
+                number,
+                unsent: report.into_iter().map(Unsent::new).collect(),
+            });
+        }
+        outbox
+    }
+
+    fn ids(outbox: &Outbox<PendingReport>) -> Vec<Vec<String>> {
+        outbox
+            .iter()
+            .map(|r| {
+                r.unsent
+                    .iter()
+                    .map(|u| u.message.message_uuid.clone())
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_request_takes_whole_reports_and_the_front_of_the_next_within_the_budget() {
+        let o = outbox(3, 4);
+        let one = o.iter().next().unwrap().unsent[0].bytes();
+        // Room for six messages: report 1 whole, two of report 2.
+        let t = take_front(&o, 6 * one + one / 2);
+        assert_eq!(t.from, [(0, 4), (1, 2)]);
+        assert_eq!(t.records.len(), 6);
+        assert_eq!(t.records[4].0, "s0");
+        // A budget below one message still takes one.
+        let t = take_front(&o, 1);
+        assert_eq!((t.from, t.records.len()), (vec![(0, 1)], 1));
+        // Everything fits.
+        assert_eq!(take_front(&o, usize::MAX).from, [(0, 4), (1, 4), (2, 4)]);
+    }
+
+    #[test]
+    fn acknowledged_messages_leave_and_refused_ones_stay_in_order() {
+        let mut o = outbox(3, 3);
+        let Taken { from, records } = take_front(&o, usize::MAX);
+        assert_eq!(records.len(), 9);
+        // Report 1 fully stored, report 2's middle message refused, report 3's last refused.
+        let outcomes: Vec<Result<u32, String>> = (0..9)
+            .map(|i| {
+                if i == 4 || i == 8 {
+                    Err(format!("refused {i}"))
+                } else {
+                    Ok(i)
+                }
+            })
+            .collect();
+        let mut sent = Vec::new();
+        let (failed, failures) = settle(&mut o, &from, outcomes, |m, report, d| {
+            sent.push((m.message_uuid.clone(), report, *d))
+        });
+        assert_eq!(failed, 2);
+        assert_eq!(
+            failures,
+            ["s1 of report 2: refused 4", "s2 of report 3: refused 8"]
+        );
+        assert_eq!(sent.len(), 7);
+        assert_eq!(sent[3], ("r2-0".to_string(), 2, 3));
+        // Report 1 is gone; 2 and 3 keep only what was refused.
+        assert_eq!(ids(&o), [vec!["r2-1"], vec!["r3-2"]]);
+    }
+
+    #[test]
+    fn messages_not_taken_or_without_an_outcome_are_never_counted_as_sent() {
+        let mut o = outbox(2, 3);
+        let Taken { from, records } = take_front(&o, usize::MAX);
+        assert_eq!(records.len(), 6);
+        // Only four answers for six records: the last two stay, as refused.
+        let outcomes: Vec<Result<(), String>> = vec![Ok(()); 4];
+        let mut sent = 0;
+        let (failed, failures) = settle(&mut o, &from, outcomes, |_, _, _| sent += 1);
+        assert_eq!((sent, failed), (4, 2));
+        assert!(failures[0].contains("no answer"), "{failures:?}");
+        assert_eq!(ids(&o), [vec!["r2-1", "r2-2"]]);
+
+        // A request that took part of a report leaves the rest of it, behind what was refused.
+        let mut o = outbox(1, 4);
+        let from = take_front(&o, 1).from;
+        let (failed, _) = settle(&mut o, &from, vec![Err::<(), _>("x".into())], |_, _, _| {});
+        assert_eq!(failed, 1);
+        assert_eq!(ids(&o), [vec!["r1-0", "r1-1", "r1-2", "r1-3"]]);
+        // A report emptied behind one that is not stays until the front clears.
+        let mut o = outbox(2, 1);
+        let from = take_front(&o, usize::MAX).from;
+        settle(&mut o, &from, vec![Err("x".into()), Ok(())], |_, _, _| {});
+        assert_eq!(ids(&o), [vec!["r1-0"], vec![]]);
+        let t = take_front(&o, usize::MAX);
+        assert_eq!((t.from, t.records.len()), (vec![(0, 1)], 1));
+        settle(&mut o, &[(0, 1)], vec![Ok(())], |_, _, _| {});
+        assert!(o.is_empty());
     }
 }
