@@ -106,6 +106,11 @@ fn murmur2_written_here_matches_kafkas_own_test_vectors() {
 /// `produce --count 5 --interval 0` of the eight servers through `brokers`, with `extra` flags,
 /// to completion; asserts exit 0.
 fn produce(sb: &Sandbox, brokers: &str, extra: &[&str]) -> Output {
+    produce_every(sb, brokers, "0", extra)
+}
+
+/// `produce` of [`REPORTS`] reports of [`SERVERS`], one every `interval` seconds.
+fn produce_every(sb: &Sandbox, brokers: &str, interval: &str, extra: &[&str]) -> Output {
     let count = REPORTS.to_string();
     let mut args = vec![
         "produce",
@@ -116,7 +121,7 @@ fn produce(sb: &Sandbox, brokers: &str, extra: &[&str]) -> Output {
         "--count",
         &count,
         "--interval",
-        "0",
+        interval,
     ];
     args.extend_from_slice(extra);
     let out = sb.run(&args, PRODUCE_LIMIT);
@@ -523,6 +528,16 @@ fn zstd_batches_are_stored_and_read_back() {
 /// the fault fired (as many times as it says), that the producer retried, and that nothing is
 /// stored twice.
 fn retried_batches_are_stored_once(label: &str, codec: Option<&str>, fault: Fault) -> Duration {
+    retried_batches_are_stored_once_every(label, "0", codec, fault)
+}
+
+/// [`retried_batches_are_stored_once`] with a report every `interval` seconds.
+fn retried_batches_are_stored_once_every(
+    label: &str,
+    interval: &str,
+    codec: Option<&str>,
+    fault: Fault,
+) -> Duration {
     let sb = Sandbox::new(label);
     three_partitions(&sb);
     let proxy = KafkaProxy::start(&sb.brokers);
@@ -532,7 +547,7 @@ fn retried_batches_are_stored_once(label: &str, codec: Option<&str>, fault: Faul
         extra.extend_from_slice(&["--compression", codec]);
     }
     let started = Instant::now();
-    let out = produce(&sb, &proxy.addr(), &extra);
+    let out = produce_every(&sb, &proxy.addr(), interval, &extra);
     let took = started.elapsed();
     let context = format!("{}\n{}", proxy.summary(), log_of(&out));
     assert!(
@@ -561,6 +576,20 @@ fn retried_batches_are_stored_once(label: &str, codec: Option<&str>, fault: Faul
         "records in the batches on disk"
     );
     took
+}
+
+/// Paced: while the first request waits for its answer, later reports fall due and wait in the
+/// outbox behind its messages. The retry must carry the batch in doubt alone: a request with
+/// more messages makes a different batch for the partition, and the copy the broker already
+/// stored would be stored again under a new epoch.
+#[test]
+fn a_paced_producer_retries_the_batch_in_doubt_alone_and_stores_it_once() {
+    retried_batches_are_stored_once_every(
+        "prod_idem_paced",
+        "0.2",
+        None,
+        Fault::WithholdProduceResponses(1),
+    );
 }
 
 #[test]

@@ -89,15 +89,15 @@ pub fn run(args: &ProduceArgs) -> Result<(), CommandError> {
     // Kafka calls are abandoned only once the drain period after a stop signal is over, so the
     // reports already made still go out when Kafka answers within it.
     let give_up = drain_deadline(&shutdown, settings.drain_timeout);
-    let mut producer = KafkaProducer::new(
+    let mut sender = Sender::new(KafkaProducer::new(
         settings.brokers.clone(),
         settings.topic.clone(),
         settings.compression,
         give_up.clone(),
-    );
-    let (mut totals, mut outbox, fatal) = produce_loop(&settings, &mut producer, &shutdown);
+    ));
+    let (mut totals, mut outbox, fatal) = produce_loop(&settings, &mut sender, &shutdown);
     if fatal.is_none() && !outbox.is_empty() {
-        drain(&mut producer, &mut outbox, &mut totals, &give_up, &settings);
+        drain(&mut sender, &mut outbox, &mut totals, &give_up, &settings);
     }
     let unsent: usize = outbox.iter().map(|r| r.unsent.len()).sum();
     info!(
@@ -136,7 +136,7 @@ fn drain_deadline(shutdown: &Shutdown, drain: Duration) -> Shutdown {
 /// After a stop signal: sends the reports already made until none is left or the drain period
 /// is over, then says what stays unsent.
 fn drain(
-    producer: &mut KafkaProducer,
+    sender: &mut Sender,
     outbox: &mut Outbox<PendingReport>,
     totals: &mut Totals,
     give_up: &Shutdown,
@@ -149,7 +149,7 @@ fn drain(
     );
     let mut backoff = Backoff::standard();
     while !outbox.is_empty() && !give_up.requested() {
-        if let Err(problem) = send_front(producer, outbox, totals, false) {
+        if let Err(problem) = sender.send_front(outbox, totals, false) {
             if let SendError::Fatal(e) = problem {
                 error!("{e}");
                 break;
@@ -177,7 +177,7 @@ fn drain(
 /// (returned third).
 fn produce_loop(
     settings: &ProduceSettings,
-    producer: &mut KafkaProducer,
+    sender: &mut Sender,
     shutdown: &Shutdown,
 ) -> (Totals, Outbox<PendingReport>, Option<KafkaError>) {
     let mut fleet = Fleet::new(settings.servers.clone(), settings.seed);
@@ -243,7 +243,7 @@ fn produce_loop(
         // A fast producer sends once a request's worth waits or the last report is made.
         let send_now = !as_fast_as_possible || !make_now;
         if send_now && !outbox.is_empty() && Instant::now() >= next_send_at {
-            let sent = send_front(producer, &mut outbox, &mut totals, chatty);
+            let sent = sender.send_front(&mut outbox, &mut totals, chatty);
             waiting_bytes = unsent_bytes(&outbox);
             match sent {
                 Ok(()) => {
@@ -302,56 +302,83 @@ impl std::fmt::Display for SendError {
     }
 }
 
-/// Sends the oldest unsent messages, from as many reports as fit in one request
-/// ([`SEND_BYTES`]; always at least one message). Messages acknowledged are logged and removed
-/// and reports left with none are popped, so a partial failure re-sends only the others.
-fn send_front(
-    producer: &mut KafkaProducer,
-    outbox: &mut Outbox<PendingReport>,
-    totals: &mut Totals,
-    chatty: bool,
-) -> Result<(), SendError> {
-    let Taken { from, records } = take_front(outbox, SEND_BYTES);
-    if records.is_empty() {
-        return Ok(());
-    }
-    let outcomes = producer.send(records).map_err(|e| {
-        if e.is_fatal() {
-            SendError::Fatal(e)
-        } else {
-            SendError::Retry(e.to_string())
+/// The producer, and how many of the outbox's oldest messages its last request left in doubt.
+struct Sender {
+    producer: KafkaProducer,
+    /// Messages refused by the last request, at the front of the outbox: the next request
+    /// carries exactly these, so each partition's batch is the one the producer sealed and the
+    /// broker recognises a copy it already stored. A request with other messages would make the
+    /// producer give the batch up and start a new epoch, and a batch stored before the answer
+    /// was lost would be stored twice.
+    in_doubt: usize,
+}
+
+impl Sender {
+    fn new(producer: KafkaProducer) -> Self {
+        Sender {
+            producer,
+            in_doubt: 0,
         }
-    })?;
-    let level = if chatty {
-        log::Level::Info
-    } else {
-        log::Level::Debug
-    };
-    let (failed, failures) = settle(outbox, &from, outcomes, |m, report, d| {
-        totals.sent += 1;
-        log::log!(
-            level,
-            "sent {} to partition {} at offset {} (report {report}, cpu {:.2} %, mem {:.2} %, errors {})",
-            m.server_id,
-            d.partition,
-            d.offset,
-            m.metrics.cpu_percent,
-            m.metrics.memory_percent,
-            m.metrics.error_count
-        );
-    });
-    if failed == 0 {
-        return Ok(());
     }
-    let more = if failed > failures.len() {
-        format!("; {} more", failed - failures.len())
-    } else {
-        String::new()
-    };
-    Err(SendError::Retry(format!(
-        "kafka produce failed for {failed} messages ({}{more})",
-        failures.join("; ")
-    )))
+
+    /// Sends the oldest unsent messages, from as many reports as fit in one request
+    /// ([`SEND_BYTES`]; always at least one message), or exactly those the last request left
+    /// in doubt. Messages acknowledged are logged and removed and reports left with none are
+    /// popped, so a partial failure re-sends only the others.
+    fn send_front(
+        &mut self,
+        outbox: &mut Outbox<PendingReport>,
+        totals: &mut Totals,
+        chatty: bool,
+    ) -> Result<(), SendError> {
+        let most = if self.in_doubt > 0 {
+            self.in_doubt
+        } else {
+            usize::MAX
+        };
+        let Taken { from, records } = take_front(outbox, SEND_BYTES, most);
+        if records.is_empty() {
+            return Ok(());
+        }
+        let outcomes = self.producer.send(records).map_err(|e| {
+            if e.is_fatal() {
+                SendError::Fatal(e)
+            } else {
+                SendError::Retry(e.to_string())
+            }
+        })?;
+        let level = if chatty {
+            log::Level::Info
+        } else {
+            log::Level::Debug
+        };
+        let (failed, failures) = settle(outbox, &from, outcomes, |m, report, d| {
+            totals.sent += 1;
+            log::log!(
+                level,
+                "sent {} to partition {} at offset {} (report {report}, cpu {:.2} %, mem {:.2} %, errors {})",
+                m.server_id,
+                d.partition,
+                d.offset,
+                m.metrics.cpu_percent,
+                m.metrics.memory_percent,
+                m.metrics.error_count
+            );
+        });
+        self.in_doubt = failed;
+        if failed == 0 {
+            return Ok(());
+        }
+        let more = if failed > failures.len() {
+            format!("; {} more", failed - failures.len())
+        } else {
+            String::new()
+        };
+        Err(SendError::Retry(format!(
+            "kafka produce failed for {failed} messages ({}{more})",
+            failures.join("; ")
+        )))
+    }
 }
 
 /// The messages of one Produce request.
@@ -362,15 +389,16 @@ struct Taken {
     records: Vec<(String, String)>,
 }
 
-/// The oldest unsent messages, up to `budget` payload bytes (at least one).
-fn take_front(outbox: &Outbox<PendingReport>, budget: usize) -> Taken {
+/// The oldest unsent messages, up to `budget` payload bytes (at least one) and `most` messages.
+/// After [`settle`], the messages a request had refused are the oldest ones, in order.
+fn take_front(outbox: &Outbox<PendingReport>, budget: usize, most: usize) -> Taken {
     let mut taken = Vec::new();
     let mut records = Vec::new();
     let mut bytes = 0;
     for (i, report) in outbox.iter().enumerate() {
         let mut n = 0;
         for u in &report.unsent {
-            if !records.is_empty() && bytes + u.bytes() > budget {
+            if records.len() == most || (!records.is_empty() && bytes + u.bytes() > budget) {
                 break;
             }
             bytes += u.bytes();
@@ -480,21 +508,24 @@ mod tests {
         let o = outbox(3, 4);
         let one = o.iter().next().unwrap().unsent[0].bytes();
         // Room for six messages: report 1 whole, two of report 2.
-        let t = take_front(&o, 6 * one + one / 2);
+        let t = take_front(&o, 6 * one + one / 2, usize::MAX);
         assert_eq!(t.from, [(0, 4), (1, 2)]);
         assert_eq!(t.records.len(), 6);
         assert_eq!(t.records[4].0, "s0");
         // A budget below one message still takes one.
-        let t = take_front(&o, 1);
+        let t = take_front(&o, 1, usize::MAX);
         assert_eq!((t.from, t.records.len()), (vec![(0, 1)], 1));
         // Everything fits.
-        assert_eq!(take_front(&o, usize::MAX).from, [(0, 4), (1, 4), (2, 4)]);
+        assert_eq!(
+            take_front(&o, usize::MAX, usize::MAX).from,
+            [(0, 4), (1, 4), (2, 4)]
+        );
     }
 
     #[test]
     fn acknowledged_messages_leave_and_refused_ones_stay_in_order() {
         let mut o = outbox(3, 3);
-        let Taken { from, records } = take_front(&o, usize::MAX);
+        let Taken { from, records } = take_front(&o, usize::MAX, usize::MAX);
         assert_eq!(records.len(), 9);
         // Report 1 fully stored, report 2's middle message refused, report 3's last refused.
         let outcomes: Vec<Result<u32, String>> = (0..9)
@@ -522,9 +553,38 @@ mod tests {
     }
 
     #[test]
+    fn the_request_after_a_refusal_carries_exactly_the_refused_messages() {
+        let mut o = outbox(2, 3);
+        let Taken { from, .. } = take_front(&o, usize::MAX, usize::MAX);
+        let outcomes: Vec<Result<(), String>> = (0..6)
+            .map(|i| {
+                if i == 1 || i == 4 {
+                    Err("lost".into())
+                } else {
+                    Ok(())
+                }
+            })
+            .collect();
+        let (failed, _) = settle(&mut o, &from, outcomes, |_, _, _| {});
+        assert_eq!(failed, 2);
+        // A report made meanwhile waits behind them: the retry is the same two messages.
+        let newer = outbox(3, 3).pop_front().unwrap();
+        o.push(PendingReport { number: 3, ..newer });
+        let t = take_front(&o, usize::MAX, failed);
+        let ids: Vec<&str> = t.records.iter().map(|(_, v)| uuid_of(v)).collect();
+        assert_eq!(ids, ["r1-1", "r2-1"]);
+        assert_eq!(t.from, [(0, 1), (1, 1)]);
+    }
+
+    fn uuid_of(json: &str) -> &str {
+        let at = json.find("\"message_uuid\":\"").unwrap() + 16;
+        &json[at..at + json[at..].find('"').unwrap()]
+    }
+
+    #[test]
     fn messages_not_taken_or_without_an_outcome_are_never_counted_as_sent() {
         let mut o = outbox(2, 3);
-        let Taken { from, records } = take_front(&o, usize::MAX);
+        let Taken { from, records } = take_front(&o, usize::MAX, usize::MAX);
         assert_eq!(records.len(), 6);
         // Only four answers for six records: the last two stay, as refused.
         let outcomes: Vec<Result<(), String>> = vec![Ok(()); 4];
@@ -536,16 +596,16 @@ mod tests {
 
         // A request that took part of a report leaves the rest of it, behind what was refused.
         let mut o = outbox(1, 4);
-        let from = take_front(&o, 1).from;
+        let from = take_front(&o, 1, usize::MAX).from;
         let (failed, _) = settle(&mut o, &from, vec![Err::<(), _>("x".into())], |_, _, _| {});
         assert_eq!(failed, 1);
         assert_eq!(ids(&o), [vec!["r1-0", "r1-1", "r1-2", "r1-3"]]);
         // A report emptied behind one that is not stays until the front clears.
         let mut o = outbox(2, 1);
-        let from = take_front(&o, usize::MAX).from;
+        let from = take_front(&o, usize::MAX, usize::MAX).from;
         settle(&mut o, &from, vec![Err("x".into()), Ok(())], |_, _, _| {});
         assert_eq!(ids(&o), [vec!["r1-0"], vec![]]);
-        let t = take_front(&o, usize::MAX);
+        let t = take_front(&o, usize::MAX, usize::MAX);
         assert_eq!((t.from, t.records.len()), (vec![(0, 1)], 1));
         settle(&mut o, &[(0, 1)], vec![Ok(())], |_, _, _| {});
         assert!(o.is_empty());
