@@ -6,6 +6,9 @@ use argh::FromArgs;
 /// metricsctl: a system-metrics pipeline on Apache Kafka and MongoDB.
 /// Every flag falls back to its environment variable, then to `.env`, then to a default.
 #[derive(FromArgs, Debug)]
+#[argh(
+    note = "`metricsctl --version` (or -V) prints the version and the commit it was built from."
+)]
 pub struct Cli {
     #[argh(subcommand)]
     pub command: Command,

@@ -4,6 +4,7 @@
 //! The core (`metric`, `simulate`, `window`, `outbox`, `retry`) is pure and knows nothing of
 //! Kafka or MongoDB; `kafka` and `store` are the only adapters; `commands` wire them together.
 
+pub mod build_info;
 pub mod cli;
 pub mod commands;
 pub mod engine;

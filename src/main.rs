@@ -3,6 +3,7 @@
 use std::io::Write;
 
 use argh::FromArgs;
+use metricsctl::build_info;
 use metricsctl::cli::{Cli, Command, KpisCommand};
 use metricsctl::commands::{self, CommandError};
 use metricsctl::redact;
@@ -39,9 +40,14 @@ fn main() {
 }
 
 /// Like `argh::from_env`, but a command line that cannot be parsed exits with code 2, as every
-/// other wrong setting does.
+/// other wrong setting does, and `--version` / `-V` print the build and exit 0: argh has no
+/// version flag, and a top-level switch would make it ask for a subcommand all the same.
 fn parse_command_line() -> Cli {
     let args: Vec<String> = std::env::args().collect();
+    if matches!(args.get(1).map(String::as_str), Some("--version" | "-V")) {
+        println!("{}", build_info::version_line());
+        std::process::exit(0);
+    }
     let command = args
         .first()
         .and_then(|p| std::path::Path::new(p).file_name())
