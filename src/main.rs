@@ -20,6 +20,7 @@ fn main() {
         Command::Consume(args) => commands::consume::run(&args),
         Command::Kpis(kpis) => match kpis.command {
             KpisCommand::Show(args) => commands::kpis::show(&args),
+            KpisCommand::Plot(args) => commands::kpis::plot(&args),
         },
         Command::Status(args) => commands::status::run(&args),
     };
@@ -63,12 +64,21 @@ fn parse_command_line() -> Cli {
                 std::process::exit(0);
             }
             Err(()) => {
-                let first = early
+                // argh may spread one message over lines ("Required options not provided:"
+                // then the options): one line, as every other error.
+                let message = early
                     .output
                     .lines()
-                    .next()
-                    .unwrap_or("invalid command line");
-                eprintln!("error: {first}; see `{command} --help`");
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                let message = if message.is_empty() {
+                    "invalid command line".to_string()
+                } else {
+                    message
+                };
+                eprintln!("error: {message}; see `{command} --help`");
                 std::process::exit(EXIT_BAD_SETTING);
             }
         },
