@@ -176,7 +176,7 @@ pub struct ShowArgs {
     pub chart: bool,
 }
 
-/// Write an SVG picture of the KPI windows: a panel per KPI over window end time, alerts shaded.
+/// Write an SVG picture of the KPI windows: a panel per KPI over window end time, alerts in red.
 #[derive(FromArgs, Debug, Default)]
 #[argh(subcommand, name = "plot")]
 pub struct PlotArgs {

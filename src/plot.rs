@@ -1,4 +1,4 @@
-//! The SVG of `kpis plot`: one panel per KPI over window end time, windows with alerts shaded.
+//! The SVG of `kpis plot`: one panel per KPI over window end time, windows with alerts in red.
 //! Pure: windows in, one SVG document out.
 //!
 //! Written by hand rather than with a plotting crate: six line panels need rectangles,
@@ -10,7 +10,10 @@
 //! Each point carries what it shows, so a program (or a test) can read the plot back exactly:
 //! `<circle class="point" data-kpi="avg_cpu_percent" data-end="<RFC 3339>" data-value="41.5">`,
 //! with the value written by Rust's shortest round-trip formatting of the stored `f64`.
-//! Each alert band is `<rect class="alert" data-end="...">`.
+//! A window with alerts has red points and, at the foot of each panel, a red tick
+//! `<rect class="alert" data-end="...">`: a tick rather than a shaded column because in a
+//! simulated fleet most windows hold some reading past a threshold, and full-height shading
+//! would cover the lines.
 
 use std::fmt::Write;
 
@@ -31,9 +34,12 @@ const PANEL_TITLE: f64 = 22.0;
 const FRAME: f64 = 100.0;
 /// Room under the last panel for the time labels.
 const FOOTER: f64 = 36.0;
-/// Keeps the first and last points, and the extremes, off the frame's edges.
+/// Keeps the first and last points, and the extremes, off the frame's edges (and the lowest
+/// points above the alert ticks).
 const INSET_X: f64 = 10.0;
 const INSET_Y: f64 = 8.0;
+/// Height of the alert tick at the foot of a panel.
+const ALERT_TICK: f64 = 5.0;
 /// Vertical time grid lines (and labels) at most.
 const TIME_TICKS: usize = 6;
 
@@ -45,7 +51,7 @@ pub struct Plot<'a> {
     /// Plotted in order of end time; windows without one cannot be placed and are left out.
     pub windows: &'a [WindowKpis],
     pub title: &'a str,
-    /// A line under the title, e.g. what the shaded bands mean.
+    /// A line under the title, e.g. what the red marks mean.
     pub caption: &'a str,
 }
 
@@ -114,7 +120,7 @@ pub fn svg(plot: &Plot) -> String {
     out
 }
 
-/// One KPI's panel: title with min and max, frame, time grid, alert bands, line and points.
+/// One KPI's panel: title with min and max, frame, time grid, alert ticks, line and points.
 fn panel(
     out: &mut String,
     kpi: Kpi,
@@ -151,15 +157,16 @@ fn panel(
         );
     }
 
-    // Bands behind the line, as wide as a window's share of the frame (within limits).
-    let band = (frame_width / placed.len().max(1) as f64 * 0.8).clamp(3.0, 24.0);
+    // Ticks as wide as a window's share of the frame (within limits), so neighbours touch
+    // but do not overlap.
+    let tick = (frame_width / placed.len().max(1) as f64 * 0.8).clamp(2.0, 24.0);
     for (end, _) in placed.iter().filter(|(_, w)| w.alerted) {
-        let x = time_axis.x(*end);
         let _ = writeln!(
             out,
-            r#"<rect class="alert" data-end="{}" x="{:.1}" y="{frame_top:.1}" width="{band:.1}" height="{FRAME}" fill="{ALERT_COLOUR}" fill-opacity="0.15"/>"#,
+            r#"<rect class="alert" data-end="{}" x="{:.1}" y="{:.1}" width="{tick:.1}" height="{ALERT_TICK}" fill="{ALERT_COLOUR}"/>"#,
             rfc3339(*end),
-            x - band / 2.0
+            time_axis.x(*end) - tick / 2.0,
+            frame_top + FRAME - ALERT_TICK
         );
     }
 
@@ -360,7 +367,7 @@ mod tests {
         svg(&Plot {
             windows,
             title: "KPIs <test> & co",
-            caption: "shaded: alerts",
+            caption: "red: alerts",
         })
     }
 
@@ -419,7 +426,7 @@ mod tests {
     }
 
     #[test]
-    fn alerted_windows_get_a_band_in_every_panel_and_red_points() {
+    fn alerted_windows_get_a_tick_in_every_panel_and_red_points() {
         let t0 = datetime!(2026-12-03 02:00:00 UTC);
         let windows = [
             window(Some(t0), Some(10.0), false),
@@ -427,8 +434,8 @@ mod tests {
             window(Some(t0 + time::Duration::minutes(2)), Some(20.0), false),
         ];
         let svg = plot(&windows);
-        let bands = attrs(&svg, "<rect class=\"alert\"", "data-end");
-        assert_eq!(bands, vec!["2026-12-03T02:01:00Z"; 6]);
+        let ticks = attrs(&svg, "<rect class=\"alert\"", "data-end");
+        assert_eq!(ticks, vec!["2026-12-03T02:01:00Z"; 6]);
         let red = attrs(&svg, "<circle class=\"point alert\"", "data-end");
         assert_eq!(red, vec!["2026-12-03T02:01:00Z"; 5]);
     }

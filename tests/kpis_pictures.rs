@@ -219,11 +219,11 @@ fn with_follow_the_sparklines_move_as_windows_arrive() {
     assert_eq!(shown.matches("KPIs over 3 windows").count(), 2, "{shown}");
 }
 
-/// The points and alert bands of a `kpis plot` SVG, read as XML.
+/// The points and alert ticks of a `kpis plot` SVG, read as XML.
 struct PlotReadBack {
     /// Per KPI field: (window end in ms, value) of each point.
     points: Vec<(String, Vec<(i128, f64)>)>,
-    /// Window ends (ms) of the alert bands of the first panel.
+    /// Window ends (ms) of the alert ticks of the first panel.
     alert_ends: Vec<i128>,
 }
 
@@ -360,9 +360,9 @@ fn plot_has_one_point_per_window_per_kpi_equal_to_what_the_consumer_stored() {
         // Exact equality: the SVG carries each stored f64 in its round-trip form.
         assert_eq!(sorted(points), sorted(stored), "{kpi}");
     }
-    let mut bands = plot.alert_ends;
-    bands.sort();
-    assert_eq!(bands, alerted, "alert bands");
+    let mut ticks = plot.alert_ends;
+    ticks.sort();
+    assert_eq!(ticks, alerted, "alert ticks");
     let stdout = text(&out.stdout);
     assert_eq!(
         stdout.trim_end(),

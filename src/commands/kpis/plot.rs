@@ -1,5 +1,5 @@
 //! `metricsctl kpis plot --out FILE.svg`: the latest windows (or those of the last `--since`)
-//! drawn as one SVG file, a panel per KPI over window end time, windows with alerts shaded.
+//! drawn as one SVG file, a panel per KPI over window end time, windows with alerts in red.
 
 use std::fs::File;
 use std::io::Write;
@@ -52,8 +52,8 @@ pub fn plot(args: &PlotArgs) -> Result<(), CommandError> {
         settings.mongo.database, settings.kpi_collection
     );
     let caption = format!(
-        "Shaded red: windows with an alert (a reading with CPU or memory at or above \
-         {ALERT_PERCENT} %, or {ALERT_ERROR_COUNT} or more errors)."
+        "Red points and ticks: windows with an alert (a reading with CPU or memory at or \
+         above {ALERT_PERCENT} %, or {ALERT_ERROR_COUNT} or more errors)."
     );
     let picture = svg(&Plot {
         windows: &windows,
