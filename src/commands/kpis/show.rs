@@ -46,9 +46,9 @@ pub fn show(args: &ShowArgs) -> Result<(), CommandError> {
         print_window(&mut out, w, settings.json);
     }
     // The windows the sparklines cover, oldest first: the table lists the newest first.
-    let mut charted: VecDeque<WindowKpis> =
-        latest.iter().rev().map(WindowKpis::from_document).collect();
-    if settings.chart && !charted.is_empty() {
+    let mut charted: VecDeque<WindowKpis> = VecDeque::new();
+    if settings.chart && !latest.is_empty() {
+        charted = latest.iter().rev().map(WindowKpis::from_document).collect();
         print_chart(&mut out, &mut charted);
     }
     if !settings.follow {
@@ -89,6 +89,10 @@ pub fn show(args: &ShowArgs) -> Result<(), CommandError> {
             if let Some(at) = at {
                 since = since.max(at);
             }
+            if settings.chart && printed == 0 && !charted.is_empty() {
+                // Rows go on below the last sparklines.
+                let _ = writeln!(out);
+            }
             print_window(&mut out, &w, settings.json);
             printed += 1;
             if settings.chart {
@@ -122,13 +126,12 @@ fn print_window(out: &mut impl Write, w: &Value, json: bool) {
     let _ = writeln!(out, "{line}");
 }
 
-/// The sparklines, set off from the rows above and below by a blank line.
+/// The sparklines, set off from the rows above by a blank line.
 fn print_chart(out: &mut impl Write, windows: &mut VecDeque<WindowKpis>) {
     let _ = writeln!(out);
     for line in chart(windows.make_contiguous()) {
         let _ = writeln!(out, "{line}");
     }
-    let _ = writeln!(out);
 }
 
 fn header() -> String {
