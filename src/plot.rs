@@ -1,11 +1,11 @@
 //! The SVG of `kpis plot`: one panel per KPI over window end time, windows with alerts in red.
 //! Pure: windows in, one SVG document out.
 //!
-//! Written by hand rather than with a plotting crate: six line panels need rectangles,
-//! polylines, circles and text, a few hundred lines here, while a plotting crate would bring
-//! its own font handling (rendering text itself needs fonts on the machine; its SVG backend
-//! does not) and more dependencies for no more than this. Text is SVG `<text>` in the
-//! generic `sans-serif` family, which every browser resolves with whatever fonts it has.
+//! Written by hand rather than with `plotters`: six line panels need rectangles, polylines,
+//! circles and text, a few hundred lines here. `plotters` would add a dependency tree for no
+//! more than that, and its default text support measures text with the system's fonts, which
+//! a fresh machine may lack. Text here is SVG `<text>` in the generic `sans-serif` family,
+//! which the browser resolves with whatever fonts it has, so the file needs none to be made.
 //!
 //! Each point carries what it shows, so a program (or a test) can read the plot back exactly:
 //! `<circle class="point" data-kpi="avg_cpu_percent" data-end="<RFC 3339>" data-value="41.5">`,
