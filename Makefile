@@ -52,7 +52,7 @@ demo: build up
 	{ $(BIN) consume --exit-when-idle 5 & consumer=$$!; } && \
 	$(BIN) produce --count $(DEMO_REPORTS) --interval $(DEMO_INTERVAL) && \
 	wait $$consumer && \
-	$(BIN) kpis show --limit 5
+	$(BIN) kpis show --limit 5 --chart
 
 # Benchmarks (bench/run.py, results in BENCHMARKS.md): the exercise's Python scripts, the Kafka and
 # database ceilings and metricsctl, measured side by side in one run against the local services.
