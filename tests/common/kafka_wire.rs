@@ -174,6 +174,7 @@ pub fn ensure_topic(brokers: &str, topic: &str) -> Leaders {
 
 /// Writes `records` (key, value) to one partition as one uncompressed batch with acks=all, and
 /// returns the offset the leader gave the first of them. An error code is an `Err`.
+#[allow(clippy::type_complexity)] // (key, value) pairs read best as they are.
 pub fn produce(
     brokers: &str,
     topic: &str,
