@@ -15,8 +15,10 @@
 //! reads no lz4 or zstd, drops messages next to compressed sets, has no group membership, no
 //! TLS through rustls and no SASL.
 
+mod batch;
 mod cluster;
 mod connection;
+mod decompress;
 mod fetch;
 mod group;
 mod producer;
