@@ -229,7 +229,8 @@ fn read_record(stream: &mut impl BufRead, x: &Expect, budget: &mut Budget) -> io
     };
     let mut value_stream = (&mut body).take(value_len as u64);
     if value_len <= MAX_PAYLOAD_BYTES {
-        let mut value = Vec::with_capacity(value_len);
+        // Grown as the bytes really arrive: a length that lies reserves no more than they.
+        let mut value = Vec::with_capacity(value_len.min(DEAD_LETTER_HEAD_BYTES));
         value_stream.read_to_end(&mut value)?;
         if value.len() < value_len {
             return Err(io::ErrorKind::UnexpectedEof.into());

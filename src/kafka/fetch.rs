@@ -106,12 +106,14 @@ pub fn decode_records(partition: i32, fetch_offset: i64, data: &Bytes) -> Decode
         if let Some(problem) = problem {
             out.unreadable
                 .push(UnreadableBatch::at(base_offset, problem));
-            out.next_offset = Some(base_offset + 1);
+            out.next_offset = Some(base_offset.saturating_add(1));
             continue;
         }
         let attributes = be_i16(&batch[ATTRIBUTES_AT..ATTRIBUTES_AT + 2]);
-        let last_offset = base_offset + i64::from(be_i32(&batch[LAST_OFFSET_DELTA_AT..HEADER_LEN]));
-        out.next_offset = Some(last_offset + 1);
+        // Offsets from the wire: arithmetic on them saturates rather than overflows.
+        let last_offset =
+            base_offset.saturating_add(i64::from(be_i32(&batch[LAST_OFFSET_DELTA_AT..HEADER_LEN])));
+        out.next_offset = Some(last_offset.saturating_add(1));
         if last_offset < fetch_offset {
             continue;
         }

@@ -18,6 +18,7 @@
 mod batch;
 mod cluster;
 mod connection;
+pub mod decode_limits;
 mod decompress;
 mod fetch;
 mod group;
@@ -27,7 +28,7 @@ mod versions;
 
 use std::fmt;
 
-pub use fetch::FetchedRecord;
+pub use fetch::{decode_records, DecodedRecords, FetchedRecord};
 pub use group::{Generation, GroupMember, GroupTimeouts, MemberInfo};
 pub use producer::{Compression, Delivery, KafkaProducer};
 pub use source::{Fetched, KafkaSource, PartitionData, TopicInfo};
