@@ -141,3 +141,36 @@ fn a_zstd_bomb_of_600_mb_is_dead_lettered_in_bounded_memory() {
 fn five_zstd_bombs_of_900_mb_in_a_row_are_each_dead_lettered_in_bounded_memory() {
     bombs_between_ordinary_messages("bomb900x5", &[900_000_000; 5]);
 }
+
+/// A committed position past the log's end (as after an unclean leader election cut the log
+/// below what was read): the consumer says so in an ERROR line with the number of offsets it
+/// passes over, goes on at the end, and stores what is written after.
+#[test]
+fn a_position_past_the_log_end_is_an_error_line_with_the_count_not_a_silent_jump() {
+    let sb = Sandbox::new("past_end");
+    create_topic(&sb.brokers, &sb.topic, &["--partitions", "1"]);
+    ordinary(&sb, 0);
+    common::kafka_wire::commit_offsets(&sb.brokers, &sb.group, &sb.topic, &[(0, 1000)])
+        .expect("commit offset 1000");
+    let child = sb
+        .command(&["consume", "--exit-when-idle", "8"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn metricsctl");
+    // Written once the consumer has moved to the end: these are read.
+    std::thread::sleep(Duration::from_secs(4));
+    ordinary(&sb, ORDINARY);
+    let out = wait_with_limit(child, Duration::from_secs(120));
+    assert_ok(&out, "consume");
+    let log = text(&out.stderr);
+    let line = log
+        .lines()
+        .find(|l| l.contains("ERROR") && l.contains("past the log end"))
+        .unwrap_or_else(|| panic!("no ERROR line:\n{log}"));
+    assert!(
+        line.contains("offset 1000 is past the log end 30") && line.contains("the 970 offsets"),
+        "{line}"
+    );
+    assert_eq!(sb.count("raw"), ORDINARY, "{log}");
+}

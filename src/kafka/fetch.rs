@@ -215,10 +215,14 @@ pub fn fetch_from(
     let mut answers = Vec::new();
     for topic in response.responses {
         for p in topic.partitions {
-            let offset = positions
+            // A partition not asked about is left out; its records are not ours to read.
+            let Some(offset) = positions
                 .iter()
                 .find(|q| q.partition == p.partition_index)
-                .map_or(0, |q| q.offset);
+                .map(|q| q.offset)
+            else {
+                continue;
+            };
             let error = ResponseError::try_from_code(p.error_code);
             let decoded = match (&error, &p.records) {
                 (None, Some(data)) => decode_records(p.partition_index, offset, data),
