@@ -545,7 +545,9 @@ impl KafkaSource {
             error!(
                 "partition {partition}: {} offset(s) {}..={} cannot be read and are passed \
                  over: {}",
-                bad.last_offset - bad.first_offset + 1,
+                bad.last_offset
+                    .saturating_sub(bad.first_offset)
+                    .saturating_add(1),
                 bad.first_offset,
                 bad.last_offset,
                 bad.reason
