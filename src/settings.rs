@@ -628,10 +628,7 @@ fn mongo(
 /// looked up when connecting.
 fn mongodb_uri(v: &Value) -> Result<String, SettingError> {
     let uri = v.text.trim().to_string();
-    if let Some(p) = redact::uri_password(&uri) {
-        redact::register(p);
-        redact::register(&redact::percent_decode(p));
-    }
+    redact::register_uri_password(&uri);
     let rest = uri
         .strip_prefix("mongodb://")
         .or_else(|| uri.strip_prefix("mongodb+srv://"))
@@ -643,6 +640,19 @@ fn mongodb_uri(v: &Value) -> Result<String, SettingError> {
         return Err(v.error("has no host; expected e.g. mongodb://127.0.0.1:27017"));
     }
     if let Err(e) = mongodb::options::ConnectionString::parse(&uri) {
+        // A raw reserved character makes the driver cut the password somewhere inside it, and
+        // its reason may then quote a piece (`got pa` as a port): name the characters instead.
+        let raw = redact::raw_reserved_in_password(&uri);
+        if !raw.is_empty() {
+            let encoded: Vec<String> = raw
+                .iter()
+                .map(|c| format!("{c} as {}", redact::percent_encode(&c.to_string())))
+                .collect();
+            return Err(v.error(format!(
+                "its password holds reserved characters, which must be percent-encoded: write {}",
+                encoded.join(", ")
+            )));
+        }
         return Err(v.error(format!(
             "the MongoDB driver refuses it: {}; correct the connection string (options: \
              https://www.mongodb.com/docs/manual/reference/connection-string-options/)",
@@ -943,7 +953,11 @@ mod tests {
             .problem
             .contains("port cannot be specified"));
         let e = bad("mongodb://u:a:b-Unit-Secret-4@h/");
-        assert!(e.problem.contains("password must be URL encoded"), "{e}");
+        assert!(
+            e.problem
+                .contains("must be percent-encoded: write : as %3A"),
+            "{e}"
+        );
         assert!(!e.to_string().contains("Unit-Secret-4"), "{e}");
     }
 

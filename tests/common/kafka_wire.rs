@@ -177,6 +177,7 @@ pub type KeyValue<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
 
 /// Writes `records` (key, value) to one partition as one uncompressed batch with acks=all, and
 /// returns the offset the leader gave the first of them. An error code is an `Err`.
+#[allow(clippy::type_complexity)] // (key, value) pairs read best as they are.
 pub fn produce(
     brokers: &str,
     topic: &str,
