@@ -52,7 +52,7 @@ demo: build up
 	{ $(BIN) consume --exit-when-idle 5 & consumer=$$!; } && \
 	$(BIN) produce --count $(DEMO_REPORTS) --interval $(DEMO_INTERVAL) && \
 	wait $$consumer && \
-	$(BIN) kpis show --limit 5
+	$(BIN) kpis show --limit 5 --chart
 
 # Benchmarks (bench/run.py, results in BENCHMARKS.md): the exercise's Python scripts, the Kafka and
 # database ceilings and metricsctl, measured side by side in one run against the local services.
@@ -143,8 +143,12 @@ test-cluster:
 # The recipe calls scripts/services.sh, not $(MAKE) up: make runs a line that names $(MAKE) even
 # under `make -n`, and `make -n chaos` must only print what it would do.
 CHAOS_ARGS ?=
+# The decoding fuzz test (tests/decode_fuzz.rs) runs first, with this many mutated answers
+# (`make test` runs its default, 3,000); it needs no service.
+DECODE_FUZZ_CASES ?= 100000
 .PHONY: chaos
 chaos:
+	DECODE_FUZZ_CASES=$(DECODE_FUZZ_CASES) cargo test --release --test decode_fuzz -- --nocapture
 	BROKERS=1 KAFKA_VERSION="$(KAFKA_VERSION)" bash $(SERVICES) up
 	rm -rf target/chaos
 	set -a && source $(SERVICES_ENV) && set +a && \

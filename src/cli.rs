@@ -6,6 +6,9 @@ use argh::FromArgs;
 /// metricsctl: a system-metrics pipeline on Apache Kafka and MongoDB.
 /// Every flag falls back to its environment variable, then to `.env`, then to a default.
 #[derive(FromArgs, Debug)]
+#[argh(
+    note = "`metricsctl --version` (or -V) prints the version and the commit it was built from."
+)]
 pub struct Cli {
     #[argh(subcommand)]
     pub command: Command,
@@ -206,6 +209,7 @@ pub struct KpisArgs {
 #[argh(subcommand)]
 pub enum KpisCommand {
     Show(ShowArgs),
+    Plot(PlotArgs),
 }
 
 /// Print the latest KPI windows, newest first.
@@ -230,4 +234,31 @@ pub struct ShowArgs {
     /// keep printing new windows as they are stored, until Ctrl-C
     #[argh(switch)]
     pub follow: bool,
+    /// under the table, a sparkline per KPI across the windows shown, with min and max
+    #[argh(switch)]
+    pub chart: bool,
+}
+
+/// Write an SVG picture of the KPI windows: a panel per KPI over window end time, alerts in red.
+#[derive(FromArgs, Debug, Default)]
+#[argh(subcommand, name = "plot")]
+pub struct PlotArgs {
+    /// the SVG file to write (replaced if it exists)
+    #[argh(option)]
+    pub out: String,
+    /// mongodb:// or mongodb+srv:// URI (MONGODB_URI or CONNECTION_STRING; mongodb://127.0.0.1:27017)
+    #[argh(option)]
+    pub mongodb_uri: Option<String>,
+    /// database (MONGODB_DATABASE; monitoring)
+    #[argh(option)]
+    pub database: Option<String>,
+    /// KPI collection (MONGODB_KPI_COLLECTION; system_metrics_kpis_<METRICS_SUFFIX>)
+    #[argh(option)]
+    pub kpi_collection: Option<String>,
+    /// the latest N windows (KPIS_LIMIT; 100)
+    #[argh(option)]
+    pub limit: Option<String>,
+    /// instead of --limit, the windows that ended in the last DURATION: 45s, 30m, 2h, 1d
+    #[argh(option)]
+    pub since: Option<String>,
 }

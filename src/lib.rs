@@ -1,15 +1,20 @@
 //! metricsctl: a system-metrics pipeline on Apache Kafka and MongoDB.
 //!
 //! The data path is `simulate -> Kafka -> validate -> (raw store, window) -> KPI store -> show`.
-//! The core (`metric`, `simulate`, `window`, `outbox`, `retry`) is pure and knows nothing of
-//! Kafka or MongoDB; `kafka` and `store` are the only adapters; `commands` wire them together.
+//! The core (`metric`, `simulate`, `window`, `outbox`, `retry`, and `kpi_series`, `chart`, `plot`
+//! that draw stored windows) is pure and knows nothing of Kafka or MongoDB; `kafka` and `store`
+//! are the only adapters; `commands` wire them together.
 
+pub mod build_info;
+pub mod chart;
 pub mod cli;
 pub mod commands;
 pub mod engine;
 pub mod kafka;
+pub mod kpi_series;
 pub mod metric;
 pub mod outbox;
+pub mod plot;
 pub mod redact;
 pub mod retry;
 pub mod settings;

@@ -3,6 +3,7 @@
 use std::io::Write;
 
 use argh::FromArgs;
+use metricsctl::build_info;
 use metricsctl::cli::{Cli, Command, KpisCommand};
 use metricsctl::commands::{self, CommandError};
 use metricsctl::redact;
@@ -19,6 +20,7 @@ fn main() {
         Command::Consume(args) => commands::consume::run(&args),
         Command::Kpis(kpis) => match kpis.command {
             KpisCommand::Show(args) => commands::kpis::show(&args),
+            KpisCommand::Plot(args) => commands::kpis::plot(&args),
         },
         Command::Status(args) => commands::status::run(&args),
     };
@@ -39,9 +41,14 @@ fn main() {
 }
 
 /// Like `argh::from_env`, but a command line that cannot be parsed exits with code 2, as every
-/// other wrong setting does.
+/// other wrong setting does, and `--version` / `-V` print the build and exit 0: argh has no
+/// version flag, and a top-level switch would make it ask for a subcommand all the same.
 fn parse_command_line() -> Cli {
     let args: Vec<String> = std::env::args().collect();
+    if matches!(args.get(1).map(String::as_str), Some("--version" | "-V")) {
+        println!("{}", build_info::version_line());
+        std::process::exit(0);
+    }
     let command = args
         .first()
         .and_then(|p| std::path::Path::new(p).file_name())
@@ -57,12 +64,21 @@ fn parse_command_line() -> Cli {
                 std::process::exit(0);
             }
             Err(()) => {
-                let first = early
+                // argh may spread one message over lines ("Required options not provided:"
+                // then the options): one line, as every other error.
+                let message = early
                     .output
                     .lines()
-                    .next()
-                    .unwrap_or("invalid command line");
-                eprintln!("error: {first}; see `{command} --help`");
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                let message = if message.is_empty() {
+                    "invalid command line".to_string()
+                } else {
+                    message
+                };
+                eprintln!("error: {message}; see `{command} --help`");
                 std::process::exit(EXIT_BAD_SETTING);
             }
         },

@@ -40,6 +40,11 @@ impl<T> Outbox<T> {
         self.items.pop_front()
     }
 
+    /// Items from oldest to newest, to change in place.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        self.items.iter_mut()
+    }
+
     /// Items from oldest to newest.
     pub fn iter(&self) -> impl Iterator<Item = &T> {
         self.items.iter()

@@ -8,7 +8,7 @@ use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::cli::{ConsumeArgs, ProduceArgs, ShowArgs, StatusArgs};
+use crate::cli::{ConsumeArgs, PlotArgs, ProduceArgs, ShowArgs, StatusArgs};
 use crate::kafka::security::{TlsFile, TlsFiles};
 use crate::kafka::{Compression, SaslCredentials, SaslMechanism, Security, SecurityProtocol};
 use crate::redact;
@@ -22,6 +22,10 @@ pub const DEFAULT_SERVERS: &str = "web01,web02,db01,app01,cache01";
 pub const DEFAULT_WINDOW_SIZE: usize = 20;
 pub const DEFAULT_INTERVAL_SECONDS: f64 = 10.0;
 pub const DEFAULT_KPIS_LIMIT: usize = 10;
+/// `kpis plot` draws more windows than `kpis show` lists by default: a curve needs points.
+pub const DEFAULT_PLOT_LIMIT: usize = 100;
+/// The most windows `kpis show` lists or `kpis plot` draws.
+pub const MAX_KPIS_LIMIT: usize = 100_000;
 pub const DEFAULT_MAX_LAG: u64 = 10_000;
 pub const DEFAULT_DRAIN_TIMEOUT_SECONDS: u64 = 10;
 
@@ -164,6 +168,26 @@ pub struct KpisSettings {
     pub limit: usize,
     pub json: bool,
     pub follow: bool,
+    /// Sparklines under the table (never with `json`).
+    pub chart: bool,
+}
+
+/// `kpis plot`: which windows to draw and where the SVG goes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlotSettings {
+    pub mongo: MongoSettings,
+    pub kpi_collection: String,
+    pub windows: PlotWindows,
+    pub out: PathBuf,
+}
+
+/// Which windows `kpis plot` draws.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlotWindows {
+    /// The latest N stored (`--limit`).
+    Latest(usize),
+    /// Those whose end is at most this long before now (`--since`).
+    EndedWithin(Duration),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -368,8 +392,14 @@ impl StatusSettings {
 impl KpisSettings {
     pub fn resolve(args: &ShowArgs, src: &Sources) -> Result<Self, SettingError> {
         let suffix = suffix(src)?;
+        if args.chart && args.json {
+            return Err(SettingError {
+                setting: "--chart".into(),
+                problem: "draws for people; it cannot be combined with --json".into(),
+            });
+        }
         let limit = match src.pick(&args.limit, "limit", &["KPIS_LIMIT"]) {
-            Some(v) => bounded(&v, 100_000)?,
+            Some(v) => bounded(&v, MAX_KPIS_LIMIT)?,
             None => DEFAULT_KPIS_LIMIT,
         };
         Ok(KpisSettings {
@@ -385,8 +415,83 @@ impl KpisSettings {
             limit,
             json: args.json,
             follow: args.follow,
+            chart: args.chart,
         })
     }
+}
+
+impl PlotSettings {
+    pub fn resolve(args: &PlotArgs, src: &Sources) -> Result<Self, SettingError> {
+        let suffix = suffix(src)?;
+        if args.limit.is_some() && args.since.is_some() {
+            return Err(SettingError {
+                setting: "--since".into(),
+                problem: "give either --limit or --since, not both".into(),
+            });
+        }
+        let windows = match (&args.since, src.pick(&args.limit, "limit", &["KPIS_LIMIT"])) {
+            (Some(since), _) => PlotWindows::EndedWithin(span(&Value {
+                text: since.clone(),
+                origin: "--since".into(),
+            })?),
+            (None, Some(limit)) => PlotWindows::Latest(bounded(&limit, MAX_KPIS_LIMIT)?),
+            (None, None) => PlotWindows::Latest(DEFAULT_PLOT_LIMIT),
+        };
+        let out = PathBuf::from(&args.out);
+        if args.out.trim().is_empty() || out.is_dir() {
+            return Err(SettingError {
+                setting: "--out".into(),
+                problem: format!(
+                    "must name a file to write, e.g. kpis.svg (got {:?})",
+                    args.out
+                ),
+            });
+        }
+        Ok(PlotSettings {
+            mongo: mongo(src, &args.mongodb_uri, &args.database)?,
+            kpi_collection: named_collection(
+                src,
+                &args.kpi_collection,
+                "kpi-collection",
+                "MONGODB_KPI_COLLECTION",
+                "kpis",
+                &suffix,
+            )?,
+            windows,
+            out,
+        })
+    }
+}
+
+/// The longest `--since`: a hundred years of windows is everything there is.
+const MAX_SPAN_DAYS: u64 = 36_500;
+
+/// A span of time such as `45s`, `30m`, `2h` or `1d`: a whole number of at least 1 and a unit.
+fn span(v: &Value) -> Result<Duration, SettingError> {
+    let problem = || {
+        v.error(format!(
+            "must be a whole number of at least 1 followed by s, m, h or d, such as 30m, 2h \
+             or 1d, and at most {MAX_SPAN_DAYS}d"
+        ))
+    };
+    let text = v.text.trim();
+    let unit = text.chars().last().ok_or_else(problem)?;
+    let unit_seconds: u64 = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3_600,
+        'd' => 86_400,
+        _ => return Err(problem()),
+    };
+    let number = &text[..text.len() - unit.len_utf8()];
+    number
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n >= 1 && number.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|n| n.checked_mul(unit_seconds))
+        .filter(|s| *s <= MAX_SPAN_DAYS * 86_400)
+        .map(Duration::from_secs)
+        .ok_or_else(problem)
 }
 
 /// `METRICS_SUFFIX`, from which the exercise's default names are built.
@@ -684,10 +789,7 @@ fn mongo(
 /// looked up when connecting.
 fn mongodb_uri(v: &Value) -> Result<String, SettingError> {
     let uri = v.text.trim().to_string();
-    if let Some(p) = redact::uri_password(&uri) {
-        redact::register(p);
-        redact::register(&redact::percent_decode(p));
-    }
+    redact::register_uri_password(&uri);
     let rest = uri
         .strip_prefix("mongodb://")
         .or_else(|| uri.strip_prefix("mongodb+srv://"))
@@ -699,6 +801,19 @@ fn mongodb_uri(v: &Value) -> Result<String, SettingError> {
         return Err(v.error("has no host; expected e.g. mongodb://127.0.0.1:27017"));
     }
     if let Err(e) = mongodb::options::ConnectionString::parse(&uri) {
+        // A raw reserved character makes the driver cut the password somewhere inside it, and
+        // its reason may then quote a piece (`got pa` as a port): name the characters instead.
+        let raw = redact::raw_reserved_in_password(&uri);
+        if !raw.is_empty() {
+            let encoded: Vec<String> = raw
+                .iter()
+                .map(|c| format!("{c} as {}", redact::percent_encode(&c.to_string())))
+                .collect();
+            return Err(v.error(format!(
+                "its password holds reserved characters, which must be percent-encoded: write {}",
+                encoded.join(", ")
+            )));
+        }
         return Err(v.error(format!(
             "the MongoDB driver refuses it: {}; correct the connection string (options: \
              https://www.mongodb.com/docs/manual/reference/connection-string-options/)",
@@ -872,6 +987,91 @@ mod tests {
     }
 
     #[test]
+    fn kpis_plot_takes_a_limit_or_a_span_of_time_but_not_both() {
+        let plot =
+            |args: PlotArgs, env: &[(&str, &str)]| PlotSettings::resolve(&args, &src(env, &[]));
+        let args = |limit: Option<&str>, since: Option<&str>| PlotArgs {
+            out: "kpis.svg".into(),
+            limit: limit.map(String::from),
+            since: since.map(String::from),
+            ..Default::default()
+        };
+        let windows = |a, env| plot(a, env).map(|p| p.windows);
+        assert_eq!(
+            windows(args(None, None), &[]),
+            Ok(PlotWindows::Latest(DEFAULT_PLOT_LIMIT))
+        );
+        assert_eq!(
+            windows(args(None, None), &[("KPIS_LIMIT", "7")]),
+            Ok(PlotWindows::Latest(7))
+        );
+        assert_eq!(
+            windows(args(Some("3"), None), &[]),
+            Ok(PlotWindows::Latest(3))
+        );
+        // A flag beats the environment: --since with KPIS_LIMIT set is not a conflict.
+        let minutes = |m: u64| Ok(PlotWindows::EndedWithin(Duration::from_secs(m * 60)));
+        assert_eq!(
+            windows(args(None, Some("30m")), &[("KPIS_LIMIT", "7")]),
+            minutes(30)
+        );
+        assert_eq!(windows(args(None, Some(" 2h ")), &[]), minutes(120));
+        assert_eq!(windows(args(None, Some("1d")), &[]), minutes(1440));
+        assert_eq!(
+            windows(args(None, Some("45s")), &[]),
+            Ok(PlotWindows::EndedWithin(Duration::from_secs(45)))
+        );
+
+        let both = plot(args(Some("3"), Some("1h")), &[])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            both,
+            "invalid setting --since: give either --limit or --since, not both"
+        );
+        for bad in [
+            "", "h", "0m", "-1h", "+1h", "1.5h", "90", "2 h", "1w", "2ħ", "36501d",
+        ] {
+            let e = plot(args(None, Some(bad)), &[]).unwrap_err();
+            assert_eq!(e.setting, "--since", "{bad}");
+            assert!(e.problem.contains("followed by s, m, h or d"), "{bad}: {e}");
+        }
+        assert!(plot(args(None, Some("36500d")), &[]).is_ok());
+        for out in ["", " ", "."] {
+            let e = plot(
+                PlotArgs {
+                    out: out.into(),
+                    ..Default::default()
+                },
+                &[],
+            )
+            .unwrap_err();
+            assert_eq!(e.setting, "--out", "{out:?}");
+        }
+    }
+
+    #[test]
+    fn kpis_show_draws_sparklines_for_people_only() {
+        let show = |chart, json| {
+            KpisSettings::resolve(
+                &ShowArgs {
+                    chart,
+                    json,
+                    ..Default::default()
+                },
+                &src(&[], &[]),
+            )
+        };
+        assert!(show(true, false).unwrap().chart);
+        assert!(!show(false, true).unwrap().chart);
+        let e = show(true, true).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid setting --chart: draws for people; it cannot be combined with --json"
+        );
+    }
+
+    #[test]
     fn a_uri_password_never_appears_in_a_setting_error() {
         let e = ConsumeSettings::resolve(
             &ConsumeArgs {
@@ -914,7 +1114,11 @@ mod tests {
             .problem
             .contains("port cannot be specified"));
         let e = bad("mongodb://u:a:b-Unit-Secret-4@h/");
-        assert!(e.problem.contains("password must be URL encoded"), "{e}");
+        assert!(
+            e.problem
+                .contains("must be percent-encoded: write : as %3A"),
+            "{e}"
+        );
         assert!(!e.to_string().contains("Unit-Secret-4"), "{e}");
     }
 

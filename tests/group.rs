@@ -866,8 +866,6 @@ fn a_member_waiting_in_a_rebalance_stops_at_once_on_sigterm() {
 }
 
 #[test]
-#[ignore = "known defect on Kafka 4.4.0: a member may exit --exit-when-idle during a rebalance \
-            while a frozen member's partitions are unread (2 of 3 runs); passes on 3.9.2"]
 fn exit_when_idle_waits_for_partitions_a_dead_member_still_holds() {
     // b owns part of the topic; a, which owns the rest, freezes (as if killed while the group
     // still counts it). b must not call itself caught up and exit while a's partitions hold

@@ -19,7 +19,8 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_ok, create_topic, kafka_tool, repo_root, run_tool, text, wait_with_limit, Sandbox,
+    assert_ok, create_topic, kafka_tool, kcat_read, repo_root, run_tool, text, wait_with_limit,
+    Sandbox,
 };
 use kafka_protocol::messages::ApiKey;
 use kafka_proxy::{FakeBroker, FakeBrokerSpec, Fault, KafkaProxy, API_VERSIONS, FETCH, PRODUCE};
@@ -105,6 +106,11 @@ fn murmur2_written_here_matches_kafkas_own_test_vectors() {
 /// `produce --count 5 --interval 0` of the eight servers through `brokers`, with `extra` flags,
 /// to completion; asserts exit 0.
 fn produce(sb: &Sandbox, brokers: &str, extra: &[&str]) -> Output {
+    produce_every(sb, brokers, "0", extra)
+}
+
+/// `produce` of [`REPORTS`] reports of [`SERVERS`], one every `interval` seconds.
+fn produce_every(sb: &Sandbox, brokers: &str, interval: &str, extra: &[&str]) -> Output {
     let count = REPORTS.to_string();
     let mut args = vec![
         "produce",
@@ -115,7 +121,7 @@ fn produce(sb: &Sandbox, brokers: &str, extra: &[&str]) -> Output {
         "--count",
         &count,
         "--interval",
-        "0",
+        interval,
     ];
     args.extend_from_slice(extra);
     let out = sb.run(&args, PRODUCE_LIMIT);
@@ -135,37 +141,15 @@ struct Record {
 /// Every record of `topic`, each partition from its start to its end, read by kcat straight from
 /// the broker (never through a proxy), sorted by partition and offset.
 fn kcat_read_keyed(brokers: &str, topic: &str) -> Vec<Record> {
-    let mut c = Command::new("kcat");
-    c.args([
-        "-b",
-        brokers,
-        "-C",
-        "-t",
-        topic,
-        "-o",
-        "beginning",
-        "-e",
-        "-J",
-        "-q",
-    ]);
-    let out = run_tool(c, None, Duration::from_secs(120));
-    assert_ok(&out, "kcat -C");
-    let mut records: Vec<Record> = text(&out.stdout)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let v: serde_json::Value =
-                serde_json::from_str(l).unwrap_or_else(|e| panic!("kcat -J line {l:.200}: {e}"));
-            Record {
-                partition: v["partition"].as_i64().expect("partition") as i32,
-                offset: v["offset"].as_i64().expect("offset"),
-                key: v["key"].as_str().map(String::from),
-                payload: v["payload"].as_str().unwrap_or_default().to_string(),
-            }
+    kcat_read(brokers, topic)
+        .into_iter()
+        .map(|r| Record {
+            partition: r.partition,
+            offset: r.offset,
+            key: r.key,
+            payload: r.payload.unwrap_or_default(),
         })
-        .collect();
-    records.sort_by_key(|r| (r.partition, r.offset));
-    records
+        .collect()
 }
 
 /// The topic holds exactly `expected` messages, each `message_uuid` once, each keyed by its
@@ -544,6 +528,16 @@ fn zstd_batches_are_stored_and_read_back() {
 /// the fault fired (as many times as it says), that the producer retried, and that nothing is
 /// stored twice.
 fn retried_batches_are_stored_once(label: &str, codec: Option<&str>, fault: Fault) -> Duration {
+    retried_batches_are_stored_once_every(label, "0", codec, fault)
+}
+
+/// [`retried_batches_are_stored_once`] with a report every `interval` seconds.
+fn retried_batches_are_stored_once_every(
+    label: &str,
+    interval: &str,
+    codec: Option<&str>,
+    fault: Fault,
+) -> Duration {
     let sb = Sandbox::new(label);
     three_partitions(&sb);
     let proxy = KafkaProxy::start(&sb.brokers);
@@ -553,7 +547,7 @@ fn retried_batches_are_stored_once(label: &str, codec: Option<&str>, fault: Faul
         extra.extend_from_slice(&["--compression", codec]);
     }
     let started = Instant::now();
-    let out = produce(&sb, &proxy.addr(), &extra);
+    let out = produce_every(&sb, &proxy.addr(), interval, &extra);
     let took = started.elapsed();
     let context = format!("{}\n{}", proxy.summary(), log_of(&out));
     assert!(
@@ -582,6 +576,20 @@ fn retried_batches_are_stored_once(label: &str, codec: Option<&str>, fault: Faul
         "records in the batches on disk"
     );
     took
+}
+
+/// Paced: while the first request waits for its answer, later reports fall due and wait in the
+/// outbox behind its messages. The retry must carry the batch in doubt alone: a request with
+/// more messages makes a different batch for the partition, and the copy the broker already
+/// stored would be stored again under a new epoch.
+#[test]
+fn a_paced_producer_retries_the_batch_in_doubt_alone_and_stores_it_once() {
+    retried_batches_are_stored_once_every(
+        "prod_idem_paced",
+        "0.2",
+        None,
+        Fault::WithholdProduceResponses(1),
+    );
 }
 
 #[test]
@@ -634,7 +642,8 @@ fn three_dropped_responses_in_a_row_are_retried_and_stored_once() {
 /// partition, a batch per report in flight.
 #[test]
 fn responses_dropped_mid_stream_are_retried_and_stored_once() {
-    const MANY: usize = 1000;
+    // About 16 MB of messages: some 18 requests of up to 900 KiB, so the fault fires mid-stream.
+    const MANY: usize = 6000;
     let sb = Sandbox::new("prod_idem_midstream");
     three_partitions(&sb);
     let proxy = KafkaProxy::start(&sb.brokers);
@@ -654,7 +663,7 @@ fn responses_dropped_mid_stream_are_retried_and_stored_once() {
     ];
     let mut producer = sb.spawn("produce", &args);
     let going = common::poll(PRODUCE_LIMIT, Duration::from_millis(5), || {
-        (proxy.requests(PRODUCE) >= 20).then_some(())
+        (proxy.requests(PRODUCE) >= 5).then_some(())
     });
     proxy.set_fault(Fault::DropProduceResponses(2));
     let code = producer.wait_exit(PRODUCE_LIMIT);
@@ -883,18 +892,13 @@ fn consume_refuses_a_broker_without_our_fetch_and_metadata_versions_at_once() {
 
 #[test]
 fn produce_stops_when_the_topic_is_not_authorized() {
-    let sb = Sandbox::new("prod_denied");
-    let fake = FakeBroker::start(FakeBrokerSpec {
-        topic_error: 29, // TOPIC_AUTHORIZATION_FAILED
-        partitions: PARTITIONS,
-        ..FakeBrokerSpec::default()
-    });
-    let (out, took) = run_fast(&sb, &["produce", "--count", "1", "--brokers", &fake.addr()]);
-    let line = assert_one_error_line(
-        &out,
-        &[&sb.topic],
-        &["authoriz", "refused", "denied", "access"],
-        &fake,
+    let (fake, line, took) = refused_produce(
+        "prod_denied",
+        FakeBrokerSpec {
+            topic_error: 29, // TOPIC_AUTHORIZATION_FAILED
+            ..FakeBrokerSpec::default()
+        },
+        true,
     );
     assert_eq!(fake.requests(PRODUCE), 0, "{}", fake.summary());
     eprintln!("FIGURE produce vs a topic not authorized: exit 1 in {took:?}: {line}");
@@ -904,18 +908,13 @@ fn produce_stops_when_the_topic_is_not_authorized() {
 /// refusal comes in the Produce response.
 #[test]
 fn produce_stops_when_the_broker_refuses_the_write() {
-    let sb = Sandbox::new("prod_write_denied");
-    let fake = FakeBroker::start(FakeBrokerSpec {
-        partitions: PARTITIONS,
-        produce_error: Some(29), // TOPIC_AUTHORIZATION_FAILED
-        ..FakeBrokerSpec::default()
-    });
-    let (out, took) = run_fast(&sb, &["produce", "--count", "1", "--brokers", &fake.addr()]);
-    let line = assert_one_error_line(
-        &out,
-        &[&sb.topic],
-        &["authoriz", "refused", "denied", "access"],
-        &fake,
+    let (fake, line, took) = refused_produce(
+        "prod_write_denied",
+        FakeBrokerSpec {
+            produce_error: Some(29), // TOPIC_AUTHORIZATION_FAILED
+            ..FakeBrokerSpec::default()
+        },
+        true,
     );
     assert!(
         fake.requests(PRODUCE) <= 1,
@@ -929,19 +928,38 @@ fn produce_stops_when_the_broker_refuses_the_write() {
 /// for this client) is a setting for a human, not something to retry.
 #[test]
 fn produce_stops_when_the_broker_refuses_a_producer_id() {
-    let sb = Sandbox::new("prod_pid_denied");
-    let fake = FakeBroker::start(FakeBrokerSpec {
-        partitions: PARTITIONS,
-        init_producer_id_error: 31, // CLUSTER_AUTHORIZATION_FAILED
-        ..FakeBrokerSpec::default()
-    });
-    let (out, took) = run_fast(&sb, &["produce", "--count", "1", "--brokers", &fake.addr()]);
-    let line = assert_one_error_line(
-        &out,
-        &[],
-        &["authoriz", "refuse", "denied", "access"],
-        &fake,
+    let (fake, line, took) = refused_produce(
+        "prod_pid_denied",
+        FakeBrokerSpec {
+            init_producer_id_error: 31, // CLUSTER_AUTHORIZATION_FAILED
+            ..FakeBrokerSpec::default()
+        },
+        false,
     );
     assert_eq!(fake.requests(PRODUCE), 0, "{}", fake.summary());
     eprintln!("FIGURE produce vs a producer id refused: exit 1 in {took:?}: {line}");
+}
+
+/// `produce --count 1` against a fake broker answering as `spec` says (on [`PARTITIONS`]
+/// partitions): exit 1 with one error line that speaks of a refusal (and names the topic, when
+/// `names_topic`). Returns the broker, the line and how long the run took.
+fn refused_produce(
+    label: &str,
+    spec: FakeBrokerSpec,
+    names_topic: bool,
+) -> (FakeBroker, String, Duration) {
+    let sb = Sandbox::new(label);
+    let fake = FakeBroker::start(FakeBrokerSpec {
+        partitions: PARTITIONS,
+        ..spec
+    });
+    let (out, took) = run_fast(&sb, &["produce", "--count", "1", "--brokers", &fake.addr()]);
+    let topic: &[&str] = if names_topic { &[&sb.topic] } else { &[] };
+    let line = assert_one_error_line(
+        &out,
+        topic,
+        &["authoriz", "refus", "denied", "access"],
+        &fake,
+    );
+    (fake, line, took)
 }

@@ -299,8 +299,9 @@ struct Pipeline<'a> {
     engine: Engine,
     /// The latest high watermark seen per partition.
     high_watermarks: HashMap<i32, i64>,
-    /// When the current assignment was received.
-    assigned_at: Instant,
+    /// When this member last received an assignment or read a record: the clock a member that
+    /// owns only part of the topic waits on before it calls itself idle.
+    last_progress: Instant,
     totals: Totals,
     interval: Totals,
     committed: Option<Vec<(i32, i64)>>,
@@ -410,7 +411,7 @@ impl<'a> Pipeline<'a> {
             assigned,
             engine,
             high_watermarks: HashMap::new(),
-            assigned_at: Instant::now(),
+            last_progress: Instant::now(),
             totals: Totals::default(),
             interval: Totals::default(),
             committed: None,
@@ -428,7 +429,7 @@ impl<'a> Pipeline<'a> {
             &mut self.source,
             self.shutdown,
         )?;
-        self.assigned_at = Instant::now();
+        self.last_progress = Instant::now();
         self.restart_engine()
     }
 
@@ -506,11 +507,13 @@ impl<'a> Pipeline<'a> {
     }
 
     /// True when every position has reached its partition's high watermark, and no partition
-    /// of the topic can still come to this member: a member that owns only part of the topic
-    /// waits until its assignment has stood for a session timeout and a heartbeat. A member
-    /// killed while it joined can be handed partitions it will never read; the coordinator
-    /// removes it after its session timeout and the rebalance that follows gives them to the
-    /// live members, which must still be there to read them.
+    /// of the topic can still come to this member. A member that owns only part of the topic
+    /// also waits until it has read nothing for a session timeout and two heartbeat intervals:
+    /// another member that died (or froze) before our last progress, holding partitions with
+    /// unread messages, is then removed by the coordinator (a session timeout after its last
+    /// heartbeat) and our heartbeat has seen the rebalance that gives us its partitions (one
+    /// interval), with one interval to spare. Measured from the assignment alone, a member that
+    /// died later than that went unnoticed and its partitions stayed unread.
     fn caught_up(&self) -> bool {
         let own_everything = self.member.is_none()
             || self
@@ -519,8 +522,8 @@ impl<'a> Pipeline<'a> {
                 .iter()
                 .all(|p| self.assigned.contains(p));
         let settled = own_everything
-            || self.assigned_at.elapsed()
-                >= GROUP_TIMEOUTS.session + GROUP_TIMEOUTS.heartbeat_interval();
+            || self.last_progress.elapsed()
+                >= GROUP_TIMEOUTS.session + 2 * GROUP_TIMEOUTS.heartbeat_interval();
         settled
             && self
                 .engine
@@ -556,6 +559,12 @@ impl<'a> Pipeline<'a> {
                 );
                 return Ok(());
             }
+            // A pending rebalance may bring partitions with unread messages: it goes first.
+            if self.rejoin_needed() {
+                self.rebalance()?;
+                idle_since = Instant::now();
+                continue;
+            }
             // Idle means caught up: every partition read to its high watermark, and nothing new
             // for the whole period since the last processing ended.
             if let Some(idle) = self.settings.exit_when_idle {
@@ -570,11 +579,6 @@ impl<'a> Pipeline<'a> {
                     );
                     return Ok(());
                 }
-            }
-            if self.rejoin_needed() {
-                self.rebalance()?;
-                idle_since = Instant::now();
-                continue;
             }
             if self.engine.positions().is_empty() {
                 // No partition assigned: nothing to fetch until the group rebalances.
@@ -670,6 +674,7 @@ impl<'a> Pipeline<'a> {
             }
             if had_records {
                 idle_since = Instant::now();
+                self.last_progress = idle_since;
             } else if self.engine.unpublished() > 0 {
                 // A quiet stream closes no window whose commit would cover the ones held.
                 if self

@@ -27,11 +27,42 @@ pub const OUTBOX_REPORTS: usize = 1000;
 const CHATTY_INTERVAL: Duration = Duration::from_secs(1);
 /// How often a fast producer logs what it sent.
 const SUMMARY_EVERY: Duration = Duration::from_secs(10);
+/// Payload bytes (keys and values) in one Produce request at most, taken from as many reports
+/// as fit: a request waits one round trip for all in-sync replicas, so a fast producer fills
+/// it, as librdkafka fills its 1 MB batches. Below the broker's default 1 MiB batch limit
+/// (`max.message.bytes`) even when every message goes to one partition.
+const SEND_BYTES: usize = 900 * 1024;
 
 /// A report, or what is left of it to send.
 struct PendingReport {
     number: u64,
-    unsent: Vec<MetricMessage>,
+    unsent: Vec<Unsent>,
+}
+
+/// A message of a report and its JSON, made once when the report is made.
+struct Unsent {
+    message: MetricMessage,
+    json: String,
+}
+
+impl Unsent {
+    fn new(message: MetricMessage) -> Self {
+        let json = message.to_json();
+        Unsent { message, json }
+    }
+
+    fn bytes(&self) -> usize {
+        self.message.server_id.len() + self.json.len()
+    }
+}
+
+/// Payload bytes waiting in the outbox.
+fn unsent_bytes(outbox: &Outbox<PendingReport>) -> usize {
+    outbox
+        .iter()
+        .flat_map(|r| &r.unsent)
+        .map(Unsent::bytes)
+        .sum()
 }
 
 #[derive(Default)]
@@ -59,16 +90,18 @@ pub fn run(args: &ProduceArgs) -> Result<(), CommandError> {
     // Kafka calls are abandoned only once the drain period after a stop signal is over, so the
     // reports already made still go out when Kafka answers within it.
     let give_up = drain_deadline(&shutdown, settings.drain_timeout);
-    let mut producer = KafkaProducer::new(
-        settings.brokers.clone(),
-        settings.topic.clone(),
-        settings.compression,
-        give_up.clone(),
-    )
-    .with_security(settings.security.clone());
-    let (mut totals, mut outbox, fatal) = produce_loop(&settings, &mut producer, &shutdown);
+    let mut sender = Sender::new(
+        KafkaProducer::new(
+            settings.brokers.clone(),
+            settings.topic.clone(),
+            settings.compression,
+            give_up.clone(),
+        )
+        .with_security(settings.security.clone()),
+    );
+    let (mut totals, mut outbox, fatal) = produce_loop(&settings, &mut sender, &shutdown);
     if fatal.is_none() && !outbox.is_empty() {
-        drain(&mut producer, &mut outbox, &mut totals, &give_up, &settings);
+        drain(&mut sender, &mut outbox, &mut totals, &give_up, &settings);
     }
     let unsent: usize = outbox.iter().map(|r| r.unsent.len()).sum();
     info!(
@@ -107,7 +140,7 @@ fn drain_deadline(shutdown: &Shutdown, drain: Duration) -> Shutdown {
 /// After a stop signal: sends the reports already made until none is left or the drain period
 /// is over, then says what stays unsent.
 fn drain(
-    producer: &mut KafkaProducer,
+    sender: &mut Sender,
     outbox: &mut Outbox<PendingReport>,
     totals: &mut Totals,
     give_up: &Shutdown,
@@ -120,7 +153,7 @@ fn drain(
     );
     let mut backoff = Backoff::standard();
     while !outbox.is_empty() && !give_up.requested() {
-        if let Err(problem) = send_front(producer, outbox, totals, false) {
+        if let Err(problem) = sender.send_front(outbox, totals, false) {
             if let SendError::Fatal(e) = problem {
                 error!("{e}");
                 break;
@@ -148,7 +181,7 @@ fn drain(
 /// (returned third).
 fn produce_loop(
     settings: &ProduceSettings,
-    producer: &mut KafkaProducer,
+    sender: &mut Sender,
     shutdown: &Shutdown,
 ) -> (Totals, Outbox<PendingReport>, Option<KafkaError>) {
     let mut fleet = Fleet::new(settings.servers.clone(), settings.seed);
@@ -163,6 +196,8 @@ fn produce_loop(
     let chatty = settings.interval >= CHATTY_INTERVAL;
     let mut summary_at = Instant::now() + SUMMARY_EVERY;
     let mut sent_at_summary = 0;
+    // Payload bytes in the outbox: kept up to date here, recounted after each send.
+    let mut waiting_bytes = 0;
 
     while !shutdown.requested() {
         let now = Instant::now();
@@ -180,9 +215,11 @@ fn produce_loop(
         let more_to_make = settings.count.is_none_or(|c| totals.reports < c);
         // Report k starts at start + k * interval, whatever the previous sends cost.
         let due = started + settings.interval.saturating_mul(totals.reports as u32);
+        // As fast as possible: reports are made until one request's worth waits (or the
+        // outbox is half full, for fleets of a few servers), then sent together.
         let make_now = more_to_make
             && if as_fast_as_possible {
-                outbox.is_empty()
+                outbox.len() < OUTBOX_REPORTS / 2 && waiting_bytes < SEND_BYTES
             } else {
                 now >= due
             };
@@ -191,9 +228,11 @@ fn produce_loop(
             let report = fleet.report(now_utc(), || Uuid::new_v4().to_string());
             let pending = PendingReport {
                 number: totals.reports,
-                unsent: report,
+                unsent: report.into_iter().map(Unsent::new).collect(),
             };
+            waiting_bytes += pending.unsent.iter().map(Unsent::bytes).sum::<usize>();
             if let Some(dropped) = outbox.push(pending) {
+                waiting_bytes -= dropped.unsent.iter().map(Unsent::bytes).sum::<usize>();
                 warn!(
                     "outbox full ({OUTBOX_REPORTS} reports): dropped report {} with {} unsent messages",
                     dropped.number,
@@ -205,8 +244,12 @@ fn produce_loop(
             break;
         }
 
-        if !outbox.is_empty() && Instant::now() >= next_send_at {
-            match send_front(producer, &mut outbox, &mut totals, chatty) {
+        // A fast producer sends once a request's worth waits or the last report is made.
+        let send_now = !as_fast_as_possible || !make_now;
+        if send_now && !outbox.is_empty() && Instant::now() >= next_send_at {
+            let sent = sender.send_front(&mut outbox, &mut totals, chatty);
+            waiting_bytes = unsent_bytes(&outbox);
+            match sent {
                 Ok(()) => {
                     if backoff.failures() > 0 {
                         info!(
@@ -263,68 +306,312 @@ impl std::fmt::Display for SendError {
     }
 }
 
-/// Sends what is left of the oldest report. Messages acknowledged are logged and removed, so a
-/// partial failure re-sends only the others.
-fn send_front(
-    producer: &mut KafkaProducer,
-    outbox: &mut Outbox<PendingReport>,
-    totals: &mut Totals,
-    chatty: bool,
-) -> Result<(), SendError> {
-    let Some(report) = outbox.front_mut() else {
-        return Ok(());
-    };
-    let records: Vec<(String, String)> = report
-        .unsent
-        .iter()
-        .map(|m| (m.server_id.clone(), m.to_json()))
-        .collect();
-    let outcomes = producer.send(records).map_err(|e| {
-        if e.is_fatal() {
-            SendError::Fatal(e)
-        } else {
-            SendError::Retry(e.to_string())
-        }
-    })?;
-    let mut still_unsent = Vec::new();
-    let mut failures = Vec::new();
-    for (message, outcome) in report.unsent.drain(..).zip(outcomes) {
-        match outcome {
-            Ok(d) => {
-                totals.sent += 1;
-                let level = if chatty {
-                    log::Level::Info
-                } else {
-                    log::Level::Debug
-                };
-                log::log!(
-                    level,
-                    "sent {} to partition {} at offset {} (report {}, cpu {:.2} %, mem {:.2} %, errors {})",
-                    message.server_id,
-                    d.partition,
-                    d.offset,
-                    report.number,
-                    message.metrics.cpu_percent,
-                    message.metrics.memory_percent,
-                    message.metrics.error_count
-                );
-            }
-            Err(problem) => {
-                failures.push(format!("{}: {problem}", message.server_id));
-                still_unsent.push(message);
-            }
+/// The producer, and how many of the outbox's oldest messages its last request left in doubt.
+struct Sender {
+    producer: KafkaProducer,
+    /// Messages refused by the last request, at the front of the outbox: the next request
+    /// carries exactly these, so each partition's batch is the one the producer sealed and the
+    /// broker recognises a copy it already stored. A request with other messages would make the
+    /// producer give the batch up and start a new epoch, and a batch stored before the answer
+    /// was lost would be stored twice.
+    in_doubt: usize,
+}
+
+impl Sender {
+    fn new(producer: KafkaProducer) -> Self {
+        Sender {
+            producer,
+            in_doubt: 0,
         }
     }
-    if still_unsent.is_empty() {
-        outbox.pop_front();
-        Ok(())
-    } else {
-        let n = still_unsent.len();
-        report.unsent = still_unsent;
+
+    /// Sends the oldest unsent messages, from as many reports as fit in one request
+    /// ([`SEND_BYTES`]; always at least one message), or exactly those the last request left
+    /// in doubt. Messages acknowledged are logged and removed and reports left with none are
+    /// popped, so a partial failure re-sends only the others.
+    fn send_front(
+        &mut self,
+        outbox: &mut Outbox<PendingReport>,
+        totals: &mut Totals,
+        chatty: bool,
+    ) -> Result<(), SendError> {
+        let most = if self.in_doubt > 0 {
+            self.in_doubt
+        } else {
+            usize::MAX
+        };
+        let Taken { from, records } = take_front(outbox, SEND_BYTES, most);
+        if records.is_empty() {
+            return Ok(());
+        }
+        let outcomes = self.producer.send(records).map_err(|e| {
+            if e.is_fatal() {
+                SendError::Fatal(e)
+            } else {
+                SendError::Retry(e.to_string())
+            }
+        })?;
+        let level = if chatty {
+            log::Level::Info
+        } else {
+            log::Level::Debug
+        };
+        let (failed, failures) = settle(outbox, &from, outcomes, |m, report, d| {
+            totals.sent += 1;
+            log::log!(
+                level,
+                "sent {} to partition {} at offset {} (report {report}, cpu {:.2} %, mem {:.2} %, errors {})",
+                m.server_id,
+                d.partition,
+                d.offset,
+                m.metrics.cpu_percent,
+                m.metrics.memory_percent,
+                m.metrics.error_count
+            );
+        });
+        self.in_doubt = failed;
+        if failed == 0 {
+            return Ok(());
+        }
+        let more = if failed > failures.len() {
+            format!("; {} more", failed - failures.len())
+        } else {
+            String::new()
+        };
         Err(SendError::Retry(format!(
-            "kafka produce failed for {n} messages of report {} ({})",
-            report.number,
+            "kafka produce failed for {failed} messages ({}{more})",
             failures.join("; ")
         )))
+    }
+}
+
+/// The messages of one Produce request.
+struct Taken {
+    /// Where they come from: (report index in the outbox, messages from its front).
+    from: Vec<(usize, usize)>,
+    /// As (key, value) records, in outbox order.
+    records: Vec<(String, String)>,
+}
+
+/// The oldest unsent messages, up to `budget` payload bytes (at least one) and `most` messages.
+/// After [`settle`], the messages a request had refused are the oldest ones, in order.
+fn take_front(outbox: &Outbox<PendingReport>, budget: usize, most: usize) -> Taken {
+    let mut taken = Vec::new();
+    let mut records = Vec::new();
+    let mut bytes = 0;
+    for (i, report) in outbox.iter().enumerate() {
+        let mut n = 0;
+        for u in &report.unsent {
+            if records.len() == most || (!records.is_empty() && bytes + u.bytes() > budget) {
+                break;
+            }
+            bytes += u.bytes();
+            records.push((u.message.server_id.clone(), u.json.clone()));
+            n += 1;
+        }
+        if n > 0 {
+            taken.push((i, n));
+        }
+        if n < report.unsent.len() {
+            break;
+        }
+    }
+    Taken {
+        from: taken,
+        records,
+    }
+}
+
+/// Applies the outcomes of the records [`take_front`] took, in order: each acknowledged
+/// message is handed to `on_sent` (with its report's number) and removed, each refused one
+/// stays where it was, ahead of its report's untaken messages; a message without an outcome
+/// counts as refused, never as sent. Reports left empty at the front are popped. Returns how
+/// many were refused and the first three reasons.
+fn settle<D>(
+    outbox: &mut Outbox<PendingReport>,
+    taken: &[(usize, usize)],
+    outcomes: Vec<Result<D, String>>,
+    mut on_sent: impl FnMut(&MetricMessage, u64, &D),
+) -> (usize, Vec<String>) {
+    let mut outcomes = outcomes.into_iter();
+    let mut failures = Vec::new();
+    let mut failed = 0;
+    let mut taken = taken.iter().peekable();
+    for (index, report) in outbox.iter_mut().enumerate() {
+        let Some(&(_, n)) = taken.next_if(|t| t.0 == index) else {
+            continue;
+        };
+        let rest = report.unsent.split_off(n.min(report.unsent.len()));
+        let mut still_unsent = Vec::new();
+        for u in report.unsent.drain(..) {
+            match outcomes.next() {
+                Some(Ok(d)) => on_sent(&u.message, report.number, &d),
+                refused => {
+                    let problem = match refused {
+                        Some(Err(problem)) => problem,
+                        _ => "no answer for this message".to_string(),
+                    };
+                    failed += 1;
+                    if failures.len() < 3 {
+                        failures.push(format!(
+                            "{} of report {}: {problem}",
+                            u.message.server_id, report.number
+                        ));
+                    }
+                    still_unsent.push(u);
+                }
+            }
+        }
+        still_unsent.extend(rest);
+        report.unsent = still_unsent;
+    }
+    while outbox.front_mut().is_some_and(|r| r.unsent.is_empty()) {
+        outbox.pop_front();
+    }
+    (failed, failures)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An outbox of `reports` reports of the servers `s0..s{servers}`, numbered from 1; each
+    /// message's id is `r{report}-{server}`.
+    fn outbox(reports: u64, servers: usize) -> Outbox<PendingReport> {
+        let names: Vec<String> = (0..servers).map(|i| format!("s{i}")).collect();
+        let mut fleet = Fleet::new(names, Some(7));
+        let mut outbox = Outbox::new(OUTBOX_REPORTS);
+        for number in 1..=reports {
+            let mut i = 0;
+            let report = fleet.report(now_utc(), || {
+                i += 1;
+                format!("r{number}-{}", i - 1)
+            });
+            outbox.push(PendingReport {
+                number,
+                unsent: report.into_iter().map(Unsent::new).collect(),
+            });
+        }
+        outbox
+    }
+
+    fn ids(outbox: &Outbox<PendingReport>) -> Vec<Vec<String>> {
+        outbox
+            .iter()
+            .map(|r| {
+                r.unsent
+                    .iter()
+                    .map(|u| u.message.message_uuid.clone())
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_request_takes_whole_reports_and_the_front_of_the_next_within_the_budget() {
+        let o = outbox(3, 4);
+        let one = o.iter().next().unwrap().unsent[0].bytes();
+        // Room for six messages: report 1 whole, two of report 2.
+        let t = take_front(&o, 6 * one + one / 2, usize::MAX);
+        assert_eq!(t.from, [(0, 4), (1, 2)]);
+        assert_eq!(t.records.len(), 6);
+        assert_eq!(t.records[4].0, "s0");
+        // A budget below one message still takes one.
+        let t = take_front(&o, 1, usize::MAX);
+        assert_eq!((t.from, t.records.len()), (vec![(0, 1)], 1));
+        // Everything fits.
+        assert_eq!(
+            take_front(&o, usize::MAX, usize::MAX).from,
+            [(0, 4), (1, 4), (2, 4)]
+        );
+    }
+
+    #[test]
+    fn acknowledged_messages_leave_and_refused_ones_stay_in_order() {
+        let mut o = outbox(3, 3);
+        let Taken { from, records } = take_front(&o, usize::MAX, usize::MAX);
+        assert_eq!(records.len(), 9);
+        // Report 1 fully stored, report 2's middle message refused, report 3's last refused.
+        let outcomes: Vec<Result<u32, String>> = (0..9)
+            .map(|i| {
+                if i == 4 || i == 8 {
+                    Err(format!("refused {i}"))
+                } else {
+                    Ok(i)
+                }
+            })
+            .collect();
+        let mut sent = Vec::new();
+        let (failed, failures) = settle(&mut o, &from, outcomes, |m, report, d| {
+            sent.push((m.message_uuid.clone(), report, *d))
+        });
+        assert_eq!(failed, 2);
+        assert_eq!(
+            failures,
+            ["s1 of report 2: refused 4", "s2 of report 3: refused 8"]
+        );
+        assert_eq!(sent.len(), 7);
+        assert_eq!(sent[3], ("r2-0".to_string(), 2, 3));
+        // Report 1 is gone; 2 and 3 keep only what was refused.
+        assert_eq!(ids(&o), [vec!["r2-1"], vec!["r3-2"]]);
+    }
+
+    #[test]
+    fn the_request_after_a_refusal_carries_exactly_the_refused_messages() {
+        let mut o = outbox(2, 3);
+        let Taken { from, .. } = take_front(&o, usize::MAX, usize::MAX);
+        let outcomes: Vec<Result<(), String>> = (0..6)
+            .map(|i| {
+                if i == 1 || i == 4 {
+                    Err("lost".into())
+                } else {
+                    Ok(())
+                }
+            })
+            .collect();
+        let (failed, _) = settle(&mut o, &from, outcomes, |_, _, _| {});
+        assert_eq!(failed, 2);
+        // A report made meanwhile waits behind them: the retry is the same two messages.
+        let newer = outbox(3, 3).pop_front().unwrap();
+        o.push(PendingReport { number: 3, ..newer });
+        let t = take_front(&o, usize::MAX, failed);
+        let ids: Vec<&str> = t.records.iter().map(|(_, v)| uuid_of(v)).collect();
+        assert_eq!(ids, ["r1-1", "r2-1"]);
+        assert_eq!(t.from, [(0, 1), (1, 1)]);
+    }
+
+    fn uuid_of(json: &str) -> &str {
+        let at = json.find("\"message_uuid\":\"").unwrap() + 16;
+        &json[at..at + json[at..].find('"').unwrap()]
+    }
+
+    #[test]
+    fn messages_not_taken_or_without_an_outcome_are_never_counted_as_sent() {
+        let mut o = outbox(2, 3);
+        let Taken { from, records } = take_front(&o, usize::MAX, usize::MAX);
+        assert_eq!(records.len(), 6);
+        // Only four answers for six records: the last two stay, as refused.
+        let outcomes: Vec<Result<(), String>> = vec![Ok(()); 4];
+        let mut sent = 0;
+        let (failed, failures) = settle(&mut o, &from, outcomes, |_, _, _| sent += 1);
+        assert_eq!((sent, failed), (4, 2));
+        assert!(failures[0].contains("no answer"), "{failures:?}");
+        assert_eq!(ids(&o), [vec!["r2-1", "r2-2"]]);
+
+        // A request that took part of a report leaves the rest of it, behind what was refused.
+        let mut o = outbox(1, 4);
+        let from = take_front(&o, 1, usize::MAX).from;
+        let (failed, _) = settle(&mut o, &from, vec![Err::<(), _>("x".into())], |_, _, _| {});
+        assert_eq!(failed, 1);
+        assert_eq!(ids(&o), [vec!["r1-0", "r1-1", "r1-2", "r1-3"]]);
+        // A report emptied behind one that is not stays until the front clears.
+        let mut o = outbox(2, 1);
+        let from = take_front(&o, usize::MAX, usize::MAX).from;
+        settle(&mut o, &from, vec![Err("x".into()), Ok(())], |_, _, _| {});
+        assert_eq!(ids(&o), [vec!["r1-0"], vec![]]);
+        let t = take_front(&o, usize::MAX, usize::MAX);
+        assert_eq!((t.from, t.records.len()), (vec![(0, 1)], 1));
+        settle(&mut o, &[(0, 1)], vec![Ok(())], |_, _, _| {});
+        assert!(o.is_empty());
     }
 }

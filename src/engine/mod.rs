@@ -72,8 +72,24 @@ pub struct Record {
     /// Its offset within the partition.
     pub offset: i64,
     /// Its value; `None` for a record without value (a tombstone), dead-lettered as
-    /// `no_value`.
+    /// `no_value`. Only the value's head when `oversized` is set.
     pub value: Option<Vec<u8>>,
+    /// Set when the value was too large to be read whole (the Kafka side stops keeping a value
+    /// past [`MAX_PAYLOAD_BYTES`]): it is dead-lettered as `payload_too_large` with `value` as
+    /// its head.
+    pub oversized: Option<Oversized>,
+}
+
+/// What is known of a value too large to be kept: its length and digest as far as it was read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Oversized {
+    /// Bytes read: the whole value when `complete`.
+    pub len: u64,
+    /// Lowercase hex SHA-256 of the bytes read.
+    pub sha256: String,
+    /// The value was read to its end (else reading stopped: corrupt or past the expansion
+    /// limit of its batch).
+    pub complete: bool,
 }
 
 /// The identity of one Kafka log: a topic deleted and recreated under the same name has a new
@@ -1022,6 +1038,27 @@ impl Death {
 /// (a record without value is refused there as `no_value`).
 fn judge(record: &Record, limits: &Limits) -> Fate {
     let value = record.value.as_deref();
+    if let Some(o) = &record.oversized {
+        let head = head_len(value.unwrap_or_default(), limits.head_bytes);
+        let size = if o.complete {
+            format!("payload of {} bytes", o.len)
+        } else {
+            format!("payload of more than {} bytes (read that far)", o.len)
+        };
+        return Fate::Dead(Death {
+            code: DeadLetterCode::PayloadTooLarge,
+            reason: format!(
+                "{size} is larger than the {} bytes stored raw; kept its first {head} bytes and the SHA-256 of what was read",
+                limits.payload_bytes
+            ),
+            kept: Kept::Truncated {
+                head,
+                len: usize::try_from(o.len).unwrap_or(usize::MAX),
+                sha256: o.sha256.clone(),
+            },
+            duplicate_of: None,
+        });
+    }
     if let Some(payload) = value.filter(|p| p.len() > limits.payload_bytes) {
         let head = head_len(payload, limits.head_bytes);
         return Fate::Dead(Death {
@@ -1060,14 +1097,17 @@ fn head_len(payload: &[u8], max: usize) -> usize {
 
 /// Lowercase hex SHA-256.
 fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+/// Lowercase hex of a digest.
+pub fn hex(digest: &[u8]) -> String {
     use std::fmt::Write;
-    Sha256::digest(bytes)
-        .iter()
-        .fold(String::with_capacity(64), |mut hex, b| {
-            // Writing to a String cannot fail.
-            let _ = write!(hex, "{b:02x}");
-            hex
-        })
+    digest.iter().fold(String::with_capacity(64), |mut hex, b| {
+        // Writing to a String cannot fail.
+        let _ = write!(hex, "{b:02x}");
+        hex
+    })
 }
 
 /// A sink must answer one outcome per document; anything else would pair outcomes with the

@@ -206,6 +206,7 @@ fn generate(rng: &mut Rng) -> Case {
                 partition: p,
                 offset,
                 value,
+                oversized: None,
             });
             // Gaps: compacted records, transaction markers.
             offset += 1 + if rng.u8(..8) == 0 { rng.i64(1..4) } else { 0 };
@@ -258,6 +259,7 @@ fn fetch(case: &Case, positions: &BTreeMap<i32, i64>, rng: &mut Rng) -> (Vec<Rec
             partition: 99,
             offset: 0,
             value: Some(b"not ours".to_vec()),
+            oversized: None,
         }]);
     }
     let mut out = Vec::new();

@@ -32,6 +32,7 @@ fn rec(partition: i32, offset: i64, value: &[u8]) -> Record {
         partition,
         offset,
         value: Some(value.to_vec()),
+        oversized: None,
     }
 }
 
@@ -90,6 +91,7 @@ fn names_carry_the_topic_id() {
             partition: 1,
             offset: 9,
             value: None,
+            oversized: None,
         }],
         T0,
         &mut s,
@@ -185,6 +187,7 @@ fn every_kind_of_bad_record_gets_its_code() {
             partition: 0,
             offset: 0,
             value: None,
+            oversized: None,
         },
         rec(0, 1, &[0xff, 0xfe]),
         rec(0, 2, b"{not json"),
@@ -232,6 +235,44 @@ fn steps_are_bounded_by_count_and_bytes_but_take_at_least_one_record() {
     let r = e.step(&small, T0, &mut s, &mut k).unwrap();
     assert_eq!(r.consumed, MAX_STEP_MESSAGES);
     assert_eq!(e.positions()[&0], MAX_STEP_MESSAGES as i64);
+}
+
+/// A value the Kafka side could not keep whole arrives as its head with its length and digest
+/// as far as read: dead-lettered with those, and the records around it are stored.
+#[test]
+fn a_value_read_only_in_part_is_dead_lettered_with_what_was_read() {
+    let (mut s, mut k) = world();
+    let mut e = resume(config(TOPIC_ID, &[0], 1), &mut s, &mut k);
+    let head = vec![0u8; DEAD_LETTER_HEAD_BYTES];
+    let cut = |offset, complete| Record {
+        partition: 0,
+        offset,
+        value: Some(head.clone()),
+        oversized: Some(Oversized {
+            len: 900_000_000,
+            sha256: "ab".repeat(32),
+            complete,
+        }),
+    };
+    let records = [
+        rec(0, 0, &payload("u-0", "web01", 1.0)),
+        cut(1, true),
+        cut(2, false),
+        rec(0, 3, &payload("u-3", "web01", 2.0)),
+    ];
+    let c = run(&mut e, &records, &mut s, &mut k);
+    assert_eq!((c.dead_lettered, c.stored), (2, 2));
+    let w = s.world();
+    for (offset, size) in [
+        (1, "payload of 900000000 bytes"),
+        (2, "more than 900000000 bytes"),
+    ] {
+        let d = &w.dead[&format!("metrics/{TOPIC_ID}/0/{offset}")];
+        assert_eq!(d.code, "payload_too_large");
+        assert!(d.reason.contains(size), "{}", d.reason);
+        assert_eq!(d.payload.as_deref(), Some(&head[..]));
+        assert_eq!(d.truncated, Some((900_000_000, "ab".repeat(32))));
+    }
 }
 
 #[test]

@@ -274,8 +274,10 @@ impl Connection {
             request.encode(buf, version)
         })?;
         let mut body = body;
-        R::Response::decode(&mut body, version)
-            .map_err(|e| WireError::Protocol(format!("{}: undecodable response: {e}", self.addr)))
+        // Counts and lengths are checked against the frame before the crate sizes anything; a
+        // malformed answer drops the connection (an `Io` error), like a bad frame.
+        super::decode_limits::decode_response::<R::Response>(R::KEY, version, &mut body)
+            .map_err(|e| WireError::Io(format!("{}: undecodable response: {e}", self.addr)))
     }
 
     /// ApiVersions, the first request on every connection. A broker older than our version of
@@ -297,7 +299,12 @@ impl Connection {
                 == Some(ResponseError::UnsupportedVersion);
         let answer_version = if unsupported { 0 } else { version };
         let mut bytes = body;
-        let response = ApiVersionsResponse::decode(&mut bytes, answer_version).map_err(|e| {
+        let response = super::decode_limits::decode_response::<ApiVersionsResponse>(
+            ApiVersionsRequest::KEY,
+            answer_version,
+            &mut bytes,
+        )
+        .map_err(|e| {
             WireError::Protocol(format!(
                 "{}: undecodable ApiVersions answer ({e}); is it a Kafka broker?",
                 self.addr

@@ -5,7 +5,8 @@
 //! may end in a partial batch; the position then advances to the end of the last whole batch.
 //! Control batches (transaction markers) are skipped: they carry no message. Fetch v13 names
 //! the topic by its id, so a topic deleted and created again answers UNKNOWN_TOPIC_ID instead
-//! of quietly serving the new log at the old log's offsets.
+//! of quietly serving the new log at the old log's offsets. A batch's records are read as a
+//! stream through a limit (src/kafka/batch.rs), so what a batch claims never sizes memory.
 
 use std::time::Duration;
 
@@ -13,9 +14,9 @@ use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::FetchRequest;
-use kafka_protocol::records::RecordBatchDecoder;
 use uuid::Uuid;
 
+use super::batch::{read_batch, Budget};
 use super::connection::{Connection, WireError};
 
 /// Bytes in front of every batch: base offset (8) and batch length (4).
@@ -29,6 +30,10 @@ const HEADER_LEN: usize = 27;
 const CONTROL_BIT: i16 = 1 << 5;
 /// Upper bound of one whole fetch response.
 const FETCH_MAX_BYTES: i32 = 64 * 1024 * 1024;
+/// The record bytes one partition's answer may keep once expanded (at least one record is
+/// kept, up to the raw payload limit): past it, the next fetch starts at the first record not
+/// kept, so a batch that expands a thousand times never holds more than this.
+const KEPT_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 /// One record read from a partition: exactly what the engine consumes.
 pub type FetchedRecord = crate::engine::Record;
@@ -70,6 +75,7 @@ pub struct DecodedRecords {
 /// Decodes the `records` bytes of one partition, fetched from `fetch_offset`.
 pub fn decode_records(partition: i32, fetch_offset: i64, data: &Bytes) -> DecodedRecords {
     let mut out = DecodedRecords::default();
+    let mut budget = Budget::new(KEPT_BYTES_MAX);
     let mut at = 0usize;
     while data.len() - at >= BATCH_FRAME {
         let base_offset = be_i64(&data[at..at + 8]);
@@ -100,12 +106,14 @@ pub fn decode_records(partition: i32, fetch_offset: i64, data: &Bytes) -> Decode
         if let Some(problem) = problem {
             out.unreadable
                 .push(UnreadableBatch::at(base_offset, problem));
-            out.next_offset = Some(base_offset + 1);
+            out.next_offset = Some(base_offset.saturating_add(1));
             continue;
         }
         let attributes = be_i16(&batch[ATTRIBUTES_AT..ATTRIBUTES_AT + 2]);
-        let last_offset = base_offset + i64::from(be_i32(&batch[LAST_OFFSET_DELTA_AT..HEADER_LEN]));
-        out.next_offset = Some(last_offset + 1);
+        // Offsets from the wire: arithmetic on them saturates rather than overflows.
+        let last_offset =
+            base_offset.saturating_add(i64::from(be_i32(&batch[LAST_OFFSET_DELTA_AT..HEADER_LEN])));
+        out.next_offset = Some(last_offset.saturating_add(1));
         if last_offset < fetch_offset {
             continue;
         }
@@ -113,23 +121,26 @@ pub fn decode_records(partition: i32, fetch_offset: i64, data: &Bytes) -> Decode
             out.control_records += 1;
             continue;
         }
-        let mut cursor = batch;
-        match RecordBatchDecoder::decode(&mut cursor) {
-            Ok(set) => out.records.extend(
-                set.records
-                    .into_iter()
-                    // A compressed batch may begin before the requested offset.
-                    .filter(|r| r.offset >= fetch_offset && !r.control)
-                    .map(|r| FetchedRecord {
-                        partition,
-                        offset: r.offset,
-                        value: r.value.map(|v| v.to_vec()),
-                    }),
-            ),
-            Err(e) => out.unreadable.push(UnreadableBatch {
+        match read_batch(partition, fetch_offset, &batch, &mut budget) {
+            Ok(read) => {
+                out.records.extend(read.records);
+                if let Some((first_offset, why)) = read.stopped {
+                    out.unreadable.push(UnreadableBatch {
+                        first_offset,
+                        last_offset,
+                        reason: format!("the batch at offset {base_offset} {why}"),
+                    });
+                }
+                if let Some(resume) = read.resume_at {
+                    // No room for more records in this answer: the next fetch starts there.
+                    out.next_offset = Some(resume);
+                    break;
+                }
+            }
+            Err(why) => out.unreadable.push(UnreadableBatch {
                 first_offset: base_offset.max(fetch_offset),
                 last_offset,
-                reason: format!("cannot decode the batch ({e})"),
+                reason: format!("the batch at offset {base_offset} {why}"),
             }),
         }
     }
@@ -204,10 +215,14 @@ pub fn fetch_from(
     let mut answers = Vec::new();
     for topic in response.responses {
         for p in topic.partitions {
-            let offset = positions
+            // A partition not asked about is left out; its records are not ours to read.
+            let Some(offset) = positions
                 .iter()
                 .find(|q| q.partition == p.partition_index)
-                .map_or(0, |q| q.offset);
+                .map(|q| q.offset)
+            else {
+                continue;
+            };
             let error = ResponseError::try_from_code(p.error_code);
             let decoded = match (&error, &p.records) {
                 (None, Some(data)) => decode_records(p.partition_index, offset, data),
@@ -381,5 +396,98 @@ mod tests {
             (0, 1)
         );
         assert_eq!(d.next_offset, Some(3));
+    }
+
+    fn encode(records: &[Record], compression: Compression) -> BytesMut {
+        let mut buf = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            records,
+            &RecordEncodeOptions {
+                version: 2,
+                compression,
+            },
+        )
+        .unwrap();
+        buf
+    }
+
+    #[test]
+    fn a_value_past_the_raw_limit_keeps_its_head_length_and_digest_and_the_batch_goes_on() {
+        use crate::engine::{DEAD_LETTER_HEAD_BYTES, MAX_PAYLOAD_BYTES};
+        use sha2::{Digest, Sha256};
+        let big = vec![b'z'; MAX_PAYLOAD_BYTES + 12_345];
+        let mut records = vec![record(0, Some("a")), record(1, None), record(2, Some("c"))];
+        records[1].value = Some(Bytes::from(big.clone()));
+        for compression in [Compression::Zstd, Compression::Gzip, Compression::None] {
+            let d = decode_records(4, 0, &encode(&records, compression).freeze());
+            assert_eq!(offsets(&d), [0, 1, 2], "{compression:?}");
+            assert!(d.unreadable.is_empty(), "{:?}", d.unreadable);
+            let r = &d.records[1];
+            assert_eq!(r.value.as_deref(), Some(&big[..DEAD_LETTER_HEAD_BYTES]));
+            let o = r.oversized.as_ref().unwrap();
+            assert_eq!(o.len, big.len() as u64);
+            assert!(o.complete);
+            assert_eq!(o.sha256, crate::engine::hex(&Sha256::digest(&big)));
+            assert_eq!(d.records[2].value.as_deref(), Some(&b"c"[..]));
+            assert_eq!(d.records[2].oversized, None);
+        }
+    }
+
+    #[test]
+    fn an_answer_keeps_a_bounded_number_of_bytes_and_resumes_where_it_stopped() {
+        let value = "v".repeat(3 * 1024 * 1024);
+        let values: Vec<&str> = (0..12).map(|_| value.as_str()).collect();
+        let all = batch(100, &values, Compression::Zstd).freeze();
+        let mut from = 100;
+        let mut seen = Vec::new();
+        while from < 112 {
+            let d = decode_records(0, from, &all);
+            let kept: usize = d
+                .records
+                .iter()
+                .map(|r| r.value.as_ref().unwrap().len())
+                .sum();
+            assert!(kept <= KEPT_BYTES_MAX, "{kept}");
+            assert!(!d.records.is_empty());
+            seen.extend(offsets(&d));
+            from = d.next_offset.unwrap();
+        }
+        assert_eq!(seen, (100..112).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn counts_and_lengths_in_a_batch_size_nothing() {
+        let good = batch(0, &["a", "b"], Compression::None);
+        // The record count and a record's value length set to the largest i32: the batch is
+        // refused or cut short, nothing is reserved by those numbers.
+        let mut bad = good.clone();
+        bad[57..61].copy_from_slice(&i32::MAX.to_be_bytes());
+        let crc = crc32c::crc32c(&bad[21..]);
+        bad[17..21].copy_from_slice(&crc.to_be_bytes());
+        let d = decode_records(0, 0, &bad.freeze());
+        assert!(d.records.is_empty());
+        assert!(d.unreadable[0]
+            .reason
+            .contains("counts 2147483647 records for 2 offsets"));
+
+        let mut r = record(0, Some("x"));
+        r.value = Some(Bytes::from_static(b"0123456789"));
+        let mut bad = encode(&[r], Compression::None);
+        // The value length varint (zigzag 10 = 0x14) becomes a 5-byte i32::MAX.
+        let at = bad.iter().rposition(|&b| b == 0x14).unwrap();
+        let mut patched = bad[..at].to_vec();
+        patched.extend_from_slice(&[0xfe, 0xff, 0xff, 0xff, 0x0f]);
+        patched.extend_from_slice(&bad[at + 1..]);
+        bad = BytesMut::from(&patched[..]);
+        let len = (bad.len() - 12) as i32;
+        bad[8..12].copy_from_slice(&len.to_be_bytes());
+        let crc = crc32c::crc32c(&bad[21..]);
+        bad[17..21].copy_from_slice(&crc.to_be_bytes());
+        let d = decode_records(0, 0, &bad.freeze());
+        assert_eq!(d.records.len(), 1, "{d:?}");
+        let o = d.records[0].oversized.as_ref().unwrap();
+        assert!(!o.complete);
+        assert!(o.len < 100);
     }
 }

@@ -23,10 +23,11 @@ use kafka_protocol::messages::{
     ConsumerProtocolAssignment, ConsumerProtocolSubscription, DescribeGroupsRequest,
     HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest, SyncGroupRequest,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
+use kafka_protocol::protocol::{Encodable, Request, StrBytes};
 use log::{debug, info, warn};
 
 use super::cluster::{group_id, topic_name, AutoCreate, Cluster};
+use super::decode_limits::decode_consumer_protocol;
 use super::security::Security;
 use super::{fail, KafkaError};
 use crate::shutdown::Shutdown;
@@ -580,7 +581,8 @@ fn subscribes_to(metadata: &Bytes, topic: &str) -> bool {
         return false;
     }
     let version = buf.get_i16();
-    ConsumerProtocolSubscription::decode(&mut buf, version.clamp(0, 3))
+    // Another member's bytes: checked before they size anything.
+    decode_consumer_protocol::<ConsumerProtocolSubscription>(false, version, &mut buf)
         .map(|s| s.topics.iter().any(|t| t.as_str() == topic))
         .unwrap_or(false)
 }
@@ -603,7 +605,7 @@ pub fn decode_assignment(bytes: &Bytes, topic: &str) -> Vec<i32> {
     }
     let version = buf.get_i16();
     let mut partitions: Vec<i32> =
-        ConsumerProtocolAssignment::decode(&mut buf, version.clamp(0, 3))
+        decode_consumer_protocol::<ConsumerProtocolAssignment>(true, version, &mut buf)
             .map(|a| {
                 a.assigned_partitions
                     .into_iter()

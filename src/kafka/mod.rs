@@ -16,8 +16,11 @@
 //! reads no lz4 or zstd, drops messages next to compressed sets, has no group membership, no
 //! TLS through rustls and no SASL.
 
+mod batch;
 mod cluster;
 mod connection;
+pub mod decode_limits;
+mod decompress;
 mod fetch;
 mod group;
 mod producer;
@@ -30,7 +33,7 @@ mod versions;
 
 use std::fmt;
 
-pub use fetch::FetchedRecord;
+pub use fetch::{decode_records, DecodedRecords, FetchedRecord};
 pub use group::{Generation, GroupMember, GroupTimeouts, MemberInfo};
 pub use producer::{Compression, Delivery, KafkaProducer};
 pub use security::{SaslCredentials, SaslMechanism, Security, SecurityProtocol, TlsFiles};

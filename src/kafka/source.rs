@@ -14,7 +14,7 @@ use kafka_protocol::messages::{
     BrokerId, ListOffsetsRequest, OffsetCommitRequest, OffsetFetchRequest,
 };
 use kafka_protocol::protocol::StrBytes;
-use log::{error, warn};
+use log::{debug, error, warn};
 use uuid::Uuid;
 
 use super::cluster::{group_id, topic_name, AutoCreate, Cluster, TopicMeta, REQUEST_TIMEOUT};
@@ -28,6 +28,11 @@ use crate::shutdown::Shutdown;
 
 /// How long the broker may hold a fetch that finds no new data.
 pub const FETCH_MAX_WAIT: Duration = Duration::from_millis(500);
+/// The first and the longest pause after a fetch round that came back at once without
+/// progress (every partition leaderless, or answering an error): doubled each such round, so
+/// that a broken partition costs a request now and then, not a storm of them.
+const NO_PROGRESS_BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const NO_PROGRESS_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Bytes asked per partition and fetch; a batch larger than this is still returned whole when
 /// it is the first of the response, and otherwise the size is doubled up to the limit. The
 /// consumer fetches the next batch while it stores one (two batches in memory), and storing
@@ -89,6 +94,8 @@ pub struct KafkaSource {
     /// The member's generation when the consumer is a group member; commits carry it so that
     /// a member fenced out of the group cannot commit.
     generation: Option<Generation>,
+    /// Fetch rounds in a row that came back at once without progress.
+    rounds_without_progress: u32,
 }
 
 impl KafkaSource {
@@ -100,6 +107,7 @@ impl KafkaSource {
             topic_id: None,
             fetch_bytes: HashMap::new(),
             generation: None,
+            rounds_without_progress: 0,
         }
     }
 
@@ -139,7 +147,7 @@ impl KafkaSource {
         let latest = self.list_offsets(partitions, -1)?;
         Ok(earliest
             .into_iter()
-            .map(|(p, e)| (p, (e, latest.get(&p).copied().unwrap_or(e))))
+            .filter_map(|(p, e)| latest.get(&p).map(|&l| (p, (e, l))))
             .collect())
     }
 
@@ -192,8 +200,17 @@ impl KafkaSource {
                             format!("partition {}: {e}", p.partition_index),
                         ));
                     }
-                    found.insert(p.partition_index, p.offset);
+                    if ps.contains(&p.partition_index) {
+                        found.insert(p.partition_index, p.offset);
+                    }
                 }
+            }
+            // A partition left out of the answer is an error for it, never offset 0.
+            if let Some(missing) = ps.iter().find(|p| !found.contains_key(p)) {
+                return Err(fail(
+                    "list-offsets",
+                    format!("partition {missing} is missing from broker {leader}'s answer"),
+                ));
             }
         }
         Ok(found)
@@ -366,6 +383,7 @@ impl KafkaSource {
     /// broker waits up to `FETCH_MAX_WAIT` for data. Partitions whose leader is unknown or
     /// failed are left out of this round (their position stays) and metadata is reloaded.
     pub fn fetch(&mut self, positions: &[(i32, i64)]) -> Result<Fetched, KafkaError> {
+        let started = Instant::now();
         let meta = match self.cluster.meta() {
             Some(m) => m.clone(),
             None => self.cluster.refresh(AutoCreate::No)?,
@@ -428,7 +446,15 @@ impl KafkaSource {
                 Ok(answers) => {
                     self.cluster.put(connection);
                     for answer in answers {
-                        let at = asked.get(&answer.partition).copied().unwrap_or(0);
+                        // An answer for a partition not asked about is not ours to read.
+                        let Some(&at) = asked.get(&answer.partition) else {
+                            warn!(
+                                "a fetch answer names partition {}, which was not asked for; \
+                                 ignored",
+                                answer.partition
+                            );
+                            continue;
+                        };
                         match self.take_answer(answer, at) {
                             Ok(Some(d)) => data.push(d),
                             Ok(None) => refresh = true,
@@ -464,7 +490,28 @@ impl KafkaSource {
             return Err(fail("fetch", failures.join("; ")));
         }
         data.sort_by_key(|d| d.partition);
+        let progress = data
+            .iter()
+            .any(|d| !d.records.is_empty() || asked.get(&d.partition) != Some(&d.next_offset));
+        self.back_off_without_progress(progress, started.elapsed());
         Ok(Fetched::Data(data))
+    }
+
+    /// A round that brought no record and moved no position, and came back well before the
+    /// broker's wait was up, met an error or no leader rather than an idle log: the next one
+    /// waits, longer each time, until a round makes progress.
+    fn back_off_without_progress(&mut self, progress: bool, took: Duration) {
+        if progress || took >= FETCH_MAX_WAIT / 2 {
+            self.rounds_without_progress = 0;
+            return;
+        }
+        let pause = no_progress_pause(self.rounds_without_progress);
+        self.rounds_without_progress = self.rounds_without_progress.saturating_add(1);
+        debug!(
+            "fetch round {} without progress in {took:?}; next in {pause:?}",
+            self.rounds_without_progress
+        );
+        self.shutdown.sleep(pause);
     }
 
     /// The log changed under us (a new topic id), if it did.
@@ -509,7 +556,9 @@ impl KafkaSource {
             error!(
                 "partition {partition}: {} offset(s) {}..={} cannot be read and are passed \
                  over: {}",
-                bad.last_offset - bad.first_offset + 1,
+                bad.last_offset
+                    .saturating_sub(bad.first_offset)
+                    .saturating_add(1),
                 bad.first_offset,
                 bad.last_offset,
                 bad.reason
@@ -535,22 +584,42 @@ impl KafkaSource {
         }))
     }
 
-    /// Kafka's `auto.offset.reset=earliest`: a position outside the log restarts at the log's
-    /// start, saying how many offsets that re-reads or how many retention deleted unread.
+    /// Kafka's `auto.offset.reset=earliest`: a position before the log start restarts at the
+    /// log's start, saying how many offsets retention deleted unread. A position past the log's
+    /// end means the log was cut below what was read (an unclean leader election): reading goes
+    /// on at the end, and an ERROR line says how many offsets that passes over. A position
+    /// inside the log (an answer older than the log's state) is kept and fetched again.
     fn out_of_range(&mut self, partition: i32, at: i64) -> Result<PartitionData, KafkaError> {
         let bounds = self.offset_bounds(&[partition])?;
-        let (earliest, latest) = bounds.get(&partition).copied().unwrap_or((0, 0));
-        // Before the start: retention deleted records unread; the earliest is where reading
-        // goes on. Past the end: the log was truncated; the caller moves back to its end.
+        let Some(&(earliest, latest)) = bounds.get(&partition) else {
+            return Err(fail(
+                "list-offsets",
+                format!("partition {partition} is missing from the answer"),
+            ));
+        };
         let next_offset = if at < earliest {
             warn!(
                 "partition {partition}: offset {at} is before the log start {earliest}: {} \
                  offsets were deleted by retention unread; continuing at {earliest}",
-                earliest - at
+                earliest.saturating_sub(at)
             );
             earliest
-        } else {
+        } else if at > latest {
+            error!(
+                "partition {partition}: offset {at} is past the log end {latest}: the log was \
+                 truncated below what was read (an unclean leader election?); the {} offsets \
+                 {latest}..{} cannot be read as they were, and records written there since \
+                 will be read from {latest} on",
+                at.saturating_sub(latest),
+                at.saturating_sub(1)
+            );
             latest
+        } else {
+            warn!(
+                "partition {partition}: offset {at} answered out of range, but the log holds \
+                 {earliest}..{latest}; fetching it again"
+            );
+            at
         };
         Ok(PartitionData {
             partition,
@@ -584,6 +653,14 @@ impl KafkaSource {
     }
 }
 
+/// The pause after the `rounds`+1-th fetch round in a row without progress: doubled each
+/// round, from [`NO_PROGRESS_BACKOFF_FIRST`] up to [`NO_PROGRESS_BACKOFF_MAX`].
+fn no_progress_pause(rounds: u32) -> Duration {
+    NO_PROGRESS_BACKOFF_FIRST
+        .saturating_mul(1 << rounds.min(10))
+        .min(NO_PROGRESS_BACKOFF_MAX)
+}
+
 /// A commit's metadata: the topic id (which log the offset belongs to), then, after a space,
 /// the marker of the staged window the offset ends, when there is one.
 fn commit_metadata(topic_id: &str, marker: Option<&str>) -> String {
@@ -605,6 +682,13 @@ fn parse_commit_metadata(metadata: &str) -> (&str, Option<&str>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rounds_without_progress_back_off_doubling_up_to_five_seconds() {
+        let pauses: Vec<u128> = (0..8).map(|r| no_progress_pause(r).as_millis()).collect();
+        assert_eq!(pauses, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        assert_eq!(no_progress_pause(u32::MAX), NO_PROGRESS_BACKOFF_MAX);
+    }
 
     #[test]
     fn commit_metadata_carries_the_topic_id_and_the_marker() {

@@ -559,6 +559,22 @@ impl Store {
         self.read_windows(filter, doc! {"computed_at": 1, "seq": 1}, None)
     }
 
+    /// Windows whose `window_end` is at or after `since`, at most the `limit` latest, oldest
+    /// first (for `kpis plot --since`). Not indexed: a picture is drawn now and then, and an
+    /// index would cost every window write.
+    pub fn windows_ended_since(
+        &self,
+        since: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<Value>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let filter = doc! {"window_end": {"$gte": date(since)}};
+        let mut windows =
+            self.read_windows(filter, doc! {"window_end": -1, "seq": -1}, Some(limit))?;
+        windows.reverse();
+        Ok(windows)
+    }
+
     fn read_windows(
         &self,
         filter: Document,

@@ -172,13 +172,17 @@ pub fn ensure_topic(brokers: &str, topic: &str) -> Leaders {
     }
 }
 
+/// A record to write: its key and its value, each possibly absent (null).
+pub type KeyValue<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+
 /// Writes `records` (key, value) to one partition as one uncompressed batch with acks=all, and
 /// returns the offset the leader gave the first of them. An error code is an `Err`.
+#[allow(clippy::type_complexity)] // (key, value) pairs read best as they are.
 pub fn produce(
     brokers: &str,
     topic: &str,
     partition: i32,
-    records: &[(Option<&[u8]>, Option<&[u8]>)],
+    records: &[KeyValue],
 ) -> std::io::Result<i64> {
     let leaders = ensure_topic(brokers, topic);
     let leader = leaders.get(&partition).ok_or_else(|| {

@@ -1,7 +1,8 @@
-//! `metricsctl kpis show`: the latest KPI windows, as a table for people or JSON lines for
-//! programs, optionally following new windows as they are stored.
+//! `metricsctl kpis show`: the latest KPI windows, as a table for people (optionally with a
+//! sparkline per KPI under it) or JSON lines for programs, optionally following new windows as
+//! they are stored.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::time::Duration;
 
@@ -9,12 +10,13 @@ use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use super::{database_hint, diagnose, now_utc, CommandError};
+use super::{no_windows_yet, open_store, read_failure};
+use crate::chart::chart;
 use crate::cli::ShowArgs;
-use crate::redact::redact_uri;
-use crate::settings::{KpisSettings, SettingError, Sources};
+use crate::commands::{now_utc, CommandError};
+use crate::kpi_series::WindowKpis;
+use crate::settings::{KpisSettings, Sources};
 use crate::shutdown::Shutdown;
-use crate::store::{CollectionNames, Store, StoreError};
 
 /// How often `--follow` looks for new windows.
 const FOLLOW_POLL: Duration = Duration::from_secs(1);
@@ -24,28 +26,16 @@ const FOLLOW_LOOKBACK: Duration = Duration::from_secs(60);
 
 pub fn show(args: &ShowArgs) -> Result<(), CommandError> {
     let settings = KpisSettings::resolve(args, &Sources::load()?)?;
-    let names = CollectionNames {
-        raw: String::new(),
-        kpi: settings.kpi_collection.clone(),
-        dlq: String::new(),
-    };
-    let store = Store::open(&settings.mongo, &names).map_err(|e| {
-        CommandError::Setting(SettingError {
-            setting: "MONGODB_URI".into(),
-            problem: e.detail,
-        })
-    })?;
-    let failed = |e: StoreError| {
-        let hint = database_hint(diagnose(&e), &redact_uri(&settings.mongo.uri));
-        CommandError::Failed(format!("{e}; {hint}"))
-    };
-    let latest = store.latest_windows(settings.limit).map_err(failed)?;
+    let store = open_store(&settings.mongo, &settings.kpi_collection)?;
+    let latest = store
+        .latest_windows(settings.limit)
+        .map_err(read_failure(&settings.mongo))?;
     let mut out = std::io::stdout().lock();
     if latest.is_empty() && !settings.follow {
         let _ = writeln!(
             out,
-            "No KPI windows yet in {}.{}: run `metricsctl consume` first.",
-            settings.mongo.database, settings.kpi_collection
+            "{}",
+            no_windows_yet(&settings.mongo, &settings.kpi_collection)
         );
         return Ok(());
     }
@@ -54,6 +44,12 @@ pub fn show(args: &ShowArgs) -> Result<(), CommandError> {
     }
     for w in &latest {
         print_window(&mut out, w, settings.json);
+    }
+    // The windows the sparklines cover, oldest first: the table lists the newest first.
+    let mut charted: VecDeque<WindowKpis> = VecDeque::new();
+    if settings.chart && !latest.is_empty() {
+        charted = latest.iter().rev().map(WindowKpis::from_document).collect();
+        print_chart(&mut out, &mut charted);
     }
     if !settings.follow {
         return Ok(());
@@ -82,6 +78,7 @@ pub fn show(args: &ShowArgs) -> Result<(), CommandError> {
             }
         };
         let mut out = std::io::stdout().lock();
+        let mut printed = 0;
         for w in fresh {
             let at = computed_at(&w);
             if let Some(id) = window_id(&w) {
@@ -92,7 +89,22 @@ pub fn show(args: &ShowArgs) -> Result<(), CommandError> {
             if let Some(at) = at {
                 since = since.max(at);
             }
+            if settings.chart && printed == 0 && !charted.is_empty() {
+                // Rows go on below the last sparklines.
+                let _ = writeln!(out);
+            }
             print_window(&mut out, &w, settings.json);
+            printed += 1;
+            if settings.chart {
+                charted.push_back(WindowKpis::from_document(&w));
+            }
+        }
+        // The sparklines move on: the newest --limit windows, drawn again after each batch.
+        if settings.chart && printed > 0 {
+            while charted.len() > settings.limit {
+                charted.pop_front();
+            }
+            print_chart(&mut out, &mut charted);
         }
         // What is older than the look-back cannot come back in a poll.
         seen.retain(|_, at| *at >= since - FOLLOW_LOOKBACK);
@@ -112,6 +124,14 @@ fn print_window(out: &mut impl Write, w: &Value, json: bool) {
     let line = if json { w.to_string() } else { row(w) };
     // A closed pipe (e.g. `| head`) is not an error worth reporting.
     let _ = writeln!(out, "{line}");
+}
+
+/// The sparklines, set off from the rows above by a blank line.
+fn print_chart(out: &mut impl Write, windows: &mut VecDeque<WindowKpis>) {
+    let _ = writeln!(out);
+    for line in chart(windows.make_contiguous()) {
+        let _ = writeln!(out, "{line}");
+    }
 }
 
 fn header() -> String {
@@ -183,7 +203,9 @@ fn row(w: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::commands::DatabaseTrouble;
+    use crate::commands::{database_hint, diagnose, DatabaseTrouble};
+    use crate::redact::redact_uri;
+    use crate::store::StoreError;
 
     fn failure(permanent: bool, detail: &str) -> StoreError {
         StoreError {
