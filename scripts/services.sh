@@ -607,13 +607,19 @@ ensure_scram_users() {
   [[ -f "$NODE_DATA/.scram-users" ]] && return 0
   password="$(<"$SECURITY_DIR/sasl-password")"
   say "$NODE_NAME: adding SCRAM user $SASL_USER to storage formatted before the SASL listeners"
-  if ! KAFKA_VERSION="$KAFKA_VERSION" bash "$ROOT/scripts/kafka-tool.sh" configs \
-    --bootstrap-server "$HOST:$NODE_PORT" --alter --entity-type users --entity-name "$SASL_USER" \
-    --add-config "SCRAM-SHA-256=[password=$password],SCRAM-SHA-512=[password=$password]" \
-    >"$NODE_LOGS/scram-users.log" 2>&1; then
-    show_tail "$NODE_LOGS/scram-users.log"
-    die "$NODE_NAME: could not add the SCRAM user"
-  fi
+  # One mechanism per call: Kafka 4.x refuses two credentials of one user in one request.
+  local mechanism
+  : >"$NODE_LOGS/scram-users.log"
+  for mechanism in SCRAM-SHA-256 SCRAM-SHA-512; do
+    if ! KAFKA_VERSION="$KAFKA_VERSION" bash "$ROOT/scripts/kafka-tool.sh" configs \
+      --bootstrap-server "$HOST:$NODE_PORT" --alter --entity-type users --entity-name "$SASL_USER" \
+      --add-config "$mechanism=[password=$password]" >>"$NODE_LOGS/scram-users.log" 2>&1; then
+      # The tool echoes its arguments, the password among them.
+      sed -i "s/$password/<redacted>/g" "$NODE_LOGS/scram-users.log"
+      show_tail "$NODE_LOGS/scram-users.log"
+      die "$NODE_NAME: could not add the $mechanism credential of $SASL_USER"
+    fi
+  done
   echo "$SASL_USER" >"$NODE_DATA/.scram-users"
 }
 
