@@ -342,6 +342,15 @@ static ASSIGNMENT: S = S {
     tags: &[],
 };
 
+static SASL_HANDSHAKE: S = S {
+    fields: &[f(0, I16), f(0, F::Strings)],
+    tags: &[],
+};
+static SASL_AUTHENTICATE: S = S {
+    fields: &[f(0, I16), f(0, STR), f(0, F::Bytes), f(1, I64)],
+    tags: &[],
+};
+
 /// The layout of the answer to `api` at `version`, and whether that version is flexible
 /// (compact lengths, tagged fields); `None` for a pair our client never sends.
 fn response_layout(api: ApiKey, version: i16) -> Option<(&'static S, bool)> {
@@ -360,6 +369,8 @@ fn response_layout(api: ApiKey, version: i16) -> Option<(&'static S, bool)> {
         ApiKey::DescribeGroups => (&DESCRIBE_GROUPS, 5, 5..=5),
         ApiKey::OffsetCommit => (&OFFSET_COMMIT, 8, 8..=8),
         ApiKey::OffsetFetch => (&OFFSET_FETCH, 6, 7..=7),
+        ApiKey::SaslHandshake => (&SASL_HANDSHAKE, i16::MAX, 1..=1),
+        ApiKey::SaslAuthenticate => (&SASL_AUTHENTICATE, 2, 1..=2),
         _ => return None,
     };
     // ApiVersions v0 is also read: a broker refusing our v3 answers in the v0 layout.

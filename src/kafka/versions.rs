@@ -52,6 +52,10 @@ pub fn ours(api: ApiKey) -> Option<Range> {
         // v3 (KIP-360) lets an idempotent producer bump its own epoch; v6 adds two-phase
         // commit fields a non-transactional producer has no use for.
         ApiKey::InitProducerId => range(3, 5),
+        // v1 carries the mechanism's tokens in SaslAuthenticate (v0 sent them raw);
+        // SaslAuthenticate v1 (KIP-368) gives the session lifetime re-authentication needs.
+        ApiKey::SaslHandshake => range(1, 1),
+        ApiKey::SaslAuthenticate => range(1, 2),
         _ => return None,
     })
 }
