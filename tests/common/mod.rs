@@ -1774,7 +1774,10 @@ pub fn mongo_answers(uri: &str) -> bool {
 
 /// Forwards connections to `upstream`. While holding, a client message (one MongoDB wire
 /// message: a little-endian length, then the rest) that contains `pattern` is kept back, and
-/// with it everything after it on that connection, until released. Stops when dropped.
+/// with it everything after it on that connection, until released. An empty `pattern` holds
+/// every message, the driver's monitoring checks included: to this proxy's clients the
+/// database is frozen (as if SIGSTOPped: connections are accepted, nothing is answered) while
+/// it keeps serving everyone else. Stops when dropped.
 pub struct HoldingProxy {
     pub addr: String,
     holding: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -1833,9 +1836,10 @@ impl HoldingProxy {
                         return;
                     }
                     if h.load(Ordering::SeqCst)
-                        && message
-                            .windows(pattern.len())
-                            .any(|w| w == pattern.as_slice())
+                        && (pattern.is_empty()
+                            || message
+                                .windows(pattern.len())
+                                .any(|w| w == pattern.as_slice()))
                     {
                         n.fetch_add(1, Ordering::SeqCst);
                         while h.load(Ordering::SeqCst) {
