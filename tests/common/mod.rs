@@ -1543,9 +1543,13 @@ fn descends_from(mut pid: u32, ancestor: u32) -> bool {
 
 /// Other people's test runs against the shared services: test binaries (`target/*/deps/`),
 /// `cargo test` and the benchmark driver (`bench/run.py`), except this process, its ancestors
-/// and its own children. One line per process (pid and command).
+/// and its own children. One line per process (pid and command). Only runs from this checkout
+/// count (their working directory is in it): another checkout has services of its own
+/// (`.local/`, its own ports), which stopping ours does not touch.
 pub fn other_test_processes() -> Vec<String> {
     let me = std::process::id();
+    let root = repo_root();
+    let root = root.canonicalize().unwrap_or(root);
     let mut found = Vec::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return found;
@@ -1579,8 +1583,15 @@ pub fn other_test_processes() -> Vec<String> {
             || (name == "cargo"
                 && matches!(args.get(1).map(String::as_str), Some("test" | "nextest")))
             || args.iter().any(|a| a.ends_with("bench/run.py"));
+        let here =
+            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|d| d.starts_with(&root));
         // Not a zombie, not this run's own parent chain or children.
-        if !busy || parent_pid(pid).is_none() || descends_from(me, pid) || descends_from(pid, me) {
+        if !busy
+            || !here
+            || parent_pid(pid).is_none()
+            || descends_from(me, pid)
+            || descends_from(pid, me)
+        {
             continue;
         }
         found.push(format!("{pid} {}", args.join(" ")));
