@@ -118,6 +118,10 @@ pub struct ConsumeArgs {
     /// stop after this many messages (MAX_MESSAGES; unlimited)
     #[argh(option)]
     pub max_messages: Option<String>,
+    /// leave the group when the loop made no step for this many seconds, e.g. stuck on the
+    /// database; rejoin once it answers (MAX_STEP_INTERVAL_SECONDS; 300, above 10)
+    #[argh(option)]
+    pub max_step_interval: Option<String>,
     /// PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (KAFKA_SECURITY_PROTOCOL; PLAINTEXT)
     #[argh(option)]
     pub security_protocol: Option<String>,

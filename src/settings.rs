@@ -28,6 +28,12 @@ pub const DEFAULT_PLOT_LIMIT: usize = 100;
 pub const MAX_KPIS_LIMIT: usize = 100_000;
 pub const DEFAULT_MAX_LAG: u64 = 10_000;
 pub const DEFAULT_DRAIN_TIMEOUT_SECONDS: u64 = 10;
+/// How long a group member may go without a heartbeat before the coordinator removes it.
+pub const GROUP_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+/// `--max-step-interval` by default: Java's `max.poll.interval.ms`.
+pub const DEFAULT_MAX_STEP_INTERVAL: Duration = Duration::from_secs(300);
+/// The longest `--max-step-interval` taken (a day).
+const MAX_STEP_INTERVAL_LIMIT_SECONDS: f64 = 86_400.0;
 
 /// A setting that cannot be valid: which one, where it came from, and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,6 +165,10 @@ pub struct ConsumeSettings {
     pub partitions: Option<Vec<i32>>,
     pub exit_when_idle: Option<Duration>,
     pub max_messages: Option<u64>,
+    /// A group member whose loop made no step for this long leaves the group, so its
+    /// partitions move to a member that works; it is also how long a rebalance waits for the
+    /// members to rejoin. Always more than [`GROUP_SESSION_TIMEOUT`].
+    pub max_step_interval: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -338,6 +348,15 @@ impl ConsumeSettings {
                 .pick(&args.max_messages, "max-messages", &["MAX_MESSAGES"])
                 .map(|v| positive(&v))
                 .transpose()?,
+            max_step_interval: src
+                .pick(
+                    &args.max_step_interval,
+                    "max-step-interval",
+                    &["MAX_STEP_INTERVAL_SECONDS"],
+                )
+                .map(|v| max_step_interval(&v))
+                .transpose()?
+                .unwrap_or(DEFAULT_MAX_STEP_INTERVAL),
         })
     }
 }
@@ -709,6 +728,25 @@ fn seconds(v: &Value) -> Result<Duration, SettingError> {
         .ok_or_else(|| v.error("must be a number of seconds, 0 or more"))
 }
 
+/// More than the group's session timeout: a member's heartbeats prove it alive for that long
+/// anyway, and a shorter limit would make a member leave over a write that a database
+/// failover (a few seconds) holds up.
+fn max_step_interval(v: &Value) -> Result<Duration, SettingError> {
+    let session = GROUP_SESSION_TIMEOUT.as_secs_f64();
+    v.text
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s > session && *s <= MAX_STEP_INTERVAL_LIMIT_SECONDS)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| {
+            v.error(format!(
+                "must be a number of seconds above the group session timeout ({session} s) and \
+                 at most {MAX_STEP_INTERVAL_LIMIT_SECONDS}"
+            ))
+        })
+}
+
 fn positive(v: &Value) -> Result<u64, SettingError> {
     v.text
         .trim()
@@ -941,6 +979,24 @@ mod tests {
     }
 
     #[test]
+    fn max_step_interval_defaults_to_five_minutes_and_takes_fractions() {
+        let n = |env: &[(&str, &str)]| {
+            ConsumeSettings::resolve(&ConsumeArgs::default(), &src(env, &[]))
+                .unwrap()
+                .max_step_interval
+        };
+        assert_eq!(n(&[]), Duration::from_secs(300));
+        assert_eq!(
+            n(&[("MAX_STEP_INTERVAL_SECONDS", " 15 ")]),
+            Duration::from_secs(15)
+        );
+        assert_eq!(
+            n(&[("MAX_STEP_INTERVAL_SECONDS", "10.5")]),
+            Duration::from_millis(10_500)
+        );
+    }
+
+    #[test]
     fn servers_per_window_defaults_to_the_most_listed_and_takes_zero() {
         let n = |env: &[(&str, &str)]| {
             ConsumeSettings::resolve(&ConsumeArgs::default(), &src(env, &[]))
@@ -972,6 +1028,13 @@ mod tests {
             "invalid setting SERVERS_PER_WINDOW (from environment): must be a whole number from 0 to 100 (got \"101\")"
         );
         assert!(bad(&[("EXIT_WHEN_IDLE_SECONDS", "-1")]).contains("seconds"));
+        for v in ["10", "5", "-1", "x", "NaN", "86401"] {
+            assert!(
+                bad(&[("MAX_STEP_INTERVAL_SECONDS", v)])
+                    .starts_with("invalid setting MAX_STEP_INTERVAL_SECONDS (from environment): must be a number of seconds above the group session timeout (10 s)"),
+                "{v}"
+            );
+        }
         assert!(bad(&[("KAFKA_TOPIC", "bad topic")]).contains("Kafka's rule"));
         assert!(bad(&[("MONGODB_RAW_COLLECTION", "a$b")]).contains("'$'"));
         let e = ProduceSettings::resolve(

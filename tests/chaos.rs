@@ -37,10 +37,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::{
-    check_windows_against_raw, create_topic, kafka_position, kcat_read, kcat_read_bytes,
-    kcat_send_values, kill_all_kafka, kill_ferretdb, lock_services, metric_line, mongo_answers,
-    partition_leaders, poll, repo_root, services, services_up, text, topic_id, unix_now,
-    wait_for_no_other_tests, watch_peak_rss, KcatBytes, PeakRss, Sandbox, ServicesRestorer,
+    check_windows_against_raw, create_topic, ferretdb_pid, kafka_position, kcat_read,
+    kcat_read_bytes, kcat_send_values, kill_all_kafka, kill_ferretdb, lock_services, metric_line,
+    mongo_answers, partition_leaders, poll, repo_root, services, services_up, text, topic_id,
+    unix_now, wait_for_no_other_tests, watch_peak_rss, KcatBytes, PeakRss, Sandbox,
+    ServicesRestorer,
 };
 use mongodb::bson::{doc, Bson, Document};
 use serde_json::{json, Map, Value};
@@ -1874,6 +1875,117 @@ fn chaos_database_down_15s_mid_batch() {
         log_during.contains("ERROR") && log_during.contains("recovered"),
         "the consumer logs the outage and its recovery"
     );
+    c.finish(&all_valid);
+}
+
+/// Sends `signal` (STOP, CONT) to a process by pid with kill(1).
+fn signal_pid(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// SIGCONTs FerretDB when dropped, also when the test panicked while it was stopped.
+struct Thaw(u32);
+
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
+    }
+}
+
+// Issue 15, items 3 and 9, with the real database: two members of one group, FerretDB
+// SIGSTOPped for 35 s, longer than their --max-step-interval (15 s). A hung database is an
+// error that is retried (the driver's monitor gives up on it and interrupts the call), never a
+// thread stuck for ever; both members, stuck, leave the group (the partitions have nowhere
+// better to go, but nobody holds them), wait for the database, rejoin once it answers, and
+// everything is stored exactly once.
+#[test]
+#[ignore = "stops the database: make chaos"]
+fn chaos_database_frozen_35s_two_members_leave_after_the_max_step_interval_and_rejoin() {
+    let mut c = Chaos::exclusive("database_frozen_35s");
+    create_topic(&c.sb.brokers, &c.sb.topic, &["--partitions", "3"]);
+    c.produce("produce", 2000, "0");
+    let total = kcat_read(&c.sb.brokers, &c.sb.topic).len() as u64;
+    let args = [
+        "consume",
+        "--exit-when-idle",
+        "10",
+        "--max-step-interval",
+        "15",
+    ];
+    let mut a = c.spawn("consume-a", &args);
+    let mut b = c.spawn("consume-b", &args);
+    let at = c.rng.u64(total / 5..total / 2);
+    let reached = poll(Duration::from_secs(180), Duration::from_millis(5), || {
+        (c.progress() >= at).then_some(())
+    });
+    assert!(reached.is_some(), "no progress to {at}:\n{}", a.tail(20));
+    let handled = c.progress();
+    // Held while the database is stopped: another run's `services.sh up` waits.
+    let lock = lock_services();
+    let pid = ferretdb_pid().expect("FerretDB runs");
+    signal_pid(pid, "STOP");
+    let thaw = Thaw(pid);
+    let stopped_at = Instant::now();
+    let left = poll(Duration::from_secs(35), Duration::from_millis(200), || {
+        (a.log_text().contains("made no step for") && b.log_text().contains("made no step for"))
+            .then(|| stopped_at.elapsed())
+    });
+    let both_left = left.unwrap_or_else(|| {
+        panic!(
+            "the members did not both leave within 35 s of the freeze:\n{}\n{}",
+            a.tail(20),
+            b.tail(20)
+        )
+    });
+    std::thread::sleep(
+        (stopped_at + Duration::from_secs(35)).saturating_duration_since(Instant::now()),
+    );
+    assert!(
+        a.running() && b.running(),
+        "both members wait for the database"
+    );
+    for p in [&a, &b] {
+        let log = p.log_text();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("ERROR mongodb") && l.contains("retrying in")),
+            "{}: a failed database call logged and retried while frozen:\n{}",
+            p.name,
+            p.tail(20)
+        );
+    }
+    drop(thaw);
+    let thawed_at = Instant::now();
+    drop(lock);
+    let rejoined = poll(Duration::from_secs(60), Duration::from_millis(200), || {
+        (a.log_text()
+            .contains("the database answers again; rejoining")
+            && b.log_text()
+                .contains("the database answers again; rejoining"))
+        .then(|| thawed_at.elapsed())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the members did not rejoin:\n{}\n{}",
+            a.tail(20),
+            b.tail(20)
+        )
+    });
+    c.recovery.push(format!(
+        "FerretDB (pid {pid}) SIGSTOPped for 35 s when {handled} of {total} records were \
+         handled; both members (--max-step-interval 15) had left the group {:.1} s after the \
+         stop, and both rejoined within {:.1} s of SIGCONT",
+        both_left.as_secs_f64(),
+        rejoined.as_secs_f64()
+    ));
+    c.end(a, End::Exit(Duration::from_secs(600)));
+    c.end(b, End::Exit(Duration::from_secs(600)));
     c.finish(&all_valid);
 }
 

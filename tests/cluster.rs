@@ -694,3 +694,220 @@ fn chaos_cluster_down_90s_both_processes_work_within_3s_of_the_answer() {
     // producer's outbox of 1000.
     whole_cluster_down("down90", Duration::from_secs(90), "0.2", 700);
 }
+
+/// Java's `String.hashCode`, which Kafka uses to place a group on a partition of its offsets
+/// topic (the leader of that partition is the group's coordinator).
+fn java_string_hash(s: &str) -> i32 {
+    s.encode_utf16()
+        .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)))
+}
+
+/// The node coordinating `group`: the leader of `__consumer_offsets` partition
+/// `abs(hash) % 3` (three partitions on the cluster, scripts/kafka/cluster.properties).
+fn predicted_coordinator(sb: &Sandbox, group: &str) -> u32 {
+    let hash = java_string_hash(group);
+    let partition = if hash == i32::MIN { 0 } else { hash.abs() } % 3;
+    let leaders = poll(Duration::from_secs(30), Duration::from_millis(500), || {
+        partition_leaders(&sb.brokers, "__consumer_offsets")
+            .filter(|l| l.get(&partition).is_some_and(|n| *n > 0))
+    })
+    .expect("the offsets topic has leaders");
+    u32::try_from(leaders[&partition]).unwrap()
+}
+
+/// The coordinator Kafka's own group tool names for `group` (`--describe --state`).
+fn tool_coordinator(sb: &Sandbox) -> Option<u32> {
+    let out = common::kafka_tool(&[
+        "consumer-groups",
+        "--bootstrap-server",
+        &sb.brokers,
+        "--describe",
+        "--state",
+        "--group",
+        &sb.group,
+    ]);
+    common::text(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with(sb.group.as_str()))?
+        .split_once(" (")?
+        .1
+        .split(')')
+        .next()?
+        .parse()
+        .ok()
+}
+
+// Issue 15, item 5, measured: two members of one group and a producer run; a node is
+// SIGKILLed and comes back 30 s later: the node that coordinates the group, or one that only
+// follows the group's offsets partition. The killed node leads partition 0 of the topic; the two
+// other partitions have their replicas on the surviving nodes only, so their high watermark
+// never waits for the dead node: any pause in reading them is the consumer's own (its offset
+// commit, which waits for the offsets topic to drop the dead replica, or for a new
+// coordinator). The figure is the longest time a record of those partitions waited between its
+// append (LogAppendTime) and its fetch (`received_at`) around the kill. At the end both members
+// leave the group cleanly (the node they knew restarted in between).
+#[test]
+#[ignore = "needs the three-node cluster: make test-cluster"]
+fn cluster_coordinator_killed_under_load_storing_pause_on_live_partitions_and_clean_leaves() {
+    node_killed_under_load_with_two_members("coordkill", true);
+}
+
+#[test]
+#[ignore = "needs the three-node cluster: make test-cluster"]
+fn cluster_offsets_follower_killed_under_load_storing_pause_on_live_partitions_and_clean_leaves() {
+    node_killed_under_load_with_two_members("followerkill", false);
+}
+
+fn node_killed_under_load_with_two_members(label: &str, kill_coordinator: bool) {
+    require_cluster();
+    let sb = Sandbox::new(label);
+    let coordinator = predicted_coordinator(&sb, &sb.group);
+    let victim = if kill_coordinator {
+        coordinator
+    } else {
+        (1..=3).find(|n| *n != coordinator).unwrap()
+    };
+    let role = if kill_coordinator {
+        "the group's coordinator"
+    } else {
+        "a follower of the group's offsets partition"
+    };
+    let others: Vec<u32> = (1..=3).filter(|n| *n != victim).collect();
+    let (x, y) = (others[0], others[1]);
+    // Partition 0 on the victim (and x); partitions 1 and 2 on x and y only.
+    let assignment = format!("{victim}:{x},{x}:{y},{y}:{x}");
+    create_topic(
+        &sb.brokers,
+        &sb.topic,
+        &[
+            "--replica-assignment",
+            &assignment,
+            "--config",
+            "message.timestamp.type=LogAppendTime",
+            "--config",
+            "min.insync.replicas=1",
+        ],
+    );
+    let mut a = sb.spawn("a", &["consume"]);
+    let mut b = sb.spawn("b", &["consume"]);
+    // 1,000 reports of 5 messages every 50 ms: about 50 s, beyond the node's return.
+    let mut producer = sb.spawn_with(
+        "produce",
+        &["produce", "--interval", "0.05", "--count", "1000"],
+        PRODUCER_SENDS_LOGGED,
+    );
+    let warm = poll(Duration::from_secs(60), Duration::from_millis(200), || {
+        (sb.count("raw") >= 200).then_some(())
+    });
+    assert!(
+        warm.is_some(),
+        "no traffic before the kill:\n{}",
+        a.log_tail(20)
+    );
+    let named = poll(Duration::from_secs(30), Duration::from_millis(500), || {
+        tool_coordinator(&sb)
+    });
+    assert_eq!(
+        named,
+        Some(coordinator),
+        "the group tool names another coordinator than the one predicted"
+    );
+
+    let pid = kill_broker(victim);
+    let killed_at = unix_now();
+    let wait = killed_at + 30.0 - unix_now();
+    if wait > 0.0 {
+        std::thread::sleep(Duration::from_secs_f64(wait));
+    }
+    assert!(
+        a.running() && b.running(),
+        "both members outlive the outage"
+    );
+    start_broker(victim);
+    let restarted_at = unix_now();
+
+    assert_eq!(
+        producer.wait_exit(Duration::from_secs(180)),
+        Some(0),
+        "producer exit: {}",
+        producer.log_tail(20)
+    );
+    let records = kcat_read(&sb.brokers, &sb.topic);
+    let drained = poll(Duration::from_secs(90), Duration::from_millis(500), || {
+        (sb.count("raw") + sb.count("dlq") >= records.len() as u64).then_some(())
+    });
+    assert!(
+        drained.is_some(),
+        "the members did not catch up: {} raw + {} dlq of {} records\n{}\n{}",
+        sb.count("raw"),
+        sb.count("dlq"),
+        records.len(),
+        a.log_tail(20),
+        b.log_tail(20)
+    );
+    // Both leave cleanly at the end: exit 0, "left as", no "cannot leave".
+    let failed_commits: Vec<usize> = [&a, &b]
+        .iter()
+        .map(|m| m.log_text().matches("committing offsets failed").count())
+        .collect();
+    for member in [&mut a, &mut b] {
+        assert_eq!(
+            member.stop(Duration::from_secs(30)),
+            Some(0),
+            "{} exit: {}",
+            member.name,
+            member.log_tail(20)
+        );
+        let log = member.log_text();
+        assert!(
+            log.contains(" left as ") && !log.contains("cannot leave"),
+            "{} did not leave the group cleanly:\n{}",
+            member.name,
+            member.log_tail(20)
+        );
+    }
+
+    // Each record's wait between its append and its fetch, on the partitions whose leader
+    // lived: before the kill (the baseline) and from the kill to 15 s after the restart.
+    let appended: HashMap<(i32, i64), f64> = records
+        .iter()
+        .map(|r| ((r.partition, r.offset), r.timestamp_ms as f64 / 1000.0))
+        .collect();
+    let (mut baseline, mut around) = (0.0f64, 0.0f64);
+    let mut counted = 0;
+    for d in sb.docs("raw", doc! {"kafka.partition": {"$in": [1, 2]}}, doc! {}) {
+        let (_, p, o) = kafka_position(&d);
+        let received = d.get_datetime("received_at").unwrap().timestamp_millis() as f64 / 1000.0;
+        let Some(at) = appended.get(&(p, o)) else {
+            continue;
+        };
+        let waited = received - at;
+        if *at < killed_at - 2.0 {
+            baseline = baseline.max(waited);
+        } else if *at <= restarted_at + 15.0 {
+            around = around.max(waited);
+            counted += 1;
+        }
+    }
+    assert!(
+        counted > 100,
+        "records of the live partitions around the kill: {counted}"
+    );
+    let (total, stored, duplicates, windows) =
+        check_nothing_lost_nothing_doubled(&sb, &producer, &records);
+    eprintln!(
+        "FIGURE {label}: node {victim} (pid {pid}; {role}, leader of partition 0) SIGKILLed, \
+         back after {:.1} s; on partitions 1 and 2 (leaders alive) the \
+         longest wait between append and fetch was {around:.2} s around the kill ({counted} \
+         records), {baseline:.2} s before it; {total} records, {stored} stored, {duplicates} \
+         duplicates dead-lettered, {windows} windows; failed commits logged by a and b: \
+         {failed_commits:?}; both members left cleanly",
+        restarted_at - killed_at
+    );
+    // Generous: a commit in flight still holds the loop (issue 15 item 5 is not done), about
+    // the time the offsets topic takes to drop the dead replica.
+    assert!(
+        around < 40.0,
+        "partitions whose leader lived waited {around:.1} s to be read"
+    );
+}

@@ -38,6 +38,8 @@ const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 const HEARTBEAT: Duration = Duration::from_millis(3_333);
 /// How long a membership change may take to show before the test gives up.
 const SETTLE_LIMIT: Duration = Duration::from_secs(45);
+/// `--max-step-interval` of the members whose database the tests freeze or slow down.
+const STUCK_STEP_LIMIT: Duration = Duration::from_secs(15);
 
 /// One `kafka-consumer-groups --describe` answer and when it was asked and answered.
 struct ToolSnapshot {
@@ -994,7 +996,8 @@ fn windows_per_stream(sb: &Sandbox) -> BTreeMap<String, usize> {
 // coordinator at the commit, which comes between staging a window and publishing it: a window
 // staged late is refused there and never published; a window published late was committed
 // while the member still owned its partitions, and the next owner publishes it from the
-// commit's marker (the same window, once).
+// commit's marker (the same window, once). The member keeps heartbeating while its write is
+// held, so it is the max step interval (15 s here) that takes it out of the group.
 #[test]
 fn a_member_whose_window_staging_stalls_past_a_rebalance_never_publishes_that_window() {
     window_write_stalls_past_a_rebalance("grpstage", "kpis_staged");
@@ -1016,7 +1019,7 @@ fn window_write_stalls_past_a_rebalance(label: &str, held_collection: &str) {
             .to_string();
     let proxy = HoldingProxy::start(&upstream, mongo_insert_pattern(held_collection));
     let uri = format!("mongodb://{}/?directConnection=true", proxy.addr);
-    s.join_with("a", &["--mongodb-uri", &uri]);
+    s.join_with("a", &["--mongodb-uri", &uri, "--max-step-interval", "15"]);
     let a = s.members[0].id.clone();
     poll(Duration::from_secs(30), Duration::from_millis(100), || {
         (s.sb.count("kpis") >= 2).then_some(())
@@ -1042,7 +1045,7 @@ fn window_write_stalls_past_a_rebalance(label: &str, held_collection: &str) {
         });
     }
     let others = poll(
-        SETTLE_LIMIT + SESSION_TIMEOUT,
+        SETTLE_LIMIT + STUCK_STEP_LIMIT,
         Duration::from_millis(100),
         || {
             let g = probe(&s.sb)?;
@@ -1086,6 +1089,244 @@ fn window_write_stalls_past_a_rebalance(label: &str, held_collection: &str) {
         before,
         s.sb.count("kpis")
     );
+    s.finish();
+    drop(proxy);
+}
+
+/// The host:port of the test database, for a proxy in front of it.
+fn database_address(sb: &Sandbox) -> String {
+    sb.mongodb_uri
+        .trim_start_matches("mongodb://")
+        .split(['/', '?'])
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// Lines of `process`'s log that contain `needle`.
+fn log_lines(process: &Background, needle: &str) -> Vec<String> {
+    process
+        .log_text()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(String::from)
+        .collect()
+}
+
+// Issue 15, item 9. Member a's database stops answering (a proxy that only a goes through
+// freezes: connections accepted, nothing answered, as a SIGSTOPped server behaves), while b's
+// works; both share the one FerretDB, so exactly-once is checked in one place. a keeps
+// heartbeating while stuck, so the session timeout never removes it; after the max step
+// interval (15 s) it leaves, b takes its partitions and stores them, and once the database
+// answers a again it rejoins. Whatever a had in flight reaches the database late (the proxy
+// forwards it on release): staged windows are never published (no commit), raw documents are
+// recognised as replays.
+#[test]
+fn a_member_whose_database_freezes_leaves_after_the_max_step_interval_and_rejoins_after() {
+    let mut s = Scenario::new("grpstuck", true);
+    let proxy = HoldingProxy::start(&database_address(&s.sb), Vec::new());
+    let uri = format!("mongodb://{}/?directConnection=true", proxy.addr);
+    let limit = STUCK_STEP_LIMIT.as_secs().to_string();
+    s.join_with("a", &["--mongodb-uri", &uri, "--max-step-interval", &limit]);
+    s.join("b");
+    let a = s.member("a");
+    let a_id = s.members[a].id.clone();
+    sleep(3.0);
+    let owned = probe(&s.sb).unwrap().partitions_of(&a_id);
+    assert!(!owned.is_empty(), "a owns partitions before the freeze");
+
+    proxy.hold(true);
+    let frozen_at = Instant::now();
+    // Past the 10 s session timeout, a is still a member: its heartbeats go on.
+    std::thread::sleep(
+        (frozen_at + SESSION_TIMEOUT + HEARTBEAT).saturating_duration_since(Instant::now()),
+    );
+    let g = probe(&s.sb).expect("the coordinator answers");
+    assert!(
+        g.member_ids().contains(&a_id),
+        "a was dropped from the group before its max step interval: {g:?}; log tail:\n{}",
+        s.members[a].process.log_tail(20)
+    );
+    let (moved, _) = s.wait_moved(frozen_at, &a_id, &owned, "while a's database is frozen");
+    // The write a was in when the database froze ended as an error, retried with backoff: the
+    // driver's monitor gave up on the server and interrupted it.
+    let retried: Vec<String> = log_lines(&s.members[a].process, "retrying in")
+        .into_iter()
+        .filter(|l| l.contains("ERROR mongodb"))
+        .collect();
+    assert!(
+        !retried.is_empty(),
+        "a logged no failed database call while frozen; log tail:\n{}",
+        s.members[a].process.log_tail(30)
+    );
+    let left = log_lines(&s.members[a].process, "made no step for");
+    assert_eq!(
+        left.len(),
+        1,
+        "a says once why it left; log tail:\n{}",
+        s.members[a].process.log_tail(30)
+    );
+    assert!(
+        left[0].contains("ERROR") && left[0].contains("left the group"),
+        "{}",
+        left[0]
+    );
+    assert!(
+        moved >= STUCK_STEP_LIMIT && moved < STUCK_STEP_LIMIT + Duration::from_secs(20),
+        "a's partitions moved {:.1} s after the freeze; the max step interval is {:?}",
+        secs(moved),
+        STUCK_STEP_LIMIT
+    );
+    eprintln!(
+        "FIGURE [{}] partitions {owned:?} of the member whose database froze moved to the \
+         other {:.2} s after the freeze (--max-step-interval {}); a's line: {}",
+        s.sb.name,
+        secs(moved),
+        limit,
+        left[0]
+    );
+    // b stores a's partitions meanwhile: windows of a stream of b's.
+    let before = s.sb.count("kpis");
+    poll(Duration::from_secs(30), Duration::from_millis(200), || {
+        (s.sb.count("kpis") >= before + 3).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "b stored no windows while a was out; b's log:\n{}",
+            s.members[s.member("b")].process.log_tail(20)
+        )
+    });
+    // While the database stays frozen, a stays out (it would only hold the partitions again).
+    sleep(8.0);
+    let g = probe(&s.sb).expect("the coordinator answers");
+    assert_eq!(
+        g.member_ids().len(),
+        1,
+        "a rejoined while its database was frozen: {g:?}"
+    );
+
+    proxy.hold(false);
+    let thawed_at = Instant::now();
+    let b_id = s.members[s.member("b")].id.clone();
+    let rejoined = poll(SETTLE_LIMIT, Duration::from_millis(100), || {
+        let g = probe(&s.sb)?;
+        let ids: BTreeSet<String> = g.member_ids().into_iter().collect();
+        (ids.len() == 2 && ids.contains(&b_id) && settled(&g, &ids))
+            .then(|| ids.into_iter().find(|i| *i != b_id).unwrap())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "a never rejoined once its database answered; group {:?}; its log tail:\n{}",
+            probe(&s.sb),
+            s.members[a].process.log_tail(30)
+        )
+    });
+    eprintln!(
+        "FIGURE [{}] a rejoined as {rejoined} {:.2} s after its database answered again",
+        s.sb.name,
+        secs(thawed_at.elapsed())
+    );
+    assert_eq!(
+        log_lines(
+            &s.members[a].process,
+            "the database answers again; rejoining"
+        )
+        .len(),
+        1
+    );
+    s.members[a].id = rejoined;
+    sleep(6.0);
+    s.finish();
+    drop(proxy);
+}
+
+// Issue 15, item 8. Member a's raw-document writes are held (a slow database: the server
+// answers its monitoring, the write just takes long) for 25 s, longer than the 10 s session
+// timeout, less than a's max step interval (60 s); meanwhile b joins, so a rebalance is pending
+// the whole time a's step waits. a's heartbeats go on until it has rejoined: it keeps its
+// member id, and b joins once, into a group that rebalances once. (When the heartbeats
+// stopped at the rebalance, the coordinator removed a after its session timeout; b then
+// joined a group of one, and a second rebalance followed when a came back.)
+#[test]
+fn a_member_in_a_step_longer_than_the_session_keeps_its_membership_through_a_rebalance() {
+    let mut s = Scenario::new("grpslow", true);
+    let proxy = HoldingProxy::start(&database_address(&s.sb), mongo_insert_pattern("raw"));
+    let uri = format!("mongodb://{}/?directConnection=true", proxy.addr);
+    s.join_with("a", &["--mongodb-uri", &uri, "--max-step-interval", "60"]);
+    let a_id = s.members[0].id.clone();
+    poll(Duration::from_secs(30), Duration::from_millis(100), || {
+        (s.sb.count("raw") >= 100).then_some(())
+    })
+    .expect("a stores through the proxy");
+    proxy.hold(true);
+    poll(Duration::from_secs(20), Duration::from_millis(20), || {
+        (proxy.held() > 0).then_some(())
+    })
+    .expect("a's next raw insert is held");
+    let held_at = Instant::now();
+    let window = WINDOW.to_string();
+    let b = s.sb.spawn("b", &["consume", "--window-size", &window]);
+    s.members.push(Member {
+        process: b,
+        id: String::new(),
+    });
+    poll(Duration::from_secs(10), Duration::from_millis(50), || {
+        probe(&s.sb).filter(|g| g.state == "PreparingRebalance")
+    })
+    .expect("b's join starts a rebalance");
+    // Every answer while the write is held still lists a.
+    let release_at = held_at + Duration::from_secs(25);
+    while Instant::now() < release_at {
+        if let Some(g) = probe(&s.sb) {
+            assert!(
+                g.member_ids().contains(&a_id),
+                "a was removed {:.1} s into its slow step: {g:?}; its log tail:\n{}",
+                secs(held_at.elapsed()),
+                s.members[0].process.log_tail(20)
+            );
+        }
+        sleep(0.5);
+    }
+    proxy.hold(false);
+    let released_at = Instant::now();
+    let b_id = poll(SETTLE_LIMIT, Duration::from_millis(100), || {
+        let g = probe(&s.sb)?;
+        let ids: BTreeSet<String> = g.member_ids().into_iter().collect();
+        (ids.len() == 2 && ids.contains(&a_id) && settled(&g, &ids))
+            .then(|| ids.into_iter().find(|i| *i != a_id).unwrap())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the group never settled with a (same id) and b; group {:?}; a's log tail:\n{}",
+            probe(&s.sb),
+            s.members[0].process.log_tail(30)
+        )
+    });
+    eprintln!(
+        "FIGURE [{}] a's step held {:.1} s (session timeout {:?}): a kept member id {a_id}; the \
+         group settled with b {:.2} s after the release",
+        s.sb.name,
+        secs(released_at - held_at),
+        SESSION_TIMEOUT,
+        secs(released_at.elapsed())
+    );
+    s.members[1].id = b_id;
+    let a_log = &s.members[0].process;
+    assert!(
+        log_lines(a_log, "fenced").is_empty() && log_lines(a_log, "made no step").is_empty(),
+        "a was fenced or left; log tail:\n{}",
+        a_log.log_tail(30)
+    );
+    assert_eq!(
+        ids_in_log(a_log),
+        BTreeSet::from([a_id.clone()]),
+        "a had one member id throughout"
+    );
+    let b_joins = log_lines(&s.members[1].process, " joined as ");
+    assert_eq!(b_joins.len(), 1, "b joined once: {b_joins:#?}");
+    sleep(4.0);
+    let b_joins = log_lines(&s.members[1].process, " joined as ");
+    assert_eq!(b_joins.len(), 1, "no second rebalance: {b_joins:#?}");
     s.finish();
     drop(proxy);
 }

@@ -39,7 +39,7 @@ use crate::kafka::{
 };
 use crate::redact::redact_uri;
 use crate::retry::Backoff;
-use crate::settings::{ConsumeSettings, SettingError, Sources};
+use crate::settings::{ConsumeSettings, SettingError, Sources, GROUP_SESSION_TIMEOUT};
 use crate::shutdown::Shutdown;
 use crate::store::{CollectionNames, Store, StoreError};
 use prefetch::{FetchRequest, Interrupted, Prefetcher};
@@ -48,12 +48,17 @@ use prefetch::{FetchRequest, Interrupted, Prefetcher};
 /// reading (20,000 messages at the default window size).
 const MAX_UNPUBLISHED_WINDOWS: usize = 1_000;
 
-/// Group timeouts: a member silent for `session` is removed and its partitions move; members
-/// get `rebalance` to rejoin during a rebalance.
-const GROUP_TIMEOUTS: GroupTimeouts = GroupTimeouts {
-    session: Duration::from_secs(10),
-    rebalance: Duration::from_secs(30),
-};
+/// Group timeouts: a member silent for the session timeout is removed and its partitions
+/// move; a member whose loop made no step for the max step interval leaves. As in Java's
+/// consumer, a rebalance waits as long for the members to rejoin: a member in a step that is
+/// slow but within bounds is not dropped from the rebalance.
+fn group_timeouts(settings: &ConsumeSettings) -> GroupTimeouts {
+    GroupTimeouts {
+        session: GROUP_SESSION_TIMEOUT,
+        rebalance: settings.max_step_interval,
+        max_step_interval: settings.max_step_interval,
+    }
+}
 
 /// How often the throughput line is logged.
 const THROUGHPUT_EVERY: Duration = Duration::from_secs(10);
@@ -95,8 +100,18 @@ impl Retryable for StoreError {
 fn retry<T, E: Retryable>(
     what: &str,
     shutdown: &Shutdown,
-    mut op: impl FnMut() -> Result<T, E>,
+    op: impl FnMut() -> Result<T, E>,
 ) -> Result<T, Stop> {
+    retry_unless(what, shutdown, &|| false, op).map_err(|e| e.unwrap_or(Stop::Shutdown))
+}
+
+/// As [`retry`], and also gives up (`Err(None)`) when `abandon()` turns true after a failure.
+fn retry_unless<T, E: Retryable>(
+    what: &str,
+    shutdown: &Shutdown,
+    abandon: &dyn Fn() -> bool,
+    mut op: impl FnMut() -> Result<T, E>,
+) -> Result<T, Option<Stop>> {
     let mut backoff = Backoff::standard();
     loop {
         match op() {
@@ -110,18 +125,22 @@ fn retry<T, E: Retryable>(
                 return Ok(v);
             }
             // A call given up because of the stop request is no failure to report.
-            Err(_) if shutdown.requested() => return Err(Stop::Shutdown),
+            Err(_) if shutdown.requested() => return Err(Some(Stop::Shutdown)),
             Err(e) if e.permanent() => {
-                return Err(Stop::Fatal(CommandError::Failed(format!(
+                return Err(Some(Stop::Fatal(CommandError::Failed(format!(
                     "{e}{}",
                     e.hint()
-                ))))
+                )))))
+            }
+            Err(e) if abandon() => {
+                warn!("{e}; {what}: given up, this member must rejoin its group first");
+                return Err(None);
             }
             Err(e) => {
                 let delay = backoff.next_delay();
                 error!("{e}; {what}: retrying in {:.1} s", delay.as_secs_f64());
                 if !shutdown.sleep(delay) {
-                    return Err(Stop::Shutdown);
+                    return Err(Some(Stop::Shutdown));
                 }
             }
         }
@@ -136,6 +155,11 @@ struct MongoSink<'a> {
     shutdown: &'a Shutdown,
     member: Option<&'a mut GroupMember>,
     topic_id: &'a str,
+    /// Give up a failing call once the member must rejoin (the group rebalances, or the member
+    /// left after the max step interval): the step's records are read again by the partitions'
+    /// next owner, and a rejoin does not wait for the database. Not while the engine resumes:
+    /// a resume gives up nothing, and the loop rejoins right after it.
+    abandon_on_rejoin: bool,
     /// Why the consumer must stop, when it must.
     stop: Option<Stop>,
 }
@@ -147,13 +171,16 @@ impl MongoSink<'_> {
         mut op: impl FnMut(&Store) -> Result<T, StoreError>,
     ) -> Result<T, SinkError> {
         let store = self.store;
-        retry(operation, self.shutdown, || op(store)).map_err(|stop| {
+        let member = self.member.as_deref().filter(|_| self.abandon_on_rejoin);
+        let abandon = || member.is_some_and(GroupMember::rejoin_needed);
+        retry_unless(operation, self.shutdown, &abandon, || op(store)).map_err(|stop| {
             let detail = match &stop {
-                Stop::Shutdown => "stop requested".to_string(),
-                Stop::Fatal(CommandError::Failed(m)) => m.clone(),
-                Stop::Fatal(_) => "fatal".to_string(),
+                None => "this member must rejoin its group; given up".to_string(),
+                Some(Stop::Shutdown) => "stop requested".to_string(),
+                Some(Stop::Fatal(CommandError::Failed(m))) => m.clone(),
+                Some(Stop::Fatal(_)) => "fatal".to_string(),
             };
-            self.stop = Some(stop);
+            self.stop = stop;
             SinkError { operation, detail }
         })
     }
@@ -383,7 +410,7 @@ impl<'a> Pipeline<'a> {
                     settings.brokers.clone(),
                     settings.topic.clone(),
                     settings.group.clone(),
-                    GROUP_TIMEOUTS,
+                    group_timeouts(settings),
                     shutdown.clone(),
                 )
                 .with_security(settings.security.clone()),
@@ -460,6 +487,7 @@ impl<'a> Pipeline<'a> {
             shutdown: self.shutdown,
             member: None,
             topic_id: &topic_id,
+            abandon_on_rejoin: false,
             stop: None,
         };
         if let Err(e) = self.engine.forget_published(&mut sink) {
@@ -480,6 +508,20 @@ impl<'a> Pipeline<'a> {
             self.engine.unpublished()
         );
         self.source.set_generation(None);
+        if self.member.as_ref().is_some_and(GroupMember::left_stalled) {
+            // It left because it could not store: back in the group before the database
+            // answers, it would take partitions only to hold them up again.
+            let store = self.store;
+            retry(
+                "waiting for the database before rejoining",
+                self.shutdown,
+                || store.ping(),
+            )?;
+            info!(
+                "group {}: the database answers again; rejoining",
+                self.settings.group
+            );
+        }
         self.reassign()
     }
 
@@ -523,7 +565,7 @@ impl<'a> Pipeline<'a> {
                 .all(|p| self.assigned.contains(p));
         let settled = own_everything
             || self.last_progress.elapsed()
-                >= GROUP_TIMEOUTS.session + 2 * GROUP_TIMEOUTS.heartbeat_interval();
+                >= GROUP_SESSION_TIMEOUT + 2 * group_timeouts(self.settings).heartbeat_interval();
         settled
             && self
                 .engine
@@ -536,11 +578,19 @@ impl<'a> Pipeline<'a> {
         self.member.as_ref().is_some_and(GroupMember::rejoin_needed)
     }
 
+    /// Tells the heartbeat thread the loop is alive (see `--max-step-interval`).
+    fn stepped(&self) {
+        if let Some(member) = self.member.as_ref() {
+            member.stepped();
+        }
+    }
+
     fn run(&mut self) -> Result<(), Stop> {
         let mut idle_since = Instant::now();
         let mut last_report = Instant::now();
         let mut backoff = Backoff::standard();
         loop {
+            self.stepped();
             if last_report.elapsed() >= THROUGHPUT_EVERY {
                 self.log_throughput(last_report.elapsed());
                 last_report = Instant::now();
@@ -731,7 +781,10 @@ impl<'a> Pipeline<'a> {
             match self.engine_call(|engine, sink, committer| {
                 engine.step(rest, arrival, sink, committer)
             })? {
-                Some(report) => rest = &rest[report.consumed..],
+                Some(report) => {
+                    self.stepped();
+                    rest = &rest[report.consumed..];
+                }
                 None => {
                     info!(
                         "{} fetched records are left unprocessed: read again from the \
@@ -762,6 +815,7 @@ impl<'a> Pipeline<'a> {
             shutdown: self.shutdown,
             member: self.member.as_mut(),
             topic_id: &topic_id,
+            abandon_on_rejoin: true,
             stop: None,
         };
         let mut committer = KafkaCommitter {
@@ -835,6 +889,8 @@ impl<'a> Pipeline<'a> {
     fn publish_pending_until_done(&mut self) -> Result<bool, Stop> {
         let mut backoff = Backoff::standard();
         loop {
+            // A commit refused again and again is no stuck loop: the coordinator answers.
+            self.stepped();
             if self.shutdown.requested() {
                 return Err(Stop::Shutdown);
             }
@@ -1041,6 +1097,7 @@ fn resume(
         shutdown,
         member,
         topic_id: &topic_id,
+        abandon_on_rejoin: false,
         stop: None,
     };
     let mut committer = KafkaCommitter {

@@ -7,6 +7,11 @@
 //! and receives a new assignment. A heartbeat thread keeps the membership alive and raises a
 //! flag when the group rebalances or the coordinator has fenced this member out; the consume
 //! loop checks that flag between steps and before it stores a window.
+//!
+//! Liveness is Java's: the heartbeats go on while a rebalance is pending, until the member has
+//! rejoined (a step stuck on a slow write does not get the member removed), and the member
+//! leaves the group when its loop made no step for the max step interval (its partitions then
+//! move to a member that works; it rejoins once the loop runs again).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -24,7 +29,7 @@ use kafka_protocol::messages::{
     HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest, SyncGroupRequest,
 };
 use kafka_protocol::protocol::{Encodable, Request, StrBytes};
-use log::{debug, info, warn};
+use log::{debug, error, info, warn};
 
 use super::cluster::{group_id, topic_name, AutoCreate, Cluster};
 use super::decode_limits::decode_consumer_protocol;
@@ -38,12 +43,14 @@ const CONSUMER_PROTOCOL_VERSION: i16 = 0;
 pub const PROTOCOL_TYPE: &str = "consumer";
 pub const ASSIGNOR: &str = "range";
 
-/// How long the member may go without a heartbeat before the coordinator removes it, and how
-/// long a rebalance may wait for members to rejoin.
+/// How long the member may go without a heartbeat before the coordinator removes it, how
+/// long a rebalance may wait for members to rejoin, and how long the member's loop may go
+/// without a step before the member leaves the group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GroupTimeouts {
     pub session: Duration,
     pub rebalance: Duration,
+    pub max_step_interval: Duration,
 }
 
 impl GroupTimeouts {
@@ -66,6 +73,11 @@ struct State {
     generation: Option<Generation>,
     /// The group is rebalancing, or this member was fenced: rejoin before storing more.
     rejoin: bool,
+    /// When the consume loop last reported a step ([`GroupMember::stepped`]).
+    last_step: Instant,
+    /// The heartbeat thread left the group because the loop made no step for the max step
+    /// interval; cleared by the next join.
+    left_stalled: bool,
 }
 
 /// A member of one consumer group, subscribed to one topic.
@@ -96,6 +108,8 @@ impl GroupMember {
             state: Arc::new(Mutex::new(State {
                 generation: None,
                 rejoin: true,
+                last_step: Instant::now(),
+                left_stalled: false,
             })),
             stop_heartbeats: Arc::new(AtomicBool::new(false)),
             heartbeats: None,
@@ -117,6 +131,18 @@ impl GroupMember {
     /// True when the member must rejoin: the group is rebalancing or this member was fenced.
     pub fn rejoin_needed(&self) -> bool {
         lock(&self.state).rejoin
+    }
+
+    /// The consume loop made a step (or came round without one to make): the member is
+    /// working, and keeps its membership.
+    pub fn stepped(&self) {
+        lock(&self.state).last_step = Instant::now();
+    }
+
+    /// True when the member left the group because its loop made no step for the max step
+    /// interval: it should rejoin only once what held the loop (the database) answers again.
+    pub fn left_stalled(&self) -> bool {
+        lock(&self.state).left_stalled
     }
 
     /// Asks for a rejoin before anything more is stored (the member could not confirm it still
@@ -169,6 +195,8 @@ impl GroupMember {
                         let mut s = lock(&self.state);
                         s.generation = Some(generation.clone());
                         s.rejoin = false;
+                        s.left_stalled = false;
+                        s.last_step = Instant::now();
                     }
                     self.start_heartbeat_thread();
                     info!(
@@ -331,49 +359,22 @@ impl GroupMember {
     fn start_heartbeat_thread(&mut self) {
         let stop = Arc::new(AtomicBool::new(false));
         self.stop_heartbeats = stop.clone();
-        let state = self.state.clone();
         let mut cluster = Cluster::new(
             self.cluster.bootstrap().to_vec(),
             self.topic.clone(),
             self.shutdown.clone(),
         );
         cluster.set_security(self.cluster.security().clone());
-        let group = self.group.clone();
-        let interval = self.timeouts.heartbeat_interval();
+        let heartbeats = Heartbeats {
+            cluster,
+            group: self.group.clone(),
+            state: self.state.clone(),
+            timeouts: self.timeouts,
+            stop,
+        };
         let spawned = std::thread::Builder::new()
             .name("group-heartbeat".into())
-            .spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    let generation = {
-                        let s = lock(&state);
-                        if s.rejoin {
-                            None
-                        } else {
-                            s.generation.clone()
-                        }
-                    };
-                    if let Some(generation) = generation {
-                        match heartbeat(&mut cluster, &group, &generation) {
-                            Ok(()) => {}
-                            Err(HeartbeatError::Rejoin(why)) => {
-                                info!("group {group}: {why}; the member will rejoin");
-                                let mut s = lock(&state);
-                                s.rejoin = true;
-                                if why.fenced() {
-                                    s.generation = None;
-                                }
-                            }
-                            Err(HeartbeatError::Unreachable(e)) => {
-                                warn!("group {group}: heartbeat failed ({e}); retrying");
-                            }
-                        }
-                    }
-                    let until = Instant::now() + interval;
-                    while Instant::now() < until && !stop.load(Ordering::SeqCst) {
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
-                }
-            });
+            .spawn(move || heartbeats.run());
         match spawned {
             Ok(handle) => self.heartbeats = Some(handle),
             Err(e) => warn!("cannot start the heartbeat thread ({e}); the member may be removed"),
@@ -394,32 +395,136 @@ impl GroupMember {
         let Some(generation) = lock(&self.state).generation.take() else {
             return;
         };
-        let request = LeaveGroupRequest::default()
-            .with_group_id(group_id(&self.group))
-            .with_members(vec![MemberIdentity::default()
-                .with_member_id(StrBytes::from_string(generation.member_id.clone()))
-                .with_reason(Some(StrBytes::from_static_str(
-                    "the consumer is stopping",
-                )))]);
-        match self
-            .cluster
-            .call_coordinator(&self.group, &request, Duration::from_secs(5))
-        {
-            Ok(r) if r.error_code == 0 => {
-                info!("group {}: left as {}", self.group, generation.member_id)
-            }
-            Ok(r) => warn!(
-                "group {}: leaving answered {:?}; the coordinator will drop the member after \
-                 its session timeout",
-                self.group,
-                ResponseError::try_from_code(r.error_code)
-            ),
+        match leave_group(
+            &mut self.cluster,
+            &self.group,
+            &generation,
+            "the consumer is stopping",
+        ) {
+            Ok(()) => info!("group {}: left as {}", self.group, generation.member_id),
             Err(e) => warn!(
-                "group {}: cannot leave ({e}); the coordinator will drop the member after its \
-                 session timeout",
+                "group {}: {e}; the coordinator will drop the member after its session timeout",
                 self.group
             ),
         }
+    }
+}
+
+/// LeaveGroup for `generation`'s member. A failed call is tried once more on a fresh
+/// connection to a coordinator looked up again: the one we held may be to a broker that
+/// restarted since (its socket closed), or no longer the coordinator.
+fn leave_group(
+    cluster: &mut Cluster,
+    group: &str,
+    generation: &Generation,
+    reason: &'static str,
+) -> Result<(), String> {
+    let request = LeaveGroupRequest::default()
+        .with_group_id(group_id(group))
+        .with_members(vec![MemberIdentity::default()
+            .with_member_id(StrBytes::from_string(generation.member_id.clone()))
+            .with_reason(Some(StrBytes::from_static_str(reason)))]);
+    let mut failure = String::new();
+    for _ in 0..2 {
+        match cluster.call_coordinator(group, &request, Duration::from_secs(5)) {
+            Ok(r) => match ResponseError::try_from_code(r.error_code) {
+                None => return Ok(()),
+                Some(
+                    e @ (ResponseError::NotCoordinator | ResponseError::CoordinatorNotAvailable),
+                ) => failure = format!("leaving answered {e}"),
+                Some(e) => return Err(format!("leaving answered {e}")),
+            },
+            Err(e) => failure = format!("cannot leave ({e})"),
+        }
+        cluster.forget_coordinator();
+    }
+    Err(failure)
+}
+
+/// The heartbeat thread: one Heartbeat a third of the session while the member holds a
+/// generation, also while a rebalance is pending (until the member has rejoined, which stops
+/// this thread); LeaveGroup when the consume loop made no step for the max step interval.
+struct Heartbeats {
+    /// Connections of its own: a heartbeat never waits behind the loop's calls.
+    cluster: Cluster,
+    group: String,
+    state: Arc<Mutex<State>>,
+    timeouts: GroupTimeouts,
+    stop: Arc<AtomicBool>,
+}
+
+impl Heartbeats {
+    fn run(mut self) {
+        let interval = self.timeouts.heartbeat_interval();
+        while !self.stop.load(Ordering::SeqCst) {
+            let (generation, since_step) = {
+                let s = lock(&self.state);
+                (s.generation.clone(), s.last_step.elapsed())
+            };
+            // Fenced out (or left): nothing to keep alive until the next join.
+            let Some(generation) = generation else {
+                return;
+            };
+            if since_step > self.timeouts.max_step_interval {
+                self.leave_stalled(&generation, since_step);
+                return;
+            }
+            match heartbeat(&mut self.cluster, &self.group, &generation) {
+                Ok(()) => {}
+                Err(HeartbeatError::Rejoin(why)) => {
+                    let mut s = lock(&self.state);
+                    // A pending rebalance answers every heartbeat until the member rejoined:
+                    // said once.
+                    if !s.rejoin || why.fenced() {
+                        info!("group {}: {why}; the member will rejoin", self.group);
+                    }
+                    s.rejoin = true;
+                    if why.fenced() {
+                        s.generation = None;
+                    }
+                }
+                Err(HeartbeatError::Unreachable(e)) => {
+                    warn!("group {}: heartbeat failed ({e}); retrying", self.group);
+                }
+            }
+            let until = Instant::now() + interval;
+            while Instant::now() < until && !self.stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// Java's `max.poll.interval.ms`: a member whose loop is stuck (on a database that hangs)
+    /// would keep its partitions for as long as its heartbeats go on, and nobody would process
+    /// them. It leaves instead, so they move to a member that works; the windows it staged and
+    /// did not commit are never published (the commit is the fence).
+    fn leave_stalled(&mut self, generation: &Generation, since_step: Duration) {
+        {
+            let mut s = lock(&self.state);
+            s.generation = None;
+            s.rejoin = true;
+            s.left_stalled = true;
+        }
+        let outcome = leave_group(
+            &mut self.cluster,
+            &self.group,
+            generation,
+            "the consume loop made no step for the max step interval",
+        );
+        let what = match outcome {
+            Ok(()) => "left the group so that its partitions move to another member".to_string(),
+            Err(e) => format!(
+                "{e}: the coordinator moves its partitions after the session timeout instead"
+            ),
+        };
+        error!(
+            "group {}: member {} made no step for {:.1} s (more than --max-step-interval {} s; \
+             is the database answering?): {what}; it rejoins once its loop runs again",
+            self.group,
+            generation.member_id,
+            since_step.as_secs_f64(),
+            self.timeouts.max_step_interval.as_secs_f64()
+        );
     }
 }
 

@@ -36,6 +36,14 @@ use crate::settings::MongoSettings;
 const DUPLICATE_KEY: i32 = 11000;
 /// How long to look for a reachable server before an operation fails.
 const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the driver's monitor checks the server, each check answering within the connect
+/// timeout. The driver has no socket or operation timeout of its own (3.x: `socketTimeoutMS` is
+/// not supported, `maxTimeMS` is enforced by a server that runs): a check that times out marks
+/// the server unknown and interrupts the operations waiting on it. So an operation on a server
+/// that stopped answering (frozen, SIGSTOPped, a dead link) fails within about this interval
+/// plus the connect timeout (10 s) and is retried with backoff like any other failure; the
+/// driver's default interval (10 s) would let it wait 15 s.
+const SERVER_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A failed database operation, with secrets scrubbed, written for the operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,6 +150,7 @@ impl Store {
         options
             .connect_timeout
             .get_or_insert(SERVER_SELECTION_TIMEOUT);
+        options.heartbeat_freq.get_or_insert(SERVER_CHECK_INTERVAL);
         let client = Client::with_options(options).map_err(|e| store_error("connect", &e))?;
         let database = client.database(&settings.database);
         Ok(Store {

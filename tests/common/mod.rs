@@ -33,6 +33,7 @@ const OUR_VARS: &[&str] = &[
     "METRICS_SUFFIX",
     "KAFKA_PARTITIONS",
     "EXIT_WHEN_IDLE_SECONDS",
+    "MAX_STEP_INTERVAL_SECONDS",
     "MAX_MESSAGES",
     "REPORT_COUNT",
     "SIMULATION_SEED",
@@ -1543,9 +1544,13 @@ fn descends_from(mut pid: u32, ancestor: u32) -> bool {
 
 /// Other people's test runs against the shared services: test binaries (`target/*/deps/`),
 /// `cargo test` and the benchmark driver (`bench/run.py`), except this process, its ancestors
-/// and its own children. One line per process (pid and command).
+/// and its own children. One line per process (pid and command). Only runs from this checkout
+/// count (their working directory is in it): another checkout has services of its own
+/// (`.local/`, its own ports), which stopping ours does not touch.
 pub fn other_test_processes() -> Vec<String> {
     let me = std::process::id();
+    let root = repo_root();
+    let root = root.canonicalize().unwrap_or(root);
     let mut found = Vec::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return found;
@@ -1579,8 +1584,15 @@ pub fn other_test_processes() -> Vec<String> {
             || (name == "cargo"
                 && matches!(args.get(1).map(String::as_str), Some("test" | "nextest")))
             || args.iter().any(|a| a.ends_with("bench/run.py"));
+        let here =
+            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|d| d.starts_with(&root));
         // Not a zombie, not this run's own parent chain or children.
-        if !busy || parent_pid(pid).is_none() || descends_from(me, pid) || descends_from(pid, me) {
+        if !busy
+            || !here
+            || parent_pid(pid).is_none()
+            || descends_from(me, pid)
+            || descends_from(pid, me)
+        {
             continue;
         }
         found.push(format!("{pid} {}", args.join(" ")));
@@ -1774,7 +1786,10 @@ pub fn mongo_answers(uri: &str) -> bool {
 
 /// Forwards connections to `upstream`. While holding, a client message (one MongoDB wire
 /// message: a little-endian length, then the rest) that contains `pattern` is kept back, and
-/// with it everything after it on that connection, until released. Stops when dropped.
+/// with it everything after it on that connection, until released. An empty `pattern` holds
+/// every message, the driver's monitoring checks included: to this proxy's clients the
+/// database is frozen (as if SIGSTOPped: connections are accepted, nothing is answered) while
+/// it keeps serving everyone else. Stops when dropped.
 pub struct HoldingProxy {
     pub addr: String,
     holding: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -1833,9 +1848,10 @@ impl HoldingProxy {
                         return;
                     }
                     if h.load(Ordering::SeqCst)
-                        && message
-                            .windows(pattern.len())
-                            .any(|w| w == pattern.as_slice())
+                        && (pattern.is_empty()
+                            || message
+                                .windows(pattern.len())
+                                .any(|w| w == pattern.as_slice()))
                     {
                         n.fetch_add(1, Ordering::SeqCst);
                         while h.load(Ordering::SeqCst) {
