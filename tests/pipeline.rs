@@ -8,8 +8,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_ok, check_windows_against_raw, ensure_topic, kcat_read_bytes, terminate, text,
-    wait_with_limit, Sandbox,
+    assert_ok, check_windows_against_raw, ensure_topic, kcat_read_bytes, mongo_insert_pattern,
+    oracle, poll, terminate, text, wait_with_limit, HoldingProxy, Sandbox,
 };
 use mongodb::bson::{doc, Bson};
 use serde_json::{json, Value};
@@ -96,6 +96,8 @@ fn every_produced_message_is_stored_once_and_windowed_once() {
         3,
         "floor(60 / 20) windows"
     );
+    // One run: every window's start and end are its messages' arrivals.
+    oracle::check_one_run(&sb);
     assert_eq!(sb.count("dlq"), 0);
     assert!(log.contains("window 0 stored: 20 messages"), "{log}");
 
@@ -324,6 +326,7 @@ fn bad_input_is_dead_lettered_with_its_reason_and_the_stream_goes_on() {
     );
 
     assert_eq!(check_windows_against_raw(&sb, 5), valid / 5);
+    oracle::check_one_run(&sb);
 }
 
 #[test]
@@ -353,23 +356,57 @@ fn a_second_run_on_the_same_group_stores_nothing_again_and_completes_the_open_wi
 #[test]
 fn a_killed_consumer_loses_nothing_and_doubles_nothing() {
     let sb = Sandbox::new("kill9");
-    produce(&sb, 40, 21); // 200 messages, 10 windows
-                          // Small windows and a kill as soon as some are stored: the kill lands mid-stream.
-    let mut child = sb
-        .command(&["consume", "--window-size", "10"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + LIMIT;
-    while sb.count("kpis") < 3 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
+    produce(&sb, 40, 21); // 200 messages, 20 windows of 10
+    let total: u64 = 200;
+    // The 200 messages are one step, stored well within a poll's interval: a kill timed by
+    // watching the database would land after the consumer finished. So a proxy in front of
+    // the database holds the consumer's next write into one collection, and the consumer is
+    // SIGKILLed while that write is held: first between storing the raw messages and staging
+    // their windows, then (the next run) between the commit and the windows' publication.
+    let upstream = sb
+        .mongodb_uri
+        .trim_start_matches("mongodb://")
+        .split(['/', '?'])
+        .next()
+        .unwrap()
+        .to_string();
+    for (name, held) in [("staging", "kpis_staged"), ("publication", "kpis")] {
+        let proxy = HoldingProxy::start(&upstream, mongo_insert_pattern(held));
+        proxy.hold(true);
+        let uri = format!("mongodb://{}/?directConnection=true", proxy.addr);
+        let mut consumer = sb.spawn(
+            &format!("consume-killed-in-{name}"),
+            &["consume", "--window-size", "10", "--mongodb-uri", &uri],
+        );
+        poll(LIMIT, Duration::from_millis(20), || {
+            (proxy.held() > 0).then_some(())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "the consumer never wrote into {held}: {}",
+                consumer.log_tail(30)
+            )
+        });
+        assert!(consumer.running(), "{}", consumer.log_tail(30));
+        consumer.child.kill().unwrap(); // SIGKILL while the write is held
+        consumer.child.wait().unwrap();
+        drop(proxy);
+        // The kill landed mid-step: raw messages are in, no window is published.
+        let (raw, kpis) = (sb.count("raw"), sb.count("kpis"));
+        assert!(
+            raw > 0 && kpis == 0,
+            "after the kill in {name}: {raw} raw, {kpis} windows: {}",
+            consumer.log_tail(30)
+        );
     }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    consume(&sb, &["--window-size", "10"]);
-    assert_eq!(sb.count("raw"), 200);
-    assert_eq!(check_windows_against_raw(&sb, 10), 20);
+    assert!(
+        sb.count("kpis_staged") > 0,
+        "the second run staged windows (and committed) before it was killed"
+    );
+    let log = consume(&sb, &["--window-size", "10"]);
+    assert_eq!(sb.count("raw"), total, "{log}");
+    assert_eq!(sb.count("dlq"), 0, "nothing read twice from another position: {log}");
+    assert_eq!(check_windows_against_raw(&sb, 10), 20, "{log}");
 }
 
 #[test]
