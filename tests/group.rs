@@ -725,7 +725,8 @@ fn a_killed_member_loses_its_partitions_after_the_session_timeout_a_leaving_one_
     let watching = Arc::new(AtomicBool::new(true));
     let watcher = {
         let (gone_at, watching) = (gone_at.clone(), watching.clone());
-        let (brokers, group, topic) = (s.sb.brokers.clone(), s.sb.group.clone(), s.sb.topic.clone());
+        let (brokers, group, topic) =
+            (s.sb.brokers.clone(), s.sb.group.clone(), s.sb.topic.clone());
         let leaver = leaver.clone();
         std::thread::spawn(move || {
             while watching.load(Ordering::SeqCst) {

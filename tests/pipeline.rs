@@ -119,6 +119,132 @@ fn every_produced_message_is_stored_once_and_windowed_once() {
     assert!(lines[0]["kpis"]["avg_cpu_percent"].is_f64());
 }
 
+/// The window checks are not vacuous: each kind of wrong window a consumer could store, with
+/// its other figures kept consistent with it (a skewed duration with the rate that matches
+/// it, say), is reported; each one is undone before the next.
+#[test]
+fn the_window_checks_notice_each_kind_of_wrong_window() {
+    let sb = Sandbox::new("oracle");
+    produce(&sb, 16, 3); // 80 messages, 4 windows
+    consume(&sb, &[]);
+    let check = || {
+        check_windows_against_raw(&sb, 20);
+        oracle::check_one_run(&sb);
+    };
+    check();
+    let kpis = sb.db().collection::<mongodb::bson::Document>("kpis");
+    let windows = sb.docs("kpis", doc! {}, doc! {"seq": 1});
+    assert_eq!(windows.len(), 4);
+    let with_alerts = windows
+        .iter()
+        .find(|w| !w.get_array("alerts").unwrap().is_empty())
+        .expect("a window with alerts (seed 3 makes some)")
+        .clone();
+    let second = windows[1].clone();
+    let ms =
+        |w: &mongodb::bson::Document, key: &str| w.get_datetime(key).unwrap().timestamp_millis();
+    let date = mongodb::bson::DateTime::from_millis;
+    type Tamper = Box<dyn Fn(&mut mongodb::bson::Document)>;
+    let tamperings: Vec<(&str, &mongodb::bson::Document, Tamper)> = vec![
+        (
+            "a duration 25 % long, with the rate that matches it",
+            &second,
+            Box::new(|w| {
+                let d = w.get_f64("window_duration_s").unwrap() * 1.25 + 0.01;
+                w.insert("window_duration_s", d);
+                w.get_document_mut("kpis")
+                    .unwrap()
+                    .insert("messages_per_second", 20.0 / d);
+            }),
+        ),
+        (
+            "a window ending a second late, its duration and rate to match",
+            &second,
+            Box::new(move |w| {
+                w.insert("window_end", date(ms(w, "window_end") + 1000));
+                let d = w.get_f64("window_duration_s").unwrap() + 1.0;
+                w.insert("window_duration_s", d);
+                w.get_document_mut("kpis")
+                    .unwrap()
+                    .insert("messages_per_second", 20.0 / d);
+            }),
+        ),
+        (
+            "a window starting a second early, its duration and rate to match",
+            &second,
+            Box::new(move |w| {
+                w.insert("window_start", date(ms(w, "window_start") - 1000));
+                let d = w.get_f64("window_duration_s").unwrap() + 1.0;
+                w.insert("window_duration_s", d);
+                w.get_document_mut("kpis")
+                    .unwrap()
+                    .insert("messages_per_second", 20.0 / d);
+            }),
+        ),
+        (
+            "a server's average off by one",
+            &second,
+            Box::new(|w| {
+                let servers = w.get_array_mut("servers").unwrap();
+                let s = servers[0].as_document_mut().unwrap();
+                let v = s.get_f64("avg_cpu_percent").unwrap() + 1.0;
+                s.insert("avg_cpu_percent", v);
+            }),
+        ),
+        (
+            "an alert of another server",
+            &with_alerts,
+            Box::new(|w| {
+                let alerts = w.get_array_mut("alerts").unwrap();
+                let a = alerts[0].as_document_mut().unwrap();
+                a.insert("server_id", "nobody");
+            }),
+        ),
+        (
+            "an alert with another value",
+            &with_alerts,
+            Box::new(|w| {
+                let alerts = w.get_array_mut("alerts").unwrap();
+                let a = alerts[0].as_document_mut().unwrap();
+                let v = a.get_f64("value").unwrap() + 0.5;
+                a.insert("value", v);
+            }),
+        ),
+        (
+            "a wrong max_memory_percent",
+            &second,
+            Box::new(|w| {
+                let k = w.get_document_mut("kpis").unwrap();
+                let v = k.get_f64("max_memory_percent").unwrap() - 0.5;
+                k.insert("max_memory_percent", v);
+            }),
+        ),
+        (
+            "an event time a second early",
+            &second,
+            Box::new(move |w| {
+                let e = w.get_document_mut("event_time").unwrap();
+                let first = e.get_datetime("first").unwrap().timestamp_millis();
+                e.insert("first", date(first - 1000));
+            }),
+        ),
+    ];
+    eprintln!(
+        "window-check self-test: {} violations are expected to be reported next",
+        tamperings.len()
+    );
+    for (what, original, tamper) in tamperings {
+        let mut wrong = original.clone();
+        tamper(&mut wrong);
+        let filter = doc! {"_id": original.get("_id").unwrap()};
+        kpis.replace_one(filter.clone(), &wrong).run().unwrap();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(check));
+        kpis.replace_one(filter, original).run().unwrap();
+        assert!(outcome.is_err(), "the window checks missed {what}");
+    }
+    check();
+}
+
 #[test]
 fn a_window_lists_as_many_servers_as_asked_and_counts_the_rest() {
     let sb = Sandbox::new("perserver");
@@ -405,7 +531,11 @@ fn a_killed_consumer_loses_nothing_and_doubles_nothing() {
     );
     let log = consume(&sb, &["--window-size", "10"]);
     assert_eq!(sb.count("raw"), total, "{log}");
-    assert_eq!(sb.count("dlq"), 0, "nothing read twice from another position: {log}");
+    assert_eq!(
+        sb.count("dlq"),
+        0,
+        "nothing read twice from another position: {log}"
+    );
     assert_eq!(check_windows_against_raw(&sb, 10), 20, "{log}");
 }
 

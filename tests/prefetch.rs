@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    assert_ok, check_windows_against_raw, mongo_insert_pattern, poll, terminate, text,
-    Background, HoldingProxy, Sandbox,
+    assert_ok, check_windows_against_raw, mongo_insert_pattern, poll, terminate, text, Background,
+    HoldingProxy, Sandbox,
 };
 
 const LIMIT: Duration = Duration::from_secs(120);

@@ -254,7 +254,10 @@ fn assert_too_large_letter(letter: &Document, value: &[u8]) {
         Some(Bson::Binary(b)) => &b.bytes[..],
         other => panic!("payload {:?}", other.map(|b| b.element_type())),
     };
-    assert!(kept == &value[..HEAD], "the kept head is the value's first {HEAD} bytes");
+    assert!(
+        kept == &value[..HEAD],
+        "the kept head is the value's first {HEAD} bytes"
+    );
 }
 
 #[test]
@@ -390,7 +393,10 @@ fn batches_larger_than_the_fetch_size_are_read_and_the_partition_goes_on() {
             6 << 20
         ),
     }
-    eprintln!("FIGURE bigbatch: {plain_uuid} stored whole ({} bytes of padding)", 6 << 20);
+    eprintln!(
+        "FIGURE bigbatch: {plain_uuid} stored whole ({} bytes of padding)",
+        6 << 20
+    );
     for small in 1..=8 {
         let uuid = format!("{}-{small}", sb.name);
         assert!(

@@ -117,13 +117,16 @@ fn kpis_show_tells_refused_credentials_from_a_server_that_does_not_answer() {
     let sb = Sandbox::new("stack_auth");
     // The refused URI is built from the services' hosts: a URI of another scheme is a broken
     // precondition (the services of `make up` are mongodb://), not a reason to pass unchecked.
-    let rest = sb.mongodb_uri.strip_prefix("mongodb://").unwrap_or_else(|| {
-        panic!(
-            "the services' MONGODB_URI is not a mongodb:// URI (scheme {:?}): this test needs \
+    let rest = sb
+        .mongodb_uri
+        .strip_prefix("mongodb://")
+        .unwrap_or_else(|| {
+            panic!(
+                "the services' MONGODB_URI is not a mongodb:// URI (scheme {:?}): this test needs \
              the services of `make up`",
-            sb.mongodb_uri.split("://").next().unwrap_or("")
-        )
-    });
+                sb.mongodb_uri.split("://").next().unwrap_or("")
+            )
+        });
     let authority = rest.split(['/', '?']).next().unwrap_or(rest);
     let hosts = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     // No mechanism named: the driver negotiates SCRAM, which FerretDB without authentication

@@ -128,7 +128,12 @@ pub fn check_window(w: &Document, members: &[&Document]) -> WindowTimes {
             "window {id}: {server}'s messages"
         );
         let k = docs.len() as f64;
-        for field in ["cpu_percent", "memory_percent", "disk_io_mbps", "network_mbps"] {
+        for field in [
+            "cpu_percent",
+            "memory_percent",
+            "disk_io_mbps",
+            "network_mbps",
+        ] {
             let mean = docs.iter().map(|d| metric(d, field)).sum::<f64>() / k;
             let stored = f64_of(entry, &format!("avg_{field}"));
             assert!(
@@ -270,7 +275,8 @@ pub fn check_one_run(sb: &Sandbox) {
             );
             let expected_start = if k == 0 { t.earliest } else { times[k - 1].end };
             assert_eq!(
-                t.start, expected_start,
+                t.start,
+                expected_start,
                 "stream {stream} window {}: starts at {}",
                 t.seq,
                 if k == 0 {
