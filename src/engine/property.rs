@@ -181,7 +181,7 @@ fn payload(
             } else {
                 limits.payload_bytes + 1 + rng.usize(..limits.payload_bytes)
             };
-            let (mut bytes, at_limit) = match rng.u8(..3) {
+            let (mut bytes, within_limit) = match rng.u8(..3) {
                 0 => {
                     let id = uuid(rng);
                     let mut v = metric_json(rng, server, &id);
@@ -225,7 +225,7 @@ fn payload(
             let made = if bytes.len() > limits.payload_bytes {
                 Made::Invalid("payload_too_large")
             } else {
-                at_limit
+                within_limit
             };
             (bytes, made)
         }
