@@ -60,12 +60,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sleep_is_cut_short_by_a_request() {
+    fn sleep_lasts_its_duration_without_a_request() {
         let s = Shutdown::default();
-        assert!(s.sleep(Duration::from_millis(1)));
+        let started = Instant::now();
+        assert!(s.sleep(Duration::from_millis(30)));
+        assert!(started.elapsed() >= Duration::from_millis(30));
+    }
+
+    #[test]
+    fn sleep_is_cut_short_by_a_request() {
+        const LONG: Duration = Duration::from_secs(30);
+        let s = Shutdown::default();
         let other = s.clone();
-        let t = std::thread::spawn(move || other.sleep(Duration::from_secs(30)));
+        let t = std::thread::spawn(move || other.sleep(LONG));
+        // The request comes 200 ms into the sleep: a sleep that looked at the flag only at
+        // its deadline would take all of LONG and fail the bound below.
+        std::thread::sleep(Duration::from_millis(200));
+        let asked = Instant::now();
         s.request();
-        assert!(!t.join().unwrap());
+        assert!(!t.join().unwrap(), "a sleep cut short says so");
+        let woke = asked.elapsed();
+        // The flag is looked at every 50 ms; a sixth of LONG leaves a loaded machine room.
+        assert!(
+            woke < LONG / 6,
+            "the sleep ended {woke:?} after the request, as if it waited for its deadline"
+        );
     }
 }

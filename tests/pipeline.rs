@@ -8,8 +8,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_ok, check_windows_against_raw, ensure_topic, kcat_read_bytes, terminate, text,
-    wait_with_limit, Sandbox,
+    assert_ok, check_windows_against_raw, ensure_topic, kcat_read_bytes, mongo_insert_pattern,
+    oracle, poll, terminate, text, wait_with_limit, HoldingProxy, Sandbox,
 };
 use mongodb::bson::{doc, Bson};
 use serde_json::{json, Value};
@@ -96,6 +96,8 @@ fn every_produced_message_is_stored_once_and_windowed_once() {
         3,
         "floor(60 / 20) windows"
     );
+    // One run: every window's start and end are its messages' arrivals.
+    oracle::check_one_run(&sb);
     assert_eq!(sb.count("dlq"), 0);
     assert!(log.contains("window 0 stored: 20 messages"), "{log}");
 
@@ -115,6 +117,132 @@ fn every_produced_message_is_stored_once_and_windowed_once() {
     assert_eq!(lines[0]["seq"], json!(2), "newest first");
     assert_eq!(lines[0]["message_count"], json!(20));
     assert!(lines[0]["kpis"]["avg_cpu_percent"].is_f64());
+}
+
+/// The window checks are not vacuous: each kind of wrong window a consumer could store, with
+/// its other figures kept consistent with it (a skewed duration with the rate that matches
+/// it, say), is reported; each one is undone before the next.
+#[test]
+fn the_window_checks_notice_each_kind_of_wrong_window() {
+    let sb = Sandbox::new("oracle");
+    produce(&sb, 16, 3); // 80 messages, 4 windows
+    consume(&sb, &[]);
+    let check = || {
+        check_windows_against_raw(&sb, 20);
+        oracle::check_one_run(&sb);
+    };
+    check();
+    let kpis = sb.db().collection::<mongodb::bson::Document>("kpis");
+    let windows = sb.docs("kpis", doc! {}, doc! {"seq": 1});
+    assert_eq!(windows.len(), 4);
+    let with_alerts = windows
+        .iter()
+        .find(|w| !w.get_array("alerts").unwrap().is_empty())
+        .expect("a window with alerts (seed 3 makes some)")
+        .clone();
+    let second = windows[1].clone();
+    let ms =
+        |w: &mongodb::bson::Document, key: &str| w.get_datetime(key).unwrap().timestamp_millis();
+    let date = mongodb::bson::DateTime::from_millis;
+    type Tamper = Box<dyn Fn(&mut mongodb::bson::Document)>;
+    let tamperings: Vec<(&str, &mongodb::bson::Document, Tamper)> = vec![
+        (
+            "a duration 25 % long, with the rate that matches it",
+            &second,
+            Box::new(|w| {
+                let d = w.get_f64("window_duration_s").unwrap() * 1.25 + 0.01;
+                w.insert("window_duration_s", d);
+                w.get_document_mut("kpis")
+                    .unwrap()
+                    .insert("messages_per_second", 20.0 / d);
+            }),
+        ),
+        (
+            "a window ending a second late, its duration and rate to match",
+            &second,
+            Box::new(move |w| {
+                w.insert("window_end", date(ms(w, "window_end") + 1000));
+                let d = w.get_f64("window_duration_s").unwrap() + 1.0;
+                w.insert("window_duration_s", d);
+                w.get_document_mut("kpis")
+                    .unwrap()
+                    .insert("messages_per_second", 20.0 / d);
+            }),
+        ),
+        (
+            "a window starting a second early, its duration and rate to match",
+            &second,
+            Box::new(move |w| {
+                w.insert("window_start", date(ms(w, "window_start") - 1000));
+                let d = w.get_f64("window_duration_s").unwrap() + 1.0;
+                w.insert("window_duration_s", d);
+                w.get_document_mut("kpis")
+                    .unwrap()
+                    .insert("messages_per_second", 20.0 / d);
+            }),
+        ),
+        (
+            "a server's average off by one",
+            &second,
+            Box::new(|w| {
+                let servers = w.get_array_mut("servers").unwrap();
+                let s = servers[0].as_document_mut().unwrap();
+                let v = s.get_f64("avg_cpu_percent").unwrap() + 1.0;
+                s.insert("avg_cpu_percent", v);
+            }),
+        ),
+        (
+            "an alert of another server",
+            &with_alerts,
+            Box::new(|w| {
+                let alerts = w.get_array_mut("alerts").unwrap();
+                let a = alerts[0].as_document_mut().unwrap();
+                a.insert("server_id", "nobody");
+            }),
+        ),
+        (
+            "an alert with another value",
+            &with_alerts,
+            Box::new(|w| {
+                let alerts = w.get_array_mut("alerts").unwrap();
+                let a = alerts[0].as_document_mut().unwrap();
+                let v = a.get_f64("value").unwrap() + 0.5;
+                a.insert("value", v);
+            }),
+        ),
+        (
+            "a wrong max_memory_percent",
+            &second,
+            Box::new(|w| {
+                let k = w.get_document_mut("kpis").unwrap();
+                let v = k.get_f64("max_memory_percent").unwrap() - 0.5;
+                k.insert("max_memory_percent", v);
+            }),
+        ),
+        (
+            "an event time a second early",
+            &second,
+            Box::new(move |w| {
+                let e = w.get_document_mut("event_time").unwrap();
+                let first = e.get_datetime("first").unwrap().timestamp_millis();
+                e.insert("first", date(first - 1000));
+            }),
+        ),
+    ];
+    eprintln!(
+        "window-check self-test: {} violations are expected to be reported next",
+        tamperings.len()
+    );
+    for (what, original, tamper) in tamperings {
+        let mut wrong = original.clone();
+        tamper(&mut wrong);
+        let filter = doc! {"_id": original.get("_id").unwrap()};
+        kpis.replace_one(filter.clone(), &wrong).run().unwrap();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(check));
+        kpis.replace_one(filter, original).run().unwrap();
+        assert!(outcome.is_err(), "the window checks missed {what}");
+    }
+    check();
 }
 
 #[test]
@@ -324,6 +452,7 @@ fn bad_input_is_dead_lettered_with_its_reason_and_the_stream_goes_on() {
     );
 
     assert_eq!(check_windows_against_raw(&sb, 5), valid / 5);
+    oracle::check_one_run(&sb);
 }
 
 #[test]
@@ -353,23 +482,71 @@ fn a_second_run_on_the_same_group_stores_nothing_again_and_completes_the_open_wi
 #[test]
 fn a_killed_consumer_loses_nothing_and_doubles_nothing() {
     let sb = Sandbox::new("kill9");
-    produce(&sb, 40, 21); // 200 messages, 10 windows
-                          // Small windows and a kill as soon as some are stored: the kill lands mid-stream.
-    let mut child = sb
-        .command(&["consume", "--window-size", "10"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + LIMIT;
-    while sb.count("kpis") < 3 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
+    produce(&sb, 40, 21); // 200 messages, 20 windows of 10
+    let total: u64 = 200;
+    // The 200 messages are one step, stored well within a poll's interval: a kill timed by
+    // watching the database would land after the consumer finished. So a proxy in front of
+    // the database holds the consumer's next write into one collection, and the consumer is
+    // SIGKILLed while that write is held: first between storing the raw messages and staging
+    // their windows, then (the next run) between the commit and the windows' publication.
+    // The held writes are let go only once the last run is checked, as writes a killed
+    // process had already sent: they land late, and change nothing.
+    let upstream = sb
+        .mongodb_uri
+        .trim_start_matches("mongodb://")
+        .split(['/', '?'])
+        .next()
+        .unwrap()
+        .to_string();
+    let mut proxies = Vec::new();
+    for (name, held) in [("staging", "kpis_staged"), ("publication", "kpis")] {
+        let proxy = HoldingProxy::start(&upstream, mongo_insert_pattern(held));
+        proxy.hold(true);
+        let uri = format!("mongodb://{}/?directConnection=true", proxy.addr);
+        let mut consumer = sb.spawn(
+            &format!("consume-killed-in-{name}"),
+            &["consume", "--window-size", "10", "--mongodb-uri", &uri],
+        );
+        poll(LIMIT, Duration::from_millis(20), || {
+            (proxy.held() > 0).then_some(())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "the consumer never wrote into {held}: {}",
+                consumer.log_tail(30)
+            )
+        });
+        assert!(consumer.running(), "{}", consumer.log_tail(30));
+        consumer.child.kill().unwrap(); // SIGKILL while the write is held
+        consumer.child.wait().unwrap();
+        proxies.push(proxy);
+        // The kill landed mid-step: raw messages are in, no window is published.
+        let (raw, kpis) = (sb.count("raw"), sb.count("kpis"));
+        assert!(
+            raw > 0 && kpis == 0,
+            "after the kill in {name}: {raw} raw, {kpis} windows: {}",
+            consumer.log_tail(30)
+        );
     }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    consume(&sb, &["--window-size", "10"]);
-    assert_eq!(sb.count("raw"), 200);
-    assert_eq!(check_windows_against_raw(&sb, 10), 20);
+    assert!(
+        sb.count("kpis_staged") > 0,
+        "the second run staged windows (and committed) before it was killed"
+    );
+    // The last run publishes the windows the second committed, from their staged copies.
+    let log = consume(&sb, &["--window-size", "10"]);
+    let check = || {
+        assert_eq!(sb.count("raw"), total, "{log}");
+        assert_eq!(
+            sb.count("dlq"),
+            0,
+            "nothing read twice from another position: {log}"
+        );
+        assert_eq!(check_windows_against_raw(&sb, 10), 20, "{log}");
+    };
+    check();
+    drop(proxies);
+    std::thread::sleep(Duration::from_secs(1));
+    check();
 }
 
 #[test]

@@ -6,7 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{assert_ok, check_windows_against_raw, poll, text, Background, Sandbox};
+use common::{
+    assert_ok, check_windows_against_raw, mongo_insert_pattern, poll, terminate, text, Background,
+    HoldingProxy, Sandbox,
+};
 
 const LIMIT: Duration = Duration::from_secs(120);
 const WINDOW: usize = 20;
@@ -78,9 +81,29 @@ fn sigterm_during_a_backlog_stops_after_the_step_in_hand_and_the_next_run_finish
     let sb = Sandbox::new("pfterm");
     // 8,000 messages: one fetch holds them all, and they make four steps of 2,000.
     let total = produce_fleet(&sb, 1000, 8);
-    let mut first = sb.spawn("first", &["consume"]);
-    wait_for_windows(&sb, 1, &first);
-    assert_eq!(first.stop(LIMIT), Some(0), "{}", first.log_tail(30));
+    // The stop must come while steps of the fetched batch remain. Timed by watching the
+    // database (a poll racing the steps), it may come after the last one on a loaded machine;
+    // so a proxy in front of the database holds the first step's raw insert, and SIGTERM is
+    // sent while that insert is held: the first step is the one in hand, three are left.
+    let upstream = sb
+        .mongodb_uri
+        .trim_start_matches("mongodb://")
+        .split(['/', '?'])
+        .next()
+        .unwrap()
+        .to_string();
+    let proxy = HoldingProxy::start(&upstream, mongo_insert_pattern("raw"));
+    proxy.hold(true);
+    let uri = format!("mongodb://{}/?directConnection=true", proxy.addr);
+    let mut first = sb.spawn("first", &["consume", "--mongodb-uri", &uri]);
+    poll(LIMIT, Duration::from_millis(20), || {
+        (proxy.held() > 0).then_some(())
+    })
+    .unwrap_or_else(|| panic!("no raw insert was held: {}", first.log_tail(30)));
+    terminate(&first.child);
+    proxy.hold(false);
+    assert_eq!(first.wait_exit(LIMIT), Some(0), "{}", first.log_tail(30));
+    drop(proxy);
     let log = first.log_text();
     // The stop comes after the first step: the steps left of the fetched batch are not begun.
     assert!(
@@ -88,7 +111,12 @@ fn sigterm_during_a_backlog_stops_after_the_step_in_hand_and_the_next_run_finish
         "{}",
         first.log_tail(30)
     );
-    assert!(sb.count("raw") < total, "{}", first.log_tail(30));
+    let stored = sb.count("raw");
+    assert!(
+        stored > 0 && stored < total,
+        "{stored} of {total} stored: {}",
+        first.log_tail(30)
+    );
     finish_and_check(&sb, total);
 }
 

@@ -16,6 +16,7 @@ use common::{
     uuid_of, KcatRecord, LogBatch, Sandbox,
 };
 use mongodb::bson::{doc, Bson, Document};
+use sha2::{Digest, Sha256};
 
 const LIMIT: Duration = Duration::from_secs(120);
 const CODECS: [&str; 4] = ["gzip", "snappy", "lz4", "zstd"];
@@ -27,6 +28,20 @@ fn consume(sb: &Sandbox, extra: &[&str]) -> String {
     let out = sb.run(&args, LIMIT);
     assert_ok(&out, "consume");
     text(&out.stderr)
+}
+
+/// The partition's batches on disk, from Kafka's own dump-log tool. The local services keep
+/// every partition in `.local/kafka/<version>`: a partition not found there is a broken
+/// precondition (services elsewhere, or a moved data directory), and the layout checks fail
+/// loudly rather than pass unchecked.
+fn local_log_batches(topic: &str, partition: i32) -> Vec<LogBatch> {
+    log_batches(topic, partition).unwrap_or_else(|| {
+        panic!(
+            "no local Kafka log directory holds {topic}-{partition} (looked under {}): these \
+             tests check the batches on disk and need the services of `make up`",
+            common::kafka_home().display()
+        )
+    })
 }
 
 /// Raw documents by message_uuid, each once (a second document with the same uuid fails).
@@ -138,20 +153,16 @@ fn plain_and_every_codec_mixed_in_three_partitions_are_stored_once_and_windowed_
     // batches around them, in every partition.
     let mut batches = BTreeMap::new();
     for p in 0..3 {
-        if let Some(list) = log_batches(&sb.topic, p) {
-            for codec in CODECS {
-                let sets: Vec<&LogBatch> = list.iter().filter(|b| b.codec == codec).collect();
-                assert!(
-                    !sets.is_empty() && sets.iter().all(|b| b.count >= 6),
-                    "partition {p}: {codec} batches of several records: {list:?}"
-                );
-            }
-            assert!(list.iter().filter(|b| b.codec == "none").count() >= 5);
-            batches.insert(p, list);
+        let list = local_log_batches(&sb.topic, p);
+        for codec in CODECS {
+            let sets: Vec<&LogBatch> = list.iter().filter(|b| b.codec == codec).collect();
+            assert!(
+                !sets.is_empty() && sets.iter().all(|b| b.count >= 6),
+                "partition {p}: {codec} batches of several records: {list:?}"
+            );
         }
-    }
-    if batches.is_empty() {
-        eprintln!("note: no local log directory holds the topic; batch layout not checked");
+        assert!(list.iter().filter(|b| b.codec == "none").count() >= 5);
+        batches.insert(p, list);
     }
 
     let log = consume(&sb, &[]);
@@ -192,6 +203,8 @@ fn plain_and_every_codec_mixed_in_three_partitions_are_stored_once_and_windowed_
 
     let windows = check_windows_against_raw(&sb, 20);
     assert_eq!(windows, valid / 20, "floor({valid} / 20) windows");
+    // One run: every window's start and end are its messages' arrivals.
+    common::oracle::check_one_run(&sb);
 
     // The figures: per codec, records written, stored and dead-lettered.
     let codecs = codec_at(&batches);
@@ -217,6 +230,33 @@ fn plain_and_every_codec_mixed_in_three_partitions_are_stored_once_and_windowed_
     eprintln!(
         "FIGURE codecs: {} records in 3 partitions, {valid} stored, 1 dead-lettered, {windows} windows",
         records.len()
+    );
+}
+
+/// A `payload_too_large` dead letter of `value`: its first 64 KiB, its length and SHA-256.
+fn assert_too_large_letter(letter: &Document, value: &[u8]) {
+    const HEAD: usize = 64 * 1024;
+    assert_eq!(
+        letter.get_str("reason_code"),
+        Ok("payload_too_large"),
+        "reason: {:?}",
+        letter.get_str("reason")
+    );
+    assert_eq!(letter.get_bool("payload_truncated"), Ok(true));
+    assert_eq!(letter.get_i64("payload_length"), Ok(value.len() as i64));
+    let sha: String = Sha256::digest(value)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(letter.get_str("payload_sha256"), Ok(sha.as_str()));
+    let kept = match letter.get("payload") {
+        Some(Bson::String(s)) => s.as_bytes(),
+        Some(Bson::Binary(b)) => &b.bytes[..],
+        other => panic!("payload {:?}", other.map(|b| b.element_type())),
+    };
+    assert!(
+        kept == &value[..HEAD],
+        "the kept head is the value's first {HEAD} bytes"
     );
 }
 
@@ -278,19 +318,18 @@ fn batches_larger_than_the_fetch_size_are_read_and_the_partition_goes_on() {
     );
     kcat_produce(&sb.brokers, &sb.topic, 0, None, &[], &next(3));
 
-    if let Some(list) = log_batches(&sb.topic, 0) {
-        let sizes: Vec<String> = list
-            .iter()
-            .map(|b| format!("{}..{} {}", b.base_offset, b.last_offset, b.codec))
-            .collect();
-        // kcat may split the small records into batches of any size; what matters is
-        // that each big record is a batch of its own: offset 2 plain, offset 6 gzip.
-        let alone = |offset: i64, codec: &str| {
-            list.iter()
-                .any(|b| b.base_offset == offset && b.last_offset == offset && b.codec == codec)
-        };
-        assert!(alone(2, "none") && alone(6, "gzip"), "{sizes:?}");
-    }
+    let list = local_log_batches(&sb.topic, 0);
+    let sizes: Vec<String> = list
+        .iter()
+        .map(|b| format!("{}..{} {}", b.base_offset, b.last_offset, b.codec))
+        .collect();
+    // kcat may split the small records into batches of any size; what matters is that each
+    // big record is a batch of its own: offset 2 plain, offset 6 gzip.
+    let alone = |offset: i64, codec: &str| {
+        list.iter()
+            .any(|b| b.base_offset == offset && b.last_offset == offset && b.codec == codec)
+    };
+    assert!(alone(2, "none") && alone(6, "gzip"), "{sizes:?}");
 
     let started = Instant::now();
     let log = consume(&sb, &[]);
@@ -303,36 +342,61 @@ fn batches_larger_than_the_fetch_size_are_read_and_the_partition_goes_on() {
     let dlq = sb.docs("dlq", doc! {}, doc! {"kafka.offset": 1});
     let dead: HashMap<(String, i32, i64), &Document> =
         dlq.iter().map(|d| (kafka_position(d), d)).collect();
-    // Every record is accounted for: stored at its position, or dead-lettered with a reason.
+    // The exact fate of each big record, from the documented limits: a payload of at most
+    // 8 MiB is stored whole (the 6 MiB plain one, its document far below 16 MiB); one over
+    // 8 MiB is dead-lettered as payload_too_large (the 9 MiB gzip one, read whole from a
+    // batch of 6.7 MiB) with its head, length and SHA-256. Every small record is stored.
     for r in &records {
-        let uuid = uuid_of(r.payload.as_deref().unwrap()).unwrap();
+        let payload = r.payload.as_deref().unwrap();
+        let uuid = uuid_of(payload).unwrap();
         let key = (id.clone(), r.partition, r.offset);
-        match (raw.get(&uuid), dead.get(&key)) {
-            (Some(d), None) => assert_eq!(kafka_position(d), key),
-            (None, Some(letter)) => {
-                assert!(
-                    uuid.contains("-big-"),
-                    "only a big record may be refused: {letter}"
-                );
-                eprintln!(
-                    "FIGURE bigbatch: {uuid} dead-lettered: {} ({})",
-                    letter.get_str("reason_code").unwrap(),
-                    letter.get_str("reason").unwrap()
-                );
-            }
-            other => panic!("offset {} ({uuid}): {other:?}\n{log}", r.offset),
+        if uuid == gzip_uuid {
+            assert_eq!(r.offset, 6, "the gzip record's offset");
+            assert!(!raw.contains_key(&uuid), "{uuid} (9 MiB) stored:\n{log}");
+            let letter = dead
+                .get(&key)
+                .unwrap_or_else(|| panic!("{uuid} (9 MiB) is not dead-lettered:\n{log}"));
+            assert_too_large_letter(letter, gzip.as_bytes());
+            eprintln!(
+                "FIGURE bigbatch: {uuid} dead-lettered: {} ({})",
+                letter.get_str("reason_code").unwrap(),
+                letter.get_str("reason").unwrap()
+            );
+        } else {
+            assert!(
+                !dead.contains_key(&key),
+                "offset {} ({uuid}) dead-lettered: {:?}\n{log}",
+                r.offset,
+                dead.get(&key)
+            );
+            let d = raw
+                .get(&uuid)
+                .unwrap_or_else(|| panic!("offset {} ({uuid}) is not stored:\n{log}", r.offset));
+            assert_eq!(kafka_position(d), key, "{uuid} stored at its position");
         }
     }
-    assert_eq!(raw.len() + dlq.len(), 10, "nothing else is stored");
-    for (uuid, expected) in [(&plain_uuid, 6usize << 20), (&gzip_uuid, 9 << 20)] {
-        if let Some(d) = raw.get(uuid) {
-            match d.get("padding") {
-                Some(Bson::String(s)) => assert_eq!(s.len(), expected, "{uuid} stored whole"),
-                other => panic!("{uuid}: padding {:?}", other.map(|b| b.element_type())),
-            }
-            eprintln!("FIGURE bigbatch: {uuid} stored whole ({expected} bytes of padding)");
-        }
+    assert_eq!(
+        (raw.len(), dlq.len()),
+        (9, 1),
+        "9 records stored, the 9 MiB one dead-lettered, nothing else"
+    );
+    match raw[&plain_uuid].get("padding") {
+        Some(Bson::String(s)) => assert!(
+            s.len() == 6 << 20 && s.bytes().all(|b| b == b'x'),
+            "{plain_uuid}: padding of {} bytes stored, {} written",
+            s.len(),
+            6 << 20
+        ),
+        other => panic!(
+            "{plain_uuid}: padding {:?}, a string of {} bytes written",
+            other.map(|b| b.element_type()),
+            6 << 20
+        ),
     }
+    eprintln!(
+        "FIGURE bigbatch: {plain_uuid} stored whole ({} bytes of padding)",
+        6 << 20
+    );
     for small in 1..=8 {
         let uuid = format!("{}-{small}", sb.name);
         assert!(
@@ -423,20 +487,19 @@ fn transaction_markers_are_skipped_and_the_consumer_does_not_stall_on_them() {
         marker(2).is_some_and(|o| o >= 3),
         "after offsets 0..=2: {markers:?}"
     );
-    // And on disk, where the log is local: those offsets are control batches, and the
+    // And on disk: those offsets are control batches, and the
     // transactions' records are in transactional batches.
     let mut batches = BTreeMap::new();
     for p in 0..3 {
-        if let Some(list) = log_batches(&sb.topic, p) {
-            let control: Vec<(i32, i64)> = list
-                .iter()
-                .filter(|b| b.control)
-                .map(|b| (p, b.base_offset))
-                .collect();
-            assert_eq!(control, vec![(p, marker(p).unwrap())], "{list:?}");
-            assert!(list.iter().any(|b| b.transactional && !b.control));
-            batches.insert(p, list);
-        }
+        let list = local_log_batches(&sb.topic, p);
+        let control: Vec<(i32, i64)> = list
+            .iter()
+            .filter(|b| b.control)
+            .map(|b| (p, b.base_offset))
+            .collect();
+        assert_eq!(control, vec![(p, marker(p).unwrap())], "{list:?}");
+        assert!(list.iter().any(|b| b.transactional && !b.control));
+        batches.insert(p, list);
     }
 
     let started = Instant::now();
@@ -459,6 +522,7 @@ fn transaction_markers_are_skipped_and_the_consumer_does_not_stall_on_them() {
         assert!(sb.docs("dlq", here, doc! {}).is_empty());
     }
     assert_eq!(check_windows_against_raw(&sb, 5), 3);
+    common::oracle::check_one_run(&sb);
     assert!(
         log.contains("caught up"),
         "the consumer reached every log end: {log}"

@@ -89,13 +89,24 @@ fn owned_and_caught_up_is_healthy_and_a_lag_limit_is_enforced() {
     assert_eq!(report["healthy"], true);
     assert_eq!(report["members"], 1);
 
-    // The owner it names is the member Kafka's own tool lists for each partition.
+    // The owner it names is the member Kafka's own tool lists for each partition: the one
+    // consumer owns all three (a tool that lists no owner fails here, not passes).
     let tool = group_tool_describe(&sb.brokers, &sb.group);
-    for (p, owner) in tool.owners() {
-        let row = partition(&report, i64::from(p));
+    let owners = tool.owners();
+    assert_eq!(
+        owners.keys().copied().collect::<Vec<i32>>(),
+        vec![0, 1, 2],
+        "Kafka's group tool lists an owner for every partition:\n{}",
+        tool.output
+    );
+    let members: std::collections::BTreeSet<&String> = owners.values().collect();
+    assert_eq!(members.len(), 1, "one member owns them all: {owners:?}");
+    for p in 0..3 {
+        let row = partition(&report, p);
+        let owner = &owners[&(p as i32)];
         assert_eq!(row["owner"].as_str(), Some(owner.as_str()), "{report}");
         assert!(row["last_window_at"].is_string(), "{report}");
-        assert_eq!(row["committed"], 40);
+        assert_eq!(row["committed"], 40, "{report}");
     }
 
     // More data than --max-lag allows, while the consumer is stopped: unhealthy.

@@ -18,8 +18,13 @@
 //!   copy is);
 //! - every commit is the boundary of a window stored before it, and commits never go back.
 //!
-//! A failing case prints its seed; `ENGINE_SEED=<seed> cargo test --lib engine::property`
-//! runs that one alone.
+//! What each record should become comes from the generator, which says what it made (a valid
+//! metric and its `message_uuid`, or the reason code it will be refused with): the checks never
+//! ask `metric::validate`, so a defect in validation fails them too.
+//!
+//! Every run checks the fixed seeds 0..300 and a few fresh random ones (printed, so a failure
+//! replays). A failing case prints its seed; `ENGINE_SEED=<seed> cargo test --lib
+//! engine::property` runs that one alone.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::num::NonZeroUsize;
@@ -31,10 +36,12 @@ use time::{Duration, OffsetDateTime};
 
 use super::fake::{FakeCommitter, FakeStore, Partial, World};
 use super::*;
-use crate::metric::validate;
 use crate::window::PartitionSpan;
 
+/// The fixed seeds, 0..CASES, checked by every run.
 const CASES: u64 = 300;
+/// Fresh random seeds checked by every run on top of the fixed ones, so that runs try new cases.
+const FRESH_CASES: usize = 20;
 /// Fetch rounds after which a case has failed to finish (every round with no crash progresses).
 const MAX_ROUNDS: usize = 20_000;
 const T0: OffsetDateTime = datetime!(2026-11-22 18:00:00 UTC);
@@ -45,10 +52,23 @@ const GROUP: &str = "kpi";
 const REFUSED: &str = "refused01";
 const SERVERS: [&str; 4] = ["web01", "web02", "db01", "app01"];
 
+/// What the generator made a record to be: the oracle the invariants are checked against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Made {
+    /// A valid metric with this `message_uuid`, which the store takes.
+    Valid(String),
+    /// A valid metric of the server the fake store refuses ([`REFUSED`]).
+    Refused,
+    /// Refused before it reaches the store, with this reason code.
+    Invalid(&'static str),
+}
+
 /// One generated world: a log per partition and the engine's settings.
 struct Case {
     partitions: Vec<i32>,
     logs: BTreeMap<i32, Vec<Record>>,
+    /// What each record (partition, offset) was made to be.
+    made: HashMap<(i32, i64), Made>,
     log_start: HashMap<i32, i64>,
     /// Where a caught-up consumer stands: past the last record and any offsets after it that
     /// hold no record (transaction markers), which a fetch reports as its next offset.
@@ -111,36 +131,47 @@ fn uuid(rng: &mut Rng) -> String {
     uuid::Uuid::from_u128(rng.u128(..)).to_string()
 }
 
-/// A random payload of a random kind; valid ones are remembered so later records can repeat
-/// them (the same event produced twice).
-fn payload(rng: &mut Rng, limits: &Limits, produced: &mut Vec<Vec<u8>>) -> Option<Vec<u8>> {
+/// A random payload of a random kind, and what it was made to be; valid ones are remembered
+/// (with their `message_uuid`) so later records can repeat them (the same event produced twice).
+fn payload(
+    rng: &mut Rng,
+    limits: &Limits,
+    produced: &mut Vec<(Vec<u8>, String)>,
+) -> (Option<Vec<u8>>, Made) {
     let server = SERVERS[rng.usize(..SERVERS.len())];
     let roll = rng.u8(..100);
-    let bytes = match roll {
+    let (bytes, made) = match roll {
         0..=59 => {
-            let p = {
-                let id = uuid(rng);
-                metric_json(rng, server, &id)
-            }
-            .to_string()
-            .into_bytes();
-            produced.push(p.clone());
-            p
+            let id = uuid(rng);
+            let p = metric_json(rng, server, &id).to_string().into_bytes();
+            produced.push((p.clone(), id.clone()));
+            (p, Made::Valid(id))
         }
-        60..=69 if !produced.is_empty() => produced[rng.usize(..produced.len())].clone(),
-        60..=69 => b"[]".to_vec(),
-        70..=73 => vec![b'{', 0xff, 0xfe, b'}'],
-        74..=77 => br#"{"server_id": "web01", "metrics": {"#.to_vec(),
+        60..=69 if !produced.is_empty() => {
+            let (p, id) = produced[rng.usize(..produced.len())].clone();
+            (p, Made::Valid(id))
+        }
+        60..=69 => (b"[]".to_vec(), Made::Invalid("not_an_object")),
+        70..=73 => (vec![b'{', 0xff, 0xfe, b'}'], Made::Invalid("not_utf8")),
+        74..=77 => (
+            br#"{"server_id": "web01", "metrics": {"#.to_vec(),
+            Made::Invalid("invalid_json"),
+        ),
         78..=82 => {
             let mut v = {
                 let id = uuid(rng);
                 metric_json(rng, server, &id)
             };
-            let field = ["server_id", "timestamp_utc", "metrics", "message_uuid"][rng.usize(..4)];
+            let (field, code) = [
+                ("server_id", "bad_server_id"),
+                ("timestamp_utc", "bad_timestamp"),
+                ("metrics", "bad_metrics"),
+                ("message_uuid", "bad_message_uuid"),
+            ][rng.usize(..4)];
             v.as_object_mut().unwrap().remove(field);
-            v.to_string().into_bytes()
+            (v.to_string().into_bytes(), Made::Invalid(code))
         }
-        83..=86 => return None,
+        83..=86 => return (None, Made::Invalid("no_value")),
         87..=92 => {
             // Large: valid JSON padded (size is judged before validity), or junk, sometimes
             // multi-byte text so the kept head must not split a character. Exactly at the limit
@@ -150,35 +181,63 @@ fn payload(rng: &mut Rng, limits: &Limits, produced: &mut Vec<Vec<u8>>) -> Optio
             } else {
                 limits.payload_bytes + 1 + rng.usize(..limits.payload_bytes)
             };
-            let mut bytes = match rng.u8(..3) {
+            let (mut bytes, within_limit) = match rng.u8(..3) {
                 0 => {
-                    let mut v = {
-                        let id = uuid(rng);
-                        metric_json(rng, server, &id)
-                    };
+                    let id = uuid(rng);
+                    let mut v = metric_json(rng, server, &id);
                     v["pad"] = Value::String(String::new());
                     let base = v.to_string().len();
                     v["pad"] = Value::String("x".repeat(target.saturating_sub(base)));
                     let p = v.to_string().into_bytes();
+                    // A strict prefix of a JSON object is not JSON: a cut one is invalid.
+                    let made = if p.len() <= target {
+                        Made::Valid(id.clone())
+                    } else {
+                        Made::Invalid("invalid_json")
+                    };
                     if p.len() <= limits.payload_bytes {
-                        produced.push(p.clone());
+                        produced.push((p.clone(), id));
                     }
-                    p
+                    (p, made)
                 }
-                1 => "é€".repeat(target / 5 + 1).into_bytes(),
-                _ => (0..target).map(|_| rng.u8(..)).collect(),
+                1 => {
+                    // "é€" is 5 bytes: a cut after 0 or 2 of them keeps whole characters
+                    // (text, but not JSON), any other cut splits one (not UTF-8).
+                    let made = if matches!(target % 5, 0 | 2) {
+                        Made::Invalid("invalid_json")
+                    } else {
+                        Made::Invalid("not_utf8")
+                    };
+                    ("é€".repeat(target / 5 + 1).into_bytes(), made)
+                }
+                _ => {
+                    let junk: Vec<u8> = (0..target).map(|_| rng.u8(..)).collect();
+                    // Random bytes are all but never UTF-8; std's decoder says which.
+                    let made = if std::str::from_utf8(&junk).is_err() {
+                        Made::Invalid("not_utf8")
+                    } else {
+                        Made::Invalid("invalid_json")
+                    };
+                    (junk, made)
+                }
             };
             bytes.truncate(target);
-            bytes
+            let made = if bytes.len() > limits.payload_bytes {
+                Made::Invalid("payload_too_large")
+            } else {
+                within_limit
+            };
+            (bytes, made)
         }
         _ => {
             let id = uuid(rng);
-            metric_json(rng, REFUSED, &id)
+            (
+                metric_json(rng, REFUSED, &id).to_string().into_bytes(),
+                Made::Refused,
+            )
         }
-        .to_string()
-        .into_bytes(),
     };
-    Some(bytes)
+    (Some(bytes), made)
 }
 
 fn generate(rng: &mut Rng) -> Case {
@@ -194,6 +253,7 @@ fn generate(rng: &mut Rng) -> Case {
     };
     let mut produced = Vec::new();
     let mut logs = BTreeMap::new();
+    let mut made = HashMap::new();
     let mut log_start = HashMap::new();
     let mut ends = BTreeMap::new();
     for &p in &partitions {
@@ -201,7 +261,8 @@ fn generate(rng: &mut Rng) -> Case {
         let mut offset = start;
         let mut log = Vec::new();
         for _ in 0..rng.usize(0..=40) {
-            let value = payload(rng, &limits, &mut produced);
+            let (value, what) = payload(rng, &limits, &mut produced);
+            made.insert((p, offset), what);
             log.push(Record {
                 partition: p,
                 offset,
@@ -219,6 +280,7 @@ fn generate(rng: &mut Rng) -> Case {
     Case {
         partitions,
         logs,
+        made,
         log_start,
         ends,
         window_size: rng.usize(1..=7),
@@ -422,17 +484,14 @@ fn check(case: &Case, world: &World, pending: usize) -> Result<(), String> {
     let mut occurrences: HashMap<String, Vec<&Record>> = HashMap::new();
     for r in case.logs.values().flatten() {
         let id = dead_id(r.partition, r.offset);
-        let code = match &r.value {
-            None => "no_value",
-            Some(v) if v.len() > case.limits.payload_bytes => "payload_too_large",
-            Some(v) => match validate(v) {
-                Err(rejection) => rejection.code.as_str(),
-                Ok(m) if m.server_id == REFUSED => "rejected_by_database",
-                Ok(m) => {
-                    occurrences.entry(m.message_uuid).or_default().push(r);
-                    continue;
-                }
-            },
+        // The generator's word, never `metric::validate`'s.
+        let code = match &case.made[&(r.partition, r.offset)] {
+            Made::Invalid(code) => *code,
+            Made::Refused => "rejected_by_database",
+            Made::Valid(uuid) => {
+                occurrences.entry(uuid.clone()).or_default().push(r);
+                continue;
+            }
         };
         expected_dead.insert(id, (code, r, None));
     }
@@ -706,7 +765,15 @@ fn run_case(seed: u64, coverage: &mut Coverage) -> Result<(), String> {
 fn exactly_once_survives_a_crash_between_any_two_writes() {
     let seeds: Vec<u64> = match std::env::var("ENGINE_SEED") {
         Ok(s) => vec![s.parse().expect("ENGINE_SEED is a number")],
-        Err(_) => (0..CASES).collect(),
+        Err(_) => {
+            // The fixed seeds, then fresh ones from a randomly seeded generator.
+            let fresh: Vec<u64> = (0..FRESH_CASES).map(|_| fastrand::u64(CASES..)).collect();
+            eprintln!(
+                "engine::property: fixed seeds 0..{CASES} and fresh seeds {fresh:?} \
+                 (ENGINE_SEED=<seed> cargo test --lib engine::property replays one)"
+            );
+            (0..CASES).chain(fresh).collect()
+        }
     };
     let single = seeds.len() == 1;
     let mut coverage = Coverage::default();

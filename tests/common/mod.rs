@@ -13,6 +13,7 @@ use mongodb::bson::{doc, Bson, Document};
 use mongodb::sync::{Client, Database};
 
 pub mod kafka_wire;
+pub mod oracle;
 
 /// Every variable the binary reads; cleared for each run so the developer's shell cannot leak in.
 const OUR_VARS: &[&str] = &[
@@ -857,6 +858,7 @@ pub fn check_windows_against_raw(sb: &Sandbox, window_size: usize) -> usize {
     let windows = sb.docs("kpis", doc! {}, doc! {"seq": 1});
     let mut counted: HashSet<(String, i32, i64)> = HashSet::new();
     let mut spans: HashMap<(String, i32), Vec<(i64, i64)>> = HashMap::new();
+    let mut streams: HashMap<String, Vec<oracle::WindowTimes>> = HashMap::new();
     for w in &windows {
         let kafka = w.get_document("kafka").unwrap();
         let topic_id = kafka.get_str("topic_id").unwrap().to_string();
@@ -903,6 +905,12 @@ pub fn check_windows_against_raw(sb: &Sandbox, window_size: usize) -> usize {
             w.get("_id")
         );
         assert_eq!(w.get_i32("message_count").unwrap() as usize, window_size);
+        // Times, rate, per-server KPIs and alerts, recomputed from the raw documents.
+        let times = oracle::check_window(w, &members);
+        streams
+            .entry(w.get_str("stream").unwrap().to_string())
+            .or_default()
+            .push(times);
         let n = members.len() as f64;
         for (field, kpi) in [
             ("cpu_percent", "avg_cpu_percent"),
@@ -969,6 +977,9 @@ pub fn check_windows_against_raw(sb: &Sandbox, window_size: usize) -> usize {
         } else {
             assert!(servers < window_size);
         }
+    }
+    for (stream, times) in &mut streams {
+        oracle::check_stream_order(stream, times);
     }
     for ((topic_id, partition), mut list) in spans {
         list.sort();
