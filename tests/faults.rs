@@ -183,8 +183,14 @@ fn stalled_bootstrap_broker(label: &str, hold: Duration, reports: u32) {
         secs(b_joined.listed),
         secs(b_joined.completed)
     );
-    assert!(a_joined.completed <= JOIN_LIMIT, "a joined after {a_joined:?}");
-    assert!(b_joined.listed <= JOIN_LIMIT, "b in the group after {b_joined:?}");
+    assert!(
+        a_joined.completed <= JOIN_LIMIT,
+        "a joined after {a_joined:?}"
+    );
+    assert!(
+        b_joined.listed <= JOIN_LIMIT,
+        "b in the group after {b_joined:?}"
+    );
     assert!(
         b_joined.completed <= JOIN_LIMIT + HEARTBEAT_INTERVAL,
         "b joined after {b_joined:?}"
@@ -194,7 +200,7 @@ fn stalled_bootstrap_broker(label: &str, hold: Duration, reports: u32) {
     let settled = poll(Duration::from_secs(30), Duration::from_millis(100), || {
         let (ja, jb) = (joins(&a), joins(&b));
         let (last_a, last_b) = (ja.last()?, jb.last()?);
-        (last_a.1 == last_b.1).then(|| (last_a.1, ja.len(), jb.len()))
+        (last_a.1 == last_b.1).then_some((last_a.1, ja.len(), jb.len()))
     });
     let Some((generation, joins_a, joins_b)) = settled else {
         panic!(
@@ -230,7 +236,13 @@ fn stalled_bootstrap_broker(label: &str, hold: Duration, reports: u32) {
          all Stable with the same 2 members); joins after it: {rebalances}",
         secs(stable_from.elapsed())
     );
-    assert_eq!(rebalances, 0, "a:\n{}\nb:\n{}", a.log_tail(20), b.log_tail(20));
+    assert_eq!(
+        rebalances,
+        0,
+        "a:\n{}\nb:\n{}",
+        a.log_tail(20),
+        b.log_tail(20)
+    );
 
     assert_eq!(
         producer.wait_exit(Duration::from_secs(120)),

@@ -276,7 +276,9 @@ impl Cluster {
                     let _ = opened.send((addr, result));
                 });
             if let Err(e) = spawned {
-                failures.push(WireError::Io(format!("cannot start a thread to connect: {e}")));
+                failures.push(WireError::Io(format!(
+                    "cannot start a thread to connect: {e}"
+                )));
             }
         }
         drop(opened);

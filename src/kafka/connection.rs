@@ -310,9 +310,7 @@ impl Connection {
         // malformed answer drops the connection (an `Io` error), like a bad frame.
         let response =
             super::decode_limits::decode_response::<R::Response>(R::KEY, version, &mut body)
-                .map_err(|e| {
-                    WireError::Io(format!("{}: undecodable response: {e}", self.addr))
-                })?;
+                .map_err(|e| WireError::Io(format!("{}: undecodable response: {e}", self.addr)))?;
         self.answered += 1;
         Ok(response)
     }

@@ -2,6 +2,7 @@
 //! leaders, recognises a re-created topic, and keeps the group's committed offsets.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
 use kafka_protocol::error::ResponseError;
@@ -18,10 +19,11 @@ use log::{debug, error, warn};
 use uuid::Uuid;
 
 use super::cluster::{group_id, topic_name, AutoCreate, Cluster, TopicMeta, REQUEST_TIMEOUT};
-use super::connection::WireError;
+use super::connection::{Connection, WireError};
 use super::fetch::{fetch_from, FetchPosition, FetchedRecord, PartitionAnswer};
 use super::group::{describe_group, Generation, MemberInfo};
 use super::security::Security;
+use super::unreadable::Suspects;
 use super::{fail, from_wire, KafkaError, KafkaErrorKind};
 use crate::engine::Committed;
 use crate::shutdown::Shutdown;
@@ -44,6 +46,19 @@ pub const FETCH_PARTITION_BYTES: i32 = 1024 * 1024;
 pub const FETCH_PARTITION_BYTES_LIMIT: i32 = 128 * 1024 * 1024;
 /// How long the coordinator may take to load a group after a restart or a move.
 const COORDINATOR_WAIT: Duration = Duration::from_secs(10);
+/// How long a fetch round waits for the leaders past the broker's own wait: a leader that has
+/// not answered by then is left to answer later, and its partitions skip the rounds until it
+/// does, so one hung broker does not hold the partitions of the others.
+const ROUND_GRACE: Duration = Duration::from_secs(2);
+
+/// A fetch to one leader: the connection it runs on comes back with the answer.
+type LeaderAnswer = (Connection, Result<Vec<PartitionAnswer>, WireError>);
+
+/// A fetch to one leader that outlived its round: its thread still runs.
+struct LateFetch {
+    positions: Vec<FetchPosition>,
+    answer: Receiver<LeaderAnswer>,
+}
 
 /// Which log the consumer reads: the topic's current incarnation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +111,10 @@ pub struct KafkaSource {
     generation: Option<Generation>,
     /// Fetch rounds in a row that came back at once without progress.
     rounds_without_progress: u32,
+    /// Per leader, a fetch that did not answer within its round.
+    late: HashMap<i32, LateFetch>,
+    /// Batches found unreadable once, fetched again before they are passed over.
+    suspects: Suspects,
 }
 
 impl KafkaSource {
@@ -108,6 +127,8 @@ impl KafkaSource {
             fetch_bytes: HashMap::new(),
             generation: None,
             rounds_without_progress: 0,
+            late: HashMap::new(),
+            suspects: Suspects::default(),
         }
     }
 
@@ -136,6 +157,7 @@ impl KafkaSource {
     pub fn follow(&mut self, info: &TopicInfo) {
         self.topic_id = Some(info.topic_id);
         self.fetch_bytes.clear();
+        self.suspects.clear();
     }
 
     /// The earliest and the latest offset of each of these partitions.
@@ -396,6 +418,10 @@ impl KafkaSource {
         let mut by_leader: BTreeMap<i32, Vec<FetchPosition>> = BTreeMap::new();
         let mut refresh = false;
         for (p, o) in positions {
+            if self.suspects.held(*p, started) {
+                // Waits before fetching a batch found unreadable again.
+                continue;
+            }
             match meta.partitions.get(p).and_then(|l| l.broker) {
                 Some(leader) => by_leader.entry(leader).or_default().push(FetchPosition {
                     partition: *p,
@@ -411,12 +437,24 @@ impl KafkaSource {
         }
 
         // One thread per leader, each with its own connection: a leader that holds its fetch
-        // for FETCH_MAX_WAIT does not delay the data another one has.
-        let mut work = Vec::new();
+        // for FETCH_MAX_WAIT does not delay the data another one has, and one that does not
+        // answer at all holds only its own partitions (see `collect`).
+        let mut results: Vec<(Vec<FetchPosition>, LeaderAnswer)> = Vec::new();
+        let mut running: Vec<(i32, Vec<FetchPosition>, Receiver<LeaderAnswer>)> = Vec::new();
         let mut failures: Vec<String> = Vec::new();
         for (leader, ps) in by_leader {
+            match self.late_answer(leader, &ps) {
+                Late::StillWaiting => continue,
+                Late::Answered(answer) => {
+                    results.push((ps, *answer));
+                    continue;
+                }
+                Late::None => {}
+            }
             match self.cluster.take(leader) {
-                Ok(connection) => work.push((connection, ps)),
+                Ok(connection) => {
+                    running.push((leader, ps.clone(), spawn_fetch(connection, topic_id, ps)))
+                }
                 Err(e @ (WireError::TooOld(_) | WireError::Security(_))) => {
                     return Err(from_wire("fetch", e))
                 }
@@ -426,22 +464,37 @@ impl KafkaSource {
                 }
             }
         }
-        let results: Vec<_> = std::thread::scope(|scope| {
-            let handles: Vec<_> = work
-                .into_iter()
-                .map(|(mut connection, ps)| {
-                    scope.spawn(move || {
-                        let r = fetch_from(&mut connection, topic_id, &ps, FETCH_MAX_WAIT);
-                        (connection, ps, r)
-                    })
-                })
-                .collect();
-            handles.into_iter().filter_map(|h| h.join().ok()).collect()
-        });
+        let round_ends = started + FETCH_MAX_WAIT + ROUND_GRACE;
+        for (leader, ps, answer) in running {
+            let wait = round_ends.saturating_duration_since(Instant::now());
+            match answer.recv_timeout(wait) {
+                Ok(a) => results.push((ps, a)),
+                Err(RecvTimeoutError::Timeout) => {
+                    debug!(
+                        "broker {leader} did not answer a fetch within {:?}; partitions {:?} \
+                         skip the rounds until it does",
+                        FETCH_MAX_WAIT + ROUND_GRACE,
+                        ps.iter().map(|p| p.partition).collect::<Vec<_>>()
+                    );
+                    self.late.insert(
+                        leader,
+                        LateFetch {
+                            positions: ps,
+                            answer,
+                        },
+                    );
+                }
+                // The thread panicked: its connection is gone with it.
+                Err(RecvTimeoutError::Disconnected) => {
+                    failures.push(format!("broker {leader}: the fetch thread failed"));
+                    refresh = true;
+                }
+            }
+        }
 
         let mut data = Vec::new();
         let asked: HashMap<i32, i64> = positions.iter().copied().collect();
-        for (connection, ps, result) in results {
+        for (ps, (connection, result)) in results {
             match result {
                 Ok(answers) => {
                     self.cluster.put(connection);
@@ -495,6 +548,33 @@ impl KafkaSource {
             .any(|d| !d.records.is_empty() || asked.get(&d.partition) != Some(&d.next_offset));
         self.back_off_without_progress(progress, started.elapsed());
         Ok(Fetched::Data(data))
+    }
+
+    /// What became of an earlier round's fetch to `leader` that was still running: its
+    /// answer is used when it was asked at exactly the positions asked now (partitions whose
+    /// leader was late keep their positions, so it usually was); else it is dropped and its
+    /// connection kept.
+    fn late_answer(&mut self, leader: i32, positions: &[FetchPosition]) -> Late {
+        let Some(late) = self.late.get(&leader) else {
+            return Late::None;
+        };
+        match late.answer.try_recv() {
+            Err(TryRecvError::Empty) => Late::StillWaiting,
+            Err(TryRecvError::Disconnected) => {
+                self.late.remove(&leader);
+                Late::None
+            }
+            Ok((connection, result)) => {
+                let asked_then = self.late.remove(&leader).map(|l| l.positions);
+                if asked_then.as_deref() == Some(positions) {
+                    return Late::Answered(Box::new((connection, result)));
+                }
+                if result.is_ok() {
+                    self.cluster.put(connection);
+                }
+                Late::None
+            }
+        }
     }
 
     /// A round that brought no record and moved no position, and came back well before the
@@ -551,11 +631,16 @@ impl KafkaSource {
                 return Ok(None);
             }
         }
-        let decoded = answer.decoded;
-        for bad in &decoded.unreadable {
+        let mut decoded = answer.decoded;
+        let screened = self.suspects.screen(
+            partition,
+            std::mem::take(&mut decoded.unreadable),
+            Instant::now(),
+        );
+        for bad in &screened.passed {
             error!(
                 "partition {partition}: {} offset(s) {}..={} cannot be read and are passed \
-                 over: {}",
+                 over (two fetches returned the same bytes): {}",
                 bad.last_offset
                     .saturating_sub(bad.first_offset)
                     .saturating_add(1),
@@ -563,6 +648,23 @@ impl KafkaSource {
                 bad.last_offset,
                 bad.reason
             );
+        }
+        if let Some((bad, pause)) = screened.cut {
+            warn!(
+                "partition {partition}: offsets {}..={} cannot be read ({}); fetching them \
+                 again in {:.1} s, and passing over them if the same bytes come back",
+                bad.first_offset,
+                bad.last_offset,
+                bad.reason,
+                pause.as_secs_f64()
+            );
+            decoded.records.retain(|r| r.offset < bad.first_offset);
+            return Ok(Some(PartitionData {
+                partition,
+                records: decoded.records,
+                next_offset: bad.first_offset.max(at),
+                high_watermark: (answer.high_watermark >= 0).then_some(answer.high_watermark),
+            }));
         }
         let next_offset = match decoded.next_offset {
             Some(next) => {
@@ -651,6 +753,36 @@ impl KafkaSource {
             );
         }
     }
+}
+
+/// What an earlier round's fetch to a leader left for this round.
+enum Late {
+    /// No fetch of an earlier round runs for this leader.
+    None,
+    /// It still runs: the leader's partitions skip this round.
+    StillWaiting,
+    /// It answered, at the positions asked now.
+    Answered(Box<LeaderAnswer>),
+}
+
+/// Runs one leader's fetch on a thread of its own; the answer arrives on the receiver.
+fn spawn_fetch(
+    mut connection: Connection,
+    topic_id: Uuid,
+    positions: Vec<FetchPosition>,
+) -> Receiver<LeaderAnswer> {
+    let (send, receive) = sync_channel(1);
+    let spawned = std::thread::Builder::new()
+        .name("fetch-leader".into())
+        .spawn(move || {
+            let result = fetch_from(&mut connection, topic_id, &positions, FETCH_MAX_WAIT);
+            // Nobody waits any more when the source was dropped meanwhile.
+            let _ = send.send((connection, result));
+        });
+    if let Err(e) = spawned {
+        warn!("cannot start a fetch thread ({e}); this leader's partitions skip a round");
+    }
+    receive
 }
 
 /// The pause after the `rounds`+1-th fetch round in a row without progress: doubled each

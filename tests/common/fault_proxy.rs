@@ -56,7 +56,9 @@ impl FaultProxy {
     /// by [`Fault::Silent`]).
     pub fn start(upstream: &str, fault: Fault) -> FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the fault proxy");
-        listener.set_nonblocking(true).expect("nonblocking listener");
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
         let addr = listener.local_addr().expect("local addr").to_string();
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
