@@ -130,8 +130,9 @@ test-cluster:
 
 # The fault suite of issue 7: first the hostile-broker run of tests/faults.rs (a silent
 # listener first in KAFKA_BROKERS, the group stable for 60 s; issue 15, about 80 s), then
-# tests/chaos.rs on one broker (the `#[ignore]`d chaos_* tests; RELIABILITY.md has a run): SIGKILL and SIGTERM at random moments, Kafka down 20 s and
-# 90 s, the database down, hostile input, both services down at start; then the cluster's
+# tests/chaos.rs on one broker (the `#[ignore]`d chaos_* tests; RELIABILITY.md has a run):
+# SIGKILL and SIGTERM at random moments, Kafka down 20 s and 90 s, the database down, hostile
+# input, both services down at start; then the cluster's
 # chaos_* tests in tests/cluster.rs (all three nodes down 90 s) on `make up BROKERS=3`, and back
 # to one broker, pass or fail. About 20 min, plus about 5 for the cluster part; release build,
 # one test at a time; the exit status fails when either part failed. KAFKA_VERSION picks the
