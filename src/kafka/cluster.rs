@@ -406,6 +406,21 @@ impl Cluster {
         }
     }
 
+    /// The open connection to a broker, or where and how to open one: for callers that open it
+    /// on a thread of their own, so that a broker that accepts and never answers the handshake
+    /// holds that thread only.
+    pub fn take_or_plan(&mut self, broker: i32) -> Result<ToOpen, WireError> {
+        let addr = self
+            .brokers
+            .get(&broker)
+            .cloned()
+            .ok_or_else(|| WireError::Io(format!("broker {broker} is not in the metadata")))?;
+        Ok(match self.connections.remove(&addr) {
+            Some(c) => ToOpen::Ready(c),
+            None => ToOpen::Open(addr, self.security.clone()),
+        })
+    }
+
     pub fn put(&mut self, connection: Connection) {
         self.connections
             .insert(connection.addr().to_string(), connection);
@@ -489,6 +504,22 @@ impl Cluster {
                     ))
                 }
             }
+        }
+    }
+}
+
+/// A connection to a broker, or what opening one takes.
+pub enum ToOpen {
+    Ready(Connection),
+    Open(String, Security),
+}
+
+impl ToOpen {
+    /// The connection, opening it if need be.
+    pub fn open(self) -> Result<Connection, WireError> {
+        match self {
+            ToOpen::Ready(c) => Ok(c),
+            ToOpen::Open(addr, security) => Connection::open(&addr, &security),
         }
     }
 }

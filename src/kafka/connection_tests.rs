@@ -19,7 +19,7 @@ use super::security::Security;
 /// How the fake broker answers the second request of a connection (the first, the
 /// ApiVersions that opens it, is always answered rightly).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Answer {
+pub(super) enum Answer {
     Right,
     /// One byte every 100 ms.
     Trickle,
@@ -36,7 +36,7 @@ enum Answer {
 /// A fake broker; `second_answers[i]` is how connection `i` answers its second request
 /// (connections past the list answer rightly). Returns its address and a count of the
 /// connections it accepted.
-fn fake_broker(second_answers: Vec<Answer>) -> (String, Arc<AtomicUsize>) {
+pub(super) fn fake_broker(second_answers: Vec<Answer>) -> (String, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let accepted = Arc::new(AtomicUsize::new(0));

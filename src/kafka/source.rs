@@ -18,7 +18,9 @@ use kafka_protocol::protocol::StrBytes;
 use log::{debug, error, warn};
 use uuid::Uuid;
 
-use super::cluster::{group_id, topic_name, AutoCreate, Cluster, TopicMeta, REQUEST_TIMEOUT};
+use super::cluster::{
+    group_id, topic_name, AutoCreate, Cluster, ToOpen, TopicMeta, REQUEST_TIMEOUT,
+};
 use super::connection::{Connection, WireError};
 use super::fetch::{fetch_from, FetchPosition, FetchedRecord, PartitionAnswer};
 use super::group::{describe_group, Generation, MemberInfo};
@@ -52,7 +54,7 @@ const COORDINATOR_WAIT: Duration = Duration::from_secs(10);
 const ROUND_GRACE: Duration = Duration::from_secs(2);
 
 /// A fetch to one leader: the connection it runs on comes back with the answer.
-type LeaderAnswer = (Connection, Result<Vec<PartitionAnswer>, WireError>);
+type LeaderAnswer = (Option<Connection>, Result<Vec<PartitionAnswer>, WireError>);
 
 /// A fetch to one leader that outlived its round: its thread still runs.
 struct LateFetch {
@@ -451,7 +453,7 @@ impl KafkaSource {
                 }
                 Late::None => {}
             }
-            match self.cluster.take(leader) {
+            match self.cluster.take_or_plan(leader) {
                 Ok(connection) => {
                     running.push((leader, ps.clone(), spawn_fetch(connection, topic_id, ps)))
                 }
@@ -497,7 +499,9 @@ impl KafkaSource {
         for (ps, (connection, result)) in results {
             match result {
                 Ok(answers) => {
-                    self.cluster.put(connection);
+                    if let Some(c) = connection {
+                        self.cluster.put(c);
+                    }
                     for answer in answers {
                         // An answer for a partition not asked about is not ours to read.
                         let Some(&at) = asked.get(&answer.partition) else {
@@ -569,8 +573,8 @@ impl KafkaSource {
                 if asked_then.as_deref() == Some(positions) {
                     return Late::Answered(Box::new((connection, result)));
                 }
-                if result.is_ok() {
-                    self.cluster.put(connection);
+                if let (Some(c), Ok(_)) = (connection, &result) {
+                    self.cluster.put(c);
                 }
                 Late::None
             }
@@ -765,9 +769,10 @@ enum Late {
     Answered(Box<LeaderAnswer>),
 }
 
-/// Runs one leader's fetch on a thread of its own; the answer arrives on the receiver.
+/// Runs one leader's fetch on a thread of its own, opening the connection there if need be;
+/// the answer arrives on the receiver.
 fn spawn_fetch(
-    mut connection: Connection,
+    connection: ToOpen,
     topic_id: Uuid,
     positions: Vec<FetchPosition>,
 ) -> Receiver<LeaderAnswer> {
@@ -775,9 +780,15 @@ fn spawn_fetch(
     let spawned = std::thread::Builder::new()
         .name("fetch-leader".into())
         .spawn(move || {
-            let result = fetch_from(&mut connection, topic_id, &positions, FETCH_MAX_WAIT);
+            let answer = match connection.open() {
+                Ok(mut c) => {
+                    let result = fetch_from(&mut c, topic_id, &positions, FETCH_MAX_WAIT);
+                    (Some(c), result)
+                }
+                Err(e) => (None, Err(e)),
+            };
             // Nobody waits any more when the source was dropped meanwhile.
-            let _ = send.send((connection, result));
+            let _ = send.send(answer);
         });
     if let Err(e) = spawned {
         warn!("cannot start a fetch thread ({e}); this leader's partitions skip a round");
@@ -814,6 +825,52 @@ fn parse_commit_metadata(metadata: &str) -> (&str, Option<&str>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_late_fetch_holds_only_its_leader_and_its_answer_serves_the_same_positions() {
+        let mut source = KafkaSource::new(
+            vec!["127.0.0.1:9".into()],
+            "t".into(),
+            "g".into(),
+            Shutdown::default(),
+        );
+        let at = |offset| {
+            vec![FetchPosition {
+                partition: 0,
+                offset,
+                max_bytes: FETCH_PARTITION_BYTES,
+            }]
+        };
+        let (answer, late) = sync_channel(1);
+        source.late.insert(
+            1,
+            LateFetch {
+                positions: at(5),
+                answer: late,
+            },
+        );
+        assert!(matches!(source.late_answer(1, &at(5)), Late::StillWaiting));
+        assert!(matches!(source.late_answer(2, &at(5)), Late::None));
+        let (addr, _) = super::super::connection_tests::fake_broker(Vec::new());
+        let connection = Connection::open(&addr, &Security::plaintext()).unwrap();
+        answer.send((Some(connection), Ok(Vec::new()))).unwrap();
+        assert!(matches!(source.late_answer(1, &at(5)), Late::Answered(_)));
+        assert!(source.late.is_empty());
+
+        // Answered for positions the consumer no longer holds: dropped, a new fetch is made.
+        let (answer, late) = sync_channel(1);
+        source.late.insert(
+            1,
+            LateFetch {
+                positions: at(5),
+                answer: late,
+            },
+        );
+        let connection = Connection::open(&addr, &Security::plaintext()).unwrap();
+        answer.send((Some(connection), Ok(Vec::new()))).unwrap();
+        assert!(matches!(source.late_answer(1, &at(9)), Late::None));
+        assert!(source.late.is_empty());
+    }
 
     #[test]
     fn rounds_without_progress_back_off_doubling_up_to_five_seconds() {
