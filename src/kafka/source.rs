@@ -2,7 +2,7 @@
 //! leaders, recognises a re-created topic, and keeps the group's committed offsets.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::mpsc::{sync_channel, Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
 use kafka_protocol::error::ResponseError;
@@ -52,6 +52,9 @@ const COORDINATOR_WAIT: Duration = Duration::from_secs(10);
 /// not answered by then is left to answer later, and its partitions skip the rounds until it
 /// does, so one hung broker does not hold the partitions of the others.
 const ROUND_GRACE: Duration = Duration::from_secs(2);
+
+/// How often a fetch round looks for the leaders' answers.
+const ROUND_POLL: Duration = Duration::from_millis(5);
 
 /// A fetch to one leader: the connection it runs on comes back with the answer.
 type LeaderAnswer = (Option<Connection>, Result<Vec<PartitionAnswer>, WireError>);
@@ -466,12 +469,30 @@ impl KafkaSource {
                 }
             }
         }
+        // The round ends when every leader answered, or at `round_ends` once at least one
+        // did: with nothing else to process, waiting on costs nothing (and a slow answer, a
+        // large batch expanding on a busy machine, is not taken for a hung leader).
         let round_ends = started + FETCH_MAX_WAIT + ROUND_GRACE;
-        for (leader, ps, answer) in running {
-            let wait = round_ends.saturating_duration_since(Instant::now());
-            match answer.recv_timeout(wait) {
-                Ok(a) => results.push((ps, a)),
-                Err(RecvTimeoutError::Timeout) => {
+        let mut pending = running;
+        loop {
+            pending.retain(|(leader, ps, answer)| match answer.try_recv() {
+                Ok(a) => {
+                    results.push((ps.clone(), a));
+                    false
+                }
+                Err(TryRecvError::Empty) => true,
+                // The thread panicked: its connection is gone with it.
+                Err(TryRecvError::Disconnected) => {
+                    failures.push(format!("broker {leader}: the fetch thread failed"));
+                    refresh = true;
+                    false
+                }
+            });
+            if pending.is_empty() {
+                break;
+            }
+            if Instant::now() >= round_ends && !(results.is_empty() && failures.is_empty()) {
+                for (leader, ps, answer) in pending {
                     debug!(
                         "broker {leader} did not answer a fetch within {:?}; partitions {:?} \
                          skip the rounds until it does",
@@ -486,12 +507,9 @@ impl KafkaSource {
                         },
                     );
                 }
-                // The thread panicked: its connection is gone with it.
-                Err(RecvTimeoutError::Disconnected) => {
-                    failures.push(format!("broker {leader}: the fetch thread failed"));
-                    refresh = true;
-                }
+                break;
             }
+            std::thread::sleep(ROUND_POLL);
         }
 
         let mut data = Vec::new();
