@@ -4,12 +4,14 @@
 //! broker restarts and a topic that was deleted and created again.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::mpsc::{channel, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{FindCoordinatorRequest, GroupId, MetadataRequest, TopicName};
 use kafka_protocol::protocol::{Request, StrBytes};
+use log::debug;
 use uuid::Uuid;
 
 use super::connection::{Connection, WireError};
@@ -19,8 +21,12 @@ use crate::shutdown::Shutdown;
 
 /// How long a request other than a fetch may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long a fresh topic's partitions may take to get leaders after auto-creation.
+/// How long a fresh topic's partitions may take to get leaders after auto-creation, and the
+/// longest a coordinator lookup waits out COORDINATOR_NOT_AVAILABLE (unless the cluster's
+/// lookup limit is shorter: a group member's is its session timeout).
 const LEADER_WAIT: Duration = Duration::from_secs(15);
+/// How often a wait for connections being opened looks at the stop flag.
+const OPEN_POLL: Duration = Duration::from_millis(50);
 
 /// How a metadata problem says the topic is not there.
 const MISSING: &str = " does not exist";
@@ -67,6 +73,8 @@ pub struct Cluster {
     shutdown: Shutdown,
     /// How every connection is secured (plaintext unless `with_security` says otherwise).
     security: Security,
+    /// The longest a lookup (a broker to ask, the coordinator) may take before it fails.
+    lookup_limit: Duration,
 }
 
 impl Cluster {
@@ -80,7 +88,15 @@ impl Cluster {
             meta: None,
             shutdown,
             security: Security::plaintext(),
+            lookup_limit: LEADER_WAIT,
         }
+    }
+
+    /// Bounds how long finding a broker that answers, or the group's coordinator, may take: a
+    /// group member's lookups must end within its session timeout, or the coordinator removes
+    /// the member while it still looks.
+    pub fn set_lookup_limit(&mut self, limit: Duration) {
+        self.lookup_limit = limit.min(LEADER_WAIT);
     }
 
     /// Secures every connection this cluster opens from now on as `security` says.
@@ -218,17 +234,16 @@ impl Cluster {
         }))
     }
 
-    /// Sends a request to any broker that answers: known brokers first, then the bootstrap list.
+    /// Sends a request to any broker that answers: first on the connections already open,
+    /// then on new connections to every known and bootstrap broker at once, using whichever
+    /// opens first. A broker that accepts connections and never answers (hung, or not a broker)
+    /// then costs nothing while another one answers; asked one after the other, it would hold
+    /// each lookup for the whole handshake timeout.
     pub fn call_any<R: Request>(&mut self, request: &R) -> Result<R::Response, KafkaError> {
-        let mut candidates: Vec<String> = self.connections.keys().cloned().collect();
-        for addr in self.brokers.values().chain(&self.bootstrap) {
-            if !candidates.contains(addr) {
-                candidates.push(addr.clone());
-            }
-        }
         let mut failures = Vec::new();
-        for addr in candidates {
-            match self.call_addr(&addr, request, REQUEST_TIMEOUT) {
+        let open: Vec<String> = self.connections.keys().cloned().collect();
+        for addr in &open {
+            match self.call_addr(addr, request, REQUEST_TIMEOUT) {
                 Ok(r) => return Ok(r),
                 // Brokers of one cluster run one version and one security setup: asking the
                 // next one cannot help.
@@ -238,10 +253,90 @@ impl Cluster {
                 Err(e) => failures.push(e),
             }
             if self.shutdown.requested() {
-                break;
+                return Err(self.none_answered(&failures));
             }
         }
-        Err(fail(
+        let mut candidates: Vec<String> = Vec::new();
+        for addr in self.brokers.values().chain(&self.bootstrap) {
+            if !candidates.contains(addr) && !open.contains(addr) {
+                candidates.push(addr.clone());
+            }
+        }
+        // One thread per candidate opens a connection; each reports on the channel. Those not
+        // waited for end on their own (connect and handshake timeouts) and drop what they open.
+        let (opened, arrivals) = channel();
+        for addr in &candidates {
+            let opened = opened.clone();
+            let addr = addr.clone();
+            let security = self.security.clone();
+            let spawned = std::thread::Builder::new()
+                .name("kafka-open".into())
+                .spawn(move || {
+                    let result = Connection::open(&addr, &security);
+                    let _ = opened.send((addr, result));
+                });
+            if let Err(e) = spawned {
+                failures.push(WireError::Io(format!(
+                    "cannot start a thread to connect: {e}"
+                )));
+            }
+        }
+        drop(opened);
+        let deadline = Instant::now() + self.lookup_limit;
+        loop {
+            let arrival = match arrivals.recv_timeout(OPEN_POLL) {
+                Ok(a) => a,
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.shutdown.requested() || Instant::now() >= deadline {
+                        let waiting = candidates.len().saturating_sub(failures.len());
+                        failures.push(WireError::Io(format!(
+                            "{waiting} broker(s) did not complete a handshake within {:.1} s",
+                            self.lookup_limit.as_secs_f64()
+                        )));
+                        break;
+                    }
+                    continue;
+                }
+            };
+            match arrival {
+                (addr, Ok(mut connection)) => {
+                    let answer = connection.call(request, REQUEST_TIMEOUT);
+                    match answer {
+                        Ok(r) => {
+                            self.connections.insert(addr, connection);
+                            // Connections that opened meanwhile serve the next calls.
+                            while let Ok((addr, Ok(c))) = arrivals.try_recv() {
+                                self.connections.insert(addr, c);
+                            }
+                            return Ok(r);
+                        }
+                        Err(e @ (WireError::TooOld(_) | WireError::Security(_))) => {
+                            return Err(from_wire("metadata", e))
+                        }
+                        Err(e) => {
+                            debug!("{addr} opened but failed the request: {e}");
+                            if !e.breaks_connection() {
+                                self.connections.insert(addr, connection);
+                            }
+                            failures.push(e);
+                        }
+                    }
+                }
+                (_, Err(e @ (WireError::TooOld(_) | WireError::Security(_)))) => {
+                    return Err(from_wire("metadata", e))
+                }
+                (addr, Err(e)) => {
+                    debug!("cannot open a connection to {addr}: {e}");
+                    failures.push(e);
+                }
+            }
+        }
+        Err(self.none_answered(&failures))
+    }
+
+    fn none_answered(&self, failures: &[WireError]) -> KafkaError {
+        fail(
             "metadata",
             format!(
                 "no broker of {} answered ({})",
@@ -250,7 +345,7 @@ impl Cluster {
                     .last()
                     .map_or("none tried".into(), |e| e.to_string())
             ),
-        ))
+        )
     }
 
     /// Sends a request to one broker by id.
@@ -291,7 +386,7 @@ impl Cluster {
             None => Connection::open(addr, &self.security)?,
         };
         let result = connection.call_interruptible(request, timeout, interrupted);
-        if !matches!(result, Err(WireError::Io(_))) {
+        if !result.as_ref().is_err_and(WireError::breaks_connection) {
             self.connections.insert(addr.to_string(), connection);
         }
         result
@@ -309,6 +404,21 @@ impl Cluster {
             Some(c) => Ok(c),
             None => Connection::open(&addr, &self.security),
         }
+    }
+
+    /// The open connection to a broker, or where and how to open one: for callers that open it
+    /// on a thread of their own, so that a broker that accepts and never answers the handshake
+    /// holds that thread only.
+    pub fn take_or_plan(&mut self, broker: i32) -> Result<ToOpen, WireError> {
+        let addr = self
+            .brokers
+            .get(&broker)
+            .cloned()
+            .ok_or_else(|| WireError::Io(format!("broker {broker} is not in the metadata")))?;
+        Ok(match self.connections.remove(&addr) {
+            Some(c) => ToOpen::Ready(c),
+            None => ToOpen::Open(addr, self.security.clone()),
+        })
     }
 
     pub fn put(&mut self, connection: Connection) {
@@ -368,7 +478,7 @@ impl Cluster {
         let request = FindCoordinatorRequest::default()
             .with_key(StrBytes::from_string(group.to_string()))
             .with_key_type(0);
-        let deadline = Instant::now() + LEADER_WAIT;
+        let deadline = Instant::now() + self.lookup_limit;
         loop {
             let response = self.call_any(&request)?;
             match ResponseError::try_from_code(response.error_code) {
@@ -394,6 +504,22 @@ impl Cluster {
                     ))
                 }
             }
+        }
+    }
+}
+
+/// A connection to a broker, or what opening one takes.
+pub enum ToOpen {
+    Ready(Connection),
+    Open(String, Security),
+}
+
+impl ToOpen {
+    /// The connection, opening it if need be.
+    pub fn open(self) -> Result<Connection, WireError> {
+        match self {
+            ToOpen::Ready(c) => Ok(c),
+            ToOpen::Open(addr, security) => Connection::open(&addr, &security),
         }
     }
 }

@@ -42,10 +42,15 @@ pub const CLIENT_ID: &str = "metricsctl";
 /// A failed exchange with a broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WireError {
-    /// Connecting, writing or reading failed (refused, reset, timed out, closed), or the byte
-    /// stream fell out of step (a bad frame size, an answer to another request): the
-    /// connection is unusable and must be dropped.
+    /// Connecting, writing or reading failed (refused, timed out), or the byte stream fell
+    /// out of step (a bad frame size, an answer to another request): the connection is
+    /// unusable and must be dropped.
     Io(String),
+    /// The peer closed the connection (end of stream, reset, broken pipe): it must be dropped
+    /// too. On a connection that served calls before, this is most often a broker that
+    /// restarted or closed an idle socket, so [`Connection::call`] tries once more on a fresh
+    /// connection before it reports this.
+    Closed(String),
     /// The answer was framed correctly but did not decode as the expected response.
     Protocol(String),
     /// The broker lacks every version of an API we speak: retrying cannot help.
@@ -56,10 +61,21 @@ pub enum WireError {
     Security(String),
 }
 
+impl WireError {
+    /// The connection that failed this way is out of step or gone, and must be dropped (a
+    /// `Protocol` error leaves it usable: the answer was framed and matched its request).
+    pub fn breaks_connection(&self) -> bool {
+        matches!(self, WireError::Io(_) | WireError::Closed(_))
+    }
+}
+
 impl fmt::Display for WireError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            WireError::Io(e) | WireError::Protocol(e) | WireError::Security(e) => f.write_str(e),
+            WireError::Io(e)
+            | WireError::Closed(e)
+            | WireError::Protocol(e)
+            | WireError::Security(e) => f.write_str(e),
             WireError::TooOld(e) => e.fmt(f),
         }
     }
@@ -75,6 +91,9 @@ pub struct Connection {
     /// When the SASL session the broker granted must be renewed; `None` without SASL or when
     /// the broker sets no limit.
     session: Option<Session>,
+    /// Calls this connection answered: one that answered before and then finds the peer gone
+    /// is retried once on a fresh connection.
+    answered: u64,
 }
 
 /// The times of a SASL session with a limited lifetime.
@@ -123,6 +142,7 @@ impl Connection {
             versions: BrokerVersions::default(),
             security: security.clone(),
             session: None,
+            answered: 0,
         };
         connection.versions = connection
             .api_versions()
@@ -205,7 +225,7 @@ impl Connection {
                         .is_ok_and(|socket| tls::speaks_tls(socket, &self.addr, CONNECT_TIMEOUT)))
         };
         match e {
-            WireError::Io(m) if !self.stream.is_tls() && tls_port(&m) => {
+            WireError::Io(m) | WireError::Closed(m) if !self.stream.is_tls() && tls_port(&m) => {
                 WireError::Security(format!(
                     "{} is a TLS listener (KAFKA_SECURITY_PROTOCOL is {}; \
                      use SSL or SASL_SSL for this port)",
@@ -250,7 +270,19 @@ impl Connection {
         interrupted: &dyn Fn() -> bool,
     ) -> Result<R::Response, WireError> {
         self.keep_session()?;
-        self.call_once(request, timeout, interrupted)
+        match self.call_once(request, timeout, interrupted) {
+            // A broker that restarted, or closed a socket idle too long, ends the stream before
+            // or while it answers: one more try on a fresh connection tells a broker that is
+            // gone from one that only dropped this socket. Every request we send may be sent
+            // twice (Produce carries the idempotent producer's sequence; commits, heartbeats,
+            // joins and fetches are repeatable).
+            Err(WireError::Closed(why)) if self.answered > 0 && !interrupted() => {
+                debug!("{why}; calling again on a new connection");
+                *self = Connection::open(&self.addr, &self.security)?;
+                self.call_once(request, timeout, interrupted)
+            }
+            other => other,
+        }
     }
 
     /// Sends `request` now, without renewing the SASL session first: for the SASL exchange
@@ -276,8 +308,11 @@ impl Connection {
         let mut body = body;
         // Counts and lengths are checked against the frame before the crate sizes anything; a
         // malformed answer drops the connection (an `Io` error), like a bad frame.
-        super::decode_limits::decode_response::<R::Response>(R::KEY, version, &mut body)
-            .map_err(|e| WireError::Io(format!("{}: undecodable response: {e}", self.addr)))
+        let response =
+            super::decode_limits::decode_response::<R::Response>(R::KEY, version, &mut body)
+                .map_err(|e| WireError::Io(format!("{}: undecodable response: {e}", self.addr)))?;
+        self.answered += 1;
+        Ok(response)
     }
 
     /// ApiVersions, the first request on every connection. A broker older than our version of
@@ -349,13 +384,19 @@ impl Connection {
         let frame = encode_frame(api_key, version, correlation_id, encode_body)?;
         let deadline = Instant::now() + timeout;
         let io = |what: &str, e: std::io::Error| {
-            tls::failure(&e, &self.addr, &self.security, false)
-                .unwrap_or_else(|| WireError::Io(format!("{what} {} failed: {e}", self.addr)))
+            tls::failure(&e, &self.addr, &self.security, false).unwrap_or_else(|| {
+                let message = format!("{what} {} failed: {e}", self.addr);
+                if peer_gone(&e) {
+                    WireError::Closed(message)
+                } else {
+                    WireError::Io(message)
+                }
+            })
         };
         let socket = self.stream.socket();
         socket
             .set_write_timeout(Some(timeout))
-            .and_then(|()| socket.set_read_timeout(Some(timeout.min(INTERRUPT_POLL))))
+            .and_then(|()| socket.set_read_timeout(Some(read_wait(deadline))))
             .map_err(|e| io("configuring the socket to", e))?;
         self.stream
             .write_all(&frame)
@@ -398,6 +439,8 @@ impl Connection {
 
     /// Fills `buf` from the socket by the deadline. A read that times out keeps what it read
     /// so far (`read_exact` would lose it), checks the deadline and `interrupted`, and waits on.
+    /// The deadline is checked after every read too, so a peer that trickles a byte now and
+    /// then cannot stretch the call past it.
     fn read_full(
         &mut self,
         buf: &mut [u8],
@@ -408,12 +451,29 @@ impl Connection {
         while filled < buf.len() {
             match self.stream.read(&mut buf[filled..]) {
                 Ok(0) => {
-                    return Err(WireError::Io(format!(
+                    return Err(WireError::Closed(format!(
                         "reading from {} failed: {CLOSED}",
                         self.addr
                     )))
                 }
-                Ok(n) => filled += n,
+                Ok(n) => {
+                    filled += n;
+                    if filled < buf.len() {
+                        if Instant::now() >= deadline {
+                            return Err(WireError::Io(format!(
+                                "reading from {} failed: the answer did not arrive within the \
+                                 request timeout ({filled} of {} bytes came)",
+                                self.addr,
+                                buf.len()
+                            )));
+                        }
+                        // The next read waits no longer than what is left of the deadline.
+                        let _ = self
+                            .stream
+                            .socket()
+                            .set_read_timeout(Some(read_wait(deadline)));
+                    }
+                }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                     if interrupted() {
@@ -432,7 +492,12 @@ impl Connection {
                 Err(e) => {
                     return Err(
                         tls::failure(&e, &self.addr, &self.security, false).unwrap_or_else(|| {
-                            WireError::Io(format!("reading from {} failed: {e}", self.addr))
+                            let message = format!("reading from {} failed: {e}", self.addr);
+                            if peer_gone(&e) {
+                                WireError::Closed(message)
+                            } else {
+                                WireError::Io(message)
+                            }
                         }),
                     )
                 }
@@ -440,6 +505,25 @@ impl Connection {
         }
         Ok(())
     }
+}
+
+/// How long one read may block: until the deadline, but at most [`INTERRUPT_POLL`] (so a
+/// stop request is seen), and never zero (which would mean no timeout at all).
+fn read_wait(deadline: Instant) -> Duration {
+    deadline
+        .saturating_duration_since(Instant::now())
+        .clamp(Duration::from_millis(1), INTERRUPT_POLL)
+}
+
+/// The peer closed or reset the connection (as opposed to a timeout or a local failure).
+fn peer_gone(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::UnexpectedEof
+            | ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionAborted
+            | ErrorKind::BrokenPipe
+    )
 }
 
 fn connect(addr: &str) -> Result<TcpStream, WireError> {

@@ -44,17 +44,27 @@ pub struct UnreadableBatch {
     pub first_offset: i64,
     pub last_offset: i64,
     pub reason: String,
+    /// Tells the bytes of this batch from other bytes at the same offset: a batch is passed
+    /// over only once a second fetch returned the same bytes (corruption on the way would not
+    /// repeat itself).
+    pub fingerprint: u64,
 }
 
 impl UnreadableBatch {
     /// A batch known only by its first offset.
-    fn at(offset: i64, problem: String) -> Self {
+    fn at(offset: i64, problem: String, bytes: &[u8]) -> Self {
         UnreadableBatch {
             first_offset: offset,
             last_offset: offset,
             reason: format!("the batch at offset {offset} {problem}"),
+            fingerprint: fingerprint(bytes),
         }
     }
+}
+
+/// The CRC-32C and the length of `bytes`.
+fn fingerprint(bytes: &[u8]) -> u64 {
+    (u64::from(crc32c::crc32c(bytes)) << 32) | (bytes.len() as u64 & 0xffff_ffff)
 }
 
 /// The records of one partition's answer.
@@ -85,6 +95,7 @@ pub fn decode_records(partition: i32, fetch_offset: i64, data: &Bytes) -> Decode
             out.unreadable.push(UnreadableBatch::at(
                 base_offset,
                 "has a negative length".into(),
+                &data[at..],
             ));
             break;
         };
@@ -105,7 +116,7 @@ pub fn decode_records(partition: i32, fetch_offset: i64, data: &Bytes) -> Decode
         };
         if let Some(problem) = problem {
             out.unreadable
-                .push(UnreadableBatch::at(base_offset, problem));
+                .push(UnreadableBatch::at(base_offset, problem, &batch));
             out.next_offset = Some(base_offset.saturating_add(1));
             continue;
         }
@@ -129,6 +140,7 @@ pub fn decode_records(partition: i32, fetch_offset: i64, data: &Bytes) -> Decode
                         first_offset,
                         last_offset,
                         reason: format!("the batch at offset {base_offset} {why}"),
+                        fingerprint: fingerprint(&batch),
                     });
                 }
                 if let Some(resume) = read.resume_at {
@@ -141,6 +153,7 @@ pub fn decode_records(partition: i32, fetch_offset: i64, data: &Bytes) -> Decode
                 first_offset: base_offset.max(fetch_offset),
                 last_offset,
                 reason: format!("the batch at offset {base_offset} {why}"),
+                fingerprint: fingerprint(&batch),
             }),
         }
     }

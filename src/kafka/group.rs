@@ -100,8 +100,11 @@ impl GroupMember {
         timeouts: GroupTimeouts,
         shutdown: Shutdown,
     ) -> Self {
+        let mut cluster = Cluster::new(brokers, topic.clone(), shutdown.clone());
+        // A lookup longer than the session would get the member removed while it looks.
+        cluster.set_lookup_limit(timeouts.session);
         GroupMember {
-            cluster: Cluster::new(brokers, topic.clone(), shutdown.clone()),
+            cluster,
             group,
             topic,
             timeouts,
@@ -365,6 +368,7 @@ impl GroupMember {
             self.shutdown.clone(),
         );
         cluster.set_security(self.cluster.security().clone());
+        cluster.set_lookup_limit(self.timeouts.session);
         let heartbeats = Heartbeats {
             cluster,
             group: self.group.clone(),

@@ -19,6 +19,8 @@
 mod batch;
 mod cluster;
 mod connection;
+#[cfg(test)]
+mod connection_tests;
 pub mod decode_limits;
 mod decompress;
 mod fetch;
@@ -29,6 +31,7 @@ mod scram;
 pub mod security;
 mod source;
 mod tls;
+mod unreadable;
 mod versions;
 
 use std::fmt;

@@ -474,7 +474,7 @@ impl KafkaProducer {
             let answer = match self.cluster.take(*leader) {
                 Ok(mut connection) => {
                     let answer = call(&mut connection, request, &self.shutdown);
-                    if !matches!(answer, Err(WireError::Io(_))) {
+                    if !answer.as_ref().is_err_and(WireError::breaks_connection) {
                         self.cluster.put(connection);
                     }
                     answer
@@ -511,7 +511,7 @@ impl KafkaProducer {
         });
         for ((_, connection), (_, answer)) in connections.into_iter().zip(&answers) {
             if let Ok(c) = connection {
-                if !matches!(answer, Err(WireError::Io(_))) {
+                if !answer.as_ref().is_err_and(WireError::breaks_connection) {
                     self.cluster.put(c);
                 }
             }

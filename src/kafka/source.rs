@@ -2,6 +2,7 @@
 //! leaders, recognises a re-created topic, and keeps the group's committed offsets.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::mpsc::{sync_channel, Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
 use kafka_protocol::error::ResponseError;
@@ -17,11 +18,14 @@ use kafka_protocol::protocol::StrBytes;
 use log::{debug, error, warn};
 use uuid::Uuid;
 
-use super::cluster::{group_id, topic_name, AutoCreate, Cluster, TopicMeta, REQUEST_TIMEOUT};
-use super::connection::WireError;
+use super::cluster::{
+    group_id, topic_name, AutoCreate, Cluster, ToOpen, TopicMeta, REQUEST_TIMEOUT,
+};
+use super::connection::{Connection, WireError};
 use super::fetch::{fetch_from, FetchPosition, FetchedRecord, PartitionAnswer};
 use super::group::{describe_group, Generation, MemberInfo};
 use super::security::Security;
+use super::unreadable::Suspects;
 use super::{fail, from_wire, KafkaError, KafkaErrorKind};
 use crate::engine::Committed;
 use crate::shutdown::Shutdown;
@@ -44,6 +48,22 @@ pub const FETCH_PARTITION_BYTES: i32 = 1024 * 1024;
 pub const FETCH_PARTITION_BYTES_LIMIT: i32 = 128 * 1024 * 1024;
 /// How long the coordinator may take to load a group after a restart or a move.
 const COORDINATOR_WAIT: Duration = Duration::from_secs(10);
+/// How long a fetch round waits for the leaders past the broker's own wait: a leader that has
+/// not answered by then is left to answer later, and its partitions skip the rounds until it
+/// does, so one hung broker does not hold the partitions of the others.
+const ROUND_GRACE: Duration = Duration::from_secs(2);
+
+/// How often a fetch round looks for the leaders' answers.
+const ROUND_POLL: Duration = Duration::from_millis(5);
+
+/// A fetch to one leader: the connection it runs on comes back with the answer.
+type LeaderAnswer = (Option<Connection>, Result<Vec<PartitionAnswer>, WireError>);
+
+/// A fetch to one leader that outlived its round: its thread still runs.
+struct LateFetch {
+    positions: Vec<FetchPosition>,
+    answer: Receiver<LeaderAnswer>,
+}
 
 /// Which log the consumer reads: the topic's current incarnation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +116,10 @@ pub struct KafkaSource {
     generation: Option<Generation>,
     /// Fetch rounds in a row that came back at once without progress.
     rounds_without_progress: u32,
+    /// Per leader, a fetch that did not answer within its round.
+    late: HashMap<i32, LateFetch>,
+    /// Batches found unreadable once, fetched again before they are passed over.
+    suspects: Suspects,
 }
 
 impl KafkaSource {
@@ -108,6 +132,8 @@ impl KafkaSource {
             fetch_bytes: HashMap::new(),
             generation: None,
             rounds_without_progress: 0,
+            late: HashMap::new(),
+            suspects: Suspects::default(),
         }
     }
 
@@ -136,6 +162,7 @@ impl KafkaSource {
     pub fn follow(&mut self, info: &TopicInfo) {
         self.topic_id = Some(info.topic_id);
         self.fetch_bytes.clear();
+        self.suspects.clear();
     }
 
     /// The earliest and the latest offset of each of these partitions.
@@ -396,6 +423,10 @@ impl KafkaSource {
         let mut by_leader: BTreeMap<i32, Vec<FetchPosition>> = BTreeMap::new();
         let mut refresh = false;
         for (p, o) in positions {
+            if self.suspects.held(*p, started) {
+                // Waits before fetching a batch found unreadable again.
+                continue;
+            }
             match meta.partitions.get(p).and_then(|l| l.broker) {
                 Some(leader) => by_leader.entry(leader).or_default().push(FetchPosition {
                     partition: *p,
@@ -411,12 +442,24 @@ impl KafkaSource {
         }
 
         // One thread per leader, each with its own connection: a leader that holds its fetch
-        // for FETCH_MAX_WAIT does not delay the data another one has.
-        let mut work = Vec::new();
+        // for FETCH_MAX_WAIT does not delay the data another one has, and one that does not
+        // answer at all holds only its own partitions (see `collect`).
+        let mut results: Vec<(Vec<FetchPosition>, LeaderAnswer)> = Vec::new();
+        let mut running: Vec<(i32, Vec<FetchPosition>, Receiver<LeaderAnswer>)> = Vec::new();
         let mut failures: Vec<String> = Vec::new();
         for (leader, ps) in by_leader {
-            match self.cluster.take(leader) {
-                Ok(connection) => work.push((connection, ps)),
+            match self.late_answer(leader, &ps) {
+                Late::StillWaiting => continue,
+                Late::Answered(answer) => {
+                    results.push((ps, *answer));
+                    continue;
+                }
+                Late::None => {}
+            }
+            match self.cluster.take_or_plan(leader) {
+                Ok(connection) => {
+                    running.push((leader, ps.clone(), spawn_fetch(connection, topic_id, ps)))
+                }
                 Err(e @ (WireError::TooOld(_) | WireError::Security(_))) => {
                     return Err(from_wire("fetch", e))
                 }
@@ -426,25 +469,57 @@ impl KafkaSource {
                 }
             }
         }
-        let results: Vec<_> = std::thread::scope(|scope| {
-            let handles: Vec<_> = work
-                .into_iter()
-                .map(|(mut connection, ps)| {
-                    scope.spawn(move || {
-                        let r = fetch_from(&mut connection, topic_id, &ps, FETCH_MAX_WAIT);
-                        (connection, ps, r)
-                    })
-                })
-                .collect();
-            handles.into_iter().filter_map(|h| h.join().ok()).collect()
-        });
+        // The round ends when every leader answered, or at `round_ends` once at least one
+        // did: with nothing else to process, waiting on costs nothing (and a slow answer, a
+        // large batch expanding on a busy machine, is not taken for a hung leader).
+        let round_ends = started + FETCH_MAX_WAIT + ROUND_GRACE;
+        let mut pending = running;
+        loop {
+            pending.retain(|(leader, ps, answer)| match answer.try_recv() {
+                Ok(a) => {
+                    results.push((ps.clone(), a));
+                    false
+                }
+                Err(TryRecvError::Empty) => true,
+                // The thread panicked: its connection is gone with it.
+                Err(TryRecvError::Disconnected) => {
+                    failures.push(format!("broker {leader}: the fetch thread failed"));
+                    refresh = true;
+                    false
+                }
+            });
+            if pending.is_empty() {
+                break;
+            }
+            if Instant::now() >= round_ends && !(results.is_empty() && failures.is_empty()) {
+                for (leader, ps, answer) in pending {
+                    debug!(
+                        "broker {leader} did not answer a fetch within {:?}; partitions {:?} \
+                         skip the rounds until it does",
+                        FETCH_MAX_WAIT + ROUND_GRACE,
+                        ps.iter().map(|p| p.partition).collect::<Vec<_>>()
+                    );
+                    self.late.insert(
+                        leader,
+                        LateFetch {
+                            positions: ps,
+                            answer,
+                        },
+                    );
+                }
+                break;
+            }
+            std::thread::sleep(ROUND_POLL);
+        }
 
         let mut data = Vec::new();
         let asked: HashMap<i32, i64> = positions.iter().copied().collect();
-        for (connection, ps, result) in results {
+        for (ps, (connection, result)) in results {
             match result {
                 Ok(answers) => {
-                    self.cluster.put(connection);
+                    if let Some(c) = connection {
+                        self.cluster.put(c);
+                    }
                     for answer in answers {
                         // An answer for a partition not asked about is not ours to read.
                         let Some(&at) = asked.get(&answer.partition) else {
@@ -495,6 +570,33 @@ impl KafkaSource {
             .any(|d| !d.records.is_empty() || asked.get(&d.partition) != Some(&d.next_offset));
         self.back_off_without_progress(progress, started.elapsed());
         Ok(Fetched::Data(data))
+    }
+
+    /// What became of an earlier round's fetch to `leader` that was still running: its
+    /// answer is used when it was asked at exactly the positions asked now (partitions whose
+    /// leader was late keep their positions, so it usually was); else it is dropped and its
+    /// connection kept.
+    fn late_answer(&mut self, leader: i32, positions: &[FetchPosition]) -> Late {
+        let Some(late) = self.late.get(&leader) else {
+            return Late::None;
+        };
+        match late.answer.try_recv() {
+            Err(TryRecvError::Empty) => Late::StillWaiting,
+            Err(TryRecvError::Disconnected) => {
+                self.late.remove(&leader);
+                Late::None
+            }
+            Ok((connection, result)) => {
+                let asked_then = self.late.remove(&leader).map(|l| l.positions);
+                if asked_then.as_deref() == Some(positions) {
+                    return Late::Answered(Box::new((connection, result)));
+                }
+                if let (Some(c), Ok(_)) = (connection, &result) {
+                    self.cluster.put(c);
+                }
+                Late::None
+            }
+        }
     }
 
     /// A round that brought no record and moved no position, and came back well before the
@@ -551,11 +653,16 @@ impl KafkaSource {
                 return Ok(None);
             }
         }
-        let decoded = answer.decoded;
-        for bad in &decoded.unreadable {
+        let mut decoded = answer.decoded;
+        let screened = self.suspects.screen(
+            partition,
+            std::mem::take(&mut decoded.unreadable),
+            Instant::now(),
+        );
+        for bad in &screened.passed {
             error!(
                 "partition {partition}: {} offset(s) {}..={} cannot be read and are passed \
-                 over: {}",
+                 over (two fetches returned the same bytes): {}",
                 bad.last_offset
                     .saturating_sub(bad.first_offset)
                     .saturating_add(1),
@@ -563,6 +670,23 @@ impl KafkaSource {
                 bad.last_offset,
                 bad.reason
             );
+        }
+        if let Some((bad, pause)) = screened.cut {
+            warn!(
+                "partition {partition}: offsets {}..={} cannot be read ({}); fetching them \
+                 again in {:.1} s, and passing over them if the same bytes come back",
+                bad.first_offset,
+                bad.last_offset,
+                bad.reason,
+                pause.as_secs_f64()
+            );
+            decoded.records.retain(|r| r.offset < bad.first_offset);
+            return Ok(Some(PartitionData {
+                partition,
+                records: decoded.records,
+                next_offset: bad.first_offset.max(at),
+                high_watermark: (answer.high_watermark >= 0).then_some(answer.high_watermark),
+            }));
         }
         let next_offset = match decoded.next_offset {
             Some(next) => {
@@ -653,6 +777,43 @@ impl KafkaSource {
     }
 }
 
+/// What an earlier round's fetch to a leader left for this round.
+enum Late {
+    /// No fetch of an earlier round runs for this leader.
+    None,
+    /// It still runs: the leader's partitions skip this round.
+    StillWaiting,
+    /// It answered, at the positions asked now.
+    Answered(Box<LeaderAnswer>),
+}
+
+/// Runs one leader's fetch on a thread of its own, opening the connection there if need be;
+/// the answer arrives on the receiver.
+fn spawn_fetch(
+    connection: ToOpen,
+    topic_id: Uuid,
+    positions: Vec<FetchPosition>,
+) -> Receiver<LeaderAnswer> {
+    let (send, receive) = sync_channel(1);
+    let spawned = std::thread::Builder::new()
+        .name("fetch-leader".into())
+        .spawn(move || {
+            let answer = match connection.open() {
+                Ok(mut c) => {
+                    let result = fetch_from(&mut c, topic_id, &positions, FETCH_MAX_WAIT);
+                    (Some(c), result)
+                }
+                Err(e) => (None, Err(e)),
+            };
+            // Nobody waits any more when the source was dropped meanwhile.
+            let _ = send.send(answer);
+        });
+    if let Err(e) = spawned {
+        warn!("cannot start a fetch thread ({e}); this leader's partitions skip a round");
+    }
+    receive
+}
+
 /// The pause after the `rounds`+1-th fetch round in a row without progress: doubled each
 /// round, from [`NO_PROGRESS_BACKOFF_FIRST`] up to [`NO_PROGRESS_BACKOFF_MAX`].
 fn no_progress_pause(rounds: u32) -> Duration {
@@ -682,6 +843,52 @@ fn parse_commit_metadata(metadata: &str) -> (&str, Option<&str>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_late_fetch_holds_only_its_leader_and_its_answer_serves_the_same_positions() {
+        let mut source = KafkaSource::new(
+            vec!["127.0.0.1:9".into()],
+            "t".into(),
+            "g".into(),
+            Shutdown::default(),
+        );
+        let at = |offset| {
+            vec![FetchPosition {
+                partition: 0,
+                offset,
+                max_bytes: FETCH_PARTITION_BYTES,
+            }]
+        };
+        let (answer, late) = sync_channel(1);
+        source.late.insert(
+            1,
+            LateFetch {
+                positions: at(5),
+                answer: late,
+            },
+        );
+        assert!(matches!(source.late_answer(1, &at(5)), Late::StillWaiting));
+        assert!(matches!(source.late_answer(2, &at(5)), Late::None));
+        let (addr, _) = super::super::connection_tests::fake_broker(Vec::new());
+        let connection = Connection::open(&addr, &Security::plaintext()).unwrap();
+        answer.send((Some(connection), Ok(Vec::new()))).unwrap();
+        assert!(matches!(source.late_answer(1, &at(5)), Late::Answered(_)));
+        assert!(source.late.is_empty());
+
+        // Answered for positions the consumer no longer holds: dropped, a new fetch is made.
+        let (answer, late) = sync_channel(1);
+        source.late.insert(
+            1,
+            LateFetch {
+                positions: at(5),
+                answer: late,
+            },
+        );
+        let connection = Connection::open(&addr, &Security::plaintext()).unwrap();
+        answer.send((Some(connection), Ok(Vec::new()))).unwrap();
+        assert!(matches!(source.late_answer(1, &at(9)), Late::None));
+        assert!(source.late.is_empty());
+    }
 
     #[test]
     fn rounds_without_progress_back_off_doubling_up_to_five_seconds() {
