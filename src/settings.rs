@@ -28,6 +28,8 @@ pub const DEFAULT_PLOT_LIMIT: usize = 100;
 pub const MAX_KPIS_LIMIT: usize = 100_000;
 pub const DEFAULT_MAX_LAG: u64 = 10_000;
 pub const DEFAULT_DRAIN_TIMEOUT_SECONDS: u64 = 10;
+/// How long a step may run, or a service stay unreachable, before `/healthz` answers 503.
+pub const DEFAULT_HEALTH_THRESHOLD_SECONDS: u64 = 60;
 
 /// A setting that cannot be valid: which one, where it came from, and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,6 +141,17 @@ pub struct ProduceSettings {
     /// After a stop signal, how long reports already made may still be sent.
     pub drain_timeout: Duration,
     pub compression: Compression,
+    /// The `/metrics`, `/healthz` and `/readyz` endpoint.
+    pub telemetry: TelemetrySettings,
+}
+
+/// Where `/metrics`, `/healthz` and `/readyz` are served (`None`: not at all), and when
+/// `/healthz` turns unhealthy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TelemetrySettings {
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// A step running, or a service failing without a break, this long makes `/healthz` 503.
+    pub health_threshold: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -159,6 +172,9 @@ pub struct ConsumeSettings {
     pub partitions: Option<Vec<i32>>,
     pub exit_when_idle: Option<Duration>,
     pub max_messages: Option<u64>,
+    /// KIP-345 static membership: the same id across restarts keeps the partitions.
+    pub group_instance_id: Option<String>,
+    pub telemetry: TelemetrySettings,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -252,6 +268,7 @@ impl ProduceSettings {
                 Some(v) => v.text.parse().map_err(|e: String| v.error(e))?,
                 None => Compression::None,
             },
+            telemetry: telemetry(src, &args.metrics_addr, &args.health_threshold)?,
         })
     }
 }
@@ -338,6 +355,15 @@ impl ConsumeSettings {
                 .pick(&args.max_messages, "max-messages", &["MAX_MESSAGES"])
                 .map(|v| positive(&v))
                 .transpose()?,
+            group_instance_id: src
+                .pick(
+                    &args.group_instance_id,
+                    "group-instance-id",
+                    &["KAFKA_GROUP_INSTANCE_ID"],
+                )
+                .map(|v| group_instance_id(&v))
+                .transpose()?,
+            telemetry: telemetry(src, &args.metrics_addr, &args.health_threshold)?,
         })
     }
 }
@@ -697,6 +723,59 @@ fn servers(v: Option<Value>) -> Result<Vec<String>, SettingError> {
         return Err(v.error(format!("names {dup:?} twice")));
     }
     Ok(list)
+}
+
+/// `--metrics-addr` and `--health-threshold`, shared by `produce` and `consume`.
+fn telemetry(
+    src: &Sources,
+    addr: &Option<String>,
+    threshold: &Option<String>,
+) -> Result<TelemetrySettings, SettingError> {
+    let metrics_addr = src
+        .pick(addr, "metrics-addr", &["METRICS_ADDR"])
+        .map(|v| metrics_addr(&v))
+        .transpose()?;
+    let health_threshold =
+        match src.pick(threshold, "health-threshold", &["HEALTH_THRESHOLD_SECONDS"]) {
+            Some(v) => Some(seconds(&v)?)
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| v.error("must be a number of seconds above 0"))?,
+            None => Duration::from_secs(DEFAULT_HEALTH_THRESHOLD_SECONDS),
+        };
+    Ok(TelemetrySettings {
+        metrics_addr,
+        health_threshold,
+    })
+}
+
+/// `HOST:PORT`, the host a name or an address (`[::1]:9100` for IPv6); the name is resolved
+/// here, once, so a typo is a setting error and not a failure later.
+fn metrics_addr(v: &Value) -> Result<std::net::SocketAddr, SettingError> {
+    use std::net::ToSocketAddrs;
+    let text = v.text.trim();
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(v.error("must be HOST:PORT, e.g. 0.0.0.0:9100 or 127.0.0.1:9100"));
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(v.error("must be HOST:PORT with a port from 0 to 65535, e.g. 0.0.0.0:9100"));
+    }
+    text.to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| v.error(format!("cannot resolve host {host:?}")))
+}
+
+/// A static member's id: Kafka takes any non-empty string up to 249 characters (the group and
+/// topic name limit); control characters would only make the logs unreadable.
+fn group_instance_id(v: &Value) -> Result<String, SettingError> {
+    let id = v.text.trim();
+    if id.is_empty() || id.len() > 249 || id.chars().any(char::is_control) {
+        return Err(v.error(
+            "must be 1 to 249 printable characters, e.g. the pod or host name; leave it unset \
+             for a dynamic member",
+        ));
+    }
+    Ok(id.to_string())
 }
 
 fn seconds(v: &Value) -> Result<Duration, SettingError> {
