@@ -170,7 +170,7 @@ impl ConsumerMetrics {
         m.generation.set(-1);
         // Both series exist from the start, so a rate() over them has a beginning.
         for service in [Service::Kafka, Service::Database] {
-            m.errors.get_or_create(&ServiceLabels {
+            let _ = m.errors.get_or_create(&ServiceLabels {
                 service: service.as_str().to_string(),
             });
         }

@@ -50,7 +50,7 @@ impl ProducerMetrics {
             send_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             errors: Family::default(),
         };
-        m.errors.get_or_create(&ServiceLabels {
+        let _ = m.errors.get_or_create(&ServiceLabels {
             service: Service::Kafka.as_str().to_string(),
         });
         register_build_info(&mut registry);
