@@ -35,7 +35,7 @@ build:
 
 # Unit tests need nothing; integration tests need the broker and the database,
 # which `up` starts (a no-op when they already run; KAFKA_VERSION and BROKERS pass through).
-test: up
+test: up .local/bench-venv/.installed
 	set -a && source $(SERVICES_ENV) && set +a && cargo test -- --test-threads=4
 
 lint:

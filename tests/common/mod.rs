@@ -13,6 +13,7 @@ use mongodb::bson::{doc, Bson, Document};
 use mongodb::sync::{Client, Database};
 
 pub mod kafka_wire;
+pub mod scrape;
 
 /// Every variable the binary reads; cleared for each run so the developer's shell cannot leak in.
 const OUR_VARS: &[&str] = &[
@@ -46,6 +47,9 @@ const OUR_VARS: &[&str] = &[
     "KAFKA_SSL_CERTIFICATE_LOCATION",
     "KAFKA_SSL_KEY_LOCATION",
     "STATUS_MAX_LAG",
+    "METRICS_ADDR",
+    "HEALTH_THRESHOLD_SECONDS",
+    "KAFKA_GROUP_INSTANCE_ID",
     "RUST_LOG",
     "RUST_LOG_STYLE",
 ];
