@@ -294,6 +294,10 @@ impl OffsetCommitter for KafkaCommitter<'_> {
         }
         outcome.map_err(|e| {
             self.fenced |= e.is_fenced();
+            if e.is_fatal() {
+                // A static member whose place another process took: it stops.
+                self.stop = Some(Stop::Fatal(CommandError::Failed(e.to_string())));
+            }
             SinkError {
                 operation: "committing offsets",
                 detail: e.to_string(),
@@ -432,7 +436,8 @@ impl<'a> Pipeline<'a> {
                     GROUP_TIMEOUTS,
                     shutdown.clone(),
                 )
-                .with_security(settings.security.clone()),
+                .with_security(settings.security.clone())
+                .with_instance_id(settings.group_instance_id.clone()),
             ),
         };
         let assigned = assignment(settings, &topic, member.as_mut(), &mut source, shutdown)?;
@@ -840,6 +845,10 @@ impl<'a> Pipeline<'a> {
         match outcome {
             Ok(report) => {
                 self.account(&report, fenced);
+                // A commit that can never go through ends the consumer, step done or not.
+                if let Some(Stop::Fatal(e)) = stop {
+                    return Err(Stop::Fatal(e));
+                }
                 Ok(Some(report))
             }
             Err(e) => {

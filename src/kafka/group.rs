@@ -24,12 +24,12 @@ use kafka_protocol::messages::{
     HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest, SyncGroupRequest,
 };
 use kafka_protocol::protocol::{Encodable, Request, StrBytes};
-use log::{debug, info, warn};
+use log::{debug, error, info, warn};
 
 use super::cluster::{group_id, topic_name, AutoCreate, Cluster};
 use super::decode_limits::decode_consumer_protocol;
 use super::security::Security;
-use super::{fail, KafkaError};
+use super::{fail, fatal, KafkaError};
 use crate::shutdown::Shutdown;
 
 /// The consumer-protocol version of our subscription and assignment bytes (any Kafka tool
@@ -58,6 +58,8 @@ impl GroupTimeouts {
 pub struct Generation {
     pub id: i32,
     pub member_id: String,
+    /// A static member's `group.instance.id` (KIP-345), sent with every group request.
+    pub instance_id: Option<String>,
 }
 
 /// What the heartbeat thread and the consume loop share.
@@ -66,6 +68,9 @@ struct State {
     generation: Option<Generation>,
     /// The group is rebalancing, or this member was fenced: rejoin before storing more.
     rejoin: bool,
+    /// Another process joined with this member's instance id and took its place: this one
+    /// must stop, not rejoin (rejoining would fence the other in turn).
+    instance_fenced: bool,
 }
 
 /// A member of one consumer group, subscribed to one topic.
@@ -74,6 +79,8 @@ pub struct GroupMember {
     group: String,
     topic: String,
     timeouts: GroupTimeouts,
+    /// `Some`: a static member (KIP-345).
+    instance_id: Option<String>,
     state: Arc<Mutex<State>>,
     stop_heartbeats: Arc<AtomicBool>,
     heartbeats: Option<JoinHandle<()>>,
@@ -93,9 +100,11 @@ impl GroupMember {
             group,
             topic,
             timeouts,
+            instance_id: None,
             state: Arc::new(Mutex::new(State {
                 generation: None,
                 rejoin: true,
+                instance_fenced: false,
             })),
             stop_heartbeats: Arc::new(AtomicBool::new(false)),
             heartbeats: None,
@@ -107,6 +116,28 @@ impl GroupMember {
     pub fn with_security(mut self, security: Security) -> Self {
         self.cluster.set_security(security);
         self
+    }
+
+    /// Joins as a static member with this `group.instance.id` (KIP-345): a restart with the
+    /// same id within the session timeout takes the member's place and partitions back
+    /// without a rebalance, and stopping sends no LeaveGroup.
+    pub fn with_instance_id(mut self, instance_id: Option<String>) -> Self {
+        self.instance_id = instance_id;
+        self
+    }
+
+    /// The error a member fenced by another process with its instance id stops with.
+    fn instance_fenced_error(&self) -> KafkaError {
+        fatal(
+            "join-group",
+            format!(
+                "group {}: another consumer joined with group instance id {:?} and took this \
+                 member's place (FENCED_INSTANCE_ID); give each consumer its own \
+                 --group-instance-id (KAFKA_GROUP_INSTANCE_ID)",
+                self.group,
+                self.instance_id.as_deref().unwrap_or_default()
+            ),
+        )
     }
 
     /// The current generation, if this member holds one.
@@ -136,6 +167,9 @@ impl GroupMember {
     /// through the rebalance; the heartbeat thread runs once the member holds a generation.
     pub fn join(&mut self) -> Result<Vec<i32>, KafkaError> {
         self.stop_heartbeat_thread();
+        if lock(&self.state).instance_fenced {
+            return Err(self.instance_fenced_error());
+        }
         let mut member_id = lock(&self.state)
             .generation
             .as_ref()
@@ -162,6 +196,7 @@ impl GroupMember {
             let generation = Generation {
                 id: joined.generation,
                 member_id: joined.member_id.clone(),
+                instance_id: self.instance_id.clone(),
             };
             match self.sync(&generation, assignments)? {
                 Some(partitions) => {
@@ -202,6 +237,7 @@ impl GroupMember {
             .with_session_timeout_ms(millis(self.timeouts.session))
             .with_rebalance_timeout_ms(millis(self.timeouts.rebalance))
             .with_member_id(StrBytes::from_string(member_id.to_string()))
+            .with_group_instance_id(self.instance_id.clone().map(StrBytes::from_string))
             .with_protocol_type(StrBytes::from_static_str(PROTOCOL_TYPE))
             .with_protocols(vec![JoinGroupRequestProtocol::default()
                 .with_name(StrBytes::from_static_str(ASSIGNOR))
@@ -225,6 +261,10 @@ impl GroupMember {
             Some(ResponseError::UnknownMemberId) => Ok(JoinOutcome::Retry {
                 member_id: String::new(),
             }),
+            Some(ResponseError::FencedInstanceId) => {
+                lock(&self.state).instance_fenced = true;
+                Err(self.instance_fenced_error())
+            }
             Some(e) => {
                 self.coordinator_trouble(e);
                 if e.is_retriable() || e == ResponseError::RebalanceInProgress {
@@ -273,6 +313,7 @@ impl GroupMember {
             .with_group_id(group_id(&self.group))
             .with_generation_id(generation.id)
             .with_member_id(StrBytes::from_string(generation.member_id.clone()))
+            .with_group_instance_id(generation.instance_id.clone().map(StrBytes::from_string))
             .with_protocol_type(Some(StrBytes::from_static_str(PROTOCOL_TYPE)))
             .with_protocol_name(Some(StrBytes::from_static_str(ASSIGNOR)))
             .with_assignments(
@@ -295,6 +336,10 @@ impl GroupMember {
             ) => {
                 debug!("group {}: sync answered {e}; rejoining", self.group);
                 Ok(None)
+            }
+            Some(ResponseError::FencedInstanceId) => {
+                lock(&self.state).instance_fenced = true;
+                Err(self.instance_fenced_error())
             }
             Some(e) => {
                 self.coordinator_trouble(e);
@@ -355,6 +400,16 @@ impl GroupMember {
                     if let Some(generation) = generation {
                         match heartbeat(&mut cluster, &group, &generation) {
                             Ok(()) => {}
+                            Err(HeartbeatError::Rejoin(RejoinReason::InstanceFenced)) => {
+                                error!(
+                                    "group {group}: another consumer joined with this member's \
+                                     group instance id and took its place; stopping"
+                                );
+                                let mut s = lock(&state);
+                                s.rejoin = true;
+                                s.instance_fenced = true;
+                                s.generation = None;
+                            }
                             Err(HeartbeatError::Rejoin(why)) => {
                                 info!("group {group}: {why}; the member will rejoin");
                                 let mut s = lock(&state);
@@ -388,12 +443,24 @@ impl GroupMember {
     }
 
     /// Leaves the group so its partitions move to the other members at once, instead of after
-    /// the session timeout.
+    /// the session timeout. A static member does not leave (as Kafka's Java consumer does
+    /// not): its partitions wait for it through a restart within the session timeout, so a
+    /// rolling restart moves nothing.
     pub fn leave(&mut self) {
         self.stop_heartbeat_thread();
         let Some(generation) = lock(&self.state).generation.take() else {
             return;
         };
+        if let Some(instance) = &self.instance_id {
+            info!(
+                "group {}: static member {instance:?} stops without leaving: its partitions \
+                 stay assigned for the session timeout ({} s), and a restart within it resumes \
+                 them without a rebalance",
+                self.group,
+                self.timeouts.session.as_secs()
+            );
+            return;
+        }
         let request = LeaveGroupRequest::default()
             .with_group_id(group_id(&self.group))
             .with_members(vec![MemberIdentity::default()
@@ -446,6 +513,8 @@ enum JoinOutcome {
 enum RejoinReason {
     Rebalancing,
     Fenced(ResponseError),
+    /// Another process holds this member's instance id: stop, never rejoin.
+    InstanceFenced,
 }
 
 impl RejoinReason {
@@ -459,6 +528,9 @@ impl std::fmt::Display for RejoinReason {
         match self {
             RejoinReason::Rebalancing => f.write_str("the group is rebalancing"),
             RejoinReason::Fenced(e) => write!(f, "this member was fenced out of the group ({e})"),
+            RejoinReason::InstanceFenced => {
+                f.write_str("another consumer took this member's group instance id")
+            }
         }
     }
 }
@@ -476,7 +548,8 @@ fn heartbeat(
     let request = HeartbeatRequest::default()
         .with_group_id(group_id(group))
         .with_generation_id(generation.id)
-        .with_member_id(StrBytes::from_string(generation.member_id.clone()));
+        .with_member_id(StrBytes::from_string(generation.member_id.clone()))
+        .with_group_instance_id(generation.instance_id.clone().map(StrBytes::from_string));
     let response = cluster
         .call_coordinator(group, &request, Duration::from_secs(5))
         .map_err(|e| HeartbeatError::Unreachable(e.to_string()))?;
@@ -484,6 +557,9 @@ fn heartbeat(
         None => Ok(()),
         Some(ResponseError::RebalanceInProgress) => {
             Err(HeartbeatError::Rejoin(RejoinReason::Rebalancing))
+        }
+        Some(ResponseError::FencedInstanceId) if generation.instance_id.is_some() => {
+            Err(HeartbeatError::Rejoin(RejoinReason::InstanceFenced))
         }
         Some(
             e @ (ResponseError::UnknownMemberId
