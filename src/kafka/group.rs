@@ -188,7 +188,8 @@ impl GroupMember {
                 }
             };
             member_id = joined.member_id.clone();
-            let assignments = if joined.leader == joined.member_id {
+            // A static leader rejoining a stable group keeps the group's assignment (KIP-814).
+            let assignments = if joined.leader == joined.member_id && !joined.skip_assignment {
                 self.assign(&joined.members)?
             } else {
                 Vec::new()
@@ -248,6 +249,7 @@ impl GroupMember {
                 generation: response.generation_id,
                 leader: response.leader.to_string(),
                 member_id: response.member_id.to_string(),
+                skip_assignment: response.skip_assignment,
                 members: response
                     .members
                     .iter()
@@ -500,6 +502,8 @@ struct Joined {
     generation: i32,
     leader: String,
     member_id: String,
+    /// The coordinator keeps the current assignment: the leader computes none (v9+).
+    skip_assignment: bool,
     members: Vec<(String, Bytes)>,
 }
 

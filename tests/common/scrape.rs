@@ -90,3 +90,14 @@ pub fn scrape(addr: &str) -> Option<Vec<Sample>> {
     let (status, body) = http_get(addr, "/metrics")?;
     (status == 200).then(|| parse_metrics(&body))
 }
+
+/// The value of an unlabelled sample in `/metrics` on `addr`, read straight from the text
+/// (for polling fast; the tests' checks go through [`parse_metrics`]).
+pub fn quick_value(addr: &str, name: &str) -> Option<f64> {
+    let (status, body) = http_get(addr, "/metrics")?;
+    if status != 200 {
+        return None;
+    }
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
