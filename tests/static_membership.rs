@@ -100,11 +100,26 @@ const SERVERS: &str = "s01,s02,s03,s04,s05,s06,s07,s08,s09,s10,s11,s12";
 fn a_killed_static_member_restarts_without_a_rebalance_and_nothing_is_lost_or_doubled() {
     let sb = Sandbox::new("static_kill");
     common::ensure_topic(&sb.brokers, &sb.topic);
-    let a = Member::start(&sb, "a");
-    let b = Member::start(&sb, "b");
-    let mut c = Member::start(&sb, "c");
-    let generation = settled(&[&a, &b, &c]);
-    let before: Vec<_> = [&a, &b].iter().map(|m| m.group_view()).collect();
+    let mut members = vec![
+        Member::start(&sb, "a"),
+        Member::start(&sb, "b"),
+        Member::start(&sb, "c"),
+    ];
+    let generation = settled(&members.iter().collect::<Vec<_>>());
+    // The leader is the member whose restart used to cost a rebalance (before JoinGroup v9):
+    // it is the one killed.
+    let leader = members
+        .iter()
+        .position(|m| {
+            let log = m.proc.log_text();
+            let last_join = log.lines().rev().find(|l| l.contains(" joined as "));
+            last_join.is_some_and(|l| l.contains("leader of"))
+        })
+        .expect("a leader among the members");
+    let mut c = members.remove(leader);
+    let (a, b) = (&members[0], &members[1]);
+    eprintln!("killing the leader, {}", c.id);
+    let before: Vec<_> = [a, b].iter().map(|m| m.group_view()).collect();
 
     let mut producer = sb.spawn(
         "produce",
@@ -122,7 +137,8 @@ fn a_killed_static_member_restarts_without_a_rebalance_and_nothing_is_lost_or_do
     c.proc.child.kill().expect("SIGKILL c");
     let _ = c.proc.child.wait();
     let restarted = Instant::now();
-    c.restart(&sb, "c-restarted");
+    let restarted_log = format!("{}-restarted", c.id);
+    c.restart(&sb, &restarted_log);
     let first_store = poll(Duration::from_secs(30), Duration::from_millis(20), || {
         (c.gauge("messages_stored_total")? > 0).then(|| restarted.elapsed())
     })
@@ -142,7 +158,7 @@ fn a_killed_static_member_restarts_without_a_rebalance_and_nothing_is_lost_or_do
         Some(generation),
         "c rejoined the same generation"
     );
-    let after: Vec<_> = [&a, &b].iter().map(|m| m.group_view()).collect();
+    let after: Vec<_> = [a, b].iter().map(|m| m.group_view()).collect();
     assert_eq!(before, after, "the other members saw a rebalance");
 
     // Everything the producer had acknowledged is stored once, nothing dead-lettered.
@@ -164,9 +180,10 @@ fn a_killed_static_member_restarts_without_a_rebalance_and_nothing_is_lost_or_do
     assert!(all.is_some(), "stored {} of {sent}", sb.count("raw"));
     assert_eq!(sb.count("raw"), sent);
     assert_eq!(sb.count("dlq"), 0, "a duplicate was dead-lettered");
-    let after: Vec<_> = [&a, &b].iter().map(|m| m.group_view()).collect();
+    let after: Vec<_> = [a, b].iter().map(|m| m.group_view()).collect();
     assert_eq!(before, after, "a rebalance happened later");
-    for m in [a, b, c] {
+    members.push(c);
+    for m in members {
         let mut p = m.proc;
         assert_eq!(
             p.stop(Duration::from_secs(60)),
