@@ -15,6 +15,9 @@ use common::{assert_ok, poll, text, Background, Sandbox};
 /// The consumer's session timeout (src/commands/consume.rs).
 const SESSION: Duration = Duration::from_secs(10);
 
+/// (generation, rebalances, assigned partitions).
+type GroupView = (i64, i64, i64);
+
 struct Member {
     id: String,
     addr: String,
@@ -48,7 +51,7 @@ impl Member {
     }
 
     /// (generation, rebalances, assigned partitions) as its `/metrics` say.
-    fn group_view(&self) -> Option<(i64, i64, i64)> {
+    fn group_view(&self) -> Option<GroupView> {
         Some((
             self.gauge("group_generation")?,
             self.gauge("group_rebalances_total")?,
@@ -60,7 +63,7 @@ impl Member {
 /// Waits until every member holds the same generation with one partition each, unchanged
 /// for two seconds; returns the generation.
 fn settled(members: &[&Member]) -> i64 {
-    let mut last: Option<(Vec<(i64, i64, i64)>, Instant)> = None;
+    let mut last: Option<(Vec<GroupView>, Instant)> = None;
     let found = poll(Duration::from_secs(120), Duration::from_millis(200), || {
         let views: Option<Vec<_>> = members.iter().map(|m| m.group_view()).collect();
         let views = views?;
