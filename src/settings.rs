@@ -970,6 +970,52 @@ mod tests {
     }
 
     #[test]
+    fn metrics_endpoint_and_static_membership_settings() {
+        let c = ConsumeSettings::resolve(&ConsumeArgs::default(), &src(&[], &[])).unwrap();
+        assert_eq!(c.telemetry.metrics_addr, None, "off by default");
+        assert_eq!(c.telemetry.health_threshold, Duration::from_secs(60));
+        assert_eq!(c.group_instance_id, None, "dynamic by default");
+        let c = ConsumeSettings::resolve(
+            &ConsumeArgs::default(),
+            &src(
+                &[
+                    ("METRICS_ADDR", "127.0.0.1:9100"),
+                    ("HEALTH_THRESHOLD_SECONDS", "2.5"),
+                    ("KAFKA_GROUP_INSTANCE_ID", " consumer-0 "),
+                ],
+                &[],
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            c.telemetry.metrics_addr,
+            Some("127.0.0.1:9100".parse().unwrap())
+        );
+        assert_eq!(c.telemetry.health_threshold, Duration::from_millis(2500));
+        assert_eq!(c.group_instance_id.as_deref(), Some("consumer-0"));
+        let p = ProduceSettings::resolve(
+            &ProduceArgs {
+                metrics_addr: Some("[::1]:0".into()),
+                ..Default::default()
+            },
+            &src(&[], &[]),
+        )
+        .unwrap();
+        assert_eq!(p.telemetry.metrics_addr, Some("[::1]:0".parse().unwrap()));
+        for (var, bad) in [
+            ("METRICS_ADDR", "9100"),
+            ("METRICS_ADDR", "127.0.0.1:65536"),
+            ("METRICS_ADDR", ":9100"),
+            ("HEALTH_THRESHOLD_SECONDS", "0"),
+            ("KAFKA_GROUP_INSTANCE_ID", "  "),
+        ] {
+            let e = ConsumeSettings::resolve(&ConsumeArgs::default(), &src(&[(var, bad)], &[]))
+                .unwrap_err();
+            assert!(e.setting.starts_with(var), "{var}={bad}: {e}");
+        }
+    }
+
+    #[test]
     fn the_suffix_names_everything() {
         let c = ConsumeSettings::resolve(
             &ConsumeArgs::default(),
