@@ -288,9 +288,14 @@ struct KafkaCommitter<'a> {
 impl OffsetCommitter for KafkaCommitter<'_> {
     fn commit(&mut self, offsets: &[(i32, i64)], marker: Option<&str>) -> Result<(), SinkError> {
         let outcome = self.source.commit(offsets, marker);
-        telemetry::consumer().service_outcome(Service::Kafka, outcome.is_ok());
-        if outcome.is_ok() {
-            telemetry::consumer().committed(offsets.iter().copied());
+        match &outcome {
+            Ok(()) => {
+                telemetry::consumer().service_outcome(Service::Kafka, true);
+                telemetry::consumer().committed(offsets.iter().copied());
+            }
+            // A refusal for our generation is an answer, not an outage.
+            Err(e) if e.is_fenced() => {}
+            Err(_) => telemetry::consumer().service_outcome(Service::Kafka, false),
         }
         outcome.map_err(|e| {
             self.fenced |= e.is_fenced();
