@@ -11,8 +11,9 @@ unique to the run and removed at the end), it measures:
      index on message_uuid);
   3. metricsctl: producer throughput per codec against kcat with the same settings (default
      log level and RUST_LOG=warn; `--compression CODEC` once `produce --help` offers it),
-     consumer catch-up on a preloaded three-partition topic (two backlog sizes), latency at a
-     steady rate, peak RSS and CPU seconds per 1,000 messages of every process;
+     consumer catch-up on a preloaded three-partition topic (two backlog sizes; on the large
+     one also with `--metrics-addr` on and `/metrics` scraped every second, as a ratio to off),
+     latency at a steady rate, peak RSS and CPU seconds per 1,000 messages of every process;
 
 then writes a Markdown report (BENCHMARKS.md by default) with the machine, the versions, the
 exact commands, the raw figures, the ratios and the goals. On a missed goal it profiles the
