@@ -35,7 +35,9 @@ build:
 
 # Unit tests need nothing; integration tests need the broker and the database,
 # which `up` starts (a no-op when they already run; KAFKA_VERSION and BROKERS pass through).
-test: up
+# The /metrics tests parse scrapes with Python's prometheus_client: the bench venv (its rule
+# below, rebuilt when bench/requirements.txt changes) holds it.
+test: up .local/bench-venv/.installed
 	set -a && source $(SERVICES_ENV) && set +a && cargo test -- --test-threads=4
 
 lint:

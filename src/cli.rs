@@ -51,6 +51,12 @@ pub struct ProduceArgs {
     /// codec of the record batches: none, gzip, snappy, lz4 or zstd (KAFKA_COMPRESSION; none)
     #[argh(option)]
     pub compression: Option<String>,
+    /// serve /metrics (Prometheus), /healthz and /readyz on HOST:PORT, e.g. 0.0.0.0:9100 (METRICS_ADDR; off)
+    #[argh(option)]
+    pub metrics_addr: Option<String>,
+    /// seconds a step may run or a service fail before /healthz answers 503 (HEALTH_THRESHOLD_SECONDS; 60)
+    #[argh(option)]
+    pub health_threshold: Option<String>,
     /// PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (KAFKA_SECURITY_PROTOCOL; PLAINTEXT)
     #[argh(option)]
     pub security_protocol: Option<String>,
@@ -122,6 +128,15 @@ pub struct ConsumeArgs {
     /// database; rejoin once it answers (MAX_STEP_INTERVAL_SECONDS; 300, above 10)
     #[argh(option)]
     pub max_step_interval: Option<String>,
+    /// static group membership: this consumer's stable id, e.g. the pod or host name; a restart within the session timeout keeps its partitions (KAFKA_GROUP_INSTANCE_ID; dynamic)
+    #[argh(option)]
+    pub group_instance_id: Option<String>,
+    /// serve /metrics (Prometheus), /healthz and /readyz on HOST:PORT, e.g. 0.0.0.0:9100 (METRICS_ADDR; off)
+    #[argh(option)]
+    pub metrics_addr: Option<String>,
+    /// seconds a step may run or a service fail before /healthz answers 503 (HEALTH_THRESHOLD_SECONDS; 60)
+    #[argh(option)]
+    pub health_threshold: Option<String>,
     /// PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (KAFKA_SECURITY_PROTOCOL; PLAINTEXT)
     #[argh(option)]
     pub security_protocol: Option<String>,

@@ -21,4 +21,5 @@ pub mod settings;
 pub mod shutdown;
 pub mod simulate;
 pub mod store;
+pub mod telemetry;
 pub mod window;

@@ -34,6 +34,8 @@ pub const GROUP_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_STEP_INTERVAL: Duration = Duration::from_secs(300);
 /// The longest `--max-step-interval` taken (a day).
 const MAX_STEP_INTERVAL_LIMIT_SECONDS: f64 = 86_400.0;
+/// How long a step may run, or a service stay unreachable, before `/healthz` answers 503.
+pub const DEFAULT_HEALTH_THRESHOLD_SECONDS: u64 = 60;
 
 /// A setting that cannot be valid: which one, where it came from, and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,6 +147,17 @@ pub struct ProduceSettings {
     /// After a stop signal, how long reports already made may still be sent.
     pub drain_timeout: Duration,
     pub compression: Compression,
+    /// The `/metrics`, `/healthz` and `/readyz` endpoint.
+    pub telemetry: TelemetrySettings,
+}
+
+/// Where `/metrics`, `/healthz` and `/readyz` are served (`None`: not at all), and when
+/// `/healthz` turns unhealthy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TelemetrySettings {
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// A step running, or a service failing without a break, this long makes `/healthz` 503.
+    pub health_threshold: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -169,6 +182,9 @@ pub struct ConsumeSettings {
     /// partitions move to a member that works; it is also how long a rebalance waits for the
     /// members to rejoin. Always more than [`GROUP_SESSION_TIMEOUT`].
     pub max_step_interval: Duration,
+    /// KIP-345 static membership: the same id across restarts keeps the partitions.
+    pub group_instance_id: Option<String>,
+    pub telemetry: TelemetrySettings,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -262,6 +278,7 @@ impl ProduceSettings {
                 Some(v) => v.text.parse().map_err(|e: String| v.error(e))?,
                 None => Compression::None,
             },
+            telemetry: telemetry(src, &args.metrics_addr, &args.health_threshold)?,
         })
     }
 }
@@ -357,6 +374,15 @@ impl ConsumeSettings {
                 .map(|v| max_step_interval(&v))
                 .transpose()?
                 .unwrap_or(DEFAULT_MAX_STEP_INTERVAL),
+            group_instance_id: src
+                .pick(
+                    &args.group_instance_id,
+                    "group-instance-id",
+                    &["KAFKA_GROUP_INSTANCE_ID"],
+                )
+                .map(|v| group_instance_id(&v))
+                .transpose()?,
+            telemetry: telemetry(src, &args.metrics_addr, &args.health_threshold)?,
         })
     }
 }
@@ -718,6 +744,59 @@ fn servers(v: Option<Value>) -> Result<Vec<String>, SettingError> {
     Ok(list)
 }
 
+/// `--metrics-addr` and `--health-threshold`, shared by `produce` and `consume`.
+fn telemetry(
+    src: &Sources,
+    addr: &Option<String>,
+    threshold: &Option<String>,
+) -> Result<TelemetrySettings, SettingError> {
+    let metrics_addr = src
+        .pick(addr, "metrics-addr", &["METRICS_ADDR"])
+        .map(|v| metrics_addr(&v))
+        .transpose()?;
+    let health_threshold =
+        match src.pick(threshold, "health-threshold", &["HEALTH_THRESHOLD_SECONDS"]) {
+            Some(v) => Some(seconds(&v)?)
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| v.error("must be a number of seconds above 0"))?,
+            None => Duration::from_secs(DEFAULT_HEALTH_THRESHOLD_SECONDS),
+        };
+    Ok(TelemetrySettings {
+        metrics_addr,
+        health_threshold,
+    })
+}
+
+/// `HOST:PORT`, the host a name or an address (`[::1]:9100` for IPv6); the name is resolved
+/// here, once, so a typo is a setting error and not a failure later.
+fn metrics_addr(v: &Value) -> Result<std::net::SocketAddr, SettingError> {
+    use std::net::ToSocketAddrs;
+    let text = v.text.trim();
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(v.error("must be HOST:PORT, e.g. 0.0.0.0:9100 or 127.0.0.1:9100"));
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(v.error("must be HOST:PORT with a port from 0 to 65535, e.g. 0.0.0.0:9100"));
+    }
+    text.to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| v.error(format!("cannot resolve host {host:?}")))
+}
+
+/// A static member's id: Kafka takes any non-empty string up to 249 characters (the group and
+/// topic name limit); control characters would only make the logs unreadable.
+fn group_instance_id(v: &Value) -> Result<String, SettingError> {
+    let id = v.text.trim();
+    if id.is_empty() || id.len() > 249 || id.chars().any(char::is_control) {
+        return Err(v.error(
+            "must be 1 to 249 printable characters, e.g. the pod or host name; leave it unset \
+             for a dynamic member",
+        ));
+    }
+    Ok(id.to_string())
+}
+
 fn seconds(v: &Value) -> Result<Duration, SettingError> {
     v.text
         .trim()
@@ -926,6 +1005,52 @@ mod tests {
         assert_eq!(p.servers, ["web01", "web02", "db01", "app01", "cache01"]);
         assert_eq!(p.interval, Duration::from_secs(10));
         assert_eq!((p.count, p.seed), (None, None));
+    }
+
+    #[test]
+    fn metrics_endpoint_and_static_membership_settings() {
+        let c = ConsumeSettings::resolve(&ConsumeArgs::default(), &src(&[], &[])).unwrap();
+        assert_eq!(c.telemetry.metrics_addr, None, "off by default");
+        assert_eq!(c.telemetry.health_threshold, Duration::from_secs(60));
+        assert_eq!(c.group_instance_id, None, "dynamic by default");
+        let c = ConsumeSettings::resolve(
+            &ConsumeArgs::default(),
+            &src(
+                &[
+                    ("METRICS_ADDR", "127.0.0.1:9100"),
+                    ("HEALTH_THRESHOLD_SECONDS", "2.5"),
+                    ("KAFKA_GROUP_INSTANCE_ID", " consumer-0 "),
+                ],
+                &[],
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            c.telemetry.metrics_addr,
+            Some("127.0.0.1:9100".parse().unwrap())
+        );
+        assert_eq!(c.telemetry.health_threshold, Duration::from_millis(2500));
+        assert_eq!(c.group_instance_id.as_deref(), Some("consumer-0"));
+        let p = ProduceSettings::resolve(
+            &ProduceArgs {
+                metrics_addr: Some("[::1]:0".into()),
+                ..Default::default()
+            },
+            &src(&[], &[]),
+        )
+        .unwrap();
+        assert_eq!(p.telemetry.metrics_addr, Some("[::1]:0".parse().unwrap()));
+        for (var, bad) in [
+            ("METRICS_ADDR", "9100"),
+            ("METRICS_ADDR", "127.0.0.1:65536"),
+            ("METRICS_ADDR", ":9100"),
+            ("HEALTH_THRESHOLD_SECONDS", "0"),
+            ("KAFKA_GROUP_INSTANCE_ID", "  "),
+        ] {
+            let e = ConsumeSettings::resolve(&ConsumeArgs::default(), &src(&[(var, bad)], &[]))
+                .unwrap_err();
+            assert!(e.setting.starts_with(var), "{var}={bad}: {e}");
+        }
     }
 
     #[test]

@@ -42,6 +42,7 @@ use crate::retry::Backoff;
 use crate::settings::{ConsumeSettings, SettingError, Sources, GROUP_SESSION_TIMEOUT};
 use crate::shutdown::Shutdown;
 use crate::store::{CollectionNames, Store, StoreError};
+use crate::telemetry::{self, Service};
 use prefetch::{FetchRequest, Interrupted, Prefetcher};
 
 /// Windows a consumer may hold staged while their commit keeps failing before it stops
@@ -78,17 +79,25 @@ trait Retryable: Display {
     fn hint(&self) -> &'static str {
         ""
     }
+    /// The service that failed, for the error counter and `/healthz`.
+    fn service(&self) -> Service;
 }
 
 impl Retryable for KafkaError {
     fn permanent(&self) -> bool {
         self.is_fatal()
     }
+    fn service(&self) -> Service {
+        Service::Kafka
+    }
 }
 
 impl Retryable for StoreError {
     fn permanent(&self) -> bool {
         self.permanent
+    }
+    fn service(&self) -> Service {
+        Service::Database
     }
     fn hint(&self) -> &'static str {
         "; check MONGODB_URI (user, password, options)"
@@ -113,8 +122,16 @@ fn retry_unless<T, E: Retryable>(
     mut op: impl FnMut() -> Result<T, E>,
 ) -> Result<T, Option<Stop>> {
     let mut backoff = Backoff::standard();
+    let mut failing = None;
     loop {
-        match op() {
+        let outcome = op();
+        if let Err(e) = &outcome {
+            failing = Some(e.service());
+            telemetry::consumer().service_outcome(e.service(), false);
+        } else if let Some(service) = failing {
+            telemetry::consumer().service_outcome(service, true);
+        }
+        match outcome {
             Ok(v) => {
                 if backoff.failures() > 0 {
                     info!(
@@ -173,7 +190,11 @@ impl MongoSink<'_> {
         let store = self.store;
         let member = self.member.as_deref().filter(|_| self.abandon_on_rejoin);
         let abandon = || member.is_some_and(GroupMember::rejoin_needed);
-        retry_unless(operation, self.shutdown, &abandon, || op(store)).map_err(|stop| {
+        let outcome = retry_unless(operation, self.shutdown, &abandon, || op(store));
+        if outcome.is_ok() {
+            telemetry::consumer().service_outcome(Service::Database, true);
+        }
+        outcome.map_err(|stop| {
             let detail = match &stop {
                 None => "this member must rejoin its group; given up".to_string(),
                 Some(Stop::Shutdown) => "stop requested".to_string(),
@@ -184,11 +205,25 @@ impl MongoSink<'_> {
             SinkError { operation, detail }
         })
     }
+
+    /// A write, each attempt's time observed.
+    fn write<T>(
+        &mut self,
+        operation: &'static str,
+        mut op: impl FnMut(&Store) -> Result<T, StoreError>,
+    ) -> Result<T, SinkError> {
+        self.retry(operation, |s| {
+            let started = Instant::now();
+            let outcome = op(s);
+            telemetry::consumer().database_write(started.elapsed());
+            outcome
+        })
+    }
 }
 
 impl StoreSink for MongoSink<'_> {
     fn insert_raw(&mut self, records: &[RawRecord<'_>]) -> Result<Vec<InsertOutcome>, SinkError> {
-        self.retry("storing raw metrics", |s| s.insert_raw(records))
+        self.write("storing raw metrics", |s| s.insert_raw(records))
     }
 
     fn stored_positions(
@@ -208,14 +243,16 @@ impl StoreSink for MongoSink<'_> {
     }
 
     fn insert_dead_letters(&mut self, letters: &[DeadLetter<'_>]) -> Result<(), SinkError> {
-        self.retry("storing dead letters", |s| s.insert_dead_letters(letters))
+        self.write("storing dead letters", |s| s.insert_dead_letters(letters))?;
+        telemetry::consumer().dead_lettered(letters.iter().map(|l| l.code.as_str()));
+        Ok(())
     }
 
     fn insert_windows(
         &mut self,
         windows: &[WindowRecord<'_>],
     ) -> Result<Vec<WindowOutcome>, SinkError> {
-        self.retry("storing KPI windows", |s| s.insert_windows(windows))
+        self.write("storing KPI windows", |s| s.insert_windows(windows))
     }
 
     fn stage_windows(
@@ -235,17 +272,17 @@ impl StoreSink for MongoSink<'_> {
                 });
             }
         }
-        self.retry("staging KPI windows", |s| s.stage_windows(token, windows))
+        self.write("staging KPI windows", |s| s.stage_windows(token, windows))
     }
 
     fn publish_staged(&mut self, token: &str, through: i64) -> Result<usize, SinkError> {
-        self.retry("publishing staged KPI windows", |s| {
+        self.write("publishing staged KPI windows", |s| {
             s.publish_staged(token, through)
         })
     }
 
     fn drop_staged(&mut self, token: &str, through: i64) -> Result<(), SinkError> {
-        self.retry("forgetting published staged windows", |s| {
+        self.write("forgetting published staged windows", |s| {
             s.drop_staged(token, through)
         })
     }
@@ -277,8 +314,22 @@ struct KafkaCommitter<'a> {
 
 impl OffsetCommitter for KafkaCommitter<'_> {
     fn commit(&mut self, offsets: &[(i32, i64)], marker: Option<&str>) -> Result<(), SinkError> {
-        self.source.commit(offsets, marker).map_err(|e| {
+        let outcome = self.source.commit(offsets, marker);
+        match &outcome {
+            Ok(()) => {
+                telemetry::consumer().service_outcome(Service::Kafka, true);
+                telemetry::consumer().committed(offsets.iter().copied());
+            }
+            // A refusal for our generation is an answer, not an outage.
+            Err(e) if e.is_fenced() => {}
+            Err(_) => telemetry::consumer().service_outcome(Service::Kafka, false),
+        }
+        outcome.map_err(|e| {
             self.fenced |= e.is_fenced();
+            if e.is_fatal() {
+                // A static member whose place another process took: it stops.
+                self.stop = Some(Stop::Fatal(CommandError::Failed(e.to_string())));
+            }
             SinkError {
                 operation: "committing offsets",
                 detail: e.to_string(),
@@ -290,6 +341,9 @@ impl OffsetCommitter for KafkaCommitter<'_> {
         let source = &mut *self.source;
         retry("fetching committed offsets", self.shutdown, || {
             source.committed_offsets(partitions)
+        })
+        .inspect(|found| {
+            telemetry::consumer().committed(found.iter().map(|(p, c)| (*p, c.offset)));
         })
         .map_err(|stop| {
             self.stop = Some(stop);
@@ -337,6 +391,7 @@ struct Pipeline<'a> {
 pub fn run(args: &ConsumeArgs) -> Result<(), CommandError> {
     let settings = ConsumeSettings::resolve(args, &Sources::load()?)?;
     let shutdown = Shutdown::install().map_err(CommandError::Failed)?;
+    let _endpoint = super::serve_telemetry(&settings.telemetry, telemetry::consumer())?;
     let names = CollectionNames {
         raw: settings.raw_collection.clone(),
         kpi: settings.kpi_collection.clone(),
@@ -413,7 +468,8 @@ impl<'a> Pipeline<'a> {
                     group_timeouts(settings),
                     shutdown.clone(),
                 )
-                .with_security(settings.security.clone()),
+                .with_security(settings.security.clone())
+                .with_instance_id(settings.group_instance_id.clone()),
             ),
         };
         let assigned = assignment(settings, &topic, member.as_mut(), &mut source, shutdown)?;
@@ -508,6 +564,7 @@ impl<'a> Pipeline<'a> {
             self.engine.unpublished()
         );
         self.source.set_generation(None);
+        telemetry::consumer().rebalancing();
         if self.member.as_ref().is_some_and(GroupMember::left_stalled) {
             // It left because it could not store: back in the group before the database
             // answers, it would take partitions only to hold them up again.
@@ -659,6 +716,7 @@ impl<'a> Pipeline<'a> {
             let arrival = answer.arrival;
             let fetched = match answer.result {
                 Ok(f) => {
+                    telemetry::consumer().service_outcome(Service::Kafka, true);
                     if backoff.failures() > 0 {
                         info!(
                             "kafka fetch: recovered after {} failed attempts",
@@ -673,6 +731,7 @@ impl<'a> Pipeline<'a> {
                     return Err(Stop::Fatal(CommandError::Failed(e.to_string())))
                 }
                 Err(e) => {
+                    telemetry::consumer().service_outcome(Service::Kafka, false);
                     let delay = backoff.next_delay();
                     error!(
                         "{e}; retrying in {:.1} s (no offset advanced)",
@@ -700,6 +759,7 @@ impl<'a> Pipeline<'a> {
             for part in parts {
                 if let Some(hw) = part.high_watermark {
                     self.high_watermarks.insert(part.partition, hw);
+                    telemetry::consumer().log_end(part.partition, hw);
                 }
                 next_offsets.push((part.partition, part.next_offset));
                 records.extend(part.records);
@@ -824,12 +884,30 @@ impl<'a> Pipeline<'a> {
             fenced: false,
             stop: None,
         };
+        let started = Instant::now();
+        let health = telemetry::consumer().health();
+        health.step_started(started);
         let outcome = call(&mut self.engine, &mut sink, &mut committer);
+        health.step_ended();
+        if let Ok(report) = &outcome {
+            let c = &report.counts;
+            telemetry::consumer().step_done(
+                started.elapsed(),
+                c.messages,
+                c.stored,
+                c.replayed,
+                c.windows,
+            );
+        }
         let stop = sink.stop.take().or(committer.stop.take());
         let fenced = committer.fenced;
         match outcome {
             Ok(report) => {
                 self.account(&report, fenced);
+                // A commit that can never go through ends the consumer, step done or not.
+                if let Some(Stop::Fatal(e)) = stop {
+                    return Err(Stop::Fatal(e));
+                }
                 Ok(Some(report))
             }
             Err(e) => {
@@ -1033,6 +1111,7 @@ fn assignment(
     if let Some(member) = member {
         let partitions = retry("joining the consumer group", shutdown, || member.join())?;
         source.set_generation(member.generation());
+        telemetry::consumer().assigned(&partitions, member.generation().map(|g| g.id));
         if partitions.is_empty() {
             info!(
                 "no partition assigned: the group has more members than topic {} has \
@@ -1053,6 +1132,7 @@ fn assignment(
             ),
         })));
     }
+    telemetry::consumer().assigned(&wanted, None);
     Ok(wanted)
 }
 

@@ -6,8 +6,9 @@ pub mod kpis;
 pub mod produce;
 pub mod status;
 
-use crate::settings::SettingError;
+use crate::settings::{SettingError, TelemetrySettings};
 use crate::store::StoreError;
+use crate::telemetry::{self, Exposed, MetricsServer};
 
 /// How a command ends badly: a wrong setting (exit 2), a failure at run time (exit 1), or a
 /// health check that found trouble and has printed it (exit 1).
@@ -70,4 +71,24 @@ pub(crate) fn database_hint(trouble: DatabaseTrouble, uri: &str) -> String {
             format!("is MongoDB running at {uri}? (`make up` starts a local one)")
         }
     }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` when `--metrics-addr` asks for it; an address
+/// that cannot be listened on (taken, not this machine's) is a setting error (exit 2). The
+/// endpoint stops when the returned value is dropped.
+pub(crate) fn serve_telemetry(
+    settings: &TelemetrySettings,
+    exposed: &'static dyn Exposed,
+) -> Result<Option<MetricsServer>, CommandError> {
+    let Some(addr) = settings.metrics_addr else {
+        return Ok(None);
+    };
+    telemetry::serve(addr, exposed, settings.health_threshold)
+        .map(Some)
+        .map_err(|problem| {
+            CommandError::Setting(SettingError {
+                setting: "--metrics-addr (METRICS_ADDR)".into(),
+                problem: format!("{problem}; pick a free port or another address"),
+            })
+        })
 }

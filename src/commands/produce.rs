@@ -19,6 +19,7 @@ use crate::retry::Backoff;
 use crate::settings::{ProduceSettings, Sources};
 use crate::shutdown::Shutdown;
 use crate::simulate::Fleet;
+use crate::telemetry;
 
 /// Reports kept while Kafka is unreachable: 1000 reports are about 2.8 hours at the default
 /// 10 s interval, a few hundred KiB of memory.
@@ -75,6 +76,7 @@ struct Totals {
 pub fn run(args: &ProduceArgs) -> Result<(), CommandError> {
     let settings = ProduceSettings::resolve(args, &Sources::load()?)?;
     let shutdown = Shutdown::install().map_err(CommandError::Failed)?;
+    let _endpoint = super::serve_telemetry(&settings.telemetry, telemetry::producer())?;
     info!(
         "producing to topic {} on {} ({}; idempotent, compression {}): servers {}, a report every {} s{}",
         settings.topic,
@@ -153,7 +155,9 @@ fn drain(
     );
     let mut backoff = Backoff::standard();
     while !outbox.is_empty() && !give_up.requested() {
-        if let Err(problem) = sender.send_front(outbox, totals, false) {
+        let sent = sender.send_front(outbox, totals, false);
+        report_outbox(outbox);
+        if let Err(problem) = sent {
             if let SendError::Fatal(e) = problem {
                 error!("{e}");
                 break;
@@ -233,6 +237,7 @@ fn produce_loop(
             waiting_bytes += pending.unsent.iter().map(Unsent::bytes).sum::<usize>();
             if let Some(dropped) = outbox.push(pending) {
                 waiting_bytes -= dropped.unsent.iter().map(Unsent::bytes).sum::<usize>();
+                telemetry::producer().dropped(dropped.unsent.len());
                 warn!(
                     "outbox full ({OUTBOX_REPORTS} reports): dropped report {} with {} unsent messages",
                     dropped.number,
@@ -249,6 +254,7 @@ fn produce_loop(
         if send_now && !outbox.is_empty() && Instant::now() >= next_send_at {
             let sent = sender.send_front(&mut outbox, &mut totals, chatty);
             waiting_bytes = unsent_bytes(&outbox);
+            report_outbox(&outbox);
             match sent {
                 Ok(()) => {
                     if backoff.failures() > 0 {
@@ -344,7 +350,10 @@ impl Sender {
         if records.is_empty() {
             return Ok(());
         }
+        let taken = records.len();
+        let started = Instant::now();
         let outcomes = self.producer.send(records).map_err(|e| {
+            telemetry::producer().send_failed(taken, started.elapsed());
             if e.is_fatal() {
                 SendError::Fatal(e)
             } else {
@@ -370,6 +379,7 @@ impl Sender {
             );
         });
         self.in_doubt = failed;
+        telemetry::producer().sent(taken, taken.saturating_sub(failed), started.elapsed());
         if failed == 0 {
             return Ok(());
         }
@@ -383,6 +393,12 @@ impl Sender {
             failures.join("; ")
         )))
     }
+}
+
+/// What waits in the outbox, for `/metrics`.
+fn report_outbox(outbox: &Outbox<PendingReport>) {
+    let unsent = outbox.iter().map(|r| r.unsent.len()).sum();
+    telemetry::producer().outbox(outbox.len(), unsent);
 }
 
 /// The messages of one Produce request.

@@ -249,6 +249,8 @@ static JOIN_GROUP: S = S {
         f(0, STR),
         f(0, STR),
         f(0, STR),
+        // v9: skip_assignment, after the leader (KIP-814).
+        f(9, F::Fixed(1)),
         f(0, STR),
         f(0, F::Array(&JOIN_MEMBER)),
     ],
@@ -362,7 +364,7 @@ fn response_layout(api: ApiKey, version: i16) -> Option<(&'static S, bool)> {
         ApiKey::Produce => (&PRODUCE, 9, 3..=12),
         ApiKey::InitProducerId => (&INIT_PRODUCER_ID, 2, 3..=5),
         ApiKey::FindCoordinator => (&FIND_COORDINATOR, 3, 3..=3),
-        ApiKey::JoinGroup => (&JOIN_GROUP, 6, 7..=7),
+        ApiKey::JoinGroup => (&JOIN_GROUP, 6, 7..=9),
         ApiKey::Heartbeat => (&HEARTBEAT, 4, 4..=4),
         ApiKey::LeaveGroup => (&LEAVE_GROUP, 4, 4..=4),
         ApiKey::SyncGroup => (&SYNC_GROUP, 4, 5..=5),

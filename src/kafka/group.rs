@@ -34,7 +34,7 @@ use log::{debug, error, info, warn};
 use super::cluster::{group_id, topic_name, AutoCreate, Cluster};
 use super::decode_limits::decode_consumer_protocol;
 use super::security::Security;
-use super::{fail, KafkaError};
+use super::{fail, fatal, KafkaError};
 use crate::shutdown::Shutdown;
 
 /// The consumer-protocol version of our subscription and assignment bytes (any Kafka tool
@@ -65,6 +65,8 @@ impl GroupTimeouts {
 pub struct Generation {
     pub id: i32,
     pub member_id: String,
+    /// A static member's `group.instance.id` (KIP-345), sent with every group request.
+    pub instance_id: Option<String>,
 }
 
 /// What the heartbeat thread and the consume loop share.
@@ -78,6 +80,9 @@ struct State {
     /// The heartbeat thread left the group because the loop made no step for the max step
     /// interval; cleared by the next join.
     left_stalled: bool,
+    /// Another process joined with this member's instance id and took its place: this one
+    /// must stop, not rejoin (rejoining would fence the other in turn).
+    instance_fenced: bool,
 }
 
 /// A member of one consumer group, subscribed to one topic.
@@ -86,6 +91,8 @@ pub struct GroupMember {
     group: String,
     topic: String,
     timeouts: GroupTimeouts,
+    /// `Some`: a static member (KIP-345).
+    instance_id: Option<String>,
     state: Arc<Mutex<State>>,
     stop_heartbeats: Arc<AtomicBool>,
     heartbeats: Option<JoinHandle<()>>,
@@ -108,11 +115,13 @@ impl GroupMember {
             group,
             topic,
             timeouts,
+            instance_id: None,
             state: Arc::new(Mutex::new(State {
                 generation: None,
                 rejoin: true,
                 last_step: Instant::now(),
                 left_stalled: false,
+                instance_fenced: false,
             })),
             stop_heartbeats: Arc::new(AtomicBool::new(false)),
             heartbeats: None,
@@ -124,6 +133,28 @@ impl GroupMember {
     pub fn with_security(mut self, security: Security) -> Self {
         self.cluster.set_security(security);
         self
+    }
+
+    /// Joins as a static member with this `group.instance.id` (KIP-345): a restart with the
+    /// same id within the session timeout takes the member's place and partitions back
+    /// without a rebalance, and stopping sends no LeaveGroup.
+    pub fn with_instance_id(mut self, instance_id: Option<String>) -> Self {
+        self.instance_id = instance_id;
+        self
+    }
+
+    /// The error a member fenced by another process with its instance id stops with.
+    fn instance_fenced_error(&self) -> KafkaError {
+        fatal(
+            "join-group",
+            format!(
+                "group {}: another consumer joined with group instance id {:?} and took this \
+                 member's place (FENCED_INSTANCE_ID); give each consumer its own \
+                 --group-instance-id (KAFKA_GROUP_INSTANCE_ID)",
+                self.group,
+                self.instance_id.as_deref().unwrap_or_default()
+            ),
+        )
     }
 
     /// The current generation, if this member holds one.
@@ -165,6 +196,9 @@ impl GroupMember {
     /// through the rebalance; the heartbeat thread runs once the member holds a generation.
     pub fn join(&mut self) -> Result<Vec<i32>, KafkaError> {
         self.stop_heartbeat_thread();
+        if lock(&self.state).instance_fenced {
+            return Err(self.instance_fenced_error());
+        }
         let mut member_id = lock(&self.state)
             .generation
             .as_ref()
@@ -183,7 +217,8 @@ impl GroupMember {
                 }
             };
             member_id = joined.member_id.clone();
-            let assignments = if joined.leader == joined.member_id {
+            // A static leader rejoining a stable group keeps the group's assignment (KIP-814).
+            let assignments = if joined.leader == joined.member_id && !joined.skip_assignment {
                 self.assign(&joined.members)?
             } else {
                 Vec::new()
@@ -191,6 +226,7 @@ impl GroupMember {
             let generation = Generation {
                 id: joined.generation,
                 member_id: joined.member_id.clone(),
+                instance_id: self.instance_id.clone(),
             };
             match self.sync(&generation, assignments)? {
                 Some(partitions) => {
@@ -233,6 +269,7 @@ impl GroupMember {
             .with_session_timeout_ms(millis(self.timeouts.session))
             .with_rebalance_timeout_ms(millis(self.timeouts.rebalance))
             .with_member_id(StrBytes::from_string(member_id.to_string()))
+            .with_group_instance_id(self.instance_id.clone().map(StrBytes::from_string))
             .with_protocol_type(StrBytes::from_static_str(PROTOCOL_TYPE))
             .with_protocols(vec![JoinGroupRequestProtocol::default()
                 .with_name(StrBytes::from_static_str(ASSIGNOR))
@@ -243,6 +280,7 @@ impl GroupMember {
                 generation: response.generation_id,
                 leader: response.leader.to_string(),
                 member_id: response.member_id.to_string(),
+                skip_assignment: response.skip_assignment,
                 members: response
                     .members
                     .iter()
@@ -256,6 +294,10 @@ impl GroupMember {
             Some(ResponseError::UnknownMemberId) => Ok(JoinOutcome::Retry {
                 member_id: String::new(),
             }),
+            Some(ResponseError::FencedInstanceId) => {
+                lock(&self.state).instance_fenced = true;
+                Err(self.instance_fenced_error())
+            }
             Some(e) => {
                 self.coordinator_trouble(e);
                 if e.is_retriable() || e == ResponseError::RebalanceInProgress {
@@ -304,6 +346,7 @@ impl GroupMember {
             .with_group_id(group_id(&self.group))
             .with_generation_id(generation.id)
             .with_member_id(StrBytes::from_string(generation.member_id.clone()))
+            .with_group_instance_id(generation.instance_id.clone().map(StrBytes::from_string))
             .with_protocol_type(Some(StrBytes::from_static_str(PROTOCOL_TYPE)))
             .with_protocol_name(Some(StrBytes::from_static_str(ASSIGNOR)))
             .with_assignments(
@@ -326,6 +369,10 @@ impl GroupMember {
             ) => {
                 debug!("group {}: sync answered {e}; rejoining", self.group);
                 Ok(None)
+            }
+            Some(ResponseError::FencedInstanceId) => {
+                lock(&self.state).instance_fenced = true;
+                Err(self.instance_fenced_error())
             }
             Some(e) => {
                 self.coordinator_trouble(e);
@@ -393,12 +440,24 @@ impl GroupMember {
     }
 
     /// Leaves the group so its partitions move to the other members at once, instead of after
-    /// the session timeout.
+    /// the session timeout. A static member does not leave (as Kafka's Java consumer does
+    /// not): its partitions wait for it through a restart within the session timeout, so a
+    /// rolling restart moves nothing.
     pub fn leave(&mut self) {
         self.stop_heartbeat_thread();
         let Some(generation) = lock(&self.state).generation.take() else {
             return;
         };
+        if let Some(instance) = &self.instance_id {
+            info!(
+                "group {}: static member {instance:?} stops without leaving: its partitions \
+                 stay assigned for the session timeout ({} s), and a restart within it resumes \
+                 them without a rebalance",
+                self.group,
+                self.timeouts.session.as_secs()
+            );
+            return;
+        }
         match leave_group(
             &mut self.cluster,
             &self.group,
@@ -427,6 +486,7 @@ fn leave_group(
         .with_group_id(group_id(group))
         .with_members(vec![MemberIdentity::default()
             .with_member_id(StrBytes::from_string(generation.member_id.clone()))
+            .with_group_instance_id(generation.instance_id.clone().map(StrBytes::from_string))
             .with_reason(Some(StrBytes::from_static_str(reason)))]);
     let mut failure = String::new();
     for _ in 0..2 {
@@ -475,6 +535,18 @@ impl Heartbeats {
             }
             match heartbeat(&mut self.cluster, &self.group, &generation) {
                 Ok(()) => {}
+                Err(HeartbeatError::Rejoin(RejoinReason::InstanceFenced)) => {
+                    error!(
+                        "group {}: another consumer joined with this member's group instance id \
+                         and took its place; stopping",
+                        self.group
+                    );
+                    let mut s = lock(&self.state);
+                    s.rejoin = true;
+                    s.instance_fenced = true;
+                    s.generation = None;
+                    return;
+                }
                 Err(HeartbeatError::Rejoin(why)) => {
                     let mut s = lock(&self.state);
                     // A pending rebalance answers every heartbeat until the member rejoined:
@@ -542,6 +614,8 @@ struct Joined {
     generation: i32,
     leader: String,
     member_id: String,
+    /// The coordinator keeps the current assignment: the leader computes none (v9+).
+    skip_assignment: bool,
     members: Vec<(String, Bytes)>,
 }
 
@@ -555,6 +629,8 @@ enum JoinOutcome {
 enum RejoinReason {
     Rebalancing,
     Fenced(ResponseError),
+    /// Another process holds this member's instance id: stop, never rejoin.
+    InstanceFenced,
 }
 
 impl RejoinReason {
@@ -568,6 +644,9 @@ impl std::fmt::Display for RejoinReason {
         match self {
             RejoinReason::Rebalancing => f.write_str("the group is rebalancing"),
             RejoinReason::Fenced(e) => write!(f, "this member was fenced out of the group ({e})"),
+            RejoinReason::InstanceFenced => {
+                f.write_str("another consumer took this member's group instance id")
+            }
         }
     }
 }
@@ -585,7 +664,8 @@ fn heartbeat(
     let request = HeartbeatRequest::default()
         .with_group_id(group_id(group))
         .with_generation_id(generation.id)
-        .with_member_id(StrBytes::from_string(generation.member_id.clone()));
+        .with_member_id(StrBytes::from_string(generation.member_id.clone()))
+        .with_group_instance_id(generation.instance_id.clone().map(StrBytes::from_string));
     let response = cluster
         .call_coordinator(group, &request, Duration::from_secs(5))
         .map_err(|e| HeartbeatError::Unreachable(e.to_string()))?;
@@ -593,6 +673,9 @@ fn heartbeat(
         None => Ok(()),
         Some(ResponseError::RebalanceInProgress) => {
             Err(HeartbeatError::Rejoin(RejoinReason::Rebalancing))
+        }
+        Some(ResponseError::FencedInstanceId) if generation.instance_id.is_some() => {
+            Err(HeartbeatError::Rejoin(RejoinReason::InstanceFenced))
         }
         Some(
             e @ (ResponseError::UnknownMemberId

@@ -26,7 +26,7 @@ use super::fetch::{fetch_from, FetchPosition, FetchedRecord, PartitionAnswer};
 use super::group::{describe_group, Generation, MemberInfo};
 use super::security::Security;
 use super::unreadable::Suspects;
-use super::{fail, from_wire, KafkaError, KafkaErrorKind};
+use super::{fail, fatal, from_wire, KafkaError, KafkaErrorKind};
 use crate::engine::Committed;
 use crate::shutdown::Shutdown;
 
@@ -355,14 +355,15 @@ impl KafkaSource {
             &self.topic_id.map(|id| id.to_string()).unwrap_or_default(),
             marker,
         );
-        let (generation_id, member_id) = match &self.generation {
-            Some(g) => (g.id, g.member_id.clone()),
-            None => (-1, String::new()),
+        let (generation_id, member_id, instance_id) = match &self.generation {
+            Some(g) => (g.id, g.member_id.clone(), g.instance_id.clone()),
+            None => (-1, String::new(), None),
         };
         let request = OffsetCommitRequest::default()
             .with_group_id(group_id(&self.group))
             .with_generation_id_or_member_epoch(generation_id)
             .with_member_id(StrBytes::from_string(member_id))
+            .with_group_instance_id(instance_id.clone().map(StrBytes::from_string))
             .with_topics(vec![OffsetCommitRequestTopic::default()
                 .with_name(topic_name(self.cluster.topic()))
                 .with_partitions(
@@ -388,6 +389,20 @@ impl KafkaSource {
                 .find_map(|p| ResponseError::try_from_code(p.error_code));
             match problem {
                 None => return Ok(()),
+                // Another process took this static member's place: stopping is the only
+                // answer (rejoining would fence the other in turn).
+                Some(ResponseError::FencedInstanceId) if instance_id.is_some() => {
+                    return Err(fatal(
+                        "offset-commit",
+                        format!(
+                            "group {}: another consumer joined with group instance id {:?} and \
+                             took this member's place (FENCED_INSTANCE_ID); give each consumer \
+                             its own --group-instance-id (KAFKA_GROUP_INSTANCE_ID)",
+                            self.group,
+                            instance_id.as_deref().unwrap_or_default()
+                        ),
+                    ))
+                }
                 Some(
                     e @ (ResponseError::IllegalGeneration
                     | ResponseError::UnknownMemberId

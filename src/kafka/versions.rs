@@ -43,7 +43,9 @@ pub fn ours(api: ApiKey) -> Option<Range> {
         ApiKey::OffsetFetch => range(7, 7),
         // v4 asks for a list of keys instead of one.
         ApiKey::FindCoordinator => range(3, 3),
-        ApiKey::JoinGroup => range(7, 7),
+        // v9 (KIP-814): a static leader that rejoins a stable group is told to skip the
+        // assignment, instead of the group rebalancing; v8 only adds an optional reason.
+        ApiKey::JoinGroup => range(7, 9),
         ApiKey::Heartbeat => range(4, 4),
         ApiKey::LeaveGroup => range(4, 4),
         ApiKey::SyncGroup => range(5, 5),
@@ -213,7 +215,7 @@ mod tests {
         for b in [&old, &new] {
             assert_eq!(at(b, ApiKey::Fetch), 13);
             assert_eq!(at(b, ApiKey::FindCoordinator), 3);
-            assert_eq!(at(b, ApiKey::JoinGroup), 7);
+            assert_eq!(at(b, ApiKey::JoinGroup), 9);
             assert_eq!(at(b, ApiKey::ApiVersions), 3);
         }
     }

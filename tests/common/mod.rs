@@ -14,6 +14,7 @@ use mongodb::sync::{Client, Database};
 
 pub mod kafka_wire;
 pub mod oracle;
+pub mod scrape;
 
 /// Every variable the binary reads; cleared for each run so the developer's shell cannot leak in.
 const OUR_VARS: &[&str] = &[
@@ -48,6 +49,9 @@ const OUR_VARS: &[&str] = &[
     "KAFKA_SSL_CERTIFICATE_LOCATION",
     "KAFKA_SSL_KEY_LOCATION",
     "STATUS_MAX_LAG",
+    "METRICS_ADDR",
+    "HEALTH_THRESHOLD_SECONDS",
+    "KAFKA_GROUP_INSTANCE_ID",
     "RUST_LOG",
     "RUST_LOG_STYLE",
 ];

@@ -1,0 +1,306 @@
+//! Static membership (KIP-345, `--group-instance-id`): a member SIGKILLed and restarted with
+//! the same instance id takes its place back without a rebalance (the other members' group
+//! generation and rebalance count do not move, as their `/metrics` show), nothing is lost or
+//! stored twice; a second process with an instance id in use fences the first (exit 1, one
+//! line); SIGTERM sends no LeaveGroup, so the partitions wait for a restart within the session
+//! timeout.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::scrape::{free_port, http_get, quick_value};
+use common::{assert_ok, poll, text, Background, Sandbox};
+
+/// The consumer's session timeout (src/commands/consume.rs).
+const SESSION: Duration = Duration::from_secs(10);
+
+/// (generation, rebalances, assigned partitions).
+type GroupView = (i64, i64, i64);
+
+struct Member {
+    id: String,
+    addr: String,
+    proc: Background,
+}
+
+fn spawn(sb: &Sandbox, id: &str, log_name: &str, addr: &str) -> Background {
+    sb.spawn(
+        log_name,
+        &["consume", "--group-instance-id", id, "--metrics-addr", addr],
+    )
+}
+
+impl Member {
+    fn start(sb: &Sandbox, id: &str) -> Member {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let proc = spawn(sb, id, id, &addr);
+        Member {
+            id: id.to_string(),
+            addr,
+            proc,
+        }
+    }
+
+    fn restart(&mut self, sb: &Sandbox, log_name: &str) {
+        self.proc = spawn(sb, &self.id, log_name, &self.addr);
+    }
+
+    fn gauge(&self, name: &str) -> Option<i64> {
+        quick_value(&self.addr, &format!("metricsctl_consumer_{name}")).map(|v| v as i64)
+    }
+
+    /// (generation, rebalances, assigned partitions) as its `/metrics` say.
+    fn group_view(&self) -> Option<GroupView> {
+        Some((
+            self.gauge("group_generation")?,
+            self.gauge("group_rebalances_total")?,
+            self.gauge("assigned_partitions")?,
+        ))
+    }
+}
+
+/// Waits until every member holds the same generation with one partition each, unchanged
+/// for two seconds; returns the generation.
+fn settled(members: &[&Member]) -> i64 {
+    let mut last: Option<(Vec<GroupView>, Instant)> = None;
+    let found = poll(Duration::from_secs(120), Duration::from_millis(200), || {
+        let views: Option<Vec<_>> = members.iter().map(|m| m.group_view()).collect();
+        let views = views?;
+        let generation = views[0].0;
+        let stable = views
+            .iter()
+            .all(|v| v.0 == generation && v.0 >= 0 && v.2 == 1);
+        if !stable {
+            last = None;
+            return None;
+        }
+        match &last {
+            Some((seen, since)) if *seen == views => {
+                (since.elapsed() >= Duration::from_secs(2)).then_some(generation)
+            }
+            _ => {
+                last = Some((views, Instant::now()));
+                None
+            }
+        }
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "the group did not settle; members: {:?}",
+            members
+                .iter()
+                .map(|m| (m.id.clone(), m.group_view()))
+                .collect::<Vec<_>>()
+        )
+    })
+}
+
+/// Servers spread over the three partitions.
+const SERVERS: &str = "s01,s02,s03,s04,s05,s06,s07,s08,s09,s10,s11,s12";
+
+#[test]
+fn a_killed_static_member_restarts_without_a_rebalance_and_nothing_is_lost_or_doubled() {
+    let sb = Sandbox::new("static_kill");
+    common::ensure_topic(&sb.brokers, &sb.topic);
+    let mut members = vec![
+        Member::start(&sb, "a"),
+        Member::start(&sb, "b"),
+        Member::start(&sb, "c"),
+    ];
+    let generation = settled(&members.iter().collect::<Vec<_>>());
+    // The leader is the member whose restart used to cost a rebalance (before JoinGroup v9):
+    // it is the one killed.
+    let leader = members
+        .iter()
+        .position(|m| {
+            let log = m.proc.log_text();
+            let last_join = log.lines().rev().find(|l| l.contains(" joined as "));
+            last_join.is_some_and(|l| l.contains("leader of"))
+        })
+        .expect("a leader among the members");
+    let mut c = members.remove(leader);
+    let (a, b) = (&members[0], &members[1]);
+    eprintln!("killing the leader, {}", c.id);
+    let before: Vec<_> = [a, b].iter().map(|m| m.group_view()).collect();
+
+    let mut producer = sb.spawn(
+        "produce",
+        &["produce", "--servers", SERVERS, "--interval", "0.1"],
+    );
+    let flowing = poll(Duration::from_secs(60), Duration::from_millis(100), || {
+        (c.gauge("messages_stored_total")? > 0).then_some(())
+    });
+    assert!(
+        flowing.is_some(),
+        "c stored nothing; log:\n{}",
+        c.proc.log_tail(20)
+    );
+
+    c.proc.child.kill().expect("SIGKILL c");
+    let _ = c.proc.child.wait();
+    let restarted = Instant::now();
+    let restarted_log = format!("{}-restarted", c.id);
+    c.restart(&sb, &restarted_log);
+    let first_store = poll(Duration::from_secs(30), Duration::from_millis(20), || {
+        (c.gauge("messages_stored_total")? > 0).then(|| restarted.elapsed())
+    })
+    .unwrap_or_else(|| panic!("no store after the restart; log:\n{}", c.proc.log_tail(30)));
+    eprintln!(
+        "static member restart: first store {:.2} s after the restart (session timeout {} s)",
+        first_store.as_secs_f64(),
+        SESSION.as_secs()
+    );
+    // Generous on a loaded machine; far below the session timeout a dynamic member waits out.
+    assert!(
+        first_store < Duration::from_secs(8),
+        "first store after {first_store:?}"
+    );
+    assert_eq!(
+        c.gauge("group_generation"),
+        Some(generation),
+        "c rejoined the same generation"
+    );
+    let after: Vec<_> = [a, b].iter().map(|m| m.group_view()).collect();
+    assert_eq!(before, after, "the other members saw a rebalance");
+
+    // Everything the producer had acknowledged is stored once, nothing dead-lettered.
+    assert_eq!(producer.proc_stop(), Some(0));
+    let sent: u64 = text(std::fs::read(&producer.log).unwrap_or_default().as_slice())
+        .lines()
+        .find_map(|l| {
+            l.split("reports made, ")
+                .nth(1)?
+                .split(" messages sent")
+                .next()?
+                .parse()
+                .ok()
+        })
+        .expect("the producer's final line");
+    let all = poll(Duration::from_secs(120), Duration::from_millis(250), || {
+        (sb.count("raw") >= sent).then_some(())
+    });
+    assert!(all.is_some(), "stored {} of {sent}", sb.count("raw"));
+    assert_eq!(sb.count("raw"), sent);
+    assert_eq!(sb.count("dlq"), 0, "a duplicate was dead-lettered");
+    let after: Vec<_> = [a, b].iter().map(|m| m.group_view()).collect();
+    assert_eq!(before, after, "a rebalance happened later");
+    members.push(c);
+    for m in members {
+        let mut p = m.proc;
+        assert_eq!(
+            p.stop(Duration::from_secs(60)),
+            Some(0),
+            "{}",
+            p.log_tail(10)
+        );
+    }
+    // No window counts a message twice: windows hold distinct offsets, so the windows of a
+    // partition hold at most what it holds.
+    let windows = sb.count("kpis");
+    assert!(
+        windows * 20 <= sent,
+        "{windows} windows of 20 from {sent} messages"
+    );
+}
+
+trait StopProducer {
+    fn proc_stop(&mut self) -> Option<i32>;
+}
+
+impl StopProducer for Background {
+    fn proc_stop(&mut self) -> Option<i32> {
+        self.stop(Duration::from_secs(60))
+    }
+}
+
+#[test]
+fn a_second_process_with_the_same_instance_id_fences_the_first() {
+    let sb = Sandbox::new("static_dup");
+    common::ensure_topic(&sb.brokers, &sb.topic);
+    let mut first = Member::start(&sb, "same");
+    let generation = poll(Duration::from_secs(60), Duration::from_millis(200), || {
+        first.gauge("group_generation").filter(|g| *g >= 0)
+    })
+    .expect("the first member joined");
+    let second = Member::start(&sb, "same");
+    let code = first.proc.wait_exit(SESSION * 3);
+    assert_eq!(code, Some(1), "log:\n{}", first.proc.log_tail(20));
+    let log = first.proc.log_text();
+    let errors: Vec<&str> = log.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 1, "one error line: {errors:?}");
+    assert!(
+        errors[0].contains("FENCED_INSTANCE_ID") && errors[0].contains("--group-instance-id"),
+        "{}",
+        errors[0]
+    );
+    // The other one keeps working, in the same generation.
+    assert_eq!(http_get(&second.addr, "/readyz").map(|r| r.0), Some(200));
+    assert_eq!(second.gauge("group_generation"), Some(generation));
+    assert_eq!(second.gauge("assigned_partitions"), Some(3));
+    assert_ok(
+        &sb.run(
+            &["produce", "--count", "4", "--interval", "0"],
+            Duration::from_secs(60),
+        ),
+        "produce",
+    );
+    let stored = poll(Duration::from_secs(60), Duration::from_millis(200), || {
+        (second.gauge("messages_stored_total")? >= 20).then_some(())
+    });
+    assert!(
+        stored.is_some(),
+        "the second did not store; log:\n{}",
+        second.proc.log_tail(20)
+    );
+}
+
+#[test]
+fn sigterm_keeps_a_static_members_partitions_until_the_session_timeout() {
+    let sb = Sandbox::new("static_term");
+    common::ensure_topic(&sb.brokers, &sb.topic);
+    let mut stays = Member::start(&sb, "stays");
+    let mut goes = Member::start(&sb, "goes");
+    // Two members of three partitions: one holds two.
+    let generation = poll(Duration::from_secs(120), Duration::from_millis(200), || {
+        let (g1, _, p1) = stays.group_view()?;
+        let (g2, _, p2) = goes.group_view()?;
+        (g1 == g2 && g1 >= 0 && p1 + p2 == 3).then_some(g1)
+    })
+    .expect("the group settled");
+    std::thread::sleep(Duration::from_secs(2));
+    let view = stays.group_view();
+    let goes_partitions = goes.gauge("assigned_partitions");
+
+    let stopped = Instant::now();
+    assert_eq!(goes.proc.stop(Duration::from_secs(60)), Some(0));
+    assert!(goes.proc.log_text().contains("stops without leaving"));
+    // Half the session later, nothing moved.
+    while stopped.elapsed() < SESSION / 2 {
+        assert_eq!(
+            stays.group_view(),
+            view,
+            "a rebalance within the session timeout"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    goes.restart(&sb, "goes-restarted");
+    let back = poll(Duration::from_secs(30), Duration::from_millis(50), || {
+        goes.gauge("group_generation").filter(|g| *g >= 0)
+    });
+    assert_eq!(
+        back,
+        Some(generation),
+        "the restart resumed in the same generation"
+    );
+    assert_eq!(goes.gauge("assigned_partitions"), goes_partitions);
+    assert_eq!(stays.group_view(), view, "the restart moved nothing");
+
+    // Stopped for good: after the session timeout the partitions move to the one left.
+    assert_eq!(goes.proc.stop(Duration::from_secs(60)), Some(0));
+    let moved = poll(SESSION * 6, Duration::from_millis(250), || {
+        (stays.gauge("assigned_partitions")? == 3).then_some(())
+    });
+    assert!(moved.is_some(), "log:\n{}", stays.proc.log_tail(20));
+    assert_eq!(stays.proc.stop(Duration::from_secs(60)), Some(0));
+}
