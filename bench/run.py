@@ -813,7 +813,10 @@ class Bench:
 
     def consume_backlog(self, impl, topic, n):
         label = f"{impl} consume {n:,} backlog"
-        tag = f"c-{ {'metricsctl-lean': 'lean', 'metricsctl-scraped': 'scrp'}.get(impl, impl[:4]) }-{n}"
+        # The run's index in the plan too: a repeat of the same consumer and backlog needs its own
+        # group and database, or it would find the backlog already committed.
+        run = len(self.results["catchup"])
+        tag = f"c-{ {'metricsctl-lean': 'lean', 'metricsctl-scraped': 'scrp'}.get(impl, impl[:4]) }-{n}-{run}"
         db, group = self.database(tag), self.group(tag)
         idle = self.cfg["idle_net"]
         argv, display = self.consumer_argv(impl, topic, group, db, idle, max_messages=n)
