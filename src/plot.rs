@@ -322,7 +322,8 @@ fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
 
-fn stamp(t: OffsetDateTime) -> String {
+/// A UTC time as `YYYY-MM-DD hh:mm:ss`, as the table and the picture label windows.
+pub fn stamp(t: OffsetDateTime) -> String {
     format!(
         "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
         t.year(),

@@ -160,17 +160,7 @@ fn row(w: &Value) -> String {
     let end = w["window_end"]
         .as_str()
         .and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok())
-        .map_or("-".to_string(), |t| {
-            format!(
-                "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
-                t.year(),
-                u8::from(t.month()),
-                t.day(),
-                t.hour(),
-                t.minute(),
-                t.second()
-            )
-        });
+        .map_or("-".to_string(), crate::plot::stamp);
     let duration = w["window_duration_s"]
         .as_f64()
         .map_or("-".to_string(), |d| {
