@@ -973,8 +973,21 @@ fn kill_loop(c: &mut Chaos, sig: Sig, kills: usize, backlog: Option<u64>, args: 
         let mut p = c.spawn(&format!("consume-{i:02}"), args);
         let before = c.progress();
         let done = backlog.is_some_and(|n| before >= n);
-        if done || c.rng.u8(0..4) == 0 {
+        if done {
             sleep(c.rng.f64() * 2.5);
+        } else if c.rng.u8(0..4) == 0 {
+            // In the start: a random moment of its first 2.5 s, but no later than its first
+            // store of a backlog. Left to run for the whole pause, a consumer that rejoins at
+            // once (after a SIGTERM it left the group) handles thousands of records, and a few
+            // such runs empty the backlog before most ends were sent.
+            let pause = Duration::from_secs_f64(c.rng.f64() * 2.5);
+            if backlog.is_some() {
+                let _ = poll(pause, Duration::from_millis(20), || {
+                    (c.progress() > before).then_some(())
+                });
+            } else {
+                std::thread::sleep(pause);
+            }
         } else {
             // This run must store something new first: it is at work, not starting.
             let target = targets.get(i).copied().unwrap_or(0).max(before + 1);
