@@ -1069,13 +1069,7 @@ fn a_member_whose_window_publication_stalls_past_a_rebalance_publishes_it_once()
 
 fn window_write_stalls_past_a_rebalance(label: &str, held_collection: &str) {
     let mut s = Scenario::new(label, true);
-    let upstream =
-        s.sb.mongodb_uri
-            .trim_start_matches("mongodb://")
-            .split(['/', '?'])
-            .next()
-            .unwrap()
-            .to_string();
+    let upstream = s.sb.database_address();
     let proxy = HoldingProxy::start(&upstream, mongo_insert_pattern(held_collection));
     let uri = format!("mongodb://{}/?directConnection=true", proxy.addr);
     s.join_with("a", &["--mongodb-uri", &uri, "--max-step-interval", "15"]);
@@ -1152,16 +1146,6 @@ fn window_write_stalls_past_a_rebalance(label: &str, held_collection: &str) {
     drop(proxy);
 }
 
-/// The host:port of the test database, for a proxy in front of it.
-fn database_address(sb: &Sandbox) -> String {
-    sb.mongodb_uri
-        .trim_start_matches("mongodb://")
-        .split(['/', '?'])
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 /// Lines of `process`'s log that contain `needle`.
 fn log_lines(process: &Background, needle: &str) -> Vec<String> {
     process
@@ -1183,7 +1167,7 @@ fn log_lines(process: &Background, needle: &str) -> Vec<String> {
 #[test]
 fn a_member_whose_database_freezes_leaves_after_the_max_step_interval_and_rejoins_after() {
     let mut s = Scenario::new("grpstuck", true);
-    let proxy = HoldingProxy::start(&database_address(&s.sb), Vec::new());
+    let proxy = HoldingProxy::start(&s.sb.database_address(), Vec::new());
     let uri = format!("mongodb://{}/?directConnection=true", proxy.addr);
     let limit = STUCK_STEP_LIMIT.as_secs().to_string();
     s.join_with("a", &["--mongodb-uri", &uri, "--max-step-interval", &limit]);
@@ -1309,7 +1293,7 @@ fn a_member_whose_database_freezes_leaves_after_the_max_step_interval_and_rejoin
 #[test]
 fn a_member_in_a_step_longer_than_the_session_keeps_its_membership_through_a_rebalance() {
     let mut s = Scenario::new("grpslow", true);
-    let proxy = HoldingProxy::start(&database_address(&s.sb), mongo_insert_pattern("raw"));
+    let proxy = HoldingProxy::start(&s.sb.database_address(), mongo_insert_pattern("raw"));
     let uri = format!("mongodb://{}/?directConnection=true", proxy.addr);
     s.join_with("a", &["--mongodb-uri", &uri, "--max-step-interval", "60"]);
     let a_id = s.members[0].id.clone();

@@ -491,13 +491,7 @@ fn a_killed_consumer_loses_nothing_and_doubles_nothing() {
     // their windows, then (the next run) between the commit and the windows' publication.
     // The held writes are let go only once the last run is checked, as writes a killed
     // process had already sent: they land late, and change nothing.
-    let upstream = sb
-        .mongodb_uri
-        .trim_start_matches("mongodb://")
-        .split(['/', '?'])
-        .next()
-        .unwrap()
-        .to_string();
+    let upstream = sb.database_address();
     let mut proxies = Vec::new();
     for (name, held) in [("staging", "kpis_staged"), ("publication", "kpis")] {
         let proxy = HoldingProxy::start(&upstream, mongo_insert_pattern(held));

@@ -85,13 +85,7 @@ fn sigterm_during_a_backlog_stops_after_the_step_in_hand_and_the_next_run_finish
     // database (a poll racing the steps), it may come after the last one on a loaded machine;
     // so a proxy in front of the database holds the first step's raw insert, and SIGTERM is
     // sent while that insert is held: the first step is the one in hand, three are left.
-    let upstream = sb
-        .mongodb_uri
-        .trim_start_matches("mongodb://")
-        .split(['/', '?'])
-        .next()
-        .unwrap()
-        .to_string();
+    let upstream = sb.database_address();
     let proxy = HoldingProxy::start(&upstream, mongo_insert_pattern("raw"));
     proxy.hold(true);
     let uri = format!("mongodb://{}/?directConnection=true", proxy.addr);

@@ -98,6 +98,14 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
+    /// The host:port of the test database (a `mongodb://` URI), for a proxy in front of it.
+    #[allow(dead_code)] // not every test binary puts a proxy in front of the database
+    pub fn database_address(&self) -> String {
+        let rest = self.mongodb_uri.trim_start_matches("mongodb://");
+        let rest = rest.rsplit('@').next().unwrap_or(rest);
+        rest.split(['/', '?']).next().unwrap_or(rest).to_string()
+    }
+
     pub fn new(label: &str) -> Sandbox {
         let (brokers, mongodb_uri) = services();
         let id = uuid::Uuid::new_v4().simple().to_string();
