@@ -1466,7 +1466,8 @@ class Bench:
           f"--codecs={','.join(CODECS)} for the full table")
         w("```")
         w("")
-        Path(path).write_text("\n".join(L))
+        write_or_splice(Path(path), L, f"# {'Full' if self.scale == 'full' else self.scale.capitalize()} run, commit "
+                        f"`{e['git_head']}` ({self.started.strftime('%Y-%m-%d %H:%M UTC')})")
         return path
 
 
@@ -1611,6 +1612,37 @@ def db_ceiling(argv):
     client.close()
     print(json.dumps({"insert_seconds": elapsed, "count": count,
                       "cpu_seconds": (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)}))
+
+
+# The curated BENCHMARKS.md keeps hand-written sections (scale-out, where the goals stand) above
+# the generated report and older runs below it. A run replaces only the part between these two
+# markers, and the run it replaces moves, headings one level down, to the top of "# Earlier runs",
+# so a `make bench` never throws the history away.
+LATEST_START = "<!-- bench/run.py: the latest run starts here -->"
+LATEST_END = "<!-- bench/run.py: the latest run ends here -->"
+EARLIER = "# Earlier runs"
+
+
+def write_or_splice(path, lines, heading):
+    """Writes the report to `path`, or splices it between the markers when `path` has them."""
+    old = path.read_text() if path.exists() else ""
+    if LATEST_START not in old or LATEST_END not in old:
+        path.write_text("\n".join(lines))
+        return
+    report = "\n".join([heading, *lines[1:]]).rstrip() + "\n"
+    head, rest = old.split(LATEST_START, 1)
+    previous, tail = rest.split(LATEST_END, 1)
+    demoted, fenced = [], False
+    for line in previous.strip().split("\n"):
+        fenced ^= line.startswith("```")  # a "# " inside a code block is a shell comment, not a heading
+        demoted.append("#" + line if line.startswith("#") and not fenced else line)
+    demoted = "\n".join(demoted) + "\n"
+    if EARLIER in tail:
+        before, after = tail.split(EARLIER, 1)
+        tail = f"{before}{EARLIER}\n\n{demoted}{after}"
+    else:
+        tail = f"{tail.rstrip()}\n\n{EARLIER}\n\n{demoted}"
+    path.write_text(f"{head}{LATEST_START}\n{report}\n{LATEST_END}{tail}")
 
 
 # --- Entry point ----------------------------------------------------------------------------
