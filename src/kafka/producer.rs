@@ -18,8 +18,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -103,6 +103,9 @@ impl fmt::Display for Compression {
     }
 }
 
+/// Why one record was not stored: shared by every record of a refused batch.
+pub type Refusal = Arc<str>;
+
 /// Where Kafka stored one produced record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delivery {
@@ -124,9 +127,21 @@ struct Sealed {
     identity: Identity,
     base_sequence: i32,
     record_count: i32,
-    /// Recognises the same records when the caller sends them again.
-    fingerprint: u64,
+    /// The records, to recognise them when the caller sends them again (cheap: `Bytes` share
+    /// the caller's buffers).
+    records: Vec<(Bytes, Bytes)>,
     bytes: Bytes,
+}
+
+impl Sealed {
+    /// Whether `share` is exactly the records this batch was sealed from, in order: the
+    /// caller re-sending what was in doubt. (A record taken already reads as `None`.)
+    fn holds<'a>(&self, share: impl ExactSizeIterator<Item = Option<&'a (Bytes, Bytes)>>) -> bool {
+        share.len() == self.records.len()
+            && share
+                .zip(&self.records)
+                .all(|(r, sealed)| r == Some(sealed))
+    }
 }
 
 #[derive(Default)]
@@ -192,8 +207,8 @@ impl KafkaProducer {
     /// succeeded, so the caller re-sends only what was not stored (in the same order).
     pub fn send(
         &mut self,
-        records: Vec<(String, String)>,
-    ) -> Result<Vec<Result<Delivery, String>>, KafkaError> {
+        records: Vec<(Bytes, Bytes)>,
+    ) -> Result<Vec<Result<Delivery, Refusal>>, KafkaError> {
         if records.is_empty() {
             return Ok(Vec::new());
         }
@@ -202,45 +217,38 @@ impl KafkaProducer {
         let mut by_partition: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
         for (i, (key, _)) in records.iter().enumerate() {
             by_partition
-                .entry(partition_for_key(key.as_bytes(), partition_count))
+                .entry(partition_for_key(key, partition_count))
                 .or_default()
                 .push(i);
         }
-        let fingerprints: BTreeMap<i32, u64> = by_partition
-            .iter()
-            .map(|(p, idx)| (*p, fingerprint(idx.iter().map(|&i| &records[i]))))
-            .collect();
-        let counts: BTreeMap<i32, i32> = by_partition
-            .iter()
-            .map(|(p, idx)| (*p, idx.len() as i32))
-            .collect();
-        let identity = self.identity_for(&fingerprints, &counts)?;
+        let identity = self.identity_for(&records, &by_partition)?;
 
-        let mut outcomes: Vec<Result<Delivery, String>> =
-            vec![Err("not sent".to_string()); records.len()];
-        let mut slots: Vec<Option<(String, String)>> = records.into_iter().map(Some).collect();
+        // One shared text for every record's default outcome: a String each would be an
+        // allocation per message.
+        let not_sent: Refusal = Arc::from("not sent");
+        let mut outcomes: Vec<Result<Delivery, Refusal>> = vec![Err(not_sent); records.len()];
+        let mut slots: Vec<Option<(Bytes, Bytes)>> = records.into_iter().map(Some).collect();
         let mut by_leader: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
         for (p, idx) in &by_partition {
             let Some(leader) = meta.partitions.get(p).and_then(|l| l.broker) else {
                 self.stale = true;
+                let why: Refusal = Arc::from(format!("partition {p} has no leader"));
                 for &i in idx {
-                    outcomes[i] = Err(format!("partition {p} has no leader"));
+                    outcomes[i] = Err(why.clone());
                 }
                 continue;
             };
             let state = self.partitions.entry(*p).or_default();
-            let reuse = state
-                .in_doubt
-                .as_ref()
-                .is_some_and(|s| s.identity == identity && s.fingerprint == fingerprints[p]);
+            let reuse = state.in_doubt.as_ref().is_some_and(|s| {
+                s.identity == identity && s.holds(idx.iter().map(|&i| slots[i].as_ref()))
+            });
             if !reuse {
-                let batch: Vec<(String, String)> =
+                let batch: Vec<(Bytes, Bytes)> =
                     idx.iter().filter_map(|&i| slots[i].take()).collect();
                 state.in_doubt = Some(seal(
                     batch,
                     identity,
                     state.next_sequence,
-                    fingerprints[p],
                     self.compression,
                 )?);
             }
@@ -281,25 +289,17 @@ impl KafkaProducer {
                             });
                         }
                     }
-                    Verdict::Retry(why) => {
-                        for &i in idx {
-                            outcomes[i] = Err(format!("partition {p}: {why}"));
-                        }
-                    }
+                    Verdict::Retry(why) => refuse(&mut outcomes, idx, p, &why),
                     Verdict::NewEpoch(why) => {
                         // The leader refused the batch: it is not in the log, so it is sealed
                         // again under the new epoch.
                         state.in_doubt = None;
-                        for &i in idx {
-                            outcomes[i] = Err(format!("partition {p}: {why}"));
-                        }
+                        refuse(&mut outcomes, idx, p, &why);
                         new_epoch = Some(why);
                     }
                     Verdict::NewId(why) => {
                         state.in_doubt = None;
-                        for &i in idx {
-                            outcomes[i] = Err(format!("partition {p}: {why}"));
-                        }
+                        refuse(&mut outcomes, idx, p, &why);
                         new_id = Some(why);
                     }
                     Verdict::Fatal(why) => {
@@ -341,16 +341,17 @@ impl KafkaProducer {
     /// next sequence numbers after such a gap, so a new epoch starts.
     fn identity_for(
         &mut self,
-        fingerprints: &BTreeMap<i32, u64>,
-        counts: &BTreeMap<i32, i32>,
+        records: &[(Bytes, Bytes)],
+        by_partition: &BTreeMap<i32, Vec<usize>>,
     ) -> Result<Identity, KafkaError> {
         let abandoned = self
             .partitions
             .iter()
             .filter(|(p, s)| {
-                s.in_doubt
-                    .as_ref()
-                    .is_some_and(|sealed| fingerprints.get(p) != Some(&sealed.fingerprint))
+                s.in_doubt.as_ref().is_some_and(|sealed| {
+                    let share = by_partition.get(p).map_or(&[][..], Vec::as_slice);
+                    !sealed.holds(share.iter().map(|&i| Some(&records[i])))
+                })
             })
             .count();
         if abandoned > 0 {
@@ -364,10 +365,10 @@ impl KafkaProducer {
         // we encode with cannot write such a batch in one piece (it would write two, which a
         // broker refuses in a Produce request). After two billion records to one partition a
         // new epoch, numbered from 0, costs nothing.
-        let wraps = counts.iter().any(|(p, n)| {
-            self.partitions
-                .get(p)
-                .is_some_and(|s| s.in_doubt.is_none() && spans_wrap(s.next_sequence, *n))
+        let wraps = by_partition.iter().any(|(p, share)| {
+            self.partitions.get(p).is_some_and(|s| {
+                s.in_doubt.is_none() && spans_wrap(s.next_sequence, share.len() as i32)
+            })
         });
         if wraps {
             debug!("kafka produce: sequence numbers would wrap; starting a new producer epoch");
@@ -605,10 +606,9 @@ fn verdict(p: &PartitionProduceResponse) -> Verdict {
 
 /// Numbers and encodes one partition's records as a record batch v2.
 fn seal(
-    batch: Vec<(String, String)>,
+    batch: Vec<(Bytes, Bytes)>,
     identity: Identity,
     base_sequence: i32,
-    fingerprint: u64,
     compression: Compression,
 ) -> Result<Sealed, KafkaError> {
     let timestamp = std::time::SystemTime::now()
@@ -616,7 +616,7 @@ fn seal(
         .map_or(0, |d| d.as_millis() as i64);
     let record_count = batch.len() as i32;
     let records: Vec<Record> = batch
-        .into_iter()
+        .iter()
         .enumerate()
         .map(|(i, (key, value))| Record {
             transactional: false,
@@ -629,8 +629,8 @@ fn seal(
             offset: i as i64,
             sequence: next_sequence(base_sequence, i as i32),
             timestamp,
-            key: Some(Bytes::from(key)),
-            value: Some(Bytes::from(value)),
+            key: Some(key.clone()),
+            value: Some(value.clone()),
             headers: Default::default(),
         })
         .collect();
@@ -665,7 +665,7 @@ fn seal(
         identity,
         base_sequence,
         record_count,
-        fingerprint,
+        records: batch,
         bytes: bytes.freeze(),
     })
 }
@@ -700,14 +700,12 @@ fn spans_wrap(sequence: i32, n: i32) -> bool {
     i64::from(sequence) + i64::from(n) - 1 > i64::from(i32::MAX)
 }
 
-/// Identifies a partition's share of one call, so a re-send of the same records is recognised.
-fn fingerprint<'a>(records: impl Iterator<Item = &'a (String, String)>) -> u64 {
-    let mut h = DefaultHasher::new();
-    for (key, value) in records {
-        key.hash(&mut h);
-        value.hash(&mut h);
+/// Every record of a partition's share refused for the same reason (one text, shared).
+fn refuse(outcomes: &mut [Result<Delivery, Refusal>], share: &[usize], partition: i32, why: &str) {
+    let why: Refusal = Arc::from(format!("partition {partition}: {why}"));
+    for &i in share {
+        outcomes[i] = Err(why.clone());
     }
-    h.finish()
 }
 
 fn backoff() -> Duration {
@@ -742,13 +740,25 @@ mod tests {
             Compression::Zstd,
         ] {
             let records = vec![
-                ("web01".to_string(), "{\"a\":1}".to_string()),
-                ("web01".to_string(), "{\"a\":2}".to_string()),
+                (Bytes::from("web01"), Bytes::from("{\"a\":1}")),
+                (Bytes::from("web01"), Bytes::from("{\"a\":2}")),
             ];
-            let fp = fingerprint(records.iter());
             let identity = Identity { id: 42, epoch: 3 };
-            let sealed = seal(records, identity, i32::MAX - 1, fp, compression).unwrap();
+            let sealed = seal(records.clone(), identity, i32::MAX - 1, compression).unwrap();
             assert_eq!(sealed.record_count, 2);
+            assert!(
+                sealed.holds(records.iter().map(Some)),
+                "recognises its own records"
+            );
+            assert!(
+                !sealed.holds(records[..1].iter().map(Some)),
+                "not a part of them"
+            );
+            let other = [
+                records[0].clone(),
+                (Bytes::from("web01"), Bytes::from("{}")),
+            ];
+            assert!(!sealed.holds(other.iter().map(Some)), "not other records");
             let mut bytes = sealed.bytes.clone();
             let info = RecordBatchDecoder::decode_batch_info(&mut bytes.clone()).unwrap();
             assert_eq!(info.len(), 1, "one batch");

@@ -6,6 +6,7 @@ mod payload;
 use std::collections::HashMap;
 
 use serde::Serialize;
+use serde_json::ser::{CompactFormatter, Formatter};
 use time::format_description::well_known::{Iso8601, Rfc3339};
 use time::macros::format_description;
 use time::{OffsetDateTime, PrimitiveDateTime, UtcOffset};
@@ -31,10 +32,98 @@ pub struct Metrics {
 }
 
 impl MetricMessage {
-    /// The JSON payload sent to Kafka.
+    /// The JSON payload sent to Kafka: the same bytes `serde_json::to_string` writes for this
+    /// struct (a test holds the two equal), written by hand because the producer makes one per
+    /// message and serde's generic path cost it more than everything else it does (about 4,400
+    /// of 10,300 instructions per message in a callgrind profile of `produce --interval 0`).
     pub fn to_json(&self) -> String {
-        // Serialising plain strings and finite floats cannot fail.
-        serde_json::to_string(self).unwrap_or_default()
+        let mut out = Vec::with_capacity(self.json_len_estimate());
+        self.write_json(&mut out);
+        // Only whole UTF-8 strings and ASCII were written.
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// About how many bytes [`MetricMessage::to_json`] writes (at least that many, unless a
+    /// string needs escapes), to size buffers.
+    pub fn json_len_estimate(&self) -> usize {
+        JSON_FIXED_BYTES + self.server_id.len() + self.timestamp_utc.len() + self.message_uuid.len()
+    }
+
+    /// Appends the JSON payload to `out` (UTF-8), so that a caller can write many messages into
+    /// one buffer.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        let m = &self.metrics;
+        out.extend_from_slice(b"{\"server_id\":");
+        push_json_str(out, &self.server_id);
+        out.extend_from_slice(b",\"timestamp_utc\":");
+        push_json_str(out, &self.timestamp_utc);
+        out.extend_from_slice(b",\"metrics\":{\"cpu_percent\":");
+        push_json_f64(out, m.cpu_percent);
+        out.extend_from_slice(b",\"memory_percent\":");
+        push_json_f64(out, m.memory_percent);
+        out.extend_from_slice(b",\"disk_io_mbps\":");
+        push_json_f64(out, m.disk_io_mbps);
+        out.extend_from_slice(b",\"network_mbps\":");
+        push_json_f64(out, m.network_mbps);
+        out.extend_from_slice(b",\"error_count\":");
+        // Writing into a Vec cannot fail.
+        let _ = CompactFormatter.write_i64(out, m.error_count);
+        out.extend_from_slice(b"},\"message_uuid\":");
+        push_json_str(out, &self.message_uuid);
+        out.push(b'}');
+    }
+}
+
+/// The bytes of a message's JSON besides its three strings: keys, punctuation, numbers.
+const JSON_FIXED_BYTES: usize = 160;
+
+/// Appends `text` as a JSON string. Text with nothing to escape (every generated id and
+/// timestamp) is copied whole; anything else goes through serde_json, so escapes stay its own.
+fn push_json_str(out: &mut Vec<u8>, text: &str) {
+    if !needs_escape(text.as_bytes()) {
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    } else {
+        // Serialising a string into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, text);
+    }
+}
+
+/// Whether JSON needs an escape for any byte of `text`: a control character, `"` or `\\`.
+/// Eight bytes at a time (the byte-by-byte loop was a tenth of the producer's instructions).
+fn needs_escape(text: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    // Whether any byte of `x` is zero (the classic test: exact for "any", which is all we ask).
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS != 0;
+    // Whether any byte of `x` is below 0x20, i.e. any byte has none of the bits 0xe0 set.
+    let has_control = |x: u64| has_zero(x & u64::from_ne_bytes([0xe0; 8]));
+    let mut chunks = text.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_ne_bytes(word);
+        if has_control(x)
+            || has_zero(x ^ u64::from_ne_bytes([b'"'; 8]))
+            || has_zero(x ^ u64::from_ne_bytes([b'\\'; 8]))
+        {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+}
+
+/// Appends a float as serde_json writes it: shortest round-trip form, `null` when not finite.
+fn push_json_f64(out: &mut Vec<u8>, value: f64) {
+    if value.is_finite() {
+        // Writing into a Vec cannot fail.
+        let _ = CompactFormatter.write_f64(out, value);
+    } else {
+        out.extend_from_slice(b"null");
     }
 }
 
@@ -382,6 +471,70 @@ fn unstorable_name(fields: &[Field]) -> Option<String> {
 mod tests {
     use super::*;
     use serde_json::Value;
+
+    #[test]
+    fn needs_escape_agrees_with_a_byte_by_byte_check_at_every_position() {
+        let slow = |t: &[u8]| t.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\');
+        for len in 0..20 {
+            for at in 0..len {
+                for b in 0..=255u8 {
+                    let mut text = vec![b'a'; len];
+                    text[at] = b;
+                    assert_eq!(
+                        needs_escape(&text),
+                        slow(&text),
+                        "byte {b:#04x} at {at} of {len}"
+                    );
+                }
+            }
+            assert!(!needs_escape(&vec![b'a'; len]));
+        }
+    }
+
+    #[test]
+    fn the_hand_written_json_is_byte_for_byte_what_serde_json_writes() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let odd = [
+            "web01",
+            "",
+            "quote\"d",
+            "back\\slash",
+            "tab\tnew\nline\u{1}",
+            "ünïcødé ✓",
+            "\u{7f}del",
+        ];
+        let floats = [
+            0.0,
+            -0.0,
+            5.0,
+            12.25,
+            99.99,
+            1e-7,
+            1e21,
+            123456789.125,
+            f64::MIN_POSITIVE,
+            f64::NAN,
+            f64::INFINITY,
+        ];
+        for i in 0..2_000 {
+            let mut metrics = crate::simulate::draw_metrics(&mut rng);
+            if i < floats.len() {
+                metrics.cpu_percent = floats[i];
+                metrics.network_mbps = -floats[i];
+            }
+            if i % 3 == 0 {
+                metrics.error_count = rng.i64(..);
+            }
+            let message = MetricMessage {
+                server_id: odd[i % odd.len()].to_string(),
+                timestamp_utc: format_timestamp(OffsetDateTime::UNIX_EPOCH),
+                metrics,
+                message_uuid: odd[(i / odd.len()) % odd.len()].to_string(),
+            };
+            let expected = serde_json::to_string(&message).unwrap();
+            assert_eq!(message.to_json(), expected, "message {i}");
+        }
+    }
 
     #[test]
     fn names_with_nul_and_overlong_server_ids_are_refused() {
