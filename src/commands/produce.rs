@@ -10,18 +10,18 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use log::{error, info, warn};
 
-use super::{now_utc, CommandError};
+use super::CommandError;
 use crate::cli::ProduceArgs;
-use ids::RandomIds;
+use reports::{Maker, Next, Reports, Unsent};
 
 mod ids;
+mod reports;
 use crate::kafka::{KafkaError, KafkaProducer};
 use crate::metric::MetricMessage;
 use crate::outbox::Outbox;
 use crate::retry::Backoff;
 use crate::settings::{ProduceSettings, Sources};
 use crate::shutdown::Shutdown;
-use crate::simulate::Fleet;
 use crate::telemetry;
 
 /// Reports kept while Kafka is unreachable: 1000 reports are about 2.8 hours at the default
@@ -37,58 +37,14 @@ const SUMMARY_EVERY: Duration = Duration::from_secs(10);
 /// (`max.message.bytes`) even when every message goes to one partition.
 const SEND_BYTES: usize = 900 * 1024;
 
+/// How long a producer with nothing to send waits for a report made ahead before it looks at
+/// its stop flag and summary again.
+const READY_WAIT: Duration = Duration::from_millis(100);
+
 /// A report, or what is left of it to send.
 struct PendingReport {
     number: u64,
     unsent: Vec<Unsent>,
-}
-
-/// A message of a report and its record (key and JSON), made once when the report is made;
-/// `Bytes`, so that each request takes them without a copy.
-struct Unsent {
-    message: MetricMessage,
-    key: Bytes,
-    json: Bytes,
-}
-
-impl Unsent {
-    /// A report's messages as records. Their JSON is written into one buffer that every record
-    /// shares a slice of, and each key is the fleet's own copy of the server's name: a message
-    /// costs no allocation of its own here (a request's thousands of them freed together made
-    /// the allocator a third of the producer's time).
-    fn report(messages: Vec<MetricMessage>, keys: &[Bytes]) -> Vec<Unsent> {
-        let mut json =
-            Vec::with_capacity(messages.iter().map(MetricMessage::json_len_estimate).sum());
-        let mut ends = Vec::with_capacity(messages.len());
-        for message in &messages {
-            message.write_json(&mut json);
-            ends.push(json.len());
-        }
-        let json = Bytes::from(json);
-        let mut start = 0;
-        messages
-            .into_iter()
-            .zip(ends)
-            .enumerate()
-            .map(|(i, (message, end))| {
-                let key = match keys.get(i) {
-                    Some(key) if key[..] == *message.server_id.as_bytes() => key.clone(),
-                    _ => Bytes::from(message.server_id.clone()),
-                };
-                let record = json.slice(start..end);
-                start = end;
-                Unsent {
-                    message,
-                    key,
-                    json: record,
-                }
-            })
-            .collect()
-    }
-
-    fn bytes(&self) -> usize {
-        self.key.len() + self.json.len()
-    }
 }
 
 /// Payload bytes waiting in the outbox.
@@ -222,20 +178,26 @@ fn produce_loop(
     sender: &mut Sender,
     shutdown: &Shutdown,
 ) -> (Totals, Outbox<PendingReport>, Option<KafkaError>) {
-    let mut fleet = Fleet::new(settings.servers.clone(), settings.seed);
-    let mut ids = RandomIds::new();
-    // The fleet reports its servers in this order.
-    let keys: Vec<Bytes> = settings
-        .servers
-        .iter()
-        .map(|s| Bytes::from(s.clone()))
-        .collect();
+    let as_fast_as_possible = settings.interval.is_zero();
+    let maker = Maker::new(&settings.servers, settings.seed);
+    let mut reports = if as_fast_as_possible {
+        match Reports::ahead(maker, settings.count, SEND_BYTES, shutdown.clone()) {
+            Ok(reports) => reports,
+            Err(e) => {
+                warn!("cannot start a thread to make reports ahead ({e}); making them in turn");
+                Reports::when_due(Maker::new(&settings.servers, settings.seed))
+            }
+        }
+    } else {
+        Reports::when_due(maker)
+    };
+    // Set when the reports made ahead ended before the count (a stop request).
+    let mut no_more_reports = false;
     let mut outbox: Outbox<PendingReport> = Outbox::new(OUTBOX_REPORTS);
     let mut totals = Totals::default();
     let mut backoff = Backoff::standard();
     let mut next_send_at = Instant::now();
     let started = Instant::now();
-    let as_fast_as_possible = settings.interval.is_zero();
     // One line per message suits a report every few seconds; faster than that, the lines cost
     // more than the sends, so they move to debug and a summary is logged every 10 s.
     let chatty = settings.interval >= CHATTY_INTERVAL;
@@ -257,7 +219,7 @@ fn produce_loop(
             sent_at_summary = totals.sent;
             summary_at = now + SUMMARY_EVERY;
         }
-        let more_to_make = settings.count.is_none_or(|c| totals.reports < c);
+        let more_to_make = !no_more_reports && settings.count.is_none_or(|c| totals.reports < c);
         // Report k starts at start + k * interval, whatever the previous sends cost.
         let due = started + settings.interval.saturating_mul(totals.reports as u32);
         // As fast as possible: reports are made until one request's worth waits (or the
@@ -268,12 +230,31 @@ fn produce_loop(
             } else {
                 now >= due
             };
-        if make_now {
+        // Made ahead: with nothing to send, wait a moment for the next report; else take one
+        // only if it is ready, and send what waits.
+        let wait = if outbox.is_empty() {
+            READY_WAIT
+        } else {
+            Duration::ZERO
+        };
+        let made = if make_now {
+            match reports.next(wait) {
+                Next::Made(unsent) => Some(unsent),
+                Next::NotYet => None,
+                Next::Done => {
+                    no_more_reports = true;
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let made_one = made.is_some();
+        if let Some(unsent) = made {
             totals.reports += 1;
-            let report = fleet.report(now_utc(), || ids.next_id());
             let pending = PendingReport {
                 number: totals.reports,
-                unsent: Unsent::report(report, &keys),
+                unsent,
             };
             waiting_bytes += pending.unsent.iter().map(Unsent::bytes).sum::<usize>();
             if let Some(dropped) = outbox.push(pending) {
@@ -286,12 +267,13 @@ fn produce_loop(
                 );
             }
         }
-        if !more_to_make && outbox.is_empty() {
+        if (no_more_reports || !more_to_make) && outbox.is_empty() {
             break;
         }
 
-        // A fast producer sends once a request's worth waits or the last report is made.
-        let send_now = !as_fast_as_possible || !make_now;
+        // A fast producer sends once a request's worth waits, the last report is made, or the
+        // next is not ready yet.
+        let send_now = !as_fast_as_possible || !made_one;
         if send_now && !outbox.is_empty() && Instant::now() >= next_send_at {
             let sent = sender.send_front(&mut outbox, &mut totals, chatty);
             waiting_bytes = unsent_bytes(&outbox);
@@ -323,6 +305,9 @@ fn produce_loop(
             continue;
         }
 
+        if as_fast_as_possible && make_now && outbox.is_empty() {
+            continue; // `next` waited already
+        }
         // Sleep until a report is due or a retry may go out, whichever comes first.
         let mut wake = Instant::now() + Duration::from_secs(1);
         if more_to_make && !as_fast_as_possible {
@@ -531,6 +516,8 @@ fn settle<D, E: std::fmt::Display>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::commands::now_utc;
+    use crate::simulate::Fleet;
 
     /// An outbox of `reports` reports of the servers `s0..s{servers}`, numbered from 1; each
     /// message's id is `r{report}-{server}`.
