@@ -289,7 +289,9 @@ fn connection(client: TcpStream, node: i32, upstream: &str, shared: Arc<Shared>)
                     *n.by_api.lock().unwrap().entry(api_key).or_default() += 1;
                 }
             }
-            if !requests_shared.hold_while_silent(node) || write_frame(&mut to_broker, &frame).is_err() {
+            if !requests_shared.hold_while_silent(node)
+                || write_frame(&mut to_broker, &frame).is_err()
+            {
                 break;
             }
         }
@@ -306,7 +308,9 @@ fn connection(client: TcpStream, node: i32, upstream: &str, shared: Arc<Shared>)
             break;
         };
         let sent = match shared.fault(node) {
-            BrokerFault::Healthy | BrokerFault::Silent => write_frame(&mut to_client, &frame).is_ok(),
+            BrokerFault::Healthy | BrokerFault::Silent => {
+                write_frame(&mut to_client, &frame).is_ok()
+            }
             BrokerFault::Trickle(_) => trickle(&shared, node, &mut to_client, &frame),
             BrokerFault::CloseMidFrame => {
                 let mut sized = (frame.len() as i32).to_be_bytes().to_vec();
