@@ -11,9 +11,9 @@
 //!
 //! The tests are `#[ignore]`: plain `cargo test` on one broker skips them.
 
+#[path = "common/cluster_nodes.rs"]
+mod cluster_nodes;
 mod common;
-#[path = "common/coordinator.rs"]
-mod coordinator;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,12 +21,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use cluster_nodes::{predicted_coordinator, require_cluster};
 use common::{
-    check_windows_against_raw, create_topic, kafka_nodes, kafka_position, kcat_read, kill_broker,
+    check_windows_against_raw, create_topic, kafka_position, kcat_read, kill_broker,
     partition_leaders, poll, services_sh, start_broker, topic_id, unix_now, uuid_of, Background,
     KcatRecord, Sandbox,
 };
-use coordinator::predicted_coordinator;
 use mongodb::bson::{doc, Document};
 
 /// The node that leads every partition of the leader-kill test's topic.
@@ -35,14 +35,6 @@ const VICTIM: u32 = 2;
 const AFTER_ELECTION: f64 = 5.0;
 /// The deadline the issue sets for working again after the brokers answer again.
 const AFTER_ANSWER: f64 = 3.0;
-
-fn require_cluster() {
-    assert_eq!(
-        kafka_nodes(),
-        3,
-        "these tests need the three-node cluster: make test-cluster (or make up BROKERS=3)"
-    );
-}
 
 /// Samples, every 100 ms, how many KPI windows are stored. Windows are few (one per 20
 /// messages), so counting them is cheap even on FerretDB, which scans a collection to count it

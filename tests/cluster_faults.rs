@@ -21,21 +21,21 @@
 //!
 //! The tests are `#[ignore]`: plain `cargo test` on one broker skips them.
 
+#[path = "common/cluster_nodes.rs"]
+mod cluster_nodes;
 #[path = "common/cluster_proxy.rs"]
 mod cluster_proxy;
 mod common;
-#[path = "common/coordinator.rs"]
-mod coordinator;
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
+use cluster_nodes::{predicted_coordinator, require_cluster};
 use cluster_proxy::{BrokerFault, ClusterProxy};
 use common::{
-    create_topic, kafka_nodes, kafka_position, kcat_read, partition_leaders, poll, topic_id,
-    unix_now, uuid_of, KcatRecord, Sandbox,
+    create_topic, kafka_position, kcat_read, partition_leaders, poll, topic_id, unix_now, uuid_of,
+    KcatRecord, Sandbox,
 };
-use coordinator::predicted_coordinator;
 use mongodb::bson::{doc, Document};
 
 /// Server ids of each report: one message each, keyed by the id. These twelve land on all three
@@ -65,14 +65,6 @@ const ACTIVE_SHARE_RATIO_MIN: f64 = 0.5;
 /// TLS).
 const REQUESTS_PER_SECOND_LIMIT: f64 = 2.0;
 const CONNECTIONS_PER_SECOND_LIMIT: f64 = 3.0;
-
-fn require_cluster() {
-    assert_eq!(
-        kafka_nodes(),
-        3,
-        "these tests need the three-node cluster: make test-cluster (or make up BROKERS=3)"
-    );
-}
 
 /// One record as stored: where it came from, its uuid and when the consumer read it (unix s).
 struct Stored {

@@ -27,7 +27,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use kafka_proxy::{accept_loop, needs_rewrite, read_frame, rewrite_addresses, write_frame};
+use kafka_proxy::{
+    accept_loop, needs_rewrite, note_request, read_frame, rewrite_addresses, write_frame,
+};
 
 /// How often a frame held by a frozen listener looks whether it may go on.
 const HOLD_POLL: Duration = Duration::from_millis(20);
@@ -276,14 +278,7 @@ fn connection(client: TcpStream, node: i32, upstream: &str, shared: Arc<Shared>)
     let (requests_shared, requests_pending) = (shared.clone(), pending.clone());
     thread::spawn(move || {
         while let Ok(frame) = read_frame(&mut from_client) {
-            if frame.len() >= 8 {
-                let api_key = i16::from_be_bytes([frame[0], frame[1]]);
-                let version = i16::from_be_bytes([frame[2], frame[3]]);
-                let correlation = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
-                requests_pending
-                    .lock()
-                    .unwrap()
-                    .insert(correlation, (api_key, version));
+            if let Some((api_key, _)) = note_request(&frame, &requests_pending) {
                 if let Some(n) = requests_shared.nodes.get(&node) {
                     n.requests.fetch_add(1, Ordering::SeqCst);
                     *n.by_api.lock().unwrap().entry(api_key).or_default() += 1;

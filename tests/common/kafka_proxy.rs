@@ -279,15 +279,7 @@ fn proxy_connection(client: TcpStream, upstream: &str, shared: Arc<ProxyShared>)
     let (requests_shared, requests_pending) = (shared.clone(), pending.clone());
     thread::spawn(move || {
         while let Ok(frame) = read_frame(&mut from_client) {
-            if frame.len() >= 8 {
-                let api_key = i16::from_be_bytes([frame[0], frame[1]]);
-                let version = i16::from_be_bytes([frame[2], frame[3]]);
-                let correlation = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
-                // Noted before it is forwarded, so its response always finds it.
-                requests_pending
-                    .lock()
-                    .unwrap()
-                    .insert(correlation, (api_key, version));
+            if let Some((api_key, _)) = note_request(&frame, &requests_pending) {
                 *requests_shared
                     .requests
                     .lock()
@@ -351,6 +343,21 @@ fn proxy_connection(client: TcpStream, upstream: &str, shared: Arc<ProxyShared>)
     }
     let _ = to_client.shutdown(Shutdown::Both);
     let _ = from_broker.shutdown(Shutdown::Both);
+}
+
+/// Notes a request frame's api key and version under its correlation id in `pending`, before
+/// it is forwarded, so that its answer always finds them; returns them (`None`: too short to be
+/// a request).
+pub fn note_request(frame: &[u8], pending: &Mutex<HashMap<i32, (i16, i16)>>) -> Option<(i16, i16)> {
+    let header = frame.get(..8)?;
+    let api_key = i16::from_be_bytes([header[0], header[1]]);
+    let version = i16::from_be_bytes([header[2], header[3]]);
+    let correlation = i32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+    pending
+        .lock()
+        .unwrap()
+        .insert(correlation, (api_key, version));
+    Some((api_key, version))
 }
 
 pub fn needs_rewrite(api_key: i16) -> bool {

@@ -1,10 +1,20 @@
-//! Which node of the three-node cluster coordinates a consumer group, predicted the way Kafka
-//! places a group: for the cluster tests that kill, or must spare, the coordinator.
+//! The three-node cluster as its tests see it: that it runs, and which node coordinates a
+//! consumer group, predicted the way Kafka places a group (for the tests that kill, or must
+//! spare, the coordinator).
 #![allow(dead_code)]
 
 use std::time::Duration;
 
-use crate::common::{partition_leaders, poll};
+use crate::common::{kafka_nodes, partition_leaders, poll};
+
+/// Fails the test unless the local services run the three-node cluster.
+pub fn require_cluster() {
+    assert_eq!(
+        kafka_nodes(),
+        3,
+        "these tests need the three-node cluster: make test-cluster (or make up BROKERS=3)"
+    );
+}
 
 /// Partitions of `__consumer_offsets` on the cluster (`scripts/kafka/cluster.properties`).
 const OFFSETS_PARTITIONS: i32 = 3;
