@@ -123,7 +123,8 @@ $(BENCH_VENV)/.installed: bench/requirements.txt
 # a fault proxy silent, trickling, closing mid-frame or answering another request; issue 15).
 # Switches the local services to BROKERS=3, runs the tests one at a time, and switches back to
 # one broker whether they passed or not; fails when either binary failed. The 90 s outage
-# (chaos_*) is left to `make chaos`. About 15 min on a 2-core machine (RELIABILITY.md).
+# (chaos_*) is left to `make chaos`. About 17 min on a loaded 2-core machine (8.5 for
+# tests/cluster.rs, 7 for tests/cluster_faults.rs, the rest builds and switches).
 # KAFKA_VERSION (given, else the remembered one) holds for both switches: the sub-makes inherit
 # it from the command line, else from .local/services.env, sourced before the second.
 .PHONY: test-cluster
