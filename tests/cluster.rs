@@ -11,6 +11,8 @@
 //!
 //! The tests are `#[ignore]`: plain `cargo test` on one broker skips them.
 
+#[path = "common/cluster_nodes.rs"]
+mod cluster_nodes;
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -19,8 +21,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use cluster_nodes::{predicted_coordinator, require_cluster};
 use common::{
-    check_windows_against_raw, create_topic, kafka_nodes, kafka_position, kcat_read, kill_broker,
+    check_windows_against_raw, create_topic, kafka_position, kcat_read, kill_broker,
     partition_leaders, poll, services_sh, start_broker, topic_id, unix_now, uuid_of, Background,
     KcatRecord, Sandbox,
 };
@@ -32,14 +35,6 @@ const VICTIM: u32 = 2;
 const AFTER_ELECTION: f64 = 5.0;
 /// The deadline the issue sets for working again after the brokers answer again.
 const AFTER_ANSWER: f64 = 3.0;
-
-fn require_cluster() {
-    assert_eq!(
-        kafka_nodes(),
-        3,
-        "these tests need the three-node cluster: make test-cluster (or make up BROKERS=3)"
-    );
-}
 
 /// Samples, every 100 ms, how many KPI windows are stored. Windows are few (one per 20
 /// messages), so counting them is cheap even on FerretDB, which scans a collection to count it
@@ -695,26 +690,6 @@ fn chaos_cluster_down_90s_both_processes_work_within_3s_of_the_answer() {
     whole_cluster_down("down90", Duration::from_secs(90), "0.2", 700);
 }
 
-/// Java's `String.hashCode`, which Kafka uses to place a group on a partition of its offsets
-/// topic (the leader of that partition is the group's coordinator).
-fn java_string_hash(s: &str) -> i32 {
-    s.encode_utf16()
-        .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)))
-}
-
-/// The node coordinating `group`: the leader of `__consumer_offsets` partition
-/// `abs(hash) % 3` (three partitions on the cluster, scripts/kafka/cluster.properties).
-fn predicted_coordinator(sb: &Sandbox, group: &str) -> u32 {
-    let hash = java_string_hash(group);
-    let partition = if hash == i32::MIN { 0 } else { hash.abs() } % 3;
-    let leaders = poll(Duration::from_secs(30), Duration::from_millis(500), || {
-        partition_leaders(&sb.brokers, "__consumer_offsets")
-            .filter(|l| l.get(&partition).is_some_and(|n| *n > 0))
-    })
-    .expect("the offsets topic has leaders");
-    u32::try_from(leaders[&partition]).unwrap()
-}
-
 /// The coordinator Kafka's own group tool names for `group` (`--describe --state`).
 fn tool_coordinator(sb: &Sandbox) -> Option<u32> {
     let out = common::kafka_tool(&[
@@ -761,7 +736,7 @@ fn cluster_offsets_follower_killed_under_load_storing_pause_on_live_partitions_a
 fn node_killed_under_load_with_two_members(label: &str, kill_coordinator: bool) {
     require_cluster();
     let sb = Sandbox::new(label);
-    let coordinator = predicted_coordinator(&sb, &sb.group);
+    let coordinator = predicted_coordinator(&sb.brokers, &sb.group);
     let victim = if kill_coordinator {
         coordinator
     } else {

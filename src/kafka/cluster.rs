@@ -27,6 +27,14 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 const LEADER_WAIT: Duration = Duration::from_secs(15);
 /// How often a wait for connections being opened looks at the stop flag.
 const OPEN_POLL: Duration = Duration::from_millis(50);
+/// The pause before a broker whose last connection handed out never came back is tried again,
+/// doubled at each such connection in a row, up to the longest (Java's `reconnect.backoff.ms`
+/// and `reconnect.backoff.max.ms`, 50 ms and 1 s): a leader that fails every exchange at once
+/// (closes each answer half-way, answers another request) would otherwise get a new connection
+/// every fetch round, tens a second. The longest is short, so a broker back from an outage is
+/// tried again within a second.
+const RECONNECT_PAUSE_FIRST: Duration = Duration::from_millis(100);
+const RECONNECT_PAUSE_MAX: Duration = Duration::from_secs(1);
 
 /// How a metadata problem says the topic is not there.
 const MISSING: &str = " does not exist";
@@ -75,6 +83,9 @@ pub struct Cluster {
     security: Security,
     /// The longest a lookup (a broker to ask, the coordinator) may take before it fails.
     lookup_limit: Duration,
+    /// Per address, connections planned by `take_or_plan` that were not given back with `put`
+    /// (they failed): when the last was planned and how many in a row.
+    unreturned: HashMap<String, (Instant, u32)>,
 }
 
 impl Cluster {
@@ -89,6 +100,7 @@ impl Cluster {
             shutdown,
             security: Security::plaintext(),
             lookup_limit: LEADER_WAIT,
+            unreturned: HashMap::new(),
         }
     }
 
@@ -408,20 +420,41 @@ impl Cluster {
 
     /// The open connection to a broker, or where and how to open one: for callers that open it
     /// on a thread of their own, so that a broker that accepts and never answers the handshake
-    /// holds that thread only.
+    /// holds that thread only. A connection planned here comes back with `put` once it served;
+    /// while the last ones did not (each exchange failed), the broker gets a new one only after
+    /// a pause, doubled each time ([`reconnect_pause`]): an error until then.
     pub fn take_or_plan(&mut self, broker: i32) -> Result<ToOpen, WireError> {
         let addr = self
             .brokers
             .get(&broker)
             .cloned()
             .ok_or_else(|| WireError::Io(format!("broker {broker} is not in the metadata")))?;
-        Ok(match self.connections.remove(&addr) {
-            Some(c) => ToOpen::Ready(c),
-            None => ToOpen::Open(addr, self.security.clone()),
-        })
+        if let Some(c) = self.connections.remove(&addr) {
+            return Ok(ToOpen::Ready(c));
+        }
+        let now = Instant::now();
+        let failed = match self.unreturned.get(&addr) {
+            Some(&(planned, failed)) => {
+                let pause = reconnect_pause(failed);
+                if now < planned + pause {
+                    return Err(WireError::Io(format!(
+                        "broker {broker} at {addr}: its last {failed} connection(s) failed; the \
+                         next in {:.1} s",
+                        (planned + pause - now).as_secs_f64()
+                    )));
+                }
+                failed
+            }
+            None => 0,
+        };
+        // Counted as failed until it comes back.
+        self.unreturned
+            .insert(addr.clone(), (now, failed.saturating_add(1)));
+        Ok(ToOpen::Open(addr, self.security.clone()))
     }
 
     pub fn put(&mut self, connection: Connection) {
+        self.unreturned.remove(connection.addr());
         self.connections
             .insert(connection.addr().to_string(), connection);
     }
@@ -508,6 +541,14 @@ impl Cluster {
     }
 }
 
+/// The pause after `failed` connections in a row to one broker failed: from
+/// [`RECONNECT_PAUSE_FIRST`] after the first, doubled up to [`RECONNECT_PAUSE_MAX`].
+fn reconnect_pause(failed: u32) -> Duration {
+    RECONNECT_PAUSE_FIRST
+        .saturating_mul(1 << failed.saturating_sub(1).min(10))
+        .min(RECONNECT_PAUSE_MAX)
+}
+
 /// A connection to a broker, or what opening one takes.
 pub enum ToOpen {
     Ready(Connection),
@@ -532,4 +573,45 @@ pub fn group_id(group: &str) -> GroupId {
 /// A topic name as the codecs want it.
 pub fn topic_name(topic: &str) -> TopicName {
     TopicName(StrBytes::from_string(topic.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_pauses_double_from_100_ms_up_to_one_second() {
+        let pauses: Vec<u128> = (1..7).map(|n| reconnect_pause(n).as_millis()).collect();
+        assert_eq!(pauses, [100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(reconnect_pause(u32::MAX), RECONNECT_PAUSE_MAX);
+    }
+
+    #[test]
+    fn a_broker_whose_connections_do_not_come_back_is_planned_again_only_after_a_pause() {
+        let (addr, _) = super::super::connection_tests::fake_broker(Vec::new());
+        let mut cluster = Cluster::new(vec![addr.clone()], "t".into(), Shutdown::default());
+        cluster.brokers.insert(1, addr.clone());
+        let planned = |c: &mut Cluster| matches!(c.take_or_plan(1), Ok(ToOpen::Open(..)));
+        assert!(planned(&mut cluster), "the first connection is planned");
+        // It never came back: the next is refused until the first pause is over...
+        let refused = cluster.take_or_plan(1).err().map(|e| e.to_string());
+        assert!(
+            refused.as_deref().is_some_and(|e| e.contains("failed")),
+            "{refused:?}"
+        );
+        std::thread::sleep(RECONNECT_PAUSE_FIRST + Duration::from_millis(50));
+        // ...then planned, and refused again for twice as long.
+        assert!(planned(&mut cluster));
+        assert!(cluster.take_or_plan(1).is_err());
+        std::thread::sleep(RECONNECT_PAUSE_FIRST + Duration::from_millis(50));
+        assert!(
+            cluster.take_or_plan(1).is_err(),
+            "the second pause is longer"
+        );
+        // A connection that served and came back ends the pauses.
+        let connection = Connection::open(&addr, &Security::plaintext()).unwrap();
+        cluster.put(connection);
+        assert!(matches!(cluster.take_or_plan(1), Ok(ToOpen::Ready(_))));
+        assert!(planned(&mut cluster), "planned at once after a success");
+    }
 }

@@ -8,7 +8,8 @@
 //! Frames are Kafka's: a big-endian i32 size, then the body. A request body starts with
 //! `api_key: i16, api_version: i16, correlation_id: i32`; a response body with
 //! `correlation_id: i32`. That is all the proxy reads of most frames; it decodes (with
-//! `kafka-protocol`) only the responses it rewrites.
+//! `kafka-protocol`) only the responses it rewrites. The frame and rewriting helpers are public
+//! for `cluster_proxy.rs`, the proxy in front of every node of the three-node cluster.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
@@ -234,7 +235,7 @@ impl ProxyShared {
 }
 
 /// Accepts connections on a thread until `stop`, handing each to `serve` on a thread of its own.
-fn accept_loop(
+pub fn accept_loop(
     listener: TcpListener,
     stop: Arc<AtomicBool>,
     serve: impl Fn(TcpStream) + Send + Sync + 'static,
@@ -278,15 +279,7 @@ fn proxy_connection(client: TcpStream, upstream: &str, shared: Arc<ProxyShared>)
     let (requests_shared, requests_pending) = (shared.clone(), pending.clone());
     thread::spawn(move || {
         while let Ok(frame) = read_frame(&mut from_client) {
-            if frame.len() >= 8 {
-                let api_key = i16::from_be_bytes([frame[0], frame[1]]);
-                let version = i16::from_be_bytes([frame[2], frame[3]]);
-                let correlation = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
-                // Noted before it is forwarded, so its response always finds it.
-                requests_pending
-                    .lock()
-                    .unwrap()
-                    .insert(correlation, (api_key, version));
+            if let Some((api_key, _)) = note_request(&frame, &requests_pending) {
                 *requests_shared
                     .requests
                     .lock()
@@ -352,7 +345,22 @@ fn proxy_connection(client: TcpStream, upstream: &str, shared: Arc<ProxyShared>)
     let _ = from_broker.shutdown(Shutdown::Both);
 }
 
-fn needs_rewrite(api_key: i16) -> bool {
+/// Notes a request frame's api key and version under its correlation id in `pending`, before
+/// it is forwarded, so that its answer always finds them; returns them (`None`: too short to be
+/// a request).
+pub fn note_request(frame: &[u8], pending: &Mutex<HashMap<i32, (i16, i16)>>) -> Option<(i16, i16)> {
+    let header = frame.get(..8)?;
+    let api_key = i16::from_be_bytes([header[0], header[1]]);
+    let version = i16::from_be_bytes([header[2], header[3]]);
+    let correlation = i32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+    pending
+        .lock()
+        .unwrap()
+        .insert(correlation, (api_key, version));
+    Some((api_key, version))
+}
+
+pub fn needs_rewrite(api_key: i16) -> bool {
     api_key == ApiKey::Metadata as i16 || api_key == ApiKey::FindCoordinator as i16
 }
 
@@ -360,7 +368,7 @@ fn needs_rewrite(api_key: i16) -> bool {
 /// request asked for, each broker's address replaced by 127.0.0.1 and the port `ours(node id,
 /// host, port)` gives. The response header's version follows from the api key and version
 /// (flexible versions have tagged fields).
-fn rewrite_addresses(
+pub fn rewrite_addresses(
     frame: &[u8],
     api_key: i16,
     version: i16,
@@ -411,7 +419,7 @@ fn rewrite_addresses(
 }
 
 /// Reads one frame's body (without its size).
-fn read_frame(s: &mut TcpStream) -> io::Result<Vec<u8>> {
+pub fn read_frame(s: &mut TcpStream) -> io::Result<Vec<u8>> {
     let mut size = [0u8; 4];
     s.read_exact(&mut size)?;
     let size = usize::try_from(i32::from_be_bytes(size))
@@ -423,7 +431,7 @@ fn read_frame(s: &mut TcpStream) -> io::Result<Vec<u8>> {
     Ok(body)
 }
 
-fn write_frame(s: &mut TcpStream, body: &[u8]) -> io::Result<()> {
+pub fn write_frame(s: &mut TcpStream, body: &[u8]) -> io::Result<()> {
     let mut frame = Vec::with_capacity(body.len() + 4);
     frame.extend_from_slice(&(body.len() as i32).to_be_bytes());
     frame.extend_from_slice(body);
