@@ -13,7 +13,21 @@
 
 #[path = "common/cluster_nodes.rs"]
 mod cluster_nodes;
-mod common;
+mod common {
+    pub mod kafka_tools;
+    pub mod kafka_wire;
+    pub mod kcat;
+    pub mod messages;
+    pub mod oracle;
+    pub mod outages;
+    pub mod process;
+    pub mod services;
+    // Names the tests below call as `common::name`.
+    pub use kafka_tools::kafka_tool;
+    pub use process::assert_ok;
+    pub use process::text;
+    pub use services::service_setting;
+}
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,11 +36,13 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use cluster_nodes::{predicted_coordinator, require_cluster};
-use common::{
-    check_windows_against_raw, create_topic, kafka_position, kcat_read, kill_broker,
-    partition_leaders, poll, services_sh, start_broker, topic_id, unix_now, uuid_of, Background,
-    KcatRecord, Sandbox,
-};
+use common::kafka_tools::{create_topic, topic_id};
+use common::kcat::{kcat_read, partition_leaders, KcatRecord};
+use common::messages::{kafka_position, uuid_of};
+use common::oracle::check_windows_against_raw;
+use common::outages::{kill_broker, services_sh, start_broker};
+use common::process::{poll, unix_now, Background};
+use common::services::Sandbox;
 use mongodb::bson::{doc, Document};
 
 /// The node that leads every partition of the leader-kill test's topic.

@@ -25,17 +25,26 @@
 mod cluster_nodes;
 #[path = "common/cluster_proxy.rs"]
 mod cluster_proxy;
-mod common;
+mod common {
+    pub mod kafka_tools;
+    pub mod kafka_wire;
+    pub mod kcat;
+    pub mod messages;
+    pub mod outages;
+    pub mod process;
+    pub mod services;
+}
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use cluster_nodes::{predicted_coordinator, require_cluster};
 use cluster_proxy::{BrokerFault, ClusterProxy};
-use common::{
-    create_topic, kafka_position, kcat_read, partition_leaders, poll, topic_id, unix_now, uuid_of,
-    KcatRecord, Sandbox,
-};
+use common::kafka_tools::{create_topic, topic_id};
+use common::kcat::{kcat_read, partition_leaders, KcatRecord};
+use common::messages::{kafka_position, uuid_of};
+use common::process::{poll, unix_now};
+use common::services::Sandbox;
 use mongodb::bson::{doc, Document};
 
 /// Server ids of each report: one message each, keyed by the id. These twelve land on all three

@@ -8,14 +8,24 @@
 //! Quick versions run in `make test`; the 60 s stability run is `#[ignore]`d and runs in
 //! `make chaos` (with `--ignored`). Figures print as `[faults] ...` lines.
 
-mod common;
+mod common {
+    pub mod kafka_tools;
+    pub mod kafka_wire;
+    pub mod kcat;
+    pub mod process;
+    pub mod services;
+}
 #[path = "common/fault_proxy.rs"]
 mod fault_proxy;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{create_topic, describe_group_wire, kcat_read, poll, Background, Sandbox};
+use common::kafka_tools::create_topic;
+use common::kafka_wire::describe_group_wire;
+use common::kcat::kcat_read;
+use common::process::{poll, Background};
+use common::services::Sandbox;
 use fault_proxy::{Fault, FaultProxy};
 use mongodb::bson::doc;
 

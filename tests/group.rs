@@ -10,7 +10,16 @@
 //! guide; what was sent comes from kcat; what was stored is read with the mongodb crate. The
 //! rebalance times are printed (`cargo test --test group -- --nocapture` shows them).
 
-mod common;
+mod common {
+    pub mod kafka_tools;
+    pub mod kafka_wire;
+    pub mod kcat;
+    pub mod messages;
+    pub mod mongo_proxy;
+    pub mod oracle;
+    pub mod process;
+    pub mod services;
+}
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,11 +27,13 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{
-    check_windows_against_raw, create_topic, describe_group_wire, group_tool_describe, kcat_read,
-    mongo_insert_pattern, poll, signal, text, Background, GroupToolView, HoldingProxy, Sandbox,
-    WireGroup,
-};
+use common::kafka_tools::{create_topic, group_tool_describe, GroupToolView};
+use common::kafka_wire::{describe_group_wire, WireGroup};
+use common::kcat::kcat_read;
+use common::mongo_proxy::{mongo_insert_pattern, HoldingProxy};
+use common::oracle::check_windows_against_raw;
+use common::process::{poll, signal, text, Background};
+use common::services::Sandbox;
 use mongodb::bson::doc;
 
 /// Twelve servers: with Java's murmur2 partitioner every one of three partitions gets some
@@ -530,7 +541,7 @@ fn check_data(sb: &Sandbox) -> Data {
             r.partition
         );
         *end += 1;
-        let uuid = common::uuid_of(r.payload.as_deref().unwrap_or(""))
+        let uuid = common::messages::uuid_of(r.payload.as_deref().unwrap_or(""))
             .unwrap_or_else(|| panic!("no message_uuid at {}/{}", r.partition, r.offset));
         // kcat lists partition by partition in offset order, and a server's copies share its
         // partition: the first seen is the first copy.
@@ -552,7 +563,7 @@ fn check_data(sb: &Sandbox) -> Data {
     let mut stored_offsets: BTreeMap<i32, BTreeSet<i64>> = BTreeMap::new();
     for d in &raw {
         let uuid = d.get_str("message_uuid").expect("message_uuid").to_string();
-        let (_, partition, offset) = common::kafka_position(d);
+        let (_, partition, offset) = common::messages::kafka_position(d);
         assert!(
             stored.insert(uuid.clone(), (partition, offset)).is_none(),
             "{uuid} stored twice in raw"
@@ -572,7 +583,7 @@ fn check_data(sb: &Sandbox) -> Data {
             "duplicate_message_uuid",
             "only copies are dead-lettered: {d}"
         );
-        let (_, partition, offset) = common::kafka_position(d);
+        let (_, partition, offset) = common::messages::kafka_position(d);
         lettered.insert((partition, offset));
     }
     assert_eq!(
@@ -1317,10 +1328,14 @@ fn a_member_in_a_step_longer_than_the_session_keeps_its_membership_through_a_reb
         probe(&s.sb).filter(|g| g.state == "PreparingRebalance")
     })
     .expect("b's join starts a rebalance");
-    // Every answer while the write is held still lists a.
+    // Every answer while the write is held still lists a, and there are answers: a probe
+    // that never got one would check nothing.
     let release_at = held_at + Duration::from_secs(25);
+    let (mut asked, mut answered) = (0, 0);
     while Instant::now() < release_at {
+        asked += 1;
         if let Some(g) = probe(&s.sb) {
+            answered += 1;
             assert!(
                 g.member_ids().contains(&a_id),
                 "a was removed {:.1} s into its slow step: {g:?}; its log tail:\n{}",
@@ -1330,6 +1345,10 @@ fn a_member_in_a_step_longer_than_the_session_keeps_its_membership_through_a_reb
         }
         sleep(0.5);
     }
+    assert!(
+        answered * 2 >= asked,
+        "the coordinator answered {answered} of {asked} probes while a's write was held"
+    );
     proxy.hold(false);
     let released_at = Instant::now();
     let b_id = poll(SETTLE_LIMIT, Duration::from_millis(100), || {

@@ -3,13 +3,21 @@
 //! stores, then thawed with SIGCONT. Alone in its test binary, and it waits until no other
 //! test run uses the services: a frozen database would stall other tests.
 
-mod common;
+mod common {
+    pub mod kafka_wire;
+    pub mod outages;
+    pub mod process;
+    pub mod scrape;
+    pub mod services;
+}
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::outages::{ferretdb_pid, wait_for_no_other_tests};
+use common::process::poll;
 use common::scrape::{free_port, http_get};
-use common::{ferretdb_pid, poll, wait_for_no_other_tests, Sandbox};
+use common::services::Sandbox;
 
 /// FerretDB frozen while this lives; thawed when dropped, also when the test panics.
 struct Frozen(u32);
@@ -66,7 +74,7 @@ fn wait_for(
 fn healthz_and_readyz_follow_a_frozen_database() {
     wait_for_no_other_tests(Duration::from_secs(3), Duration::from_secs(1800));
     let sb = Sandbox::new("health");
-    common::ensure_topic(&sb.brokers, &sb.topic);
+    common::kafka_wire::ensure_topic(&sb.brokers, &sb.topic);
     let addr = format!("127.0.0.1:{}", free_port());
     const THRESHOLD_SECS: u64 = 3;
     let threshold = THRESHOLD_SECS.to_string();

@@ -6,17 +6,27 @@
 //! messages are all stored, and the consumer's peak memory stays small whatever the bomb
 //! expands to.
 
-mod common;
+mod common {
+    pub mod kafka_tools;
+    pub mod kafka_wire;
+    pub mod kcat;
+    pub mod messages;
+    pub mod process;
+    pub mod rss;
+    pub mod services;
+}
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{
-    assert_ok, create_topic, kcat_produce, metric_line, run_tool, text, wait_with_limit,
-    watch_peak_rss, Sandbox,
-};
+use common::kafka_tools::create_topic;
+use common::kcat::kcat_produce;
+use common::messages::metric_line;
+use common::process::{assert_ok, run_tool, text, wait_with_limit};
+use common::rss::watch_peak_rss;
+use common::services::Sandbox;
 use mongodb::bson::doc;
 
 /// The consumer's run, bombs included (a debug build hashes and expands a few GB).

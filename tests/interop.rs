@@ -3,7 +3,15 @@
 //! own framing (its lz4 blocks and its high-compression level, not librdkafka's). Every message
 //! must be stored once, and Kafka's own group tool must see the group caught up.
 
-mod common;
+mod common {
+    pub mod kafka_tools;
+    pub mod kafka_wire;
+    pub mod kcat;
+    pub mod messages;
+    pub mod oracle;
+    pub mod process;
+    pub mod services;
+}
 
 use std::collections::{HashMap, HashSet};
 use std::process::Command;
@@ -11,10 +19,12 @@ use std::time::Duration;
 
 use mongodb::bson::doc;
 
-use common::{
-    assert_ok, check_windows_against_raw, create_topic, group_tool_describe, kcat_read,
-    metric_line, repo_root, run_tool, text, uuid_of, Sandbox,
-};
+use common::kafka_tools::{create_topic, group_tool_describe};
+use common::kcat::kcat_read;
+use common::messages::{metric_line, uuid_of};
+use common::oracle::check_windows_against_raw;
+use common::process::{assert_ok, run_tool, text};
+use common::services::{repo_root, Sandbox};
 
 const PER_CODEC: u64 = 60;
 

@@ -3,12 +3,21 @@
 //! SVG that parses as XML with one point per window per KPI equal to what the consumer stored;
 //! `--since`; an empty collection; flags that cannot be valid.
 
-mod common;
+mod common {
+    pub mod kafka_wire;
+    pub mod kcat;
+    pub mod messages;
+    pub mod process;
+    pub mod services;
+}
 
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{assert_ok, f64_of, kcat_produce, metric_line, poll, text, Sandbox};
+use common::kcat::kcat_produce;
+use common::messages::{f64_of, metric_line};
+use common::process::{assert_ok, poll, text};
+use common::services::Sandbox;
 use mongodb::bson::{doc, Bson, DateTime, Document};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;

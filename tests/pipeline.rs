@@ -1,16 +1,26 @@
 //! The pipeline end to end, against the real broker and database: what the producer sends is
 //! stored once, windowed once, and the KPIs match a recomputation from the raw documents.
 
-mod common;
+mod common {
+    pub mod kafka_wire;
+    pub mod kcat;
+    pub mod messages;
+    pub mod mongo_proxy;
+    pub mod oracle;
+    pub mod process;
+    pub mod services;
+}
 
 use std::collections::{BTreeMap, HashSet};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{
-    assert_ok, check_windows_against_raw, ensure_topic, kcat_read_bytes, mongo_insert_pattern,
-    oracle, poll, terminate, text, wait_with_limit, HoldingProxy, Sandbox,
-};
+use common::kafka_wire::ensure_topic;
+use common::kcat::kcat_read_bytes;
+use common::mongo_proxy::{mongo_insert_pattern, HoldingProxy};
+use common::oracle::{self, check_windows_against_raw};
+use common::process::{assert_ok, poll, terminate, text, wait_with_limit};
+use common::services::Sandbox;
 use mongodb::bson::{doc, Bson};
 use serde_json::{json, Value};
 
@@ -682,7 +692,7 @@ fn keys_land_where_librdkafka_murmur2_puts_them() {
         .filter_map(|l| l.split_once(' '))
         .map(|(k, p)| (k.to_string(), p.parse().unwrap()))
         .collect();
-    let _ = common::delete_topic(&sb.brokers, &other);
+    let _ = common::kafka_wire::delete_topic(&sb.brokers, &other);
     assert_eq!(ours, theirs);
 }
 

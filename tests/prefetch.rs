@@ -2,14 +2,21 @@
 //! used only at exactly the positions it was made for: a stop, a restart or a rebalance while
 //! one is under way loses nothing and doubles nothing. Against the real broker and database.
 
-mod common;
+mod common {
+    pub mod kafka_wire;
+    pub mod messages;
+    pub mod mongo_proxy;
+    pub mod oracle;
+    pub mod process;
+    pub mod services;
+}
 
 use std::time::Duration;
 
-use common::{
-    assert_ok, check_windows_against_raw, mongo_insert_pattern, poll, terminate, text, Background,
-    HoldingProxy, Sandbox,
-};
+use common::mongo_proxy::{mongo_insert_pattern, HoldingProxy};
+use common::oracle::check_windows_against_raw;
+use common::process::{assert_ok, poll, terminate, text, Background};
+use common::services::Sandbox;
 
 const LIMIT: Duration = Duration::from_secs(120);
 const WINDOW: usize = 20;

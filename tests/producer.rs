@@ -10,20 +10,27 @@
 //! `common/kafka_proxy.rs`: a proxy in front of the broker that loses Produce responses, and a
 //! fake broker that answers ApiVersions and Metadata as a test needs.
 
-mod common;
-#[path = "common/kafka_proxy.rs"]
-mod kafka_proxy;
+mod common {
+    pub mod kafka_proxy;
+    pub mod kafka_tools;
+    pub mod kafka_wire;
+    pub mod kcat;
+    pub mod process;
+    pub mod services;
+}
 
 use std::collections::{BTreeMap, HashSet};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{
-    assert_ok, create_topic, kafka_tool, kcat_read, repo_root, run_tool, text, wait_with_limit,
-    Sandbox,
+use common::kafka_proxy::{
+    FakeBroker, FakeBrokerSpec, Fault, KafkaProxy, API_VERSIONS, FETCH, PRODUCE,
 };
+use common::kafka_tools::{create_topic, kafka_tool};
+use common::kcat::kcat_read;
+use common::process::{assert_ok, run_tool, text, wait_with_limit};
+use common::services::{repo_root, Sandbox};
 use kafka_protocol::messages::ApiKey;
-use kafka_proxy::{FakeBroker, FakeBrokerSpec, Fault, KafkaProxy, API_VERSIONS, FETCH, PRODUCE};
 
 /// Eight servers, so that every one of the three partitions gets some (Java's partitioner puts
 /// the default five on partitions 0 and 1 only).
@@ -295,7 +302,7 @@ fn local_data_dirs() -> Vec<std::path::PathBuf> {
 fn dump_batches(sb: &Sandbox) -> BTreeMap<i32, Vec<Dumped>> {
     let topic = &sb.topic;
     let dirs = local_data_dirs();
-    let leaders = common::partition_leaders(&sb.brokers, topic).unwrap_or_default();
+    let leaders = common::kcat::partition_leaders(&sb.brokers, topic).unwrap_or_default();
     let mut files = Vec::new();
     for p in 0..PARTITIONS {
         let replicas: Vec<std::path::PathBuf> = dirs
@@ -662,7 +669,7 @@ fn responses_dropped_mid_stream_are_retried_and_stored_once() {
         "gzip",
     ];
     let mut producer = sb.spawn("produce", &args);
-    let going = common::poll(PRODUCE_LIMIT, Duration::from_millis(5), || {
+    let going = common::process::poll(PRODUCE_LIMIT, Duration::from_millis(5), || {
         (proxy.requests(PRODUCE) >= 5).then_some(())
     });
     proxy.set_fault(Fault::DropProduceResponses(2));

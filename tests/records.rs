@@ -5,16 +5,27 @@
 //! Kafka's own DumpLogSegments, and what the consumer stored is read back with the mongodb
 //! crate and compared with what kcat reads from the topic.
 
-mod common;
+mod common {
+    pub mod kafka_tools;
+    pub mod kafka_wire;
+    pub mod kcat;
+    pub mod messages;
+    pub mod oracle;
+    pub mod process;
+    pub mod services;
+}
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::{
-    assert_ok, check_windows_against_raw, create_topic, delete_topic_and_wait, kafka_position,
-    kcat_produce, kcat_read, log_batches, log_end_offsets, metric_line, poll, text, topic_id,
-    uuid_of, KcatRecord, LogBatch, Sandbox,
+use common::kafka_tools::{
+    create_topic, delete_topic_and_wait, log_batches, log_end_offsets, topic_id, LogBatch,
 };
+use common::kcat::{kcat_produce, kcat_read, KcatRecord};
+use common::messages::{kafka_position, metric_line, uuid_of};
+use common::oracle::check_windows_against_raw;
+use common::process::{assert_ok, poll, text};
+use common::services::Sandbox;
 use mongodb::bson::{doc, Bson, Document};
 use sha2::{Digest, Sha256};
 
@@ -39,7 +50,7 @@ fn local_log_batches(topic: &str, partition: i32) -> Vec<LogBatch> {
         panic!(
             "no local Kafka log directory holds {topic}-{partition} (looked under {}): these \
              tests check the batches on disk and need the services of `make up`",
-            common::kafka_home().display()
+            common::kafka_tools::kafka_home().display()
         )
     })
 }

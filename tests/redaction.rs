@@ -5,12 +5,18 @@
 //! The password appears in no output, in no form (as written, decoded, encoded) and not even
 //! in pieces. `produce` never reads the URI.
 
-mod common;
+mod common {
+    pub mod kafka_wire;
+    pub mod process;
+    pub mod services;
+}
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{ensure_topic, text, Sandbox};
+use common::kafka_wire::ensure_topic;
+use common::process::text;
+use common::services::Sandbox;
 
 /// Passwords as a generator makes them: distinctive 4-character pieces joined by reserved
 /// characters, so a leaked piece is found as surely as the whole.
@@ -81,7 +87,7 @@ fn run(sb: &Sandbox, args: &[&str], uri: &str) -> (String, bool) {
     let stopped = child.try_wait().expect("wait").is_none();
     if stopped {
         if args[0] == "consume" {
-            common::terminate(&child);
+            common::process::terminate(&child);
             let deadline = Instant::now() + Duration::from_secs(20);
             while child.try_wait().expect("wait").is_none() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));
@@ -162,7 +168,7 @@ fn a_raw_reserved_character_in_the_password_is_named_with_its_encoding() {
         "MONGODB_URI",
         "mongodb://app:Wq3e?Rt5y/Ui7o@127.0.0.1:27017/db",
     );
-    let out = common::wait_with_limit(
+    let out = common::process::wait_with_limit(
         c.stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

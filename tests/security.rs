@@ -10,17 +10,24 @@
 //! the reverse, a certificate that does not verify or does not name the host, a client
 //! certificate refused) ends in seconds with one line and exit code 1, the password nowhere.
 
-mod common;
+mod common {
+    pub mod kafka_tools;
+    pub mod kafka_wire;
+    pub mod kcat;
+    pub mod messages;
+    pub mod process;
+    pub mod services;
+}
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{
-    assert_ok, create_topic, kafka_tool, metric_line, run_tool, service_setting, text, uuid_of,
-    wait_with_limit, Sandbox,
-};
+use common::kafka_tools::{create_topic, kafka_tool};
+use common::messages::{metric_line, uuid_of};
+use common::process::{assert_ok, run_tool, text, wait_with_limit};
+use common::services::{service_setting, Sandbox};
 
 const LIMIT: Duration = Duration::from_secs(90);
 /// How fast a failure that retrying cannot fix must be reported.
@@ -208,7 +215,7 @@ fn java_write_secured(sb: &Sandbox, secured: &Secured, lines: &[String]) {
     let config = sb.dir.join("producer.properties");
     std::fs::write(&config, &secured.java).expect("producer config");
     let mut c = Command::new("bash");
-    c.arg(common::repo_root().join("scripts/kafka-tool.sh"))
+    c.arg(common::services::repo_root().join("scripts/kafka-tool.sh"))
         .args([
             "console-producer",
             "--bootstrap-server",

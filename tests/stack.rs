@@ -2,12 +2,20 @@
 //! MongoDB-wire server answer on loopback, seen through the same crates the program uses
 //! (`kafka-protocol`, `mongodb`) and through an independent client (kcat).
 
-mod common;
+mod common {
+    pub mod kafka_wire;
+    pub mod kcat;
+    pub mod process;
+    pub mod services;
+}
 
 use std::collections::HashMap;
 use std::process::Command;
 
-use common::{ensure_topic, kafka_wire, kcat_read, text, Sandbox};
+use common::kafka_wire::{self, ensure_topic};
+use common::kcat::kcat_read;
+use common::process::text;
+use common::services::Sandbox;
 use mongodb::bson::{doc, Document};
 use mongodb::error::ErrorKind;
 use mongodb::options::IndexOptions;

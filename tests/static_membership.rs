@@ -5,12 +5,20 @@
 //! line); SIGTERM sends no LeaveGroup, so the partitions wait for a restart within the session
 //! timeout.
 
-mod common;
+mod common {
+    pub mod kafka_wire;
+    pub mod process;
+    pub mod scrape;
+    pub mod services;
+    // Names the tests below call as `common::name`.
+    pub use kafka_wire::ensure_topic;
+}
 
 use std::time::{Duration, Instant};
 
+use common::process::{assert_ok, poll, text, Background};
 use common::scrape::{free_port, http_get, quick_value};
-use common::{assert_ok, poll, text, Background, Sandbox};
+use common::services::Sandbox;
 
 /// The consumer's session timeout (src/commands/consume.rs).
 const SESSION: Duration = Duration::from_secs(10);

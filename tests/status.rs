@@ -3,11 +3,22 @@
 //! figures come from independent sources: kcat's writes (how many messages each partition
 //! holds) and Kafka's own group tool (who owns what).
 
-mod common;
+mod common {
+    pub mod kafka_tools;
+    pub mod kafka_wire;
+    pub mod kcat;
+    pub mod messages;
+    pub mod process;
+    pub mod services;
+}
 
 use std::time::Duration;
 
-use common::{create_topic, group_tool_describe, kcat_produce, metric_line, poll, text, Sandbox};
+use common::kafka_tools::{create_topic, group_tool_describe};
+use common::kcat::kcat_produce;
+use common::messages::metric_line;
+use common::process::{poll, text};
+use common::services::Sandbox;
 use serde_json::Value;
 
 const LIMIT: Duration = Duration::from_secs(60);

@@ -2,14 +2,22 @@
 //! (Python's prometheus_client) agrees with the database and with `status`; `/readyz` and
 //! `/healthz` answer; an address that cannot be served is a setting error (exit 2).
 
-mod common;
+mod common {
+    pub mod kafka_tools;
+    pub mod kafka_wire;
+    pub mod kcat;
+    pub mod process;
+    pub mod scrape;
+    pub mod services;
+}
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::time::Duration;
 
+use common::process::{assert_ok, poll, text};
 use common::scrape::{free_port, http_get, scrape, value, Sample};
-use common::{assert_ok, poll, text, Sandbox};
+use common::services::Sandbox;
 use mongodb::bson::{doc, Document};
 
 fn counter(samples: &[Sample], name: &str) -> f64 {
@@ -192,7 +200,7 @@ fn producer_metrics_count_what_kafka_acknowledged() {
             >= 1.0
     );
     // Everything acknowledged by the time of the scrape is in the log.
-    let in_log: i64 = common::log_end_offsets(&sb.brokers, &sb.topic)
+    let in_log: i64 = common::kafka_tools::log_end_offsets(&sb.brokers, &sb.topic)
         .values()
         .sum();
     assert!(

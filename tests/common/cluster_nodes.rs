@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use crate::common::{kafka_nodes, partition_leaders, poll};
+use crate::common::kcat::partition_leaders;
+use crate::common::outages::kafka_nodes;
+use crate::common::process::poll;
 
 /// Fails the test unless the local services run the three-node cluster.
 pub fn require_cluster() {

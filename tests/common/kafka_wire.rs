@@ -1,11 +1,15 @@
-//! A few Kafka requests for the tests, made with the `kafka-protocol` codecs over a blocking
-//! `TcpStream`: what kcat and Kafka's own tools cannot do from a test (a produce whose
-//! acknowledged offsets are checked, a topic created by metadata and deleted without a JVM,
-//! committing and fetching a group's offsets). Written here, independent of the program's own
+//! The tests' one Kafka wire client: a few requests made with the `kafka-protocol` codecs over
+//! a blocking `TcpStream`, for what kcat and Kafka's own tools cannot do from a test (a produce
+//! whose acknowledged offsets are checked, a topic created by metadata and deleted without a
+//! JVM, committing and fetching a group's offsets, a group described cheaply enough to poll
+//! every 100 ms). Written here, independent of the program's own
 //! client in `src/kafka`, so a test that uses it does not check our code against itself.
 //!
 //! Every request goes out at a version that Kafka 3.9 and 4.x both accept: 4.0 removed the oldest
 //! versions of most requests (KIP-896; DeleteTopics v0, Produce v0-v2, OffsetCommit v0-v1, ...).
+// A test binary lists the modules of `tests/common/` it needs and uses part of each; what one
+// binary leaves unused another uses (`cargo test --tests` builds them all without a warning).
+#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -14,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::delete_topics_request::DeleteTopicsRequest;
+use kafka_protocol::messages::describe_groups_request::DescribeGroupsRequest;
 use kafka_protocol::messages::find_coordinator_request::FindCoordinatorRequest;
+use kafka_protocol::messages::find_coordinator_response::FindCoordinatorResponse;
 use kafka_protocol::messages::metadata_request::{MetadataRequest, MetadataRequestTopic};
 use kafka_protocol::messages::metadata_response::MetadataResponse;
 use kafka_protocol::messages::offset_commit_request::{
@@ -36,6 +42,7 @@ const METADATA_VERSION: i16 = 12;
 const PRODUCE_VERSION: i16 = 9;
 const DELETE_TOPICS_VERSION: i16 = 4;
 const FIND_COORDINATOR_VERSION: i16 = 3;
+const DESCRIBE_GROUPS_VERSION: i16 = 5;
 const OFFSET_COMMIT_VERSION: i16 = 8;
 const OFFSET_FETCH_VERSION: i16 = 7;
 
@@ -263,14 +270,30 @@ pub fn delete_topic(brokers: &str, topic: &str) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A connection to the coordinator of `group`.
-fn coordinator(brokers: &str, group: &str) -> std::io::Result<Conn> {
+/// FindCoordinator for `group`, asked of each broker in turn until one answers (a node may be
+/// down). An error code in the answer is the caller's to read.
+fn find_coordinator(brokers: &str, group: &str) -> std::io::Result<FindCoordinatorResponse> {
     let request = FindCoordinatorRequest::default()
         .with_key(StrBytes::from_string(group.to_string()))
         .with_key_type(0);
+    let mut last = std::io::Error::other("no broker given");
+    for broker in brokers.split(',') {
+        match Conn::connect(broker.trim())
+            .and_then(|mut c| c.call(&request, FIND_COORDINATOR_VERSION))
+        {
+            Ok(found) => return Ok(found),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// A connection to the coordinator of `group`, waiting up to 30 s while the offsets topic is
+/// being created.
+fn coordinator(brokers: &str, group: &str) -> std::io::Result<Conn> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let found = Conn::any(brokers)?.call(&request, FIND_COORDINATOR_VERSION)?;
+        let found = find_coordinator(brokers, group)?;
         if found.error_code == 0 {
             return Conn::connect(&format!("{}:{}", found.host.as_str(), found.port));
         }
@@ -361,4 +384,162 @@ pub fn fetch_offsets(
     }
     offsets.sort_unstable();
     Ok(offsets)
+}
+
+/// A live member of a group as DescribeGroups answers: its ids and its partitions of one topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireMember {
+    pub member_id: String,
+    pub client_id: String,
+    pub host: String,
+    pub partitions: Vec<i32>,
+}
+
+/// A group as its coordinator describes it: state (`Stable`, `PreparingRebalance`, ...) and
+/// members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireGroup {
+    pub state: String,
+    pub protocol_type: String,
+    pub protocol: String,
+    pub members: Vec<WireMember>,
+}
+
+impl WireGroup {
+    /// The members' ids, sorted.
+    pub fn member_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.members.iter().map(|m| m.member_id.clone()).collect();
+        ids.sort();
+        ids
+    }
+
+    /// The owners of each partition (more than one would be a broken assignment).
+    pub fn owners(&self) -> BTreeMap<i32, Vec<String>> {
+        let mut owners: BTreeMap<i32, Vec<String>> = BTreeMap::new();
+        for m in &self.members {
+            for p in &m.partitions {
+                owners.entry(*p).or_default().push(m.member_id.clone());
+            }
+        }
+        owners
+    }
+
+    /// The partitions of `topic` assigned to one member (none for an unknown member).
+    pub fn partitions_of(&self, member_id: &str) -> Vec<i32> {
+        self.members
+            .iter()
+            .find(|m| m.member_id == member_id)
+            .map(|m| m.partitions.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Describes `group` (FindCoordinator v3, then DescribeGroups v5 at its coordinator) with each
+/// member's partitions of `topic`. One attempt: `Err` when no broker answers or the answer is
+/// an error code (COORDINATOR_NOT_AVAILABLE included), for callers that poll.
+pub fn describe_group_wire(brokers: &str, group: &str, topic: &str) -> std::io::Result<WireGroup> {
+    let found = find_coordinator(brokers, group)?;
+    if found.error_code != 0 {
+        return Err(std::io::Error::other(format!(
+            "FindCoordinator error {}",
+            found.error_code
+        )));
+    }
+    let request = DescribeGroupsRequest::default()
+        .with_groups(vec![GroupId(StrBytes::from_string(group.to_string()))]);
+    let response = Conn::connect(&format!("{}:{}", found.host.as_str(), found.port))?
+        .call(&request, DESCRIBE_GROUPS_VERSION)?;
+    let [described] = response.groups.as_slice() else {
+        return Err(std::io::Error::other(format!(
+            "{} groups described",
+            response.groups.len()
+        )));
+    };
+    if described.error_code != 0 {
+        return Err(std::io::Error::other(format!(
+            "DescribeGroups error {}",
+            described.error_code
+        )));
+    }
+    let mut members = Vec::new();
+    for m in &described.members {
+        members.push(WireMember {
+            member_id: m.member_id.as_str().to_string(),
+            client_id: m.client_id.as_str().to_string(),
+            host: m.client_host.as_str().to_string(),
+            partitions: decode_consumer_assignment(&m.member_assignment, topic)?,
+        });
+    }
+    members.sort_by(|a, b| a.member_id.cmp(&b.member_id));
+    Ok(WireGroup {
+        state: described.group_state.as_str().to_string(),
+        protocol_type: described.protocol_type.as_str().to_string(),
+        protocol: described.protocol_data.as_str().to_string(),
+        members,
+    })
+}
+
+/// A member's assignment as the group's leader wrote it (the consumer protocol: version,
+/// then topics with their partitions, then user data): the partitions of `topic`, sorted.
+/// Empty bytes: no assignment yet. Decoded here from Kafka's protocol guide, not with
+/// `kafka-protocol`: the program writes these bytes with that crate's codec, and a defect in
+/// it would cancel out.
+fn decode_consumer_assignment(bytes: &[u8], topic: &str) -> std::io::Result<Vec<i32>> {
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut r = AssignmentReader { buf: bytes };
+    let _version = r.i16()?;
+    let mut partitions = Vec::new();
+    for _ in 0..r.i32()?.max(0) {
+        let name = r.string()?;
+        for _ in 0..r.i32()?.max(0) {
+            let p = r.i32()?;
+            if name == topic {
+                partitions.push(p);
+            }
+        }
+    }
+    partitions.sort_unstable();
+    Ok(partitions)
+}
+
+/// Big-endian fields read off the front of an assignment.
+struct AssignmentReader<'a> {
+    buf: &'a [u8],
+}
+
+impl AssignmentReader<'_> {
+    fn take<const N: usize>(&mut self) -> std::io::Result<[u8; N]> {
+        let Some((head, rest)) = self.buf.split_first_chunk::<N>() else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "short consumer-protocol assignment",
+            ));
+        };
+        self.buf = rest;
+        Ok(*head)
+    }
+
+    fn i16(&mut self) -> std::io::Result<i16> {
+        self.take().map(i16::from_be_bytes)
+    }
+
+    fn i32(&mut self) -> std::io::Result<i32> {
+        self.take().map(i32::from_be_bytes)
+    }
+
+    /// A string: its i16 length (-1: null, read as empty), then its bytes.
+    fn string(&mut self) -> std::io::Result<String> {
+        let n = usize::try_from(self.i16()?).unwrap_or(0);
+        if self.buf.len() < n {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "short consumer-protocol assignment",
+            ));
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(String::from_utf8_lossy(head).into_owned())
+    }
 }

@@ -1,15 +1,19 @@
 //! The KPI windows recomputed from the raw documents they cover, taking nothing from a window
 //! but which messages it names (its offset spans): its processing-time span from the messages'
 //! `received_at`, its rate from that span, its per-server KPIs and its alerts from their
-//! metrics. `check_windows_against_raw` (in `mod.rs`) calls [`check_window`] for every window
+//! metrics. [`check_windows_against_raw`] calls [`check_window`] for every window
 //! and [`check_stream_order`] for every stream; a test that ran one consumer once on a fresh
 //! group also calls [`check_one_run`], where every instant is known exactly.
+// A test binary lists the modules of `tests/common/` it needs and uses part of each; what one
+// binary leaves unused another uses (`cargo test --tests` builds them all without a warning).
+#![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use mongodb::bson::{Bson, DateTime, Document};
+use mongodb::bson::{doc, Bson, DateTime, Document};
 
-use super::{close, f64_of, kafka_position, Sandbox};
+use super::messages::{close, f64_of, kafka_position};
+use super::services::Sandbox;
 
 /// A window's processing-time span as stored, and the `received_at` span of its messages.
 #[derive(Debug, Clone, Copy)]
@@ -29,6 +33,155 @@ fn date_of(d: &Document, key: &str) -> DateTime {
 
 fn seconds_between(from: DateTime, to: DateTime) -> f64 {
     (to.timestamp_millis() - from.timestamp_millis()) as f64 / 1000.0
+}
+
+/// Recomputes each window's KPIs from the raw documents it covers (per topic incarnation and
+/// partition, the offsets first_offset..=last_offset) and checks every stored figure; also that
+/// no message is in two windows, that the windows' offset spans of one partition are disjoint,
+/// and that each partition's message_count is what its span holds in raw. Returns the number
+/// of windows.
+pub fn check_windows_against_raw(sb: &Sandbox, window_size: usize) -> usize {
+    let raw = sb.docs("raw", doc! {}, doc! {});
+    let by_position: HashMap<(String, i32, i64), &Document> =
+        raw.iter().map(|d| (kafka_position(d), d)).collect();
+    let windows = sb.docs("kpis", doc! {}, doc! {"seq": 1});
+    let mut counted: HashSet<(String, i32, i64)> = HashSet::new();
+    let mut spans: HashMap<(String, i32), Vec<(i64, i64)>> = HashMap::new();
+    let mut streams: HashMap<String, Vec<WindowTimes>> = HashMap::new();
+    for w in &windows {
+        let kafka = w.get_document("kafka").unwrap();
+        let topic_id = kafka.get_str("topic_id").unwrap().to_string();
+        let mut members = Vec::new();
+        for p in kafka.get_array("partitions").unwrap() {
+            let p = p.as_document().unwrap();
+            let partition = p.get_i32("partition").unwrap();
+            let (first, last) = (
+                p.get_i64("first_offset").unwrap(),
+                p.get_i64("last_offset").unwrap(),
+            );
+            assert!(
+                first <= last,
+                "window {:?}: span {first}..{last}",
+                w.get("_id")
+            );
+            spans
+                .entry((topic_id.clone(), partition))
+                .or_default()
+                .push((first, last));
+            let mut in_span = 0;
+            for offset in first..=last {
+                let key = (topic_id.clone(), partition, offset);
+                if let Some(d) = by_position.get(&key) {
+                    assert!(
+                        counted.insert(key),
+                        "message {topic_id}/{partition}/{offset} in two windows"
+                    );
+                    members.push(*d);
+                    in_span += 1;
+                }
+            }
+            assert_eq!(
+                p.get_i32("message_count").unwrap(),
+                in_span,
+                "window {:?} partition {partition}: message_count vs raw in {first}..={last}",
+                w.get("_id")
+            );
+        }
+        assert_eq!(
+            members.len(),
+            window_size,
+            "window {:?} members",
+            w.get("_id")
+        );
+        assert_eq!(w.get_i32("message_count").unwrap() as usize, window_size);
+        // Times, rate, per-server KPIs and alerts, recomputed from the raw documents.
+        let times = check_window(w, &members);
+        streams
+            .entry(w.get_str("stream").unwrap().to_string())
+            .or_default()
+            .push(times);
+        let n = members.len() as f64;
+        for (field, kpi) in [
+            ("cpu_percent", "avg_cpu_percent"),
+            ("memory_percent", "avg_memory_percent"),
+            ("disk_io_mbps", "avg_disk_io_mbps"),
+            ("network_mbps", "avg_network_mbps"),
+        ] {
+            let mean = members
+                .iter()
+                .map(|d| f64_of(d, &format!("metrics.{field}")))
+                .sum::<f64>()
+                / n;
+            let stored = f64_of(w, &format!("kpis.{kpi}"));
+            assert!(
+                close(mean, stored),
+                "{kpi}: stored {stored}, recomputed {mean}"
+            );
+        }
+        let errors: i64 = members
+            .iter()
+            .map(|d| f64_of(d, "metrics.error_count") as i64)
+            .sum();
+        assert_eq!(
+            w.get_document("kpis")
+                .unwrap()
+                .get_i64("total_error_count")
+                .unwrap(),
+            errors
+        );
+        let duration = f64_of(w, "window_duration_s");
+        match w.get_document("kpis").unwrap().get("messages_per_second") {
+            Some(Bson::Double(rate)) => assert!(close(*rate, n / duration)),
+            Some(Bson::Null) => assert_eq!(duration, 0.0),
+            other => panic!("messages_per_second: {other:?}"),
+        }
+        let max_cpu = members
+            .iter()
+            .map(|d| f64_of(d, "metrics.cpu_percent"))
+            .fold(0.0, f64::max);
+        assert_eq!(f64_of(w, "kpis.max_cpu_percent"), max_cpu);
+        let alerts = members
+            .iter()
+            .map(|d| {
+                [
+                    f64_of(d, "metrics.cpu_percent") >= 90.0,
+                    f64_of(d, "metrics.memory_percent") >= 90.0,
+                    f64_of(d, "metrics.error_count") >= 3.0,
+                ]
+                .iter()
+                .filter(|x| **x)
+                .count()
+            })
+            .sum::<usize>();
+        assert_eq!(w.get_array("alerts").unwrap().len(), alerts);
+        let servers: usize = w
+            .get_array("servers")
+            .unwrap()
+            .iter()
+            .map(|s| s.as_document().unwrap().get_i32("message_count").unwrap() as usize)
+            .sum();
+        // Servers beyond those listed (--servers-per-window) are only counted.
+        if w.get_i64("servers_omitted").unwrap_or(0) == 0 {
+            assert_eq!(servers, window_size);
+        } else {
+            assert!(servers < window_size);
+        }
+    }
+    for (stream, times) in &mut streams {
+        check_stream_order(stream, times);
+    }
+    for ((topic_id, partition), mut list) in spans {
+        list.sort();
+        for pair in list.windows(2) {
+            assert!(
+                pair[0].1 < pair[1].0,
+                "windows overlap on {topic_id}/{partition}: {:?} and {:?}",
+                pair[0],
+                pair[1]
+            );
+        }
+    }
+    windows.len()
 }
 
 /// Checks one window against its messages (raw documents, in any order); returns its times
@@ -239,15 +392,11 @@ pub fn check_stream_order(stream: &str, times: &mut [WindowTimes]) {
 /// arrival, every later one at the end of the one before. Call after
 /// `check_windows_against_raw` (which checks what the windows hold).
 pub fn check_one_run(sb: &Sandbox) {
-    let raw = sb.docs("raw", mongodb::bson::doc! {}, mongodb::bson::doc! {});
+    let raw = sb.docs("raw", doc! {}, doc! {});
     let by_position: HashMap<(String, i32, i64), &Document> =
         raw.iter().map(|d| (kafka_position(d), d)).collect();
     let mut streams: BTreeMap<String, Vec<WindowTimes>> = BTreeMap::new();
-    for w in sb.docs(
-        "kpis",
-        mongodb::bson::doc! {},
-        mongodb::bson::doc! {"seq": 1},
-    ) {
+    for w in sb.docs("kpis", doc! {}, doc! {"seq": 1}) {
         let kafka = w.get_document("kafka").unwrap();
         let topic_id = kafka.get_str("topic_id").unwrap().to_string();
         let mut members = Vec::new();

@@ -1,6 +1,9 @@
 //! Reading `--metrics-addr`: plain HTTP GETs over a socket, and the Prometheus text parsed by
 //! an independent parser, Python's `prometheus_client` (installed in .local/bench-venv by
 //! `make test`, from bench/requirements.txt).
+// A test binary lists the modules of `tests/common/` it needs and uses part of each; what one
+// binary leaves unused another uses (`cargo test --tests` builds them all without a warning).
+#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -8,7 +11,8 @@ use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
-use super::{repo_root, run_tool, text};
+use super::process::{run_tool, text};
+use super::services::repo_root;
 
 /// A port nobody listens on now (bound, then released).
 pub fn free_port() -> u16 {
