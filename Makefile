@@ -48,11 +48,19 @@ fmt:
 	cargo fmt
 
 # The whole exercise in one command: services, the consumer running while the producer sends a
-# few reports, then the KPIs. The consumer exits once idle.
+# few reports, the consumer's /metrics once the reports are in (read with bash's /dev/tcp, so
+# no HTTP client is needed; the samples without the histogram buckets), then the KPIs with
+# their sparklines. The consumer exits once idle. Its endpoint listens on 127.0.0.1, port
+# DEMO_METRICS_PORT plus the services' port offset.
+DEMO_METRICS_PORT ?= 9464
 demo: build up
 	set -a && source $(SERVICES_ENV) && set +a && \
-	{ $(BIN) consume --exit-when-idle 5 & consumer=$$!; } && \
+	port=$$(( $(DEMO_METRICS_PORT) + $${SERVICES_PORT_OFFSET:-0} )) && \
+	{ $(BIN) consume --exit-when-idle 5 --metrics-addr 127.0.0.1:$$port & consumer=$$!; } && \
 	$(BIN) produce --count $(DEMO_REPORTS) --interval $(DEMO_INTERVAL) && \
+	sleep 2 && echo "GET http://127.0.0.1:$$port/metrics (the consumer's; no buckets):" && \
+	{ exec 3<>/dev/tcp/127.0.0.1/$$port && printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3 && \
+	  grep '^metricsctl_' <&3 | grep -v '_bucket{' || true; } && \
 	wait $$consumer && \
 	$(BIN) kpis show --limit 5 --chart
 
@@ -153,7 +161,9 @@ test-cluster-faults:
 # listener first in KAFKA_BROKERS, the group stable for 60 s; issue 15, about 80 s), then
 # tests/chaos.rs on one broker (the `#[ignore]`d chaos_* tests; RELIABILITY.md has a run):
 # SIGKILL and SIGTERM at random moments, Kafka down 20 s and 90 s, the database down, hostile
-# input, both services down at start; then the cluster's
+# input, both services down at start; then tests/static_restart.rs (a static member SIGKILLed
+# and restarted five times, measured: restart to first store, no rebalance; about 2 min); then
+# the cluster's
 # chaos_* tests in tests/cluster.rs (all three nodes down 90 s) on `make up BROKERS=3`, and back
 # to one broker, pass or fail. About 20 min, plus about 5 for the cluster part; release build,
 # one test at a time; the exit status fails when either part failed. KAFKA_VERSION picks the
@@ -178,7 +188,9 @@ chaos:
 	cargo test --release --test faults -- --ignored --test-threads=1 --nocapture $(CHAOS_ARGS); \
 	faults=$$?; \
 	cargo test --release --test chaos -- --ignored --test-threads=1 --nocapture $(CHAOS_ARGS); \
-	single=$$?; cluster=0; \
+	single=$$?; \
+	cargo test --release --test static_restart -- --ignored --test-threads=1 --nocapture $(CHAOS_ARGS); \
+	static=$$?; cluster=0; \
 	tests=$$(set -o pipefail; cargo test --release --test cluster -- --ignored --list $(CHAOS_ARGS) | \
 	  sed -n 's/^\(chaos_[A-Za-z0-9_]*\): test$$/\1/p') || cluster=1; \
 	if [ -n "$$tests" ]; then \
@@ -188,5 +200,5 @@ chaos:
 	  BROKERS=1 bash $(SERVICES) up || cluster=1; \
 	fi; \
 	cat target/chaos/*.txt 2>/dev/null; \
-	echo "make chaos: tests/faults.rs exit $$faults, tests/chaos.rs exit $$single, tests/cluster.rs chaos_* exit $$cluster"; \
-	[ $$faults -eq 0 ] && [ $$single -eq 0 ] && [ $$cluster -eq 0 ]
+	echo "make chaos: tests/faults.rs exit $$faults, tests/chaos.rs exit $$single, tests/static_restart.rs exit $$static, tests/cluster.rs chaos_* exit $$cluster"; \
+	[ $$faults -eq 0 ] && [ $$single -eq 0 ] && [ $$static -eq 0 ] && [ $$cluster -eq 0 ]

@@ -125,7 +125,8 @@ pub struct ConsumeArgs {
     #[argh(option)]
     pub max_messages: Option<String>,
     /// leave the group when the loop made no step for this many seconds, e.g. stuck on the
-    /// database; rejoin once it answers (MAX_STEP_INTERVAL_SECONDS; 300, above 10)
+    /// database, and /healthz answers 503 while a step runs this long; rejoin once it answers
+    /// (MAX_STEP_INTERVAL_SECONDS; 300, above 10)
     #[argh(option)]
     pub max_step_interval: Option<String>,
     /// static group membership: this consumer's stable id, e.g. the pod or host name; a restart within the session timeout keeps its partitions (KAFKA_GROUP_INSTANCE_ID; dynamic)
@@ -134,7 +135,7 @@ pub struct ConsumeArgs {
     /// serve /metrics (Prometheus), /healthz and /readyz on HOST:PORT, e.g. 0.0.0.0:9100 (METRICS_ADDR; off)
     #[argh(option)]
     pub metrics_addr: Option<String>,
-    /// seconds a step may run or a service fail before /healthz answers 503 (HEALTH_THRESHOLD_SECONDS; 60)
+    /// seconds Kafka or the database may fail every call before /healthz answers 503; a step is stuck past --max-step-interval (HEALTH_THRESHOLD_SECONDS; 60)
     #[argh(option)]
     pub health_threshold: Option<String>,
     /// PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (KAFKA_SECURITY_PROTOCOL; PLAINTEXT)

@@ -12,6 +12,7 @@ use crate::cli::{ConsumeArgs, PlotArgs, ProduceArgs, ShowArgs, StatusArgs};
 use crate::kafka::security::{TlsFile, TlsFiles};
 use crate::kafka::{Compression, SaslCredentials, SaslMechanism, Security, SecurityProtocol};
 use crate::redact;
+use crate::telemetry::HealthThreshold;
 use crate::window::MAX_LISTED;
 
 pub const DEFAULT_BROKERS: &str = "127.0.0.1:29092";
@@ -34,7 +35,8 @@ pub const GROUP_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_STEP_INTERVAL: Duration = Duration::from_secs(300);
 /// The longest `--max-step-interval` taken (a day).
 const MAX_STEP_INTERVAL_LIMIT_SECONDS: f64 = 86_400.0;
-/// How long a step may run, or a service stay unreachable, before `/healthz` answers 503.
+/// How long a service may stay unreachable (and, for `produce`, a step may run) before
+/// `/healthz` answers 503.
 pub const DEFAULT_HEALTH_THRESHOLD_SECONDS: u64 = 60;
 
 /// A setting that cannot be valid: which one, where it came from, and what is wrong.
@@ -156,8 +158,10 @@ pub struct ProduceSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TelemetrySettings {
     pub metrics_addr: Option<std::net::SocketAddr>,
-    /// A step running, or a service failing without a break, this long makes `/healthz` 503.
-    pub health_threshold: Duration,
+    /// A step running, or a service failing without a break, this long makes `/healthz` 503:
+    /// for `consume` the step's limit is `--max-step-interval`, the outage's
+    /// `--health-threshold`; for `produce` both are `--health-threshold`.
+    pub health_threshold: HealthThreshold,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -278,7 +282,7 @@ impl ProduceSettings {
                 Some(v) => v.text.parse().map_err(|e: String| v.error(e))?,
                 None => Compression::None,
             },
-            telemetry: telemetry(src, &args.metrics_addr, &args.health_threshold)?,
+            telemetry: telemetry(src, &args.metrics_addr, &args.health_threshold, None)?,
         })
     }
 }
@@ -302,6 +306,15 @@ impl ConsumeSettings {
                 key: &args.ssl_key_location,
             },
         )?;
+        let max_step_interval = src
+            .pick(
+                &args.max_step_interval,
+                "max-step-interval",
+                &["MAX_STEP_INTERVAL_SECONDS"],
+            )
+            .map(|v| max_step_interval(&v))
+            .transpose()?
+            .unwrap_or(DEFAULT_MAX_STEP_INTERVAL);
         Ok(ConsumeSettings {
             brokers: brokers(src.pick(&args.brokers, "brokers", &["KAFKA_BROKERS"]))?,
             security,
@@ -365,15 +378,7 @@ impl ConsumeSettings {
                 .pick(&args.max_messages, "max-messages", &["MAX_MESSAGES"])
                 .map(|v| positive(&v))
                 .transpose()?,
-            max_step_interval: src
-                .pick(
-                    &args.max_step_interval,
-                    "max-step-interval",
-                    &["MAX_STEP_INTERVAL_SECONDS"],
-                )
-                .map(|v| max_step_interval(&v))
-                .transpose()?
-                .unwrap_or(DEFAULT_MAX_STEP_INTERVAL),
+            max_step_interval,
             group_instance_id: src
                 .pick(
                     &args.group_instance_id,
@@ -382,7 +387,12 @@ impl ConsumeSettings {
                 )
                 .map(|v| group_instance_id(&v))
                 .transpose()?,
-            telemetry: telemetry(src, &args.metrics_addr, &args.health_threshold)?,
+            telemetry: telemetry(
+                src,
+                &args.metrics_addr,
+                &args.health_threshold,
+                Some(max_step_interval),
+            )?,
         })
     }
 }
@@ -744,11 +754,14 @@ fn servers(v: Option<Value>) -> Result<Vec<String>, SettingError> {
     Ok(list)
 }
 
-/// `--metrics-addr` and `--health-threshold`, shared by `produce` and `consume`.
+/// `--metrics-addr` and `--health-threshold`, shared by `produce` and `consume`. A step in
+/// hand is stuck past `max_step` when given (`consume`'s `--max-step-interval`: the moment a
+/// group member leaves, so `/healthz` and the group agree), else past the health threshold.
 fn telemetry(
     src: &Sources,
     addr: &Option<String>,
     threshold: &Option<String>,
+    max_step: Option<Duration>,
 ) -> Result<TelemetrySettings, SettingError> {
     let metrics_addr = src
         .pick(addr, "metrics-addr", &["METRICS_ADDR"])
@@ -763,7 +776,10 @@ fn telemetry(
         };
     Ok(TelemetrySettings {
         metrics_addr,
-        health_threshold,
+        health_threshold: HealthThreshold {
+            step: max_step.unwrap_or(health_threshold),
+            outage: health_threshold,
+        },
     })
 }
 
@@ -1011,7 +1027,14 @@ mod tests {
     fn metrics_endpoint_and_static_membership_settings() {
         let c = ConsumeSettings::resolve(&ConsumeArgs::default(), &src(&[], &[])).unwrap();
         assert_eq!(c.telemetry.metrics_addr, None, "off by default");
-        assert_eq!(c.telemetry.health_threshold, Duration::from_secs(60));
+        assert_eq!(
+            c.telemetry.health_threshold,
+            HealthThreshold {
+                step: Duration::from_secs(300),
+                outage: Duration::from_secs(60)
+            },
+            "a step is stuck past the max step interval, a service down past 60 s"
+        );
         assert_eq!(c.group_instance_id, None, "dynamic by default");
         let c = ConsumeSettings::resolve(
             &ConsumeArgs::default(),
@@ -1019,6 +1042,7 @@ mod tests {
                 &[
                     ("METRICS_ADDR", "127.0.0.1:9100"),
                     ("HEALTH_THRESHOLD_SECONDS", "2.5"),
+                    ("MAX_STEP_INTERVAL_SECONDS", "15"),
                     ("KAFKA_GROUP_INSTANCE_ID", " consumer-0 "),
                 ],
                 &[],
@@ -1029,7 +1053,13 @@ mod tests {
             c.telemetry.metrics_addr,
             Some("127.0.0.1:9100".parse().unwrap())
         );
-        assert_eq!(c.telemetry.health_threshold, Duration::from_millis(2500));
+        assert_eq!(
+            c.telemetry.health_threshold,
+            HealthThreshold {
+                step: Duration::from_secs(15),
+                outage: Duration::from_millis(2500)
+            }
+        );
         assert_eq!(c.group_instance_id.as_deref(), Some("consumer-0"));
         let p = ProduceSettings::resolve(
             &ProduceArgs {
@@ -1040,6 +1070,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.telemetry.metrics_addr, Some("[::1]:0".parse().unwrap()));
+        assert_eq!(
+            p.telemetry.health_threshold,
+            HealthThreshold {
+                step: Duration::from_secs(60),
+                outage: Duration::from_secs(60)
+            },
+            "produce has no max step interval: a Produce request stuck 60 s is"
+        );
         for (var, bad) in [
             ("METRICS_ADDR", "9100"),
             ("METRICS_ADDR", "127.0.0.1:65536"),

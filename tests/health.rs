@@ -1,7 +1,15 @@
-//! `/readyz` and `/healthz` against a real outage: FerretDB frozen with SIGSTOP (this
-//! checkout's own, from .local/run/ferretdb.pid) before the consumer connects and while it
-//! stores, then thawed with SIGCONT. Alone in its test binary, and it waits until no other
-//! test run uses the services: a frozen database would stall other tests.
+//! `/readyz` and `/healthz` against real trouble, one cause of a 503 at a time:
+//!
+//! - the database stopped (this checkout's FerretDB SIGKILLed, then started again by
+//!   `scripts/services.sh up`) past `--health-threshold`: "database unreachable";
+//! - a step stuck past `--max-step-interval` (FerretDB frozen with SIGSTOP under a consumer of
+//!   `--partitions`, which has no group to leave and so keeps its step): "a step has been
+//!   running";
+//! - Kafka unreachable past `--health-threshold` (a bootstrap address nobody listens on, until a
+//!   forwarder to the real broker opens there): "kafka unreachable";
+//!
+//! and `/readyz` 503 before the first assignment. The tests that stop or freeze the database
+//! wait until no other test run uses the services; the tests of this binary take turns.
 
 mod common {
     pub mod kafka_wire;
@@ -11,13 +19,27 @@ mod common {
     pub mod services;
 }
 
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use common::outages::{ferretdb_pid, wait_for_no_other_tests};
 use common::process::poll;
 use common::scrape::{free_port, http_get};
+use common::outages::{kill_ferretdb, lock_services, services_up, ServicesRestorer};
+use common::process::Background;
 use common::services::Sandbox;
+
+/// One test of this binary at a time: each one takes the database away or needs it there.
+static TURN: Mutex<()> = Mutex::new(());
+
+fn my_turn() -> MutexGuard<'static, ()> {
+    // A test that failed holding the turn leaves nothing behind that the next one minds.
+    TURN.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// FerretDB frozen while this lives; thawed when dropped, also when the test panics.
 struct Frozen(u32);
@@ -70,10 +92,58 @@ fn wait_for(
     })
 }
 
+/// A consumer started with `args` (after `consume`), and a reader of its log for assertion
+/// messages.
+fn consumer(sb: &Sandbox, args: &[&str]) -> (Background, impl Fn() -> String) {
+    let consumer = sb.spawn("consume", &[&["consume"], args].concat());
+    let log_file = consumer.log.clone();
+    (consumer, move || {
+        std::fs::read_to_string(&log_file).unwrap_or_default()
+    })
+}
+
+/// A producer sending a report every 0.2 s, which keeps the consumer stepping; returned once
+/// the consumer stored something.
+fn storing(sb: &Sandbox, log: &dyn Fn() -> String) -> Background {
+    let producer = sb.spawn("produce", &["produce", "--interval", "0.2"]);
+    let stored = poll(Duration::from_secs(60), Duration::from_millis(250), || {
+        (sb.count("raw") > 0).then_some(())
+    });
+    assert!(stored.is_some(), "nothing stored; log:\n{}", log());
+    producer
+}
+
+/// Waits for `/healthz` to answer 200 again after the trouble ended at `since`, and says when.
+fn healthy_again(addr: &str, since: Instant, after: &str, log: &dyn Fn() -> String) {
+    wait_for(addr, "/healthz", 200, Duration::from_secs(120), log);
+    eprintln!(
+        "FIGURE healthz: 200 {:.1} s after {after}",
+        since.elapsed().as_secs_f64()
+    );
+}
+
+/// Stops each process with SIGTERM; each must exit 0.
+fn stop_all(processes: &mut [&mut Background]) {
+    for p in processes {
+        let code = p.stop(Duration::from_secs(120));
+        assert_eq!(code, Some(0), "{}: log:\n{}", p.name, p.log_tail(20));
+    }
+}
+
+/// `/healthz` answers 200 for all of `span` (idle or progressing, past the thresholds).
+fn healthy_for(addr: &str, span: Duration, log: &dyn Fn() -> String) {
+    let until = Instant::now() + span;
+    while Instant::now() < until {
+        assert_eq!(status(addr, "/healthz"), Some(200), "log:\n{}", log());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 #[test]
-fn healthz_and_readyz_follow_a_frozen_database() {
+fn readyz_waits_for_the_first_assignment_and_healthz_turns_503_while_the_database_is_stopped() {
+    let _turn = my_turn();
     wait_for_no_other_tests(Duration::from_secs(3), Duration::from_secs(1800));
-    let sb = Sandbox::new("health");
+    let sb = Sandbox::new("health_down");
     common::kafka_wire::ensure_topic(&sb.brokers, &sb.topic);
     let addr = format!("127.0.0.1:{}", free_port());
     const THRESHOLD_SECS: u64 = 3;
@@ -81,17 +151,10 @@ fn healthz_and_readyz_follow_a_frozen_database() {
 
     // Not ready before the first assignment: the database does not answer the first ping.
     let frozen = Frozen::freeze();
-    let consumer = sb.spawn(
-        "consume",
-        &[
-            "consume",
-            "--metrics-addr",
-            &addr,
-            "--health-threshold",
-            &threshold,
-        ],
+    let (mut consumer, log) = consumer(
+        &sb,
+        &["--metrics-addr", &addr, "--health-threshold", &threshold],
     );
-    let log = || consumer.log_tail(20);
     let body = wait_for(&addr, "/readyz", 503, Duration::from_secs(30), &log);
     assert!(body.contains("starting"), "{body}");
     std::thread::sleep(Duration::from_secs(1));
@@ -104,49 +167,197 @@ fn healthz_and_readyz_follow_a_frozen_database() {
     wait_for(&addr, "/readyz", 200, Duration::from_secs(120), &log);
     wait_for(&addr, "/healthz", 200, Duration::from_secs(60), &log);
 
-    // Storing: a report every 0.2 s keeps the consumer stepping; freeze the database under it.
-    let mut producer = sb.spawn("produce", &["produce", "--interval", "0.2"]);
-    let stored = poll(Duration::from_secs(60), Duration::from_millis(250), || {
-        (sb.count("raw") > 0).then_some(())
-    });
-    assert!(stored.is_some(), "nothing stored; log:\n{}", log());
-    // Idle or progressing, it stays healthy past the threshold.
-    let healthy_until = Instant::now() + Duration::from_secs(THRESHOLD_SECS + 2);
-    while Instant::now() < healthy_until {
-        assert_eq!(status(&addr, "/healthz"), Some(200), "log:\n{}", log());
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    // Storing, stop the database under it.
+    let mut producer = storing(&sb, &log);
+    healthy_for(&addr, Duration::from_secs(THRESHOLD_SECS + 2), &log);
+
+    // Restorer first, lock second: on a panic the lock goes first, then `up` can take it.
+    let restorer = ServicesRestorer;
+    let lock = lock_services();
+    kill_ferretdb();
+    let stopped_at = Instant::now();
+    let body = wait_for(&addr, "/healthz", 503, Duration::from_secs(60), &log);
+    let took = stopped_at.elapsed();
+    assert!(
+        took >= Duration::from_secs(THRESHOLD_SECS),
+        "503 after {took:?}, before the threshold of {THRESHOLD_SECS} s"
+    );
+    // The step in hand is nowhere near the max step interval (300 s): the outage is the cause.
+    assert!(
+        body.starts_with("database unreachable for") && body.contains("threshold 3 s"),
+        "{body}"
+    );
+    eprintln!(
+        "FIGURE healthz: 503 {:.1} s after FerretDB was stopped ({})",
+        took.as_secs_f64(),
+        body.trim()
+    );
+    drop(lock);
+    services_up();
+    drop(restorer);
+    healthy_again(&addr, Instant::now(), "FerretDB answered again", &log);
+    stop_all(&mut [&mut producer, &mut consumer]);
+}
+
+#[test]
+fn healthz_turns_503_while_a_step_is_stuck_past_the_max_step_interval() {
+    let _turn = my_turn();
+    wait_for_no_other_tests(Duration::from_secs(3), Duration::from_secs(1800));
+    let sb = Sandbox::new("health_stuck");
+    common::kafka_wire::ensure_topic(&sb.brokers, &sb.topic);
+    let addr = format!("127.0.0.1:{}", free_port());
+    // The smallest max step interval taken (above the 10 s session timeout); an outage limit
+    // the test never reaches, so only a stuck step can turn /healthz.
+    const STEP_SECS: u64 = 11;
+    let step = STEP_SECS.to_string();
+    let (mut consumer, log) = consumer(
+        &sb,
+        &[
+            "--partitions",
+            "0,1,2",
+            "--metrics-addr",
+            &addr,
+            "--max-step-interval",
+            &step,
+            "--health-threshold",
+            "600",
+        ],
+    );
+    wait_for(&addr, "/readyz", 200, Duration::from_secs(120), &log);
+    let mut producer = storing(&sb, &log);
+    healthy_for(&addr, Duration::from_secs(2), &log);
+
+    // Frozen, the database neither answers nor refuses: the next step waits in its write.
     let frozen = Frozen::freeze();
     let frozen_at = Instant::now();
-    let body = wait_for(&addr, "/healthz", 503, Duration::from_secs(60), &log);
+    let body = wait_for(&addr, "/healthz", 503, Duration::from_secs(90), &log);
     let took = frozen_at.elapsed();
+    // A step that began just before the freeze is stuck from its start: half a second of room.
+    assert!(
+        took >= Duration::from_millis(STEP_SECS * 1000 - 500),
+        "503 after {took:?}, before the max step interval of {STEP_SECS} s"
+    );
+    assert!(
+        body.starts_with("a step has been running for") && body.contains("the limit is 11 s"),
+        "{body}"
+    );
+    eprintln!(
+        "FIGURE healthz: 503 {:.1} s after FerretDB froze ({})",
+        took.as_secs_f64(),
+        body.trim()
+    );
+    // Stuck it stays: the step is still in hand while the database is frozen.
+    std::thread::sleep(Duration::from_secs(2));
+    let still = http_get(&addr, "/healthz");
+    assert!(
+        still
+            .as_ref()
+            .is_some_and(|(s, b)| *s == 503 && b.starts_with("a step has been running")),
+        "{still:?}"
+    );
+    drop(frozen);
+    healthy_again(&addr, Instant::now(), "the thaw", &log);
+    stop_all(&mut [&mut producer, &mut consumer]);
+}
+
+/// A plain TCP forwarder on `listen` to `upstream`, until dropped: Kafka reachable again at
+/// the address the consumer was given (its answers name the real broker, which the consumer
+/// then reaches directly).
+struct Forwarder {
+    stop: Arc<AtomicBool>,
+}
+
+impl Forwarder {
+    fn start(listen: &str, upstream: &str) -> Forwarder {
+        let listener = TcpListener::bind(listen).expect("bind the forwarder's port");
+        listener.set_nonblocking(true).expect("nonblocking accept");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let upstream = upstream.to_string();
+        std::thread::spawn(move || {
+            while !stopping.load(Ordering::Relaxed) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                for (from, to) in [(&client, &server), (&server, &client)] {
+                    let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else {
+                        continue;
+                    };
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 64 * 1024];
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+        Forwarder { stop }
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn healthz_turns_503_while_kafka_is_unreachable_and_readyz_waits_for_it() {
+    let _turn = my_turn();
+    let sb = Sandbox::new("health_kafka");
+    common::kafka_wire::ensure_topic(&sb.brokers, &sb.topic);
+    let addr = format!("127.0.0.1:{}", free_port());
+    // Nobody listens there yet: every connection is refused.
+    let bootstrap = format!("127.0.0.1:{}", free_port());
+    const THRESHOLD_SECS: u64 = 3;
+    let (mut consumer, log) = consumer(
+        &sb,
+        &[
+            "--brokers",
+            &bootstrap,
+            "--metrics-addr",
+            &addr,
+            "--health-threshold",
+            &THRESHOLD_SECS.to_string(),
+        ],
+    );
+    let started = Instant::now();
+    let body = wait_for(&addr, "/healthz", 503, Duration::from_secs(60), &log);
+    let took = started.elapsed();
     assert!(
         took >= Duration::from_secs(THRESHOLD_SECS),
         "503 after {took:?}, before the threshold of {THRESHOLD_SECS} s"
     );
     assert!(
-        body.contains("step has been running") || body.contains("database unreachable"),
+        body.starts_with("kafka unreachable for") && body.contains("threshold 3 s"),
         "{body}"
     );
-    eprintln!(
-        "healthz: 503 {:.1} s after the freeze ({body:?})",
-        took.as_secs_f64()
+    let ready = http_get(&addr, "/readyz");
+    assert!(
+        ready
+            .as_ref()
+            .is_some_and(|(s, b)| *s == 503 && b.contains("starting")),
+        "not ready before Kafka answered: {ready:?}"
     );
-    drop(frozen);
-    let thawed = Instant::now();
-    wait_for(&addr, "/healthz", 200, Duration::from_secs(120), &log);
     eprintln!(
-        "healthz: 200 {:.1} s after the thaw",
-        thawed.elapsed().as_secs_f64()
+        "FIGURE healthz: 503 {:.1} s after the consumer started without Kafka ({})",
+        took.as_secs_f64(),
+        body.trim()
     );
 
-    assert_eq!(producer.stop(Duration::from_secs(60)), Some(0));
-    let mut consumer = consumer;
-    let _ = &mut consumer;
-    assert_eq!(
-        consumer.stop(Duration::from_secs(120)),
-        Some(0),
-        "log:\n{}",
-        consumer.log_tail(20)
-    );
+    let upstream = sb.brokers.split(',').next().expect("a broker").to_string();
+    let _forwarder = Forwarder::start(&bootstrap, &upstream);
+    let opened = Instant::now();
+    wait_for(&addr, "/readyz", 200, Duration::from_secs(120), &log);
+    healthy_again(&addr, opened, "Kafka could be reached (and ready)", &log);
+    stop_all(&mut [&mut consumer]);
 }

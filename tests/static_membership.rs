@@ -10,122 +10,25 @@ mod common {
     pub mod process;
     pub mod scrape;
     pub mod services;
-    // Names the tests below call as `common::name`.
-    pub use kafka_wire::ensure_topic;
 }
+mod static_group;
 
 use std::time::{Duration, Instant};
 
-use common::process::{assert_ok, poll, text, Background};
-use common::scrape::{free_port, http_get, quick_value};
+use common::scrape::http_get;
+use common::process::{assert_ok, poll};
 use common::services::Sandbox;
-
-/// The consumer's session timeout (src/commands/consume.rs).
-const SESSION: Duration = Duration::from_secs(10);
-
-/// (generation, rebalances, assigned partitions).
-type GroupView = (i64, i64, i64);
-
-struct Member {
-    id: String,
-    addr: String,
-    proc: Background,
-}
-
-fn spawn(sb: &Sandbox, id: &str, log_name: &str, addr: &str) -> Background {
-    sb.spawn(
-        log_name,
-        &["consume", "--group-instance-id", id, "--metrics-addr", addr],
-    )
-}
-
-impl Member {
-    fn start(sb: &Sandbox, id: &str) -> Member {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let proc = spawn(sb, id, id, &addr);
-        Member {
-            id: id.to_string(),
-            addr,
-            proc,
-        }
-    }
-
-    fn restart(&mut self, sb: &Sandbox, log_name: &str) {
-        self.proc = spawn(sb, &self.id, log_name, &self.addr);
-    }
-
-    fn gauge(&self, name: &str) -> Option<i64> {
-        quick_value(&self.addr, &format!("metricsctl_consumer_{name}")).map(|v| v as i64)
-    }
-
-    /// (generation, rebalances, assigned partitions) as its `/metrics` say.
-    fn group_view(&self) -> Option<GroupView> {
-        Some((
-            self.gauge("group_generation")?,
-            self.gauge("group_rebalances_total")?,
-            self.gauge("assigned_partitions")?,
-        ))
-    }
-}
-
-/// Waits until every member holds the same generation with one partition each, unchanged
-/// for two seconds; returns the generation.
-fn settled(members: &[&Member]) -> i64 {
-    let mut last: Option<(Vec<GroupView>, Instant)> = None;
-    let found = poll(Duration::from_secs(120), Duration::from_millis(200), || {
-        let views: Option<Vec<_>> = members.iter().map(|m| m.group_view()).collect();
-        let views = views?;
-        let generation = views[0].0;
-        let stable = views
-            .iter()
-            .all(|v| v.0 == generation && v.0 >= 0 && v.2 == 1);
-        if !stable {
-            last = None;
-            return None;
-        }
-        match &last {
-            Some((seen, since)) if *seen == views => {
-                (since.elapsed() >= Duration::from_secs(2)).then_some(generation)
-            }
-            _ => {
-                last = Some((views, Instant::now()));
-                None
-            }
-        }
-    });
-    found.unwrap_or_else(|| {
-        panic!(
-            "the group did not settle; members: {:?}",
-            members
-                .iter()
-                .map(|m| (m.id.clone(), m.group_view()))
-                .collect::<Vec<_>>()
-        )
-    })
-}
-
-/// Servers spread over the three partitions.
-const SERVERS: &str = "s01,s02,s03,s04,s05,s06,s07,s08,s09,s10,s11,s12";
+use static_group::{messages_sent, three_members, Member, SERVERS, SESSION};
 
 #[test]
 fn a_killed_static_member_restarts_without_a_rebalance_and_nothing_is_lost_or_doubled() {
     let sb = Sandbox::new("static_kill");
-    common::ensure_topic(&sb.brokers, &sb.topic);
-    let mut members = vec![
-        Member::start(&sb, "a"),
-        Member::start(&sb, "b"),
-        Member::start(&sb, "c"),
-    ];
-    let generation = settled(&members.iter().collect::<Vec<_>>());
+    let (mut members, generation) = three_members(&sb);
     // The leader is the member whose restart used to cost a rebalance (before JoinGroup v9):
     // it is the one killed.
     let leader = members
         .iter()
-        .position(|m| {
-            let log = m.proc.log_text();
-            let last_join = log.lines().rev().find(|l| l.contains(" joined as "));
-            last_join.is_some_and(|l| l.contains("leader of"))
-        })
+        .position(Member::is_leader)
         .expect("a leader among the members");
     let mut c = members.remove(leader);
     let (a, b) = (&members[0], &members[1]);
@@ -173,18 +76,8 @@ fn a_killed_static_member_restarts_without_a_rebalance_and_nothing_is_lost_or_do
     assert_eq!(before, after, "the other members saw a rebalance");
 
     // Everything the producer had acknowledged is stored once, nothing dead-lettered.
-    assert_eq!(producer.proc_stop(), Some(0));
-    let sent: u64 = text(std::fs::read(&producer.log).unwrap_or_default().as_slice())
-        .lines()
-        .find_map(|l| {
-            l.split("reports made, ")
-                .nth(1)?
-                .split(" messages sent")
-                .next()?
-                .parse()
-                .ok()
-        })
-        .expect("the producer's final line");
+    assert_eq!(producer.stop(Duration::from_secs(60)), Some(0));
+    let sent = messages_sent(&producer);
     let all = poll(Duration::from_secs(120), Duration::from_millis(250), || {
         (sb.count("raw") >= sent).then_some(())
     });
@@ -212,20 +105,10 @@ fn a_killed_static_member_restarts_without_a_rebalance_and_nothing_is_lost_or_do
     );
 }
 
-trait StopProducer {
-    fn proc_stop(&mut self) -> Option<i32>;
-}
-
-impl StopProducer for Background {
-    fn proc_stop(&mut self) -> Option<i32> {
-        self.stop(Duration::from_secs(60))
-    }
-}
-
 #[test]
 fn a_second_process_with_the_same_instance_id_fences_the_first() {
     let sb = Sandbox::new("static_dup");
-    common::ensure_topic(&sb.brokers, &sb.topic);
+    common::kafka_wire::ensure_topic(&sb.brokers, &sb.topic);
     let mut first = Member::start(&sb, "same");
     let generation = poll(Duration::from_secs(60), Duration::from_millis(200), || {
         first.gauge("group_generation").filter(|g| *g >= 0)
@@ -266,7 +149,7 @@ fn a_second_process_with_the_same_instance_id_fences_the_first() {
 #[test]
 fn sigterm_keeps_a_static_members_partitions_until_the_session_timeout() {
     let sb = Sandbox::new("static_term");
-    common::ensure_topic(&sb.brokers, &sb.topic);
+    common::kafka_wire::ensure_topic(&sb.brokers, &sb.topic);
     let mut stays = Member::start(&sb, "stays");
     let mut goes = Member::start(&sb, "goes");
     // Two members of three partitions: one holds two.

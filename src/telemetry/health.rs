@@ -1,6 +1,10 @@
 //! Whether the process is healthy (making progress, or idly caught up) and ready (connected,
 //! and for a group member assigned), as `/healthz` and `/readyz` answer. Pure: the loops
 //! report what they do, and the verdict is computed for a `now` passed in.
+//!
+//! Two kinds of trouble make a process unhealthy, each with its own limit
+//! ([`HealthThreshold`]): a step stuck (one step in hand for too long, whatever the reason),
+//! and a service unreachable (every call to Kafka, or to the database, failing for too long).
 
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -20,6 +24,18 @@ impl Service {
             Service::Database => "database",
         }
     }
+}
+
+/// How long each kind of trouble may last before `/healthz` answers 503.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthThreshold {
+    /// A step in hand this long is stuck. `consume` takes its `--max-step-interval`, the moment
+    /// a group member leaves its group for the same reason; `produce` its `--health-threshold`.
+    pub step: Duration,
+    /// A service whose every call failed this long, without a success in between, is
+    /// unreachable (`--health-threshold`). Counted from the first failure: a call to a server
+    /// that does not answer fails only once the driver or the client gives it up.
+    pub outage: Duration,
 }
 
 #[derive(Debug, Default)]
@@ -91,27 +107,28 @@ impl Health {
     }
 
     /// `Ok` while healthy; else why not, in one line. Unhealthy once the step in hand has run
-    /// `threshold` or longer, or a service has failed without a success for that long.
-    pub fn check(&self, now: Instant, threshold: Duration) -> Result<(), String> {
+    /// `threshold.step` or longer, or a service has failed without a success for
+    /// `threshold.outage` or longer.
+    pub fn check(&self, now: Instant, threshold: HealthThreshold) -> Result<(), String> {
         let s = self.lock();
         let age = |since: Option<Instant>| since.map(|t| now.saturating_duration_since(t));
-        if let Some(stuck) = age(s.step_since).filter(|a| *a >= threshold) {
+        if let Some(stuck) = age(s.step_since).filter(|a| *a >= threshold.step) {
             return Err(format!(
-                "a step has been running for {:.0} s (threshold {:.0} s)",
+                "a step has been running for {:.0} s (stuck: the limit is {:.0} s)",
                 stuck.as_secs_f64(),
-                threshold.as_secs_f64()
+                threshold.step.as_secs_f64()
             ));
         }
         for (service, since) in [
             (Service::Kafka, s.kafka_failing_since),
             (Service::Database, s.database_failing_since),
         ] {
-            if let Some(down) = age(since).filter(|a| *a >= threshold) {
+            if let Some(down) = age(since).filter(|a| *a >= threshold.outage) {
                 return Err(format!(
                     "{} unreachable for {:.0} s (threshold {:.0} s)",
                     service.as_str(),
                     down.as_secs_f64(),
-                    threshold.as_secs_f64()
+                    threshold.outage.as_secs_f64()
                 ));
             }
         }
@@ -132,18 +149,49 @@ mod tests {
     use super::*;
 
     const T: Duration = Duration::from_secs(30);
+    const BOTH: HealthThreshold = HealthThreshold { step: T, outage: T };
 
     #[test]
     fn a_step_that_runs_past_the_threshold_is_unhealthy_until_it_ends() {
         let h = Health::default();
         let t0 = Instant::now();
-        assert!(h.check(t0, T).is_ok(), "idle is healthy");
+        assert!(h.check(t0, BOTH).is_ok(), "idle is healthy");
         h.step_started(t0);
-        assert!(h.check(t0 + Duration::from_secs(29), T).is_ok());
-        let why = h.check(t0 + T, T).unwrap_err();
+        assert!(h.check(t0 + Duration::from_secs(29), BOTH).is_ok());
+        let why = h.check(t0 + T, BOTH).unwrap_err();
         assert!(why.contains("step has been running for 30 s"), "{why}");
         h.step_ended();
-        assert!(h.check(t0 + T * 10, T).is_ok(), "idle again");
+        assert!(h.check(t0 + T * 10, BOTH).is_ok(), "idle again");
+    }
+
+    #[test]
+    fn each_kind_of_trouble_has_its_own_limit() {
+        // consume's shape: a step may run 300 s (the max step interval), a service fail 60 s.
+        let limits = HealthThreshold {
+            step: Duration::from_secs(300),
+            outage: Duration::from_secs(60),
+        };
+        let t0 = Instant::now();
+        let stepping = Health::default();
+        stepping.step_started(t0);
+        assert!(
+            stepping
+                .check(t0 + Duration::from_secs(299), limits)
+                .is_ok(),
+            "a step within the max step interval is no trouble, however past the outage limit"
+        );
+        let why = stepping
+            .check(t0 + Duration::from_secs(300), limits)
+            .unwrap_err();
+        assert!(why.contains("the limit is 300 s"), "{why}");
+
+        let failing = Health::default();
+        failing.failed(Service::Kafka, t0);
+        assert!(failing.check(t0 + Duration::from_secs(59), limits).is_ok());
+        let why = failing
+            .check(t0 + Duration::from_secs(60), limits)
+            .unwrap_err();
+        assert_eq!(why, "kafka unreachable for 60 s (threshold 60 s)");
     }
 
     #[test]
@@ -152,15 +200,15 @@ mod tests {
         let t0 = Instant::now();
         h.failed(Service::Database, t0);
         h.failed(Service::Database, t0 + Duration::from_secs(20));
-        let why = h.check(t0 + T, T).unwrap_err();
+        let why = h.check(t0 + T, BOTH).unwrap_err();
         assert!(why.starts_with("database unreachable for 30 s"), "{why}");
         h.succeeded(Service::Kafka);
         assert!(
-            h.check(t0 + T, T).is_err(),
+            h.check(t0 + T, BOTH).is_err(),
             "another service's success changes nothing"
         );
         h.succeeded(Service::Database);
-        assert!(h.check(t0 + T, T).is_ok());
+        assert!(h.check(t0 + T, BOTH).is_ok());
     }
 
     #[test]

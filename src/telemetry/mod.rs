@@ -19,7 +19,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 pub use consumer::ConsumerMetrics;
-pub use health::{Health, Service};
+pub use health::{Health, HealthThreshold, Service};
 pub use producer::ProducerMetrics;
 pub use server::{serve, MetricsServer};
 

@@ -6,13 +6,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use log::{info, warn};
 use prometheus_client::encoding::prometheus_text;
 use tiny_http::{Header, Method, Response, Server};
 
-use super::Exposed;
+use super::{Exposed, HealthThreshold};
 
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -37,7 +37,7 @@ impl Drop for MetricsServer {
 pub fn serve(
     addr: SocketAddr,
     exposed: &'static dyn Exposed,
-    health_threshold: Duration,
+    health_threshold: HealthThreshold,
 ) -> Result<MetricsServer, String> {
     let server = Arc::new(Server::http(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?);
     let bound = server.server_addr().to_ip().unwrap_or(addr);
@@ -71,7 +71,7 @@ fn answer(
     method: &Method,
     url: &str,
     exposed: &dyn Exposed,
-    health_threshold: Duration,
+    health_threshold: HealthThreshold,
 ) -> (u16, String, &'static str) {
     if !matches!(method, Method::Get | Method::Head) {
         return (405, "only GET\n".into(), "text/plain");
