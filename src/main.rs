@@ -36,6 +36,8 @@ fn main() {
         }
         // Already reported on stdout: the exit code is the answer.
         Err(CommandError::Unhealthy) => EXIT_FAILED,
+        // A stop request is a normal end: everything completed is stored and committed.
+        Err(CommandError::Stopped) => 0,
     };
     std::process::exit(code);
 }

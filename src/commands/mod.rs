@@ -10,13 +10,40 @@ use crate::settings::{SettingError, TelemetrySettings};
 use crate::store::StoreError;
 use crate::telemetry::{self, Exposed, MetricsServer};
 
-/// How a command ends badly: a wrong setting (exit 2), a failure at run time (exit 1), or a
-/// health check that found trouble and has printed it (exit 1).
+/// How a command ends before its work is done: a wrong setting (exit 2), a failure at run time
+/// (exit 1), a health check that found trouble and has printed it (exit 1), or a stop request
+/// (exit 0). The text of each is written for the user, here and in the layers' errors it is
+/// made from, and printed once by `main`.
 #[derive(Debug)]
 pub enum CommandError {
+    /// A setting is wrong: exit 2.
     Setting(SettingError),
+    /// The command failed at run time: exit 1.
     Failed(String),
+    /// A health check found trouble and printed it: exit 1.
     Unhealthy,
+    /// SIGINT or SIGTERM: the command stopped after the work in hand; exit 0.
+    Stopped,
+}
+
+impl From<crate::engine::DriverError> for CommandError {
+    fn from(e: crate::engine::DriverError) -> Self {
+        match e {
+            crate::engine::DriverError::Stopped => CommandError::Stopped,
+            crate::engine::DriverError::Fatal(message) => CommandError::Failed(message),
+        }
+    }
+}
+
+impl From<crate::retrying::GaveUp> for CommandError {
+    fn from(e: crate::retrying::GaveUp) -> Self {
+        match e {
+            crate::retrying::GaveUp::Stopped => CommandError::Stopped,
+            crate::retrying::GaveUp::Permanent(message) => CommandError::Failed(message),
+            // Only calls made with a reason to abandon them give up for it.
+            crate::retrying::GaveUp::Abandoned => CommandError::Failed("given up".into()),
+        }
+    }
 }
 
 impl From<SettingError> for CommandError {
@@ -46,7 +73,7 @@ pub(crate) enum DatabaseTrouble {
 /// "<MECHANISM> failure: <reason>" (SCRAM, PLAIN, MONGODB-X509, MONGODB-AWS, GSSAPI,
 /// MONGODB-OIDC) and the store marks it, like a bad option, as permanent.
 pub(crate) fn diagnose(e: &StoreError) -> DatabaseTrouble {
-    if !e.permanent {
+    if !e.is_permanent() {
         return DatabaseTrouble::Unreachable;
     }
     let detail = e.detail.to_ascii_lowercase();

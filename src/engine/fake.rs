@@ -60,6 +60,8 @@ pub struct World {
     /// Staged windows by (token, seq).
     pub staged: BTreeMap<(String, i64), StoredWindow>,
     pub committed: HashMap<i32, i64>,
+    /// The first offset of each partition's log.
+    pub log_start: HashMap<i32, i64>,
     /// The marker committed with each partition's offset, if any.
     pub markers: HashMap<i32, String>,
     /// The group refuses commits, as a coordinator refuses those of a member it fenced out.
@@ -74,6 +76,23 @@ pub struct World {
     pub refuse_server: Option<String>,
     /// Sink calls left before the next one fails; `None`: never fails.
     pub budget: Option<usize>,
+    /// The injected failure is a single one (a call that failed and may succeed when made
+    /// again), not a crash that fails every call until the process is replaced.
+    pub crash_once: bool,
+    /// A crash (not a single failed call) was injected: the process is as good as dead.
+    pub killed: bool,
+    /// Commits still to be refused as failed (a coordinator unavailable for a while).
+    pub commit_outage: usize,
+    /// Commits that failed (an outage, an injected crash).
+    pub failed_commits: usize,
+    /// Per partition truncated under the consumer, the offset its log now ends at: the one
+    /// commit that may go back (to there), and may lie on no window boundary.
+    pub truncated: HashMap<i32, i64>,
+    /// The most windows one token may hold staged past its last commit: the loop's limit
+    /// plus what one step can close. `None`: not checked.
+    pub max_held: Option<usize>,
+    /// Per staging token, the `seq` its last commit that went through named.
+    pub last_marker: HashMap<String, i64>,
     pub partial: Partial,
     pub calls: usize,
     /// Injected crashes per operation, to show the schedule reaches every call.
@@ -89,6 +108,7 @@ impl World {
             windows: BTreeMap::new(),
             staged: BTreeMap::new(),
             committed: HashMap::new(),
+            log_start: HashMap::new(),
             markers: HashMap::new(),
             refuse_commits: false,
             commits: Vec::new(),
@@ -96,6 +116,13 @@ impl World {
             window_replays: 0,
             refuse_server: None,
             budget: None,
+            crash_once: false,
+            killed: false,
+            commit_outage: 0,
+            failed_commits: 0,
+            truncated: HashMap::new(),
+            max_held: None,
+            last_marker: HashMap::new(),
             partial: Partial::Prefix,
             calls: 0,
             crashed_in: BTreeMap::new(),
@@ -116,6 +143,11 @@ impl World {
             None => false,
             Some(0) => {
                 *self.crashed_in.entry(operation).or_default() += 1;
+                if self.crash_once {
+                    self.budget = None;
+                } else {
+                    self.killed = true;
+                }
                 true
             }
             Some(n) => {
@@ -149,10 +181,7 @@ impl World {
 }
 
 fn crash(operation: &'static str) -> SinkError {
-    SinkError {
-        operation,
-        detail: "injected crash".into(),
-    }
+    SinkError::new(operation, SinkErrorKind::Failed, "injected crash")
 }
 
 /// The store half of a [`World`].
@@ -347,6 +376,24 @@ impl StoreSink for FakeStore {
                     .or_insert_with(|| stored_window(r));
             }
         }
+        // Backpressure: a loop that reads on while its commits fail holds ever more windows.
+        if let (Some(max), Some(last)) = (w.max_held, windows.last()) {
+            let committed = w.last_marker.get(token).copied().unwrap_or(-1);
+            let first = w
+                .staged
+                .range((token.to_string(), committed + 1)..)
+                .take_while(|((t, _), _)| t == token)
+                .map(|((_, seq), _)| *seq)
+                .next()
+                .unwrap_or(last.seq);
+            let held = usize::try_from(last.seq - first + 1).unwrap_or(0);
+            if held > max {
+                let v = format!(
+                    "{held} windows of {token} staged past its last commit (at most {max})"
+                );
+                w.violations.push(v);
+            }
+        }
         if fails {
             Err(crash("window staging"))
         } else {
@@ -383,10 +430,10 @@ impl StoreSink for FakeStore {
         }
     }
 
-    fn drop_staged(&mut self, token: &str, through: i64) -> Result<(), SinkError> {
+    fn forget_staged(&mut self, token: &str, through: i64) -> Result<(), SinkError> {
         let mut w = self.0.borrow_mut();
-        if w.crashes("staged drop") {
-            return Err(crash("staged drop"));
+        if w.crashes("staged forget") {
+            return Err(crash("staged forget"));
         }
         w.staged
             .retain(|(t, seq), _| !(t.as_str() == token && *seq <= through));
@@ -407,25 +454,40 @@ fn stored_window(r: &WindowRecord<'_>) -> StoredWindow {
 impl OffsetCommitter for FakeCommitter {
     fn commit(&mut self, offsets: &[(i32, i64)], marker: Option<&str>) -> Result<(), SinkError> {
         let mut w = self.0.borrow_mut();
+        if w.commit_outage > 0 {
+            w.commit_outage -= 1;
+            w.failed_commits += 1;
+            return Err(SinkError::new(
+                "offset commit",
+                SinkErrorKind::Failed,
+                "the coordinator is not available (COORDINATOR_NOT_AVAILABLE)",
+            ));
+        }
         if w.refuse_commits {
-            return Err(SinkError {
-                operation: "offset commit",
-                detail: "the group refused this member's commit (ILLEGAL_GENERATION)".into(),
-            });
+            return Err(SinkError::new(
+                "offset commit",
+                SinkErrorKind::Fenced,
+                "the group refused this member's commit (ILLEGAL_GENERATION)",
+            ));
         }
         let fails = w.crashes("offset commit");
         // A failed commit may still have reached the broker (the answer was lost).
         if fails && w.rng.bool() {
+            w.failed_commits += 1;
             return Err(crash("offset commit"));
         }
-        let boundary = match marker.and_then(parse_marker) {
-            // Staged: the marker names the window the offsets end, staged before the commit.
-            Some((token, seq)) => w
-                .staged
-                .get(&(token.to_string(), seq))
-                .is_some_and(|s| s.next_offsets == offsets),
-            None => w.windows.values().any(|s| s.next_offsets == offsets),
-        };
+        // After a truncation, the positions alone are committed: the truncated partition at its
+        // new end, the others at their last boundary.
+        let rewound = offsets.iter().any(|(p, o)| w.truncated.get(p) == Some(o));
+        let boundary = rewound
+            || match marker.and_then(parse_marker) {
+                // Staged: the marker names the window the offsets end, staged before the commit.
+                Some((token, seq)) => w
+                    .staged
+                    .get(&(token.to_string(), seq))
+                    .is_some_and(|s| s.next_offsets == offsets),
+                None => w.windows.values().any(|s| s.next_offsets == offsets),
+            };
         if !boundary {
             let v = format!("commit {offsets:?} ({marker:?}) is not the boundary of a window stored or staged before it");
             w.violations.push(v);
@@ -438,18 +500,30 @@ impl OffsetCommitter for FakeCommitter {
         }
         for &(p, o) in offsets {
             if let Some(old) = w.committed.insert(p, o) {
-                if o < old {
+                if o < old && w.truncated.get(&p) != Some(&o) {
                     let v = format!("partition {p}: commit moved back from {old} to {o}");
                     w.violations.push(v);
                 }
             }
         }
         w.commits.push(offsets.to_vec());
+        if let Some((token, seq)) = marker.and_then(parse_marker) {
+            w.last_marker.insert(token.to_string(), seq);
+        }
         if fails {
+            w.failed_commits += 1;
             Err(crash("offset commit"))
         } else {
             Ok(())
         }
+    }
+
+    fn log_start(&mut self, partitions: &[i32]) -> Result<HashMap<i32, i64>, SinkError> {
+        let w = self.0.borrow();
+        Ok(partitions
+            .iter()
+            .filter_map(|p| Some((*p, *w.log_start.get(p)?)))
+            .collect())
     }
 
     fn committed(&mut self, partitions: &[i32]) -> Result<HashMap<i32, Committed>, SinkError> {

@@ -51,7 +51,7 @@ impl Position<'_> {
 pub struct StoredPosition {
     /// The topic's name.
     pub topic: String,
-    /// The topic's Kafka id; empty for a document written before topic ids were recorded,
+    /// The topic's Kafka id; empty for a document of the legacy format without topic ids,
     /// which therefore never matches a position read now.
     pub topic_id: String,
     /// The partition within the topic.
@@ -209,14 +209,46 @@ pub struct LastWindow {
     pub next_offsets: BTreeMap<i32, i64>,
 }
 
-/// A sink call that failed. The real adapters retry transient failures themselves, so an
-/// error here means a stop request or a failure that retrying cannot fix.
+/// What a failed sink or committer call means for the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkErrorKind {
+    /// A stop was requested while the call waited: the consumer stops.
+    Stopped,
+    /// The consumer must rejoin its group before it writes more (a rebalance began, or it
+    /// left the group); the adapter gave the call up for it.
+    Rejoin,
+    /// The group refused a commit for this member's generation: it was fenced out.
+    Fenced,
+    /// Retrying cannot fix it (refused credentials, a static member whose place another
+    /// process took): the consumer stops, and `detail` is what the operator reads.
+    Permanent,
+    /// The call failed and may succeed if made again (the real adapters retry these
+    /// themselves; a lost commit answer, or a crash in the fakes).
+    Failed,
+}
+
+/// A sink or committer call that failed. The real adapters retry transient failures
+/// themselves, so an error here means a stop request, a rejoin, a fencing, a failure that
+/// retrying cannot fix, or a commit (tried once) that did not go through.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SinkError {
     /// What was being done, e.g. `raw insert`.
     pub operation: &'static str,
+    /// What the failure means for the loop.
+    pub kind: SinkErrorKind,
     /// What went wrong, written for the operator (no secrets).
     pub detail: String,
+}
+
+impl SinkError {
+    /// A failure of `kind`.
+    pub fn new(operation: &'static str, kind: SinkErrorKind, detail: impl Into<String>) -> Self {
+        SinkError {
+            operation,
+            kind,
+            detail: detail.into(),
+        }
+    }
 }
 
 impl fmt::Display for SinkError {
@@ -287,7 +319,7 @@ pub trait StoreSink {
     fn publish_staged(&mut self, token: &str, through: i64) -> Result<usize, SinkError>;
 
     /// Forgets the windows staged under `token` with `seq` up to `through`: they are published.
-    fn drop_staged(&mut self, token: &str, through: i64) -> Result<(), SinkError>;
+    fn forget_staged(&mut self, token: &str, through: i64) -> Result<(), SinkError>;
 }
 
 /// How a consumer's windows become KPI windows.
@@ -331,8 +363,8 @@ pub fn parse_marker(marker: &str) -> Option<(&str, i64)> {
     (!token.is_empty() && seq >= -1).then_some((token, seq))
 }
 
-/// The consumer group's committed offsets (Kafka in production). The committer knows the group
-/// and the topic.
+/// The consumer group's committed offsets and the log's bounds (Kafka in production). The
+/// committer knows the group and the topic.
 pub trait OffsetCommitter {
     /// Commits, per partition, the next offset to read, with `marker` (the staged window they
     /// end, [`Publication::AfterCommit`]) on every partition.
@@ -340,4 +372,16 @@ pub trait OffsetCommitter {
 
     /// The group's committed next offset of each of these partitions, for those committed.
     fn committed(&mut self, partitions: &[i32]) -> Result<HashMap<i32, Committed>, SinkError>;
+
+    /// The first offset each partition's log still holds (records below it were deleted by
+    /// retention): where a partition with nothing committed or stored starts.
+    fn log_start(&mut self, partitions: &[i32]) -> Result<HashMap<i32, i64>, SinkError>;
+
+    /// True when a commit now would be refused for certain: the member already learned that
+    /// the group rebalances or fenced it out. The engine then stages nothing it cannot
+    /// commit. It must not ask the coordinator: an unreachable one would hold the step, and
+    /// the commit asks anyway. The default knows nothing.
+    fn must_rejoin(&self) -> bool {
+        false
+    }
 }

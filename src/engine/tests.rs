@@ -573,7 +573,7 @@ fn a_staged_window_whose_commit_is_refused_is_never_published_and_its_messages_a
         1,
         "its staged copy is forgotten in a batch"
     );
-    a.forget_published(&mut s).unwrap();
+    a.forget_staged(&mut s).unwrap();
     assert!(s.world().staged.is_empty(), "or when the engine is retired");
 
     s.world().refuse_commits = true;
@@ -697,7 +697,7 @@ fn windows_counting(s: &FakeStore, p: i32, o: i64) -> usize {
 
 #[test]
 fn a_window_stored_directly_past_its_commit_is_not_counted_again_by_a_staging_engine() {
-    // A consumer that stored directly (the version before staging) stored window 1 of
+    // A consumer that stores directly (the legacy unstaged format) stored window 1 of
     // partition 0 and lost its commit; a staging member then gets partitions 0 and 1.
     let (mut s, mut k) = world();
     let mut old = resume(config(TOPIC_ID, &[0], 2), &mut s, &mut k);
@@ -762,7 +762,7 @@ fn windows_held_while_commits_fail_are_published_once_a_commit_goes_through() {
     assert_eq!(r.committed.as_deref(), Some(&[(0, 6)][..]));
     assert_eq!((r.windows.len(), a.unpublished()), (3, 0));
     assert_eq!(s.world().windows.len(), 3);
-    a.forget_published(&mut s).unwrap();
+    a.forget_staged(&mut s).unwrap();
     assert!(s.world().staged.is_empty());
     // Nothing waits: nothing is committed.
     let r = a.publish_pending(&mut s, &mut k).unwrap();

@@ -18,6 +18,7 @@
 
 mod batch;
 mod cluster;
+mod committer;
 mod connection;
 #[cfg(test)]
 mod connection_tests;
@@ -25,6 +26,7 @@ pub mod decode_limits;
 mod decompress;
 mod fetch;
 mod group;
+mod offsets;
 mod producer;
 mod sasl;
 mod scram;
@@ -36,6 +38,7 @@ mod versions;
 
 use std::fmt;
 
+pub use committer::KafkaCommitter;
 pub use fetch::{decode_records, DecodedRecords, FetchedRecord};
 pub use group::{Generation, GroupMember, GroupTimeouts, MemberInfo};
 pub use producer::{Compression, Delivery, KafkaProducer};
@@ -80,6 +83,15 @@ impl fmt::Display for KafkaError {
 }
 
 impl std::error::Error for KafkaError {}
+
+impl crate::retrying::Retryable for KafkaError {
+    fn permanent(&self) -> bool {
+        self.is_fatal()
+    }
+    fn service(&self) -> crate::telemetry::Service {
+        crate::telemetry::Service::Kafka
+    }
+}
 
 /// A retriable failure of `operation`.
 pub(crate) fn fail(operation: &'static str, detail: impl Into<String>) -> KafkaError {

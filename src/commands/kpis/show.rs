@@ -195,13 +195,17 @@ mod tests {
     use super::*;
     use crate::commands::{database_hint, diagnose, DatabaseTrouble};
     use crate::redact::redact_uri;
-    use crate::store::StoreError;
+    use crate::store::{StoreError, StoreErrorKind};
 
     fn failure(permanent: bool, detail: &str) -> StoreError {
         StoreError {
             operation: "KPI read",
             detail: detail.into(),
-            permanent,
+            kind: if permanent {
+                StoreErrorKind::Permanent
+            } else {
+                StoreErrorKind::Transient
+            },
         }
     }
 

@@ -1,0 +1,97 @@
+//! The engine's committer ([`OffsetCommitter`]) backed by the group's offsets in Kafka.
+//!
+//! A commit is tried once (a failed one loses nothing: the next covers its offsets); a commit
+//! refused for our generation is reported as [`SinkErrorKind::Fenced`], one that can never go
+//! through (a static member whose place another process took) as
+//! [`SinkErrorKind::Permanent`]. Reads (committed offsets, the logs' bounds) are retried until
+//! they succeed.
+
+use std::collections::HashMap;
+
+use crate::engine::{Committed, OffsetCommitter, SinkError, SinkErrorKind};
+use crate::retrying::{retry, GaveUp};
+use crate::shutdown::Shutdown;
+use crate::telemetry::{self, Service};
+
+use super::{GroupMember, KafkaErrorKind, KafkaSource};
+
+/// [`OffsetCommitter`] over a [`KafkaSource`], for a group member or a static consumer.
+pub struct KafkaCommitter<'a> {
+    source: &'a mut KafkaSource,
+    shutdown: &'a Shutdown,
+    /// The group membership, when the consumer has one: its heartbeats may already know that
+    /// a commit would be refused.
+    member: Option<&'a GroupMember>,
+}
+
+impl<'a> KafkaCommitter<'a> {
+    /// A committer through `source`'s connections.
+    pub fn new(
+        source: &'a mut KafkaSource,
+        shutdown: &'a Shutdown,
+        member: Option<&'a GroupMember>,
+    ) -> Self {
+        KafkaCommitter {
+            source,
+            shutdown,
+            member,
+        }
+    }
+}
+
+/// A retried read given up.
+fn gave_up(operation: &'static str, why: GaveUp) -> SinkError {
+    match why {
+        GaveUp::Permanent(m) => SinkError::new(operation, SinkErrorKind::Permanent, m),
+        GaveUp::Stopped | GaveUp::Abandoned => {
+            SinkError::new(operation, SinkErrorKind::Stopped, "stopped")
+        }
+    }
+}
+
+impl OffsetCommitter for KafkaCommitter<'_> {
+    fn commit(&mut self, offsets: &[(i32, i64)], marker: Option<&str>) -> Result<(), SinkError> {
+        let outcome = self.source.commit(offsets, marker);
+        match &outcome {
+            Ok(()) => {
+                telemetry::consumer().service_outcome(Service::Kafka, true);
+                telemetry::consumer().committed(offsets.iter().copied());
+            }
+            // A refusal for our generation is an answer, not an outage.
+            Err(e) if e.is_fenced() => {}
+            Err(_) => telemetry::consumer().service_outcome(Service::Kafka, false),
+        }
+        outcome.map_err(|e| {
+            let kind = match e.kind {
+                KafkaErrorKind::Fenced => SinkErrorKind::Fenced,
+                KafkaErrorKind::Fatal => SinkErrorKind::Permanent,
+                KafkaErrorKind::Retriable => SinkErrorKind::Failed,
+            };
+            SinkError::new("committing offsets", kind, e.to_string())
+        })
+    }
+
+    fn committed(&mut self, partitions: &[i32]) -> Result<HashMap<i32, Committed>, SinkError> {
+        let source = &mut *self.source;
+        retry("fetching committed offsets", self.shutdown, || {
+            source.committed_offsets(partitions)
+        })
+        .inspect(|found| {
+            telemetry::consumer().committed(found.iter().map(|(p, c)| (*p, c.offset)));
+        })
+        .map_err(|why| gave_up("fetching committed offsets", why))
+    }
+
+    fn log_start(&mut self, partitions: &[i32]) -> Result<HashMap<i32, i64>, SinkError> {
+        let source = &mut *self.source;
+        let bounds = retry("listing offsets", self.shutdown, || {
+            source.offset_bounds(partitions)
+        })
+        .map_err(|why| gave_up("listing offsets", why))?;
+        Ok(bounds.iter().map(|(p, (start, _))| (*p, *start)).collect())
+    }
+
+    fn must_rejoin(&self) -> bool {
+        self.member.is_some_and(GroupMember::rejoin_needed)
+    }
+}
