@@ -27,10 +27,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use common::outages::{ferretdb_pid, wait_for_no_other_tests};
-use common::process::poll;
-use common::scrape::{free_port, http_get};
 use common::outages::{kill_ferretdb, lock_services, services_up, ServicesRestorer};
+use common::process::poll;
 use common::process::Background;
+use common::scrape::{free_port, http_get};
 use common::services::Sandbox;
 
 /// One test of this binary at a time: each one takes the database away or needs it there.

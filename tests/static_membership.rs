@@ -15,8 +15,8 @@ mod static_group;
 
 use std::time::{Duration, Instant};
 
-use common::scrape::http_get;
 use common::process::{assert_ok, poll};
+use common::scrape::http_get;
 use common::services::Sandbox;
 use static_group::{messages_sent, three_members, Member, SERVERS, SESSION};
 

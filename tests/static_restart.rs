@@ -39,8 +39,8 @@ use kafka_protocol::messages::find_coordinator_request::FindCoordinatorRequest;
 use kafka_protocol::messages::GroupId;
 use kafka_protocol::protocol::StrBytes;
 
-use common::kafka_wire::{self, Conn};
 use common::kafka_tools::kafka_tool;
+use common::kafka_wire::{self, Conn};
 use common::kcat::kcat_read;
 use common::messages::{kafka_position, uuid_of};
 use common::oracle::check_windows_against_raw;

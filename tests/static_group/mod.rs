@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::scrape::{free_port, quick_value};
 use crate::common::process::{poll, Background};
+use crate::common::scrape::{free_port, quick_value};
 use crate::common::services::Sandbox;
 
 /// The consumer's session timeout (src/settings.rs, `GROUP_SESSION_TIMEOUT`).
