@@ -5,6 +5,8 @@
 //! - a step stuck past `--max-step-interval` (FerretDB frozen with SIGSTOP under a consumer of
 //!   `--partitions`, which has no group to leave and so keeps its step): "a step has been
 //!   running";
+//! - the same for a group member, which leaves its group, fails its step and rejoins while the
+//!   database is frozen: "no step has succeeded", without a 200 in between;
 //! - Kafka unreachable past `--health-threshold` (a bootstrap address nobody listens on, until a
 //!   forwarder to the real broker opens there): "kafka unreachable";
 //!
@@ -254,6 +256,85 @@ fn healthz_turns_503_while_a_step_is_stuck_past_the_max_step_interval() {
             .as_ref()
             .is_some_and(|(s, b)| *s == 503 && b.starts_with("a step has been running")),
         "{still:?}"
+    );
+    drop(frozen);
+    healthy_again(&addr, Instant::now(), "the thaw", &log);
+    stop_all(&mut [&mut producer, &mut consumer]);
+}
+
+// A group member stuck on its database leaves its group after the max step interval; the
+// step in hand then fails (the member no longer owns its partitions) and the member rejoins,
+// its resume waiting on the frozen database. None of that is progress: `/healthz` stays 503
+// from the first time it turned until the database answers again (it answered 200 between the
+// failed step and the thaw before).
+#[test]
+fn healthz_of_a_member_that_left_its_group_stuck_on_the_database_stays_503_until_the_thaw() {
+    let _turn = my_turn();
+    wait_for_no_other_tests(Duration::from_secs(3), Duration::from_secs(1800));
+    let sb = Sandbox::new("health_left");
+    common::kafka_wire::ensure_topic(&sb.brokers, &sb.topic);
+    let addr = format!("127.0.0.1:{}", free_port());
+    const STEP_SECS: u64 = 11;
+    let step = STEP_SECS.to_string();
+    let (mut consumer, log) = consumer(
+        &sb,
+        &[
+            "--metrics-addr",
+            &addr,
+            "--max-step-interval",
+            &step,
+            "--health-threshold",
+            "600",
+        ],
+    );
+    wait_for(&addr, "/readyz", 200, Duration::from_secs(120), &log);
+    let mut producer = storing(&sb, &log);
+    healthy_for(&addr, Duration::from_secs(2), &log);
+
+    let frozen = Frozen::freeze();
+    let frozen_at = Instant::now();
+    wait_for(&addr, "/healthz", 503, Duration::from_secs(90), &log);
+    // Until the member has left and its step in hand has failed, and 5 s past that, every
+    // answer is 503.
+    let left_at = Instant::now() + Duration::from_secs(120);
+    let mut failed_at: Option<Instant> = None;
+    let mut last = String::new();
+    while failed_at.is_none_or(|t| t.elapsed() < Duration::from_secs(5)) {
+        assert!(
+            Instant::now() < left_at,
+            "the member never left its group and failed its step while the database was \
+             frozen; log:\n{}",
+            log()
+        );
+        let answer = http_get(&addr, "/healthz");
+        assert!(
+            answer.as_ref().is_some_and(|(s, _)| *s == 503),
+            "/healthz answered {answer:?} {:.1} s after the freeze, the database still frozen; \
+             log:\n{}",
+            frozen_at.elapsed().as_secs_f64(),
+            log()
+        );
+        last = answer.map(|(_, b)| b).unwrap_or_default();
+        if failed_at.is_none() {
+            let text = log();
+            let after_leaving = text.split("left the group").nth(1).unwrap_or("");
+            if after_leaving.contains("no longer owns its partitions")
+                || after_leaving.contains("must rejoin its group")
+            {
+                failed_at = Some(Instant::now());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(
+        last.starts_with("no step has succeeded for") && last.contains("the limit is 11 s"),
+        "{last}"
+    );
+    eprintln!(
+        "FIGURE healthz: 503 throughout, {:.1} s after the freeze the member had left and \
+         failed its step ({})",
+        frozen_at.elapsed().as_secs_f64(),
+        last.trim()
     );
     drop(frozen);
     healthy_again(&addr, Instant::now(), "the thaw", &log);

@@ -95,6 +95,9 @@ pub trait Host {
     /// nothing up for a rejoin (the loop rejoins right after it), so the adapters' calls should
     /// not be abandoned meanwhile.
     fn resuming(&mut self, _on: bool) {}
+    /// The engine was resumed from the store: its work starts afresh (progress, for a health
+    /// check that counts failed steps as none).
+    fn resumed(&mut self) {}
     /// A step (or a commit retry) begins.
     fn step_started(&mut self) {}
     /// It ended, with its report if it succeeded.
@@ -192,6 +195,9 @@ impl Driver {
         io.host.resuming(true);
         let engine = resume(&config, partitions, io);
         io.host.resuming(false);
+        if engine.is_ok() {
+            io.host.resumed();
+        }
         Ok(Driver {
             engine: engine?,
             config,
@@ -266,6 +272,7 @@ impl Driver {
         let engine = resume(&self.config, &self.partitions, io);
         io.host.resuming(false);
         self.engine = engine?;
+        io.host.resumed();
         self.high_watermarks.clear();
         Ok(())
     }

@@ -40,8 +40,12 @@ pub struct HealthThreshold {
 
 #[derive(Debug, Default)]
 struct State {
-    /// When the step in hand began (`None` between steps).
+    /// When the first step since the last one that succeeded began (`None` after a success,
+    /// and before the first step): a step that failed is no progress, so the steps that retry
+    /// it are stuck from the first one's start.
     step_since: Option<Instant>,
+    /// Whether a step failed since the last success (so none may be in hand now).
+    step_failed: bool,
     /// When each service began failing, for as long as it fails without a success.
     kafka_failing_since: Option<Instant>,
     database_failing_since: Option<Instant>,
@@ -72,14 +76,25 @@ impl Health {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A step (the storing of a fetched batch, or a send) begins at `now`.
+    /// A step (the storing of a fetched batch, or a send) begins at `now`; after a failed one
+    /// the clock keeps running from the first that failed.
     pub fn step_started(&self, now: Instant) {
-        self.lock().step_since = Some(now);
+        self.lock().step_since.get_or_insert(now);
     }
 
-    /// The step in hand is over: progress was made.
+    /// The step in hand succeeded, or the work was started afresh (a resume that succeeded):
+    /// progress was made.
     pub fn step_ended(&self) {
-        self.lock().step_since = None;
+        let mut s = self.lock();
+        s.step_since = None;
+        s.step_failed = false;
+    }
+
+    /// The step in hand failed: no progress, so the clock goes on until a step succeeds. (A
+    /// member stuck on its database leaves its group and its step then fails; `/healthz`
+    /// stays 503 instead of flapping to 200 while the database is still frozen.)
+    pub fn step_failed(&self) {
+        self.lock().step_failed = true;
     }
 
     /// A call to `service` failed at `now`; the outage is counted from its first failure.
@@ -113,8 +128,13 @@ impl Health {
         let s = self.lock();
         let age = |since: Option<Instant>| since.map(|t| now.saturating_duration_since(t));
         if let Some(stuck) = age(s.step_since).filter(|a| *a >= threshold.step) {
+            let what = if s.step_failed {
+                "no step has succeeded for"
+            } else {
+                "a step has been running for"
+            };
             return Err(format!(
-                "a step has been running for {:.0} s (stuck: the limit is {:.0} s)",
+                "{what} {:.0} s (stuck: the limit is {:.0} s)",
                 stuck.as_secs_f64(),
                 threshold.step.as_secs_f64()
             ));
@@ -162,6 +182,28 @@ mod tests {
         assert!(why.contains("step has been running for 30 s"), "{why}");
         h.step_ended();
         assert!(h.check(t0 + T * 10, BOTH).is_ok(), "idle again");
+    }
+
+    #[test]
+    fn a_failed_step_is_no_progress_until_a_step_or_a_resume_succeeds() {
+        let h = Health::default();
+        let t0 = Instant::now();
+        h.step_started(t0);
+        h.step_failed();
+        // Between steps (rejoining, backing off) and through the retries, the clock runs on
+        // from the first failed step's start.
+        let why = h.check(t0 + T, BOTH).unwrap_err();
+        assert!(why.starts_with("no step has succeeded for 30 s"), "{why}");
+        h.step_started(t0 + Duration::from_secs(20));
+        let why = h.check(t0 + T, BOTH).unwrap_err();
+        assert!(why.starts_with("no step has succeeded for 30 s"), "{why}");
+        h.step_ended();
+        assert!(h.check(t0 + T * 10, BOTH).is_ok(), "a success ends it");
+        h.step_started(t0 + T * 10);
+        assert!(
+            h.check(t0 + T * 10 + Duration::from_secs(29), BOTH).is_ok(),
+            "the next step's clock starts at its own start"
+        );
     }
 
     #[test]

@@ -71,6 +71,10 @@ impl Host for ConsumerHost<'_> {
         self.resuming.set(on);
     }
 
+    fn resumed(&mut self) {
+        telemetry::consumer().health().step_ended();
+    }
+
     fn step_started(&mut self) {
         let now = Instant::now();
         telemetry::consumer().health().step_started(now);
@@ -78,7 +82,10 @@ impl Host for ConsumerHost<'_> {
     }
 
     fn step_ended(&mut self, report: Option<&StepReport>) {
-        telemetry::consumer().health().step_ended();
+        match report {
+            Some(_) => telemetry::consumer().health().step_ended(),
+            None => telemetry::consumer().health().step_failed(),
+        }
         if let (Some(report), Some(started)) = (report, self.started.take()) {
             let c = &report.counts;
             telemetry::consumer().step_done(
