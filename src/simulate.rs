@@ -1,7 +1,10 @@
 //! The simulated fleet: draws each server's metrics the way the exercise's generator does.
 //! Pure and seedable: the clock and the message ids are passed in, so values are reproducible.
 
+use std::sync::Arc;
+
 use time::OffsetDateTime;
+use uuid::Uuid;
 
 use crate::metric::{format_timestamp, MetricMessage, Metrics};
 
@@ -14,7 +17,8 @@ pub const ERROR_PROBABILITY: f64 = 0.08;
 
 /// A fleet of simulated servers that report together.
 pub struct Fleet {
-    servers: Vec<String>,
+    /// Shared with every message that names the server.
+    servers: Vec<Arc<str>>,
     rng: fastrand::Rng,
 }
 
@@ -25,10 +29,13 @@ impl Fleet {
             Some(seed) => fastrand::Rng::with_seed(seed),
             None => fastrand::Rng::new(),
         };
-        Fleet { servers, rng }
+        Fleet {
+            servers: servers.into_iter().map(Arc::from).collect(),
+            rng,
+        }
     }
 
-    pub fn servers(&self) -> &[String] {
+    pub fn servers(&self) -> &[Arc<str>] {
         &self.servers
     }
 
@@ -38,9 +45,9 @@ impl Fleet {
     pub fn report(
         &mut self,
         at: OffsetDateTime,
-        mut new_id: impl FnMut() -> String,
+        mut new_id: impl FnMut() -> Uuid,
     ) -> Vec<MetricMessage> {
-        let timestamp_utc = format_timestamp(at);
+        let timestamp_utc: Arc<str> = format_timestamp(at).into();
         let mut messages = Vec::with_capacity(self.servers.len());
         for server_id in &self.servers {
             messages.push(MetricMessage {
@@ -94,11 +101,11 @@ mod tests {
     use super::*;
     use time::macros::datetime;
 
-    fn ids() -> impl FnMut() -> String {
+    fn ids() -> impl FnMut() -> Uuid {
         let mut n = 0;
         move || {
             n += 1;
-            format!("id-{n}")
+            Uuid::from_u128(n)
         }
     }
 
@@ -119,11 +126,11 @@ mod tests {
         let mut fleet = Fleet::new(servers.clone(), Some(1));
         let report = fleet.report(datetime!(2026-11-22 18:00:00.123456 UTC), ids());
         assert_eq!(report.len(), 5);
-        let names: Vec<&str> = report.iter().map(|m| m.server_id.as_str()).collect();
+        let names: Vec<&str> = report.iter().map(|m| &*m.server_id).collect();
         assert_eq!(names, ["web01", "web02", "db01", "app01", "cache01"]);
         let json: serde_json::Value = serde_json::from_str(&report[0].to_json()).unwrap();
         assert_eq!(json["timestamp_utc"], "2026-11-22T18:00:00.123456+00:00");
-        assert_eq!(json["message_uuid"], "id-1");
+        assert_eq!(json["message_uuid"], "00000000-0000-0000-0000-000000000001");
         for field in [
             "cpu_percent",
             "memory_percent",
@@ -196,7 +203,7 @@ mod tests {
         let mut other_ids = 100;
         let again = Fleet::new(servers.clone(), Some(99)).report(at, || {
             other_ids += 1;
-            format!("id-{other_ids}")
+            Uuid::from_u128(other_ids)
         });
         let values = |r: &[MetricMessage]| r.iter().map(|m| m.metrics).collect::<Vec<_>>();
         assert_eq!(values(&first), values(&again));

@@ -519,8 +519,13 @@ mod tests {
     use crate::commands::now_utc;
     use crate::simulate::Fleet;
 
+    /// The id the test outbox gives server `server`'s message of report `report`.
+    fn rid(report: u64, server: u64) -> uuid::Uuid {
+        uuid::Uuid::from_u128(u128::from(report) << 64 | u128::from(server))
+    }
+
     /// An outbox of `reports` reports of the servers `s0..s{servers}`, numbered from 1; each
-    /// message's id is `r{report}-{server}`.
+    /// message's id is [`rid`]`(report, server)`.
     fn outbox(reports: u64, servers: usize) -> Outbox<PendingReport> {
         let names: Vec<String> = (0..servers).map(|i| format!("s{i}")).collect();
         let mut fleet = Fleet::new(names, Some(7));
@@ -529,7 +534,7 @@ mod tests {
             let mut i = 0;
             let report = fleet.report(now_utc(), || {
                 i += 1;
-                format!("r{number}-{}", i - 1)
+                rid(number, i - 1)
             });
             outbox.push(PendingReport {
                 number,
@@ -539,15 +544,10 @@ mod tests {
         outbox
     }
 
-    fn ids(outbox: &Outbox<PendingReport>) -> Vec<Vec<String>> {
+    fn ids(outbox: &Outbox<PendingReport>) -> Vec<Vec<uuid::Uuid>> {
         outbox
             .iter()
-            .map(|r| {
-                r.unsent
-                    .iter()
-                    .map(|u| u.message.message_uuid.clone())
-                    .collect()
-            })
+            .map(|r| r.unsent.iter().map(|u| u.message.message_uuid).collect())
             .collect()
     }
 
@@ -587,7 +587,7 @@ mod tests {
             .collect();
         let mut sent = Vec::new();
         let (failed, failures) = settle(&mut o, &from, outcomes, |m, report, d| {
-            sent.push((m.message_uuid.clone(), report, *d))
+            sent.push((m.message_uuid, report, *d))
         });
         assert_eq!(failed, 2);
         assert_eq!(
@@ -595,9 +595,9 @@ mod tests {
             ["s1 of report 2: refused 4", "s2 of report 3: refused 8"]
         );
         assert_eq!(sent.len(), 7);
-        assert_eq!(sent[3], ("r2-0".to_string(), 2, 3));
+        assert_eq!(sent[3], (rid(2, 0), 2, 3));
         // Report 1 is gone; 2 and 3 keep only what was refused.
-        assert_eq!(ids(&o), [vec!["r2-1"], vec!["r3-2"]]);
+        assert_eq!(ids(&o), [vec![rid(2, 1)], vec![rid(3, 2)]]);
     }
 
     #[test]
@@ -619,12 +619,12 @@ mod tests {
         let newer = outbox(3, 3).pop_front().unwrap();
         o.push(PendingReport { number: 3, ..newer });
         let t = take_front(&o, usize::MAX, failed);
-        let ids: Vec<&str> = t
+        let ids: Vec<uuid::Uuid> = t
             .records
             .iter()
-            .map(|(_, v)| uuid_of(std::str::from_utf8(v).unwrap()))
+            .map(|(_, v)| uuid_of(std::str::from_utf8(v).unwrap()).parse().unwrap())
             .collect();
-        assert_eq!(ids, ["r1-1", "r2-1"]);
+        assert_eq!(ids, [rid(1, 1), rid(2, 1)]);
         assert_eq!(t.from, [(0, 1), (1, 1)]);
     }
 
@@ -644,19 +644,19 @@ mod tests {
         let (failed, failures) = settle(&mut o, &from, outcomes, |_, _, _| sent += 1);
         assert_eq!((sent, failed), (4, 2));
         assert!(failures[0].contains("no answer"), "{failures:?}");
-        assert_eq!(ids(&o), [vec!["r2-1", "r2-2"]]);
+        assert_eq!(ids(&o), [vec![rid(2, 1), rid(2, 2)]]);
 
         // A request that took part of a report leaves the rest of it, behind what was refused.
         let mut o = outbox(1, 4);
         let from = take_front(&o, 1, usize::MAX).from;
         let (failed, _) = settle(&mut o, &from, vec![Err::<(), _>("x")], |_, _, _| {});
         assert_eq!(failed, 1);
-        assert_eq!(ids(&o), [vec!["r1-0", "r1-1", "r1-2", "r1-3"]]);
+        assert_eq!(ids(&o), [vec![rid(1, 0), rid(1, 1), rid(1, 2), rid(1, 3)]]);
         // A report emptied behind one that is not stays until the front clears.
         let mut o = outbox(2, 1);
         let from = take_front(&o, usize::MAX, usize::MAX).from;
         settle(&mut o, &from, vec![Err("x"), Ok(())], |_, _, _| {});
-        assert_eq!(ids(&o), [vec!["r1-0"], vec![]]);
+        assert_eq!(ids(&o), [vec![rid(1, 0)], Vec::new()]);
         let t = take_front(&o, usize::MAX, usize::MAX);
         assert_eq!((t.from, t.records.len()), (vec![(0, 1)], 1));
         settle(&mut o, &[(0, 1)], vec![Ok::<(), &str>(())], |_, _, _| {});

@@ -50,7 +50,7 @@ impl Unsent {
             .map(|(i, (message, end))| {
                 let key = match keys.get(i) {
                     Some(key) if key[..] == *message.server_id.as_bytes() => key.clone(),
-                    _ => Bytes::from(message.server_id.clone()),
+                    _ => Bytes::copy_from_slice(message.server_id.as_bytes()),
                 };
                 let record = json.slice(start..end);
                 start = end;
@@ -188,11 +188,8 @@ mod tests {
         (0..n).map(|i| format!("s{i}")).collect()
     }
 
-    fn uuids(report: &[Unsent]) -> Vec<String> {
-        report
-            .iter()
-            .map(|u| u.message.message_uuid.clone())
-            .collect()
+    fn uuids(report: &[Unsent]) -> Vec<uuid::Uuid> {
+        report.iter().map(|u| u.message.message_uuid).collect()
     }
 
     #[test]
