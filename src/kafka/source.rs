@@ -1,5 +1,6 @@
-//! The consumer's Kafka side: reads one topic at positions the caller owns, follows partition
-//! leaders, recognises a re-created topic, and keeps the group's committed offsets.
+//! The consumer's reads: one topic at positions the caller owns, from each partition's leader,
+//! recognising a re-created topic. The group's offsets, commits and `status`'s reads are
+//! [`super::KafkaAdmin`]'s.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc::{sync_channel, Receiver, TryRecvError};
@@ -9,10 +10,10 @@ use kafka_protocol::error::ResponseError;
 use log::{debug, error, warn};
 use uuid::Uuid;
 
-use super::cluster::{AutoCreate, Cluster, ToOpen, TopicMeta};
+use super::admin::{KafkaAdmin, TopicInfo};
+use super::cluster::{AutoCreate, ToOpen, TopicMeta};
 use super::connection::{Connection, WireError};
 use super::fetch::{fetch_from, FetchPosition, PartitionAnswer};
-use super::group::Generation;
 use super::security::Security;
 use super::unreadable::Suspects;
 use super::{fail, from_wire, KafkaError};
@@ -51,22 +52,6 @@ struct LateFetch {
     answer: Receiver<LeaderAnswer>,
 }
 
-/// Which log the consumer reads: the topic's current incarnation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TopicInfo {
-    pub topic_id: Uuid,
-    pub partitions: Vec<i32>,
-}
-
-impl From<&TopicMeta> for TopicInfo {
-    fn from(meta: &TopicMeta) -> Self {
-        TopicInfo {
-            topic_id: meta.topic_id,
-            partitions: meta.partition_ids(),
-        }
-    }
-}
-
 /// What one partition gave in one fetch: the engine's type, filled here.
 pub type PartitionData = crate::engine::PartitionFetch;
 
@@ -79,18 +64,12 @@ pub enum Fetched {
     TopicChanged(TopicInfo),
 }
 
-/// Reads a topic at positions the caller owns, and keeps a group's offsets in Kafka.
+/// Reads a topic at positions the caller owns.
 pub struct KafkaSource {
-    pub(super) cluster: Cluster,
-    pub(super) group: String,
-    pub(super) shutdown: Shutdown,
-    /// The log being read, once known.
-    pub(super) topic_id: Option<Uuid>,
+    /// The connections, and the log being read; out-of-range answers list offsets through it.
+    admin: KafkaAdmin,
     /// Per-partition fetch size, grown for batches larger than the default.
     fetch_bytes: HashMap<i32, i32>,
-    /// The member's generation when the consumer is a group member; commits carry it so that
-    /// a member fenced out of the group cannot commit.
-    pub(super) generation: Option<Generation>,
     /// Fetch rounds in a row that came back at once without progress.
     rounds_without_progress: u32,
     /// Per leader, a fetch that did not answer within its round.
@@ -102,12 +81,8 @@ pub struct KafkaSource {
 impl KafkaSource {
     pub fn new(brokers: Vec<String>, topic: String, group: String, shutdown: Shutdown) -> Self {
         KafkaSource {
-            cluster: Cluster::new(brokers, topic, shutdown.clone()),
-            group,
-            shutdown,
-            topic_id: None,
+            admin: KafkaAdmin::new(brokers, topic, group, shutdown),
             fetch_bytes: HashMap::new(),
-            generation: None,
             rounds_without_progress: 0,
             late: HashMap::new(),
             suspects: Suspects::default(),
@@ -116,28 +91,13 @@ impl KafkaSource {
 
     /// Secures every connection to the brokers as `security` says (TLS, SASL).
     pub fn with_security(mut self, security: Security) -> Self {
-        self.cluster.set_security(security);
+        self.admin = self.admin.with_security(security);
         self
-    }
-
-    /// The topic's id and partitions, creating the topic where the broker allows it (as a
-    /// consumer started before its producer expects). Fixes the log this source reads.
-    pub fn open(&mut self) -> Result<TopicInfo, KafkaError> {
-        let meta = self.cluster.refresh(AutoCreate::Yes)?;
-        self.topic_id = Some(meta.topic_id);
-        Ok(TopicInfo::from(&meta))
-    }
-
-    /// The topic's id and partitions, without creating it: an error when it does not exist.
-    pub fn inspect(&mut self) -> Result<TopicInfo, KafkaError> {
-        let meta = self.cluster.refresh(AutoCreate::No)?;
-        self.topic_id = Some(meta.topic_id);
-        Ok(TopicInfo::from(&meta))
     }
 
     /// Adopts the log a `Fetched::TopicChanged` announced.
     pub fn follow(&mut self, info: &TopicInfo) {
-        self.topic_id = Some(info.topic_id);
+        self.admin.follow(info);
         self.fetch_bytes.clear();
         self.suspects.clear();
     }
@@ -147,9 +107,9 @@ impl KafkaSource {
     /// failed are left out of this round (their position stays) and metadata is reloaded.
     pub fn fetch(&mut self, positions: &[(i32, i64)]) -> Result<Fetched, KafkaError> {
         let started = Instant::now();
-        let meta = match self.cluster.meta() {
+        let meta = match self.admin.cluster.meta() {
             Some(m) => m.clone(),
-            None => self.cluster.refresh(AutoCreate::No)?,
+            None => self.admin.cluster.refresh(AutoCreate::No)?,
         };
         let topic_id = meta.topic_id;
         if let Some(changed) = self.changed(&meta) {
@@ -192,7 +152,7 @@ impl KafkaSource {
                 }
                 Late::None => {}
             }
-            match self.cluster.take_or_plan(leader) {
+            match self.admin.cluster.take_or_plan(leader) {
                 Ok(connection) => {
                     running.push((leader, ps.clone(), spawn_fetch(connection, topic_id, ps)))
                 }
@@ -254,7 +214,7 @@ impl KafkaSource {
             match result {
                 Ok(answers) => {
                     if let Some(c) = connection {
-                        self.cluster.put(c);
+                        self.admin.cluster.put(c);
                     }
                     for answer in answers {
                         // An answer for a partition not asked about is not ours to read.
@@ -287,7 +247,7 @@ impl KafkaSource {
         }
 
         if refresh {
-            match self.cluster.refresh(AutoCreate::No) {
+            match self.admin.cluster.refresh(AutoCreate::No) {
                 Ok(meta) => {
                     if let Some(changed) = self.changed(&meta) {
                         return Ok(Fetched::TopicChanged(changed));
@@ -328,7 +288,7 @@ impl KafkaSource {
                     return Late::Answered(Box::new((connection, result)));
                 }
                 if let (Some(c), Ok(_)) = (connection, &result) {
-                    self.cluster.put(c);
+                    self.admin.cluster.put(c);
                 }
                 Late::None
             }
@@ -349,12 +309,12 @@ impl KafkaSource {
             "fetch round {} without progress in {took:?}; next in {pause:?}",
             self.rounds_without_progress
         );
-        self.shutdown.sleep(pause);
+        self.admin.shutdown.sleep(pause);
     }
 
     /// The log changed under us (a new topic id), if it did.
     fn changed(&self, meta: &TopicMeta) -> Option<TopicInfo> {
-        match self.topic_id {
+        match self.admin.topic_id {
             Some(id) if id != meta.topic_id => Some(TopicInfo::from(meta)),
             _ => None,
         }
@@ -450,7 +410,7 @@ impl KafkaSource {
     /// on at the end, and an ERROR line says how many offsets that passes over. A position
     /// inside the log (an answer older than the log's state) is kept and fetched again.
     fn out_of_range(&mut self, partition: i32, at: i64) -> Result<PartitionData, KafkaError> {
-        let bounds = self.offset_bounds(&[partition])?;
+        let bounds = self.admin.offset_bounds(&[partition])?;
         let Some(&(earliest, latest)) = bounds.get(&partition) else {
             return Err(fail(
                 "list-offsets",
@@ -501,7 +461,7 @@ impl KafkaSource {
                  cannot be read; the consumer waits here",
                 FETCH_PARTITION_BYTES_LIMIT / (1024 * 1024)
             );
-            self.shutdown.sleep(Duration::from_secs(5));
+            self.admin.shutdown.sleep(Duration::from_secs(5));
         } else {
             *size = size.saturating_mul(2).min(FETCH_PARTITION_BYTES_LIMIT);
             warn!(

@@ -25,7 +25,7 @@ use crate::cli::ConsumeArgs;
 use crate::engine::{
     Adapters, Driver, DriverConfig, Limits, LogId, Round, MAX_UNPUBLISHED_WINDOWS,
 };
-use crate::kafka::{GroupMember, GroupTimeouts, KafkaCommitter, KafkaSource, TopicInfo};
+use crate::kafka::{GroupMember, GroupTimeouts, KafkaAdmin, KafkaCommitter, TopicInfo};
 use crate::redact::redact_uri;
 use crate::retrying::retry;
 use crate::settings::{ConsumeSettings, SettingError, Sources, GROUP_SESSION_TIMEOUT};
@@ -105,7 +105,7 @@ struct Pipeline<'a> {
     settings: &'a ConsumeSettings,
     store: &'a Store,
     /// Commits, looks up offsets and describes the group; the fetching is `fetch`'s.
-    kafka: KafkaSource,
+    kafka: KafkaAdmin,
     /// The fetch worker, with connections of its own.
     fetch: KafkaFetch,
     shutdown: &'a Shutdown,
@@ -133,7 +133,7 @@ type ConsumerAdapters<'x, 'a> =
 fn with_adapters<R>(
     store: &Store,
     shutdown: &Shutdown,
-    kafka: &mut KafkaSource,
+    kafka: &mut KafkaAdmin,
     fetch: &mut KafkaFetch,
     member: Option<&GroupMember>,
     topic: &TopicInfo,
@@ -162,7 +162,7 @@ impl<'a> Pipeline<'a> {
         store: &'a Store,
         shutdown: &'a Shutdown,
     ) -> Result<Self, CommandError> {
-        let mut kafka = KafkaSource::new(
+        let mut kafka = KafkaAdmin::new(
             settings.brokers.clone(),
             settings.topic.clone(),
             settings.group.clone(),
@@ -450,7 +450,7 @@ fn assignment(
     settings: &ConsumeSettings,
     topic: &TopicInfo,
     member: Option<&mut GroupMember>,
-    source: &mut KafkaSource,
+    source: &mut KafkaAdmin,
     shutdown: &Shutdown,
 ) -> Result<Vec<i32>, CommandError> {
     if let Some(member) = member {
@@ -485,7 +485,7 @@ fn assignment(
 /// group owns, since both would read and window them.
 fn refuse_shared_partitions(
     settings: &ConsumeSettings,
-    source: &mut KafkaSource,
+    source: &mut KafkaAdmin,
     shutdown: &Shutdown,
 ) -> Result<(), CommandError> {
     let wanted = settings.partitions.clone().unwrap_or_default();
