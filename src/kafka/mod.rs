@@ -8,7 +8,8 @@
 //! - `cluster`: metadata, the leader of each partition, the group's coordinator, a connection
 //!   per broker;
 //! - `producer`: idempotent Produce with record batches v2 in any codec;
-//! - `fetch`: Fetch and the decoding of record batches;
+//! - `fetch`: Fetch; `records`: the decoding of what it returns (`batch` reads one record
+//!   batch as a stream, `decompress` expands it);
 //! - `source`: the consumer's reads; `admin`: the topic's metadata and the group's side
 //!   (`offsets`: the logs' bounds, committed offsets and commits; the committer over them);
 //!   `group`: group membership.
@@ -31,6 +32,7 @@ mod fetch;
 mod group;
 mod offsets;
 mod producer;
+mod records;
 mod sasl;
 mod scram;
 pub mod security;
@@ -43,9 +45,9 @@ use std::fmt;
 
 pub use admin::{KafkaAdmin, MemberInfo, TopicInfo};
 pub use committer::KafkaCommitter;
-pub use fetch::{decode_records, DecodedRecords, FetchedRecord};
 pub use group::{Generation, GroupMember, GroupTimeouts};
 pub use producer::{Compression, Delivery, KafkaProducer};
+pub use records::{decode_records, DecodedRecords, FetchedRecord};
 pub use security::{SaslCredentials, SaslMechanism, Security, SecurityProtocol, TlsFiles};
 pub use source::{Fetched, KafkaSource, PartitionData};
 
