@@ -266,7 +266,7 @@ mod tests {
             for v in range.min..=range.max {
                 assert!(
                     knows(api, v),
-                    "{api:?} v{v} has no layout in decode_limits.rs"
+                    "{api:?} v{v} has no layout in decode_limits/layouts.rs"
                 );
             }
         }
