@@ -18,14 +18,18 @@ const RECONNECT_PAUSE_FIRST: Duration = Duration::from_millis(100);
 const RECONNECT_PAUSE_MAX: Duration = Duration::from_secs(1);
 
 impl Cluster {
+    /// A broker's `host:port`, from the last metadata answer.
+    fn address(&self, broker: i32) -> Result<String, WireError> {
+        self.brokers
+            .get(&broker)
+            .cloned()
+            .ok_or_else(|| WireError::Io(format!("broker {broker} is not in the metadata")))
+    }
+
     /// Takes the connection to a broker out of the pool (opening it if needed), so that
     /// fetches to several leaders can run on threads of their own; give it back with `put`.
     pub fn take(&mut self, broker: i32) -> Result<Connection, WireError> {
-        let addr = self
-            .brokers
-            .get(&broker)
-            .cloned()
-            .ok_or_else(|| WireError::Io(format!("broker {broker} is not in the metadata")))?;
+        let addr = self.address(broker)?;
         match self.connections.remove(&addr) {
             Some(c) => Ok(c),
             None => Connection::open(&addr, &self.security),
@@ -38,11 +42,7 @@ impl Cluster {
     /// while the last ones did not (each exchange failed), the broker gets a new one only after
     /// a pause, doubled each time ([`reconnect_pause`]): an error until then.
     pub fn take_or_plan(&mut self, broker: i32) -> Result<ToOpen, WireError> {
-        let addr = self
-            .brokers
-            .get(&broker)
-            .cloned()
-            .ok_or_else(|| WireError::Io(format!("broker {broker} is not in the metadata")))?;
+        let addr = self.address(broker)?;
         if let Some(c) = self.connections.remove(&addr) {
             return Ok(ToOpen::Ready(c));
         }
