@@ -106,18 +106,7 @@ pub struct StatusSettings {
 impl ProduceSettings {
     pub fn resolve(args: &ProduceArgs, src: &Sources) -> Result<Self, SettingError> {
         let suffix = suffix(src)?;
-        let security = kafka_security(
-            src,
-            &SecurityFlags {
-                protocol: &args.security_protocol,
-                mechanism: &args.sasl_mechanism,
-                username: &args.sasl_username,
-                password: &args.sasl_password,
-                ca: &args.ssl_ca_location,
-                certificate: &args.ssl_certificate_location,
-                key: &args.ssl_key_location,
-            },
-        )?;
+        let security = kafka_security(src, &SecurityFlags::from(args))?;
         Ok(ProduceSettings {
             brokers: brokers(src.pick(&args.brokers, "brokers", &["KAFKA_BROKERS"]))?,
             security,
@@ -163,18 +152,7 @@ impl ConsumeSettings {
             Some(v) => NonZeroUsize::new(bounded(&v, 1_000_000)?).unwrap_or(NonZeroUsize::MIN),
             None => NonZeroUsize::new(DEFAULT_WINDOW_SIZE).unwrap_or(NonZeroUsize::MIN),
         };
-        let security = kafka_security(
-            src,
-            &SecurityFlags {
-                protocol: &args.security_protocol,
-                mechanism: &args.sasl_mechanism,
-                username: &args.sasl_username,
-                password: &args.sasl_password,
-                ca: &args.ssl_ca_location,
-                certificate: &args.ssl_certificate_location,
-                key: &args.ssl_key_location,
-            },
-        )?;
+        let security = kafka_security(src, &SecurityFlags::from(args))?;
         let max_step_interval = src
             .pick(
                 &args.max_step_interval,
@@ -269,18 +247,7 @@ impl ConsumeSettings {
 impl StatusSettings {
     pub fn resolve(args: &StatusArgs, src: &Sources) -> Result<Self, SettingError> {
         let suffix = suffix(src)?;
-        let security = kafka_security(
-            src,
-            &SecurityFlags {
-                protocol: &args.security_protocol,
-                mechanism: &args.sasl_mechanism,
-                username: &args.sasl_username,
-                password: &args.sasl_password,
-                ca: &args.ssl_ca_location,
-                certificate: &args.ssl_certificate_location,
-                key: &args.ssl_key_location,
-            },
-        )?;
+        let security = kafka_security(src, &SecurityFlags::from(args))?;
         Ok(StatusSettings {
             brokers: brokers(src.pick(&args.brokers, "brokers", &["KAFKA_BROKERS"]))?,
             security,

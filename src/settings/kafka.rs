@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use super::values::{list, non_empty_name};
 use super::*;
+use crate::cli::{ConsumeArgs, ProduceArgs, StatusArgs};
 use crate::kafka::security::{TlsFile, TlsFiles};
 use crate::kafka::{SaslCredentials, SaslMechanism, Security, SecurityProtocol};
 
@@ -40,6 +41,27 @@ pub(super) struct SecurityFlags<'a> {
     pub(super) certificate: &'a Option<String>,
     pub(super) key: &'a Option<String>,
 }
+
+/// The security flags of each command that talks to Kafka: all three name them alike.
+macro_rules! security_flags_of {
+    ($($args:ty),*) => {$(
+        impl<'a> From<&'a $args> for SecurityFlags<'a> {
+            fn from(args: &'a $args) -> Self {
+                SecurityFlags {
+                    protocol: &args.security_protocol,
+                    mechanism: &args.sasl_mechanism,
+                    username: &args.sasl_username,
+                    password: &args.sasl_password,
+                    ca: &args.ssl_ca_location,
+                    certificate: &args.ssl_certificate_location,
+                    key: &args.ssl_key_location,
+                }
+            }
+        }
+    )*};
+}
+
+security_flags_of!(ConsumeArgs, ProduceArgs, StatusArgs);
 
 /// `KAFKA_SECURITY_PROTOCOL` and what goes with it. A combination that cannot work (SASL
 /// settings without a SASL protocol, TLS files without TLS, a key without its certificate) and
