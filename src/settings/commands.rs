@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::kafka::{
     brokers, group, group_instance_id, kafka_security, partitions, topic, SecurityFlags,
 };
-use super::mongo::{mongo, named_collection, MongoSettings};
+use super::mongo::{mongo, named_collection, MongoSettings, DLQ, KPIS, RAW};
 use super::telemetry::{telemetry, TelemetrySettings};
 use super::values::{bounded, max_step_interval, positive, seconds, servers, span, suffix};
 use super::*;
@@ -168,30 +168,9 @@ impl ConsumeSettings {
             topic: topic(src.pick(&args.topic, "topic", &["KAFKA_TOPIC"]), &suffix)?,
             group: group(src.pick(&args.group, "group", &["KAFKA_GROUP_ID"]), &suffix)?,
             mongo: mongo(src, &args.mongodb_uri, &args.database)?,
-            raw_collection: named_collection(
-                src,
-                &args.raw_collection,
-                "raw-collection",
-                "MONGODB_RAW_COLLECTION",
-                "raw",
-                &suffix,
-            )?,
-            kpi_collection: named_collection(
-                src,
-                &args.kpi_collection,
-                "kpi-collection",
-                "MONGODB_KPI_COLLECTION",
-                "kpis",
-                &suffix,
-            )?,
-            dlq_collection: named_collection(
-                src,
-                &args.dlq_collection,
-                "dlq-collection",
-                "MONGODB_DLQ_COLLECTION",
-                "dlq",
-                &suffix,
-            )?,
+            raw_collection: named_collection(src, &args.raw_collection, &RAW, &suffix)?,
+            kpi_collection: named_collection(src, &args.kpi_collection, &KPIS, &suffix)?,
+            dlq_collection: named_collection(src, &args.dlq_collection, &DLQ, &suffix)?,
             window_size,
             servers_per_window: match src.pick(
                 &args.servers_per_window,
@@ -254,22 +233,8 @@ impl StatusSettings {
             topic: topic(src.pick(&args.topic, "topic", &["KAFKA_TOPIC"]), &suffix)?,
             group: group(src.pick(&args.group, "group", &["KAFKA_GROUP_ID"]), &suffix)?,
             mongo: mongo(src, &args.mongodb_uri, &args.database)?,
-            kpi_collection: named_collection(
-                src,
-                &args.kpi_collection,
-                "kpi-collection",
-                "MONGODB_KPI_COLLECTION",
-                "kpis",
-                &suffix,
-            )?,
-            dlq_collection: named_collection(
-                src,
-                &args.dlq_collection,
-                "dlq-collection",
-                "MONGODB_DLQ_COLLECTION",
-                "dlq",
-                &suffix,
-            )?,
+            kpi_collection: named_collection(src, &args.kpi_collection, &KPIS, &suffix)?,
+            dlq_collection: named_collection(src, &args.dlq_collection, &DLQ, &suffix)?,
             max_lag: src
                 .pick(&args.max_lag, "max-lag", &["STATUS_MAX_LAG"])
                 .map(|v| positive(&v))
@@ -295,14 +260,7 @@ impl KpisSettings {
         };
         Ok(KpisSettings {
             mongo: mongo(src, &args.mongodb_uri, &args.database)?,
-            kpi_collection: named_collection(
-                src,
-                &args.kpi_collection,
-                "kpi-collection",
-                "MONGODB_KPI_COLLECTION",
-                "kpis",
-                &suffix,
-            )?,
+            kpi_collection: named_collection(src, &args.kpi_collection, &KPIS, &suffix)?,
             limit,
             json: args.json,
             follow: args.follow,
@@ -340,14 +298,7 @@ impl PlotSettings {
         }
         Ok(PlotSettings {
             mongo: mongo(src, &args.mongodb_uri, &args.database)?,
-            kpi_collection: named_collection(
-                src,
-                &args.kpi_collection,
-                "kpi-collection",
-                "MONGODB_KPI_COLLECTION",
-                "kpis",
-                &suffix,
-            )?,
+            kpi_collection: named_collection(src, &args.kpi_collection, &KPIS, &suffix)?,
             windows,
             out,
         })

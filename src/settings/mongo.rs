@@ -89,23 +89,48 @@ pub(super) fn driver_reason(e: &mongodb::error::Error) -> String {
     }
 }
 
-/// Collection names: MongoDB forbids `$` and the `system.` prefix.
-/// A collection named by its flag or variable, else the exercise's `system_metrics_<kind>_<suffix>`.
+/// A collection's flag, its variable, and the kind in its default name.
+pub(super) struct CollectionSetting {
+    flag: &'static str,
+    var: &'static str,
+    kind: &'static str,
+}
+
+/// `--raw-collection`, else `system_metrics_raw_<suffix>`.
+pub(super) const RAW: CollectionSetting = CollectionSetting {
+    flag: "raw-collection",
+    var: "MONGODB_RAW_COLLECTION",
+    kind: "raw",
+};
+/// `--kpi-collection`, else `system_metrics_kpis_<suffix>`.
+pub(super) const KPIS: CollectionSetting = CollectionSetting {
+    flag: "kpi-collection",
+    var: "MONGODB_KPI_COLLECTION",
+    kind: "kpis",
+};
+/// `--dlq-collection`, else `system_metrics_dlq_<suffix>`.
+pub(super) const DLQ: CollectionSetting = CollectionSetting {
+    flag: "dlq-collection",
+    var: "MONGODB_DLQ_COLLECTION",
+    kind: "dlq",
+};
+
+/// A collection named by its flag or variable, else the exercise's
+/// `system_metrics_<kind>_<suffix>`.
 pub(super) fn named_collection(
     src: &Sources,
     flag: &Option<String>,
-    flag_name: &str,
-    var: &str,
-    kind: &str,
+    which: &CollectionSetting,
     suffix: &str,
 ) -> Result<String, SettingError> {
     collection(
-        src.pick(flag, flag_name, &[var]),
-        format!("system_metrics_{kind}_{suffix}"),
+        src.pick(flag, which.flag, &[which.var]),
+        format!("system_metrics_{}_{suffix}", which.kind),
     )
 }
 
-pub(super) fn collection(v: Option<Value>, default: String) -> Result<String, SettingError> {
+/// Collection names: MongoDB forbids `$` and the `system.` prefix.
+fn collection(v: Option<Value>, default: String) -> Result<String, SettingError> {
     let Some(v) = v else {
         return Ok(default);
     };
