@@ -4,7 +4,8 @@
 //! schemas; this module only moves them over blocking sockets and decides what to send where:
 //! - `connection`: one socket to one broker, opened with ApiVersions (`versions` picks the
 //!   version of every request from both sides' ranges), secured as `security` says: TLS
-//!   through rustls (`tls`), SASL PLAIN or SCRAM (`sasl`, `scram`);
+//!   through rustls (`tls`, configured from the PEM files by `tls_config`), SASL PLAIN or
+//!   SCRAM (`sasl`, `scram`);
 //! - `cluster`: metadata, the leader of each partition, the group's coordinator, a connection
 //!   per broker;
 //! - `producer`: idempotent Produce with record batches v2 in any codec;
@@ -38,6 +39,7 @@ mod scram;
 pub mod security;
 mod source;
 mod tls;
+mod tls_config;
 mod unreadable;
 mod versions;
 
