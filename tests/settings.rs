@@ -128,11 +128,18 @@ fn a_mongodb_uri_the_driver_refuses_exits_2_at_start_without_the_password() {
 }
 
 /// `Sandbox::command` clears every variable of `OUR_VARS` so a developer's shell cannot leak
-/// into a test: each variable `src/settings.rs` reads must be on that list.
+/// into a test: each variable `src/settings/` reads must be on that list.
 #[test]
 fn every_variable_the_program_reads_is_cleared_for_the_tests() {
     let root = repo_root();
-    let settings = std::fs::read_to_string(root.join("src/settings.rs")).unwrap();
+    // Every file of the folder, its unit tests included (as when it was one file).
+    let mut settings = String::new();
+    for entry in std::fs::read_dir(root.join("src/settings")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "rs") {
+            settings.push_str(&std::fs::read_to_string(&path).unwrap());
+        }
+    }
     // Every quoted name in upper case with an underscore, e.g. "KAFKA_BROKERS" (any text
     // between two quotes: an escaped quote elsewhere cannot hide one).
     let read: Vec<&str> = settings

@@ -13,7 +13,7 @@ use time::format_description::well_known::Rfc3339;
 
 use super::{database_hint, diagnose, now_utc, CommandError};
 use crate::cli::StatusArgs;
-use crate::kafka::{KafkaError, KafkaSource};
+use crate::kafka::{KafkaAdmin, KafkaError};
 use crate::redact::redact_uri;
 use crate::settings::{SettingError, Sources, StatusSettings};
 use crate::shutdown::Shutdown;
@@ -101,7 +101,7 @@ fn gather(settings: &StatusSettings, store: &Store) -> Result<Report, CommandErr
         CommandError::Failed(format!("{e}; {hint}"))
     };
     // No signal handler: status is short, and Ctrl-C may end it at once.
-    let mut source = KafkaSource::new(
+    let mut source = KafkaAdmin::new(
         settings.brokers.clone(),
         settings.topic.clone(),
         settings.group.clone(),

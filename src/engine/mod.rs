@@ -35,7 +35,7 @@
 //!
 //! Every write is idempotent by a unique key, so the process may die after any sink call: a
 //! fresh engine resumed from what the store and the group hold repeats the unfinished step
-//! and ends where an uninterrupted run would have. The property test in `property.rs` checks
+//! and ends where an uninterrupted run would have. The property test in `property/` checks
 //! exactly that, driving the real [`Driver`] over fakes with a crash injected between any two
 //! sink calls.
 

@@ -14,7 +14,7 @@ use std::io::{self, BufRead, Read};
 use sha2::{Digest, Sha256};
 
 use super::decompress::{expand, skip, Codec};
-use super::fetch::FetchedRecord;
+use super::records::FetchedRecord;
 use crate::engine::{hex, Oversized, DEAD_LETTER_HEAD_BYTES, MAX_PAYLOAD_BYTES};
 
 /// The most bytes one batch may expand to. Far above anything a producer writes (a batch is a

@@ -13,11 +13,11 @@ use crate::retrying::{retry, GaveUp};
 use crate::shutdown::Shutdown;
 use crate::telemetry::{self, Service};
 
-use super::{GroupMember, KafkaErrorKind, KafkaSource};
+use super::{GroupMember, KafkaAdmin, KafkaErrorKind};
 
-/// [`OffsetCommitter`] over a [`KafkaSource`], for a group member or a static consumer.
+/// [`OffsetCommitter`] over a [`KafkaAdmin`], for a group member or a static consumer.
 pub struct KafkaCommitter<'a> {
-    source: &'a mut KafkaSource,
+    source: &'a mut KafkaAdmin,
     shutdown: &'a Shutdown,
     /// The group membership, when the consumer has one: its heartbeats may already know that
     /// a commit would be refused.
@@ -27,7 +27,7 @@ pub struct KafkaCommitter<'a> {
 impl<'a> KafkaCommitter<'a> {
     /// A committer through `source`'s connections.
     pub fn new(
-        source: &'a mut KafkaSource,
+        source: &'a mut KafkaAdmin,
         shutdown: &'a Shutdown,
         member: Option<&'a GroupMember>,
     ) -> Self {

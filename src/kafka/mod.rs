@@ -4,18 +4,23 @@
 //! schemas; this module only moves them over blocking sockets and decides what to send where:
 //! - `connection`: one socket to one broker, opened with ApiVersions (`versions` picks the
 //!   version of every request from both sides' ranges), secured as `security` says: TLS
-//!   through rustls (`tls`), SASL PLAIN or SCRAM (`sasl`, `scram`);
+//!   through rustls (`tls`, configured from the PEM files by `tls_config`), SASL PLAIN or
+//!   SCRAM (`sasl`, `scram`);
 //! - `cluster`: metadata, the leader of each partition, the group's coordinator, a connection
 //!   per broker;
 //! - `producer`: idempotent Produce with record batches v2 in any codec;
-//! - `fetch`: Fetch and the decoding of record batches;
-//! - `source`: the consumer's reads, offsets and commits; `group`: group membership.
+//! - `fetch`: Fetch; `records`: the decoding of what it returns (`batch` reads one record
+//!   batch as a stream, `decompress` expands it);
+//! - `source`: the consumer's reads; `admin`: the topic's metadata and the group's side
+//!   (`offsets`: the logs' bounds, committed offsets and commits; the committer over them);
+//!   `group`: group membership.
 //!
 //! The project started on the `kafka` crate (kafka-rust); it is gone because it cannot keep
 //! the product's promise: it speaks Produce v0 and Fetch v0 (Kafka 4.0 removed Produce v0-v2),
 //! reads no lz4 or zstd, drops messages next to compressed sets, has no group membership, no
 //! TLS through rustls and no SASL.
 
+mod admin;
 mod batch;
 mod cluster;
 mod committer;
@@ -28,22 +33,25 @@ mod fetch;
 mod group;
 mod offsets;
 mod producer;
+mod records;
 mod sasl;
 mod scram;
 pub mod security;
 mod source;
 mod tls;
+mod tls_config;
 mod unreadable;
 mod versions;
 
 use std::fmt;
 
+pub use admin::{KafkaAdmin, MemberInfo, TopicInfo};
 pub use committer::KafkaCommitter;
-pub use fetch::{decode_records, DecodedRecords, FetchedRecord};
-pub use group::{Generation, GroupMember, GroupTimeouts, MemberInfo};
+pub use group::{Generation, GroupMember, GroupTimeouts};
 pub use producer::{Compression, Delivery, KafkaProducer};
+pub use records::{decode_records, DecodedRecords, FetchedRecord};
 pub use security::{SaslCredentials, SaslMechanism, Security, SecurityProtocol, TlsFiles};
-pub use source::{Fetched, KafkaSource, PartitionData, TopicInfo};
+pub use source::{Fetched, KafkaSource, PartitionData};
 
 /// What a failed call into Kafka means for the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,7 +1,6 @@
-//! The group's offsets in Kafka and the logs' bounds: ListOffsets, OffsetFetch and
-//! OffsetCommit (labelled with the topic's id and the staged window's marker), and the group
-//! description `status` and `--partitions` read. The engine's committer
-//! ([`super::KafkaCommitter`]) commits through these.
+//! The group's offsets in Kafka and the logs' bounds, on [`KafkaAdmin`]: ListOffsets,
+//! OffsetFetch and OffsetCommit (labelled with the topic's id and the staged window's marker).
+//! The engine's committer ([`super::KafkaCommitter`]) commits through these.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -18,17 +17,17 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use log::warn;
 
+use super::admin::KafkaAdmin;
 use super::cluster::{group_id, topic_name, AutoCreate, REQUEST_TIMEOUT};
 use super::connection::WireError;
-use super::group::{describe_group, Generation, MemberInfo};
-use super::source::KafkaSource;
+use super::group::Generation;
 use super::{fail, fatal, from_wire, KafkaError, KafkaErrorKind};
 use crate::engine::Committed;
 
 /// How long the coordinator may take to load a group after a restart or a move.
 const COORDINATOR_WAIT: Duration = Duration::from_secs(10);
 
-impl KafkaSource {
+impl KafkaAdmin {
     /// The earliest and the latest offset of each of these partitions.
     pub fn offset_bounds(
         &mut self,
@@ -49,7 +48,7 @@ impl KafkaSource {
         timestamp: i64,
     ) -> Result<HashMap<i32, i64>, KafkaError> {
         // The metadata is reloaded when it is of another log than the one followed, or lacks a
-        // leader we need: fetching happens on another source, so nothing else refreshes it.
+        // leader we need: a consumer's main thread never fetches, so nothing else refreshes it.
         let meta = match self.cluster.meta() {
             Some(m) if self.topic_id.is_none_or(|id| id == m.topic_id) => m.clone(),
             _ => self.cluster.refresh(AutoCreate::No)?,
@@ -199,12 +198,6 @@ impl KafkaSource {
     /// Commits from now on carry this generation (`None`: commits outside group membership).
     pub fn set_generation(&mut self, generation: Option<Generation>) {
         self.generation = generation;
-    }
-
-    /// The group's state and live members (with their partitions of our topic).
-    pub fn group_members(&mut self) -> Result<(String, Vec<MemberInfo>), KafkaError> {
-        let topic = self.cluster.topic().to_string();
-        describe_group(&mut self.cluster, &self.group, &topic)
     }
 
     /// Commits `(partition, next offset to read)` pairs for the group, labelled with the

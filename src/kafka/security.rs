@@ -1,5 +1,6 @@
 //! How a connection to a broker is secured: the protocol (plaintext, TLS, SASL, SASL over TLS),
-//! the SASL credentials, and the TLS client configuration built once from the PEM files.
+//! the SASL credentials, and the TLS client configuration built once from the PEM files
+//! (`tls_config`).
 //!
 //! The names are those users already know from librdkafka and Kafka's Java client
 //! (`security.protocol`, `sasl.mechanism`, `ssl.ca.location`, ...). `settings` reads the values;
@@ -7,13 +8,13 @@
 //! certificate) and hands every connection the same [`Security`].
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::{ClientConfig, RootCertStore};
+use rustls::ClientConfig;
+
+use super::tls_config::tls_config;
 
 /// `KAFKA_SECURITY_PROTOCOL`: what wraps the Kafka protocol on the socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -270,106 +271,9 @@ impl fmt::Debug for Security {
     }
 }
 
-/// TLS 1.2 and 1.3 through rustls with the `ring` provider; the broker's certificate must
-/// chain to the CA file (or a built-in root) and name the host we dialled.
-fn tls_config(files: &TlsFiles) -> Result<ClientConfig, TlsFileError> {
-    let mut roots = RootCertStore::empty();
-    match &files.ca {
-        Some(path) => {
-            let certs = read_certificates(path, TlsFile::Ca)?;
-            for cert in certs {
-                roots.add(cert).map_err(|e| TlsFileError {
-                    file: TlsFile::Ca,
-                    problem: format!("{} holds a certificate rustls refuses: {e}", path.display()),
-                })?;
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| TlsFileError {
-            file: TlsFile::Ca,
-            problem: format!("TLS cannot be set up: {e}"),
-        })?
-        .with_root_certificates(roots);
-    match (&files.certificate, &files.key) {
-        (Some(cert), Some(key)) => {
-            let chain = read_certificates(cert, TlsFile::Certificate)?;
-            let key_der = read_key(key)?;
-            builder
-                .with_client_auth_cert(chain, key_der)
-                .map_err(|e| TlsFileError {
-                    file: TlsFile::Key,
-                    problem: format!(
-                        "{} does not fit the certificate of {}: {e}",
-                        key.display(),
-                        cert.display()
-                    ),
-                })
-        }
-        (None, None) => Ok(builder.with_no_client_auth()),
-        (Some(_), None) => Err(TlsFileError {
-            file: TlsFile::Certificate,
-            problem: "a client certificate needs its private key (KAFKA_SSL_KEY_LOCATION)".into(),
-        }),
-        (None, Some(_)) => Err(TlsFileError {
-            file: TlsFile::Key,
-            problem: "a private key needs its certificate (KAFKA_SSL_CERTIFICATE_LOCATION)".into(),
-        }),
-    }
-}
-
-/// Every certificate of a PEM file; a file without one is refused.
-fn read_certificates(
-    path: &Path,
-    file: TlsFile,
-) -> Result<Vec<CertificateDer<'static>>, TlsFileError> {
-    let problem = |p: String| TlsFileError { file, problem: p };
-    readable(path, file)?;
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|_| problem(format!("cannot read {}", path.display())))?
-        .collect::<Result<_, _>>()
-        .map_err(|_| {
-            problem(format!(
-                "{} is not a PEM file of certificates (-----BEGIN CERTIFICATE-----)",
-                path.display()
-            ))
-        })?;
-    if certs.is_empty() {
-        return Err(problem(format!(
-            "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
-            path.display()
-        )));
-    }
-    Ok(certs)
-}
-
-/// The private key of a PEM file (PKCS#8, PKCS#1 or SEC1). The parser's own errors may quote a
-/// line of the file, so they are never shown.
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsFileError> {
-    readable(path, TlsFile::Key)?;
-    PrivateKeyDer::from_pem_file(path).map_err(|_| TlsFileError {
-        file: TlsFile::Key,
-        problem: format!(
-            "{} holds no unencrypted PEM private key (PKCS#8, PKCS#1 or SEC1)",
-            path.display()
-        ),
-    })
-}
-
-fn readable(path: &Path, file: TlsFile) -> Result<(), TlsFileError> {
-    std::fs::File::open(path)
-        .map(drop)
-        .map_err(|e| TlsFileError {
-            file,
-            problem: format!("cannot read {}: {}", path.display(), e.kind()),
-        })
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::tls_config::read_key;
     use super::*;
 
     #[test]

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use super::fetch::UnreadableBatch;
+use super::records::UnreadableBatch;
 
 /// The pause before the second fetch of a batch found unreadable, doubled each time the bytes
 /// at that offset differ again, up to [`REFETCH_PAUSE_MAX`].

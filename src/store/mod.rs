@@ -1,7 +1,8 @@
-//! The MongoDB adapter, the only folder that imports `mongodb`: it turns the engine's records
-//! into documents (`documents`), writes them in batches (`writes`, `staging`), retries what is
-//! transient (`sink`, the engine's [`StoreSink`](crate::engine::StoreSink)), and reads windows
-//! back for `status`, `kpis` and a resuming engine (`reads`).
+//! The MongoDB adapter, the only folder that talks to MongoDB (`settings::mongo` imports the
+//! driver only for its connection-string parser, which needs no network): it turns the engine's
+//! records into documents (`documents`), writes them in batches (`writes`, `staging`), retries
+//! what is transient (`sink`, the engine's [`StoreSink`](crate::engine::StoreSink)), and reads
+//! windows back for `status`, `kpis` and a resuming engine (`reads`).
 //!
 //! Idempotency lives in the database: raw documents are unique by `message_uuid`, dead letters
 //! and KPI windows have deterministic `_id`s, so replaying a batch after a crash or a retry

@@ -8,7 +8,7 @@ use crate::common::process::{poll, Background};
 use crate::common::scrape::{free_port, quick_value};
 use crate::common::services::Sandbox;
 
-/// The consumer's session timeout (src/settings.rs, `GROUP_SESSION_TIMEOUT`).
+/// The consumer's session timeout (src/settings/mod.rs, `GROUP_SESSION_TIMEOUT`).
 pub const SESSION: Duration = Duration::from_secs(10);
 
 /// Servers spread over the three partitions of a test topic.

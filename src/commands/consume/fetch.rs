@@ -26,7 +26,8 @@ pub struct KafkaFetch {
 }
 
 impl KafkaFetch {
-    /// Starts the fetch worker, with a source of its own on the same brokers, topic and group.
+    /// Starts the fetch worker, with connections of its own to the same brokers (the main
+    /// thread's [`crate::kafka::KafkaAdmin`] commits and describes the group, never fetches).
     pub fn start(
         settings: &ConsumeSettings,
         shutdown: &Shutdown,

@@ -2,14 +2,16 @@
 //!
 //! The exactly-once protocol and the loop that drives it are the engine's
 //! ([`crate::engine`], its module doc writes the protocol out); this module only wires it:
-//! start-up (the database, the topic, group membership or `--partitions`), the adapters
-//! (MongoDB, Kafka's offsets, the fetch worker, the process), what happens between rounds (a
-//! rebalance, a re-created topic, `--max-messages`, `--exit-when-idle`) and the log lines.
+//! start-up (the database, the topic, group membership or `--partitions`: `assignment`), the
+//! adapters (MongoDB, Kafka's offsets, the fetch worker, the process), what happens between
+//! rounds (a rebalance, a re-created topic, `--max-messages`, `--exit-when-idle`) and the log
+//! lines.
 //!
 //! Fetching overlaps storing: while a batch is stored, a worker thread (`prefetch`) fetches
 //! the next one at the positions the engine will hold after it, and the answer is used only if
 //! the engine is at exactly those positions when it is taken.
 
+mod assignment;
 mod fetch;
 mod host;
 mod prefetch;
@@ -25,27 +27,16 @@ use crate::cli::ConsumeArgs;
 use crate::engine::{
     Adapters, Driver, DriverConfig, Limits, LogId, Round, MAX_UNPUBLISHED_WINDOWS,
 };
-use crate::kafka::{GroupMember, GroupTimeouts, KafkaCommitter, KafkaSource, TopicInfo};
+use crate::kafka::{GroupMember, KafkaAdmin, KafkaCommitter, TopicInfo};
 use crate::redact::redact_uri;
 use crate::retrying::retry;
 use crate::settings::{ConsumeSettings, SettingError, Sources, GROUP_SESSION_TIMEOUT};
 use crate::shutdown::Shutdown;
 use crate::store::{CollectionNames, MongoSink, Store};
 use crate::telemetry;
+use assignment::{assignment, group_timeouts, refuse_shared_partitions};
 use fetch::KafkaFetch;
 use host::ConsumerHost;
-
-/// Group timeouts: a member silent for the session timeout is removed and its partitions
-/// move; a member whose loop made no step for the max step interval leaves. As in Java's
-/// consumer, a rebalance waits as long for the members to rejoin: a member in a step that is
-/// slow but within bounds is not dropped from the rebalance.
-fn group_timeouts(settings: &ConsumeSettings) -> GroupTimeouts {
-    GroupTimeouts {
-        session: GROUP_SESSION_TIMEOUT,
-        rebalance: settings.max_step_interval,
-        max_step_interval: settings.max_step_interval,
-    }
-}
 
 /// How often the throughput line is logged.
 const THROUGHPUT_EVERY: Duration = Duration::from_secs(10);
@@ -105,7 +96,7 @@ struct Pipeline<'a> {
     settings: &'a ConsumeSettings,
     store: &'a Store,
     /// Commits, looks up offsets and describes the group; the fetching is `fetch`'s.
-    kafka: KafkaSource,
+    kafka: KafkaAdmin,
     /// The fetch worker, with connections of its own.
     fetch: KafkaFetch,
     shutdown: &'a Shutdown,
@@ -133,7 +124,7 @@ type ConsumerAdapters<'x, 'a> =
 fn with_adapters<R>(
     store: &Store,
     shutdown: &Shutdown,
-    kafka: &mut KafkaSource,
+    kafka: &mut KafkaAdmin,
     fetch: &mut KafkaFetch,
     member: Option<&GroupMember>,
     topic: &TopicInfo,
@@ -162,7 +153,7 @@ impl<'a> Pipeline<'a> {
         store: &'a Store,
         shutdown: &'a Shutdown,
     ) -> Result<Self, CommandError> {
-        let mut kafka = KafkaSource::new(
+        let mut kafka = KafkaAdmin::new(
             settings.brokers.clone(),
             settings.topic.clone(),
             settings.group.clone(),
@@ -442,86 +433,4 @@ fn log_id(settings: &ConsumeSettings, topic: &TopicInfo) -> LogId {
         topic: settings.topic.clone(),
         topic_id: topic.topic_id.to_string(),
     }
-}
-
-/// This consumer's partitions of `topic`: its share from the group (joining it), or the
-/// `--partitions` named.
-fn assignment(
-    settings: &ConsumeSettings,
-    topic: &TopicInfo,
-    member: Option<&mut GroupMember>,
-    source: &mut KafkaSource,
-    shutdown: &Shutdown,
-) -> Result<Vec<i32>, CommandError> {
-    if let Some(member) = member {
-        let partitions = retry("joining the consumer group", shutdown, || member.join())?;
-        source.set_generation(member.generation());
-        telemetry::consumer().assigned(&partitions, member.generation().map(|g| g.id));
-        if partitions.is_empty() {
-            info!(
-                "no partition assigned: the group has more members than topic {} has \
-                 partitions; waiting for a rebalance",
-                settings.topic
-            );
-        }
-        return Ok(partitions);
-    }
-    let wanted = settings.partitions.clone().unwrap_or_default();
-    if let Some(missing) = wanted.iter().find(|p| !topic.partitions.contains(p)) {
-        return Err(CommandError::Setting(SettingError {
-            setting: "--partitions (KAFKA_PARTITIONS)".into(),
-            problem: format!(
-                "topic {} has no partition {missing} (it has {}); name existing partitions",
-                settings.topic,
-                join(&topic.partitions)
-            ),
-        }));
-    }
-    telemetry::consumer().assigned(&wanted, None);
-    Ok(wanted)
-}
-
-/// `--partitions` reads outside group membership: refuse partitions a live member of the same
-/// group owns, since both would read and window them.
-fn refuse_shared_partitions(
-    settings: &ConsumeSettings,
-    source: &mut KafkaSource,
-    shutdown: &Shutdown,
-) -> Result<(), CommandError> {
-    let wanted = settings.partitions.clone().unwrap_or_default();
-    let (_, members) = retry("describing the consumer group", shutdown, || {
-        source.group_members()
-    })?;
-    for m in &members {
-        let shared: Vec<i32> = m
-            .partitions
-            .iter()
-            .copied()
-            .filter(|p| wanted.contains(p))
-            .collect();
-        if !shared.is_empty() {
-            return Err(CommandError::Setting(SettingError {
-                setting: "--partitions (KAFKA_PARTITIONS)".into(),
-                problem: format!(
-                    "partition(s) {} of topic {} are read by live member {} (client {}, host {}) \
-                     of group {}; use another group, or drop --partitions to join the group",
-                    join(&shared),
-                    settings.topic,
-                    m.member_id,
-                    m.client_id,
-                    m.host,
-                    settings.group
-                ),
-            }));
-        }
-    }
-    Ok(())
-}
-
-fn join(partitions: &[i32]) -> String {
-    partitions
-        .iter()
-        .map(|p| p.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
 }

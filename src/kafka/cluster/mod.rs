@@ -2,6 +2,12 @@
 //! topic's id, the group's coordinator, and one connection per broker. Any connection that
 //! fails is dropped and metadata is reloaded, which is how the consumer follows leader moves,
 //! broker restarts and a topic that was deleted and created again.
+//!
+//! Here: metadata and calls to any broker, a given broker or an address; `pool` keeps the
+//! connections, `coordinator` finds the group's coordinator and calls it.
+
+mod coordinator;
+mod pool;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc::{channel, RecvTimeoutError};
@@ -9,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::{FindCoordinatorRequest, GroupId, MetadataRequest, TopicName};
+use kafka_protocol::messages::{GroupId, MetadataRequest, TopicName};
 use kafka_protocol::protocol::{Request, StrBytes};
 use log::debug;
 use uuid::Uuid;
@@ -18,6 +24,7 @@ use super::connection::{Connection, WireError};
 use super::security::Security;
 use super::{fail, fatal, from_wire, KafkaError};
 use crate::shutdown::Shutdown;
+pub use pool::ToOpen;
 
 /// How long a request other than a fetch may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -27,14 +34,6 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 const LEADER_WAIT: Duration = Duration::from_secs(15);
 /// How often a wait for connections being opened looks at the stop flag.
 const OPEN_POLL: Duration = Duration::from_millis(50);
-/// The pause before a broker whose last connection handed out never came back is tried again,
-/// doubled at each such connection in a row, up to the longest (Java's `reconnect.backoff.ms`
-/// and `reconnect.backoff.max.ms`, 50 ms and 1 s): a leader that fails every exchange at once
-/// (closes each answer half-way, answers another request) would otherwise get a new connection
-/// every fetch round, tens a second. The longest is short, so a broker back from an outage is
-/// tried again within a second.
-const RECONNECT_PAUSE_FIRST: Duration = Duration::from_millis(100);
-const RECONNECT_PAUSE_MAX: Duration = Duration::from_secs(1);
 
 /// How a metadata problem says the topic is not there.
 const MISSING: &str = " does not exist";
@@ -403,166 +402,6 @@ impl Cluster {
         }
         result
     }
-
-    /// Takes the connection to a broker out of the pool (opening it if needed), so that
-    /// fetches to several leaders can run on threads of their own; give it back with `put`.
-    pub fn take(&mut self, broker: i32) -> Result<Connection, WireError> {
-        let addr = self
-            .brokers
-            .get(&broker)
-            .cloned()
-            .ok_or_else(|| WireError::Io(format!("broker {broker} is not in the metadata")))?;
-        match self.connections.remove(&addr) {
-            Some(c) => Ok(c),
-            None => Connection::open(&addr, &self.security),
-        }
-    }
-
-    /// The open connection to a broker, or where and how to open one: for callers that open it
-    /// on a thread of their own, so that a broker that accepts and never answers the handshake
-    /// holds that thread only. A connection planned here comes back with `put` once it served;
-    /// while the last ones did not (each exchange failed), the broker gets a new one only after
-    /// a pause, doubled each time ([`reconnect_pause`]): an error until then.
-    pub fn take_or_plan(&mut self, broker: i32) -> Result<ToOpen, WireError> {
-        let addr = self
-            .brokers
-            .get(&broker)
-            .cloned()
-            .ok_or_else(|| WireError::Io(format!("broker {broker} is not in the metadata")))?;
-        if let Some(c) = self.connections.remove(&addr) {
-            return Ok(ToOpen::Ready(c));
-        }
-        let now = Instant::now();
-        let failed = match self.unreturned.get(&addr) {
-            Some(&(planned, failed)) => {
-                let pause = reconnect_pause(failed);
-                if now < planned + pause {
-                    return Err(WireError::Io(format!(
-                        "broker {broker} at {addr}: its last {failed} connection(s) failed; the \
-                         next in {:.1} s",
-                        (planned + pause - now).as_secs_f64()
-                    )));
-                }
-                failed
-            }
-            None => 0,
-        };
-        // Counted as failed until it comes back.
-        self.unreturned
-            .insert(addr.clone(), (now, failed.saturating_add(1)));
-        Ok(ToOpen::Open(addr, self.security.clone()))
-    }
-
-    pub fn put(&mut self, connection: Connection) {
-        self.unreturned.remove(connection.addr());
-        self.connections
-            .insert(connection.addr().to_string(), connection);
-    }
-
-    /// Forgets every connection (after a failure whose broker is unknown).
-    pub fn disconnect_all(&mut self) {
-        self.connections.clear();
-        self.coordinator = None;
-    }
-
-    /// Sends a request to the group's coordinator, finding it first; a coordinator that moved or
-    /// failed is looked up again on the next call.
-    pub fn call_coordinator<R: Request>(
-        &mut self,
-        group: &str,
-        request: &R,
-        timeout: Duration,
-    ) -> Result<R::Response, KafkaError> {
-        self.call_coordinator_interruptible(group, request, timeout, &|| false)
-    }
-
-    /// As [`Cluster::call_coordinator`], giving up the wait when `interrupted()` turns true.
-    pub fn call_coordinator_interruptible<R: Request>(
-        &mut self,
-        group: &str,
-        request: &R,
-        timeout: Duration,
-        interrupted: &dyn Fn() -> bool,
-    ) -> Result<R::Response, KafkaError> {
-        let addr = match &self.coordinator {
-            Some(a) => a.clone(),
-            None => {
-                let a = self.find_coordinator(group)?;
-                self.coordinator = Some(a.clone());
-                a
-            }
-        };
-        self.call_addr_interruptible(&addr, request, timeout, interrupted)
-            .map_err(|e| {
-                self.coordinator = None;
-                from_wire("group coordinator", e)
-            })
-    }
-
-    /// Forgets the coordinator (after NOT_COORDINATOR or COORDINATOR_NOT_AVAILABLE).
-    pub fn forget_coordinator(&mut self) {
-        self.coordinator = None;
-    }
-
-    /// Asks any broker for the group's coordinator. A new group, or one whose coordinator just
-    /// moved, answers COORDINATOR_NOT_AVAILABLE for a moment while the offsets topic's
-    /// partition loads: that is waited out (up to `LEADER_WAIT`) rather than reported.
-    fn find_coordinator(&mut self, group: &str) -> Result<String, KafkaError> {
-        let request = FindCoordinatorRequest::default()
-            .with_key(StrBytes::from_string(group.to_string()))
-            .with_key_type(0);
-        let deadline = Instant::now() + self.lookup_limit;
-        loop {
-            let response = self.call_any(&request)?;
-            match ResponseError::try_from_code(response.error_code) {
-                None => return Ok(format!("{}:{}", response.host.as_str(), response.port)),
-                Some(ResponseError::GroupAuthorizationFailed) => {
-                    return Err(fatal(
-                        "find-coordinator",
-                        format!(
-                            "the brokers refused access to group {group} \
-                             (GROUP_AUTHORIZATION_FAILED): ask the cluster's operator for READ \
-                             on it, or use a group you may join"
-                        ),
-                    ))
-                }
-                Some(e)
-                    if e.is_retriable()
-                        && Instant::now() < deadline
-                        && self.shutdown.sleep(Duration::from_millis(100)) => {}
-                Some(e) => {
-                    return Err(fail(
-                        "find-coordinator",
-                        format!("no coordinator for group {group} ({e})"),
-                    ))
-                }
-            }
-        }
-    }
-}
-
-/// The pause after `failed` connections in a row to one broker failed: from
-/// [`RECONNECT_PAUSE_FIRST`] after the first, doubled up to [`RECONNECT_PAUSE_MAX`].
-fn reconnect_pause(failed: u32) -> Duration {
-    RECONNECT_PAUSE_FIRST
-        .saturating_mul(1 << failed.saturating_sub(1).min(10))
-        .min(RECONNECT_PAUSE_MAX)
-}
-
-/// A connection to a broker, or what opening one takes.
-pub enum ToOpen {
-    Ready(Connection),
-    Open(String, Security),
-}
-
-impl ToOpen {
-    /// The connection, opening it if need be.
-    pub fn open(self) -> Result<Connection, WireError> {
-        match self {
-            ToOpen::Ready(c) => Ok(c),
-            ToOpen::Open(addr, security) => Connection::open(&addr, &security),
-        }
-    }
 }
 
 /// A group id as the codecs want it.
@@ -573,45 +412,4 @@ pub fn group_id(group: &str) -> GroupId {
 /// A topic name as the codecs want it.
 pub fn topic_name(topic: &str) -> TopicName {
     TopicName(StrBytes::from_string(topic.to_string()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reconnect_pauses_double_from_100_ms_up_to_one_second() {
-        let pauses: Vec<u128> = (1..7).map(|n| reconnect_pause(n).as_millis()).collect();
-        assert_eq!(pauses, [100, 200, 400, 800, 1000, 1000]);
-        assert_eq!(reconnect_pause(u32::MAX), RECONNECT_PAUSE_MAX);
-    }
-
-    #[test]
-    fn a_broker_whose_connections_do_not_come_back_is_planned_again_only_after_a_pause() {
-        let (addr, _) = super::super::connection_tests::fake_broker(Vec::new());
-        let mut cluster = Cluster::new(vec![addr.clone()], "t".into(), Shutdown::default());
-        cluster.brokers.insert(1, addr.clone());
-        let planned = |c: &mut Cluster| matches!(c.take_or_plan(1), Ok(ToOpen::Open(..)));
-        assert!(planned(&mut cluster), "the first connection is planned");
-        // It never came back: the next is refused until the first pause is over...
-        let refused = cluster.take_or_plan(1).err().map(|e| e.to_string());
-        assert!(
-            refused.as_deref().is_some_and(|e| e.contains("failed")),
-            "{refused:?}"
-        );
-        std::thread::sleep(RECONNECT_PAUSE_FIRST + Duration::from_millis(50));
-        // ...then planned, and refused again for twice as long.
-        assert!(planned(&mut cluster));
-        assert!(cluster.take_or_plan(1).is_err());
-        std::thread::sleep(RECONNECT_PAUSE_FIRST + Duration::from_millis(50));
-        assert!(
-            cluster.take_or_plan(1).is_err(),
-            "the second pause is longer"
-        );
-        // A connection that served and came back ends the pauses.
-        let connection = Connection::open(&addr, &Security::plaintext()).unwrap();
-        cluster.put(connection);
-        assert!(matches!(cluster.take_or_plan(1), Ok(ToOpen::Ready(_))));
-        assert!(planned(&mut cluster), "planned at once after a success");
-    }
 }

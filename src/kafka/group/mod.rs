@@ -12,36 +12,37 @@
 //! rejoined (a step stuck on a slow write does not get the member removed), and the member
 //! leaves the group when its loop made no step for the max step interval (its partitions then
 //! move to a member that works; it rejoins once the loop runs again).
+//!
+//! Here: joining, syncing and leaving; `heartbeat` is the heartbeat thread,
+//! `consumer_protocol` the subscription and assignment bytes and the `range` assignor. The
+//! group's description (`status`, `--partitions`) is [`super::KafkaAdmin::group_members`].
+
+mod consumer_protocol;
+mod heartbeat;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::consumer_protocol_assignment::TopicPartition as AssignedTopic;
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::leave_group_request::MemberIdentity;
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
-use kafka_protocol::messages::{
-    ConsumerProtocolAssignment, ConsumerProtocolSubscription, DescribeGroupsRequest,
-    HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest, SyncGroupRequest,
-};
-use kafka_protocol::protocol::{Encodable, Request, StrBytes};
-use log::{debug, error, info, warn};
+use kafka_protocol::messages::{JoinGroupRequest, LeaveGroupRequest, SyncGroupRequest};
+use kafka_protocol::protocol::{Request, StrBytes};
+use log::{debug, info, warn};
 
-use super::cluster::{group_id, topic_name, AutoCreate, Cluster};
-use super::decode_limits::decode_consumer_protocol;
+use super::cluster::{group_id, AutoCreate, Cluster};
 use super::security::Security;
 use super::{fail, fatal, KafkaError};
 use crate::shutdown::Shutdown;
-
-/// The consumer-protocol version of our subscription and assignment bytes (any Kafka tool
-/// reads version 0).
-const CONSUMER_PROTOCOL_VERSION: i16 = 0;
-pub const PROTOCOL_TYPE: &str = "consumer";
-pub const ASSIGNOR: &str = "range";
+pub(super) use consumer_protocol::decode_assignment;
+use consumer_protocol::{
+    encode_assignment, encode_subscription, range_assign, subscribes_to, ASSIGNOR, PROTOCOL_TYPE,
+};
+use heartbeat::Heartbeats;
 
 /// How long the member may go without a heartbeat before the coordinator removes it, how
 /// long a rebalance may wait for members to rejoin, and how long the member's loop may go
@@ -71,7 +72,7 @@ pub struct Generation {
 
 /// What the heartbeat thread and the consume loop share.
 #[derive(Debug)]
-struct State {
+pub(super) struct State {
     generation: Option<Generation>,
     /// The group is rebalancing, or this member was fenced: rejoin before storing more.
     rejoin: bool,
@@ -476,7 +477,7 @@ impl GroupMember {
 /// LeaveGroup for `generation`'s member. A failed call is tried once more on a fresh
 /// connection to a coordinator looked up again: the one we held may be to a broker that
 /// restarted since (its socket closed), or no longer the coordinator.
-fn leave_group(
+pub(super) fn leave_group(
     cluster: &mut Cluster,
     group: &str,
     generation: &Generation,
@@ -505,105 +506,6 @@ fn leave_group(
     Err(failure)
 }
 
-/// The heartbeat thread: one Heartbeat a third of the session while the member holds a
-/// generation, also while a rebalance is pending (until the member has rejoined, which stops
-/// this thread); LeaveGroup when the consume loop made no step for the max step interval.
-struct Heartbeats {
-    /// Connections of its own: a heartbeat never waits behind the loop's calls.
-    cluster: Cluster,
-    group: String,
-    state: Arc<Mutex<State>>,
-    timeouts: GroupTimeouts,
-    stop: Arc<AtomicBool>,
-}
-
-impl Heartbeats {
-    fn run(mut self) {
-        let interval = self.timeouts.heartbeat_interval();
-        while !self.stop.load(Ordering::SeqCst) {
-            let (generation, since_step) = {
-                let s = lock(&self.state);
-                (s.generation.clone(), s.last_step.elapsed())
-            };
-            // Fenced out (or left): nothing to keep alive until the next join.
-            let Some(generation) = generation else {
-                return;
-            };
-            if since_step > self.timeouts.max_step_interval {
-                self.leave_stalled(&generation, since_step);
-                return;
-            }
-            match heartbeat(&mut self.cluster, &self.group, &generation) {
-                Ok(()) => {}
-                Err(HeartbeatError::Rejoin(RejoinReason::InstanceFenced)) => {
-                    error!(
-                        "group {}: another consumer joined with this member's group instance id \
-                         and took its place; stopping",
-                        self.group
-                    );
-                    let mut s = lock(&self.state);
-                    s.rejoin = true;
-                    s.instance_fenced = true;
-                    s.generation = None;
-                    return;
-                }
-                Err(HeartbeatError::Rejoin(why)) => {
-                    let mut s = lock(&self.state);
-                    // A pending rebalance answers every heartbeat until the member rejoined:
-                    // said once.
-                    if !s.rejoin || why.fenced() {
-                        info!("group {}: {why}; the member will rejoin", self.group);
-                    }
-                    s.rejoin = true;
-                    if why.fenced() {
-                        s.generation = None;
-                    }
-                }
-                Err(HeartbeatError::Unreachable(e)) => {
-                    warn!("group {}: heartbeat failed ({e}); retrying", self.group);
-                }
-            }
-            let until = Instant::now() + interval;
-            while Instant::now() < until && !self.stop.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-
-    /// Java's `max.poll.interval.ms`: a member whose loop is stuck (on a database that hangs)
-    /// would keep its partitions for as long as its heartbeats go on, and nobody would process
-    /// them. It leaves instead, so they move to a member that works; the windows it staged and
-    /// did not commit are never published (the commit is the fence).
-    fn leave_stalled(&mut self, generation: &Generation, since_step: Duration) {
-        {
-            let mut s = lock(&self.state);
-            s.generation = None;
-            s.rejoin = true;
-            s.left_stalled = true;
-        }
-        let outcome = leave_group(
-            &mut self.cluster,
-            &self.group,
-            generation,
-            "the consume loop made no step for the max step interval",
-        );
-        let what = match outcome {
-            Ok(()) => "left the group so that its partitions move to another member".to_string(),
-            Err(e) => format!(
-                "{e}: the coordinator moves its partitions after the session timeout instead"
-            ),
-        };
-        error!(
-            "group {}: member {} made no step for {:.1} s (more than --max-step-interval {} s; \
-             is the database answering?): {what}; it rejoins once its loop runs again",
-            self.group,
-            generation.member_id,
-            since_step.as_secs_f64(),
-            self.timeouts.max_step_interval.as_secs_f64()
-        );
-    }
-}
-
 impl Drop for GroupMember {
     fn drop(&mut self) {
         self.stop_heartbeat_thread();
@@ -624,235 +526,11 @@ enum JoinOutcome {
     Retry { member_id: String },
 }
 
-/// Why a heartbeat asks the member to rejoin.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RejoinReason {
-    Rebalancing,
-    Fenced(ResponseError),
-    /// Another process holds this member's instance id: stop, never rejoin.
-    InstanceFenced,
-}
-
-impl RejoinReason {
-    fn fenced(self) -> bool {
-        matches!(self, RejoinReason::Fenced(_))
-    }
-}
-
-impl std::fmt::Display for RejoinReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            RejoinReason::Rebalancing => f.write_str("the group is rebalancing"),
-            RejoinReason::Fenced(e) => write!(f, "this member was fenced out of the group ({e})"),
-            RejoinReason::InstanceFenced => {
-                f.write_str("another consumer took this member's group instance id")
-            }
-        }
-    }
-}
-
-enum HeartbeatError {
-    Rejoin(RejoinReason),
-    Unreachable(String),
-}
-
-fn heartbeat(
-    cluster: &mut Cluster,
-    group: &str,
-    generation: &Generation,
-) -> Result<(), HeartbeatError> {
-    let request = HeartbeatRequest::default()
-        .with_group_id(group_id(group))
-        .with_generation_id(generation.id)
-        .with_member_id(StrBytes::from_string(generation.member_id.clone()))
-        .with_group_instance_id(generation.instance_id.clone().map(StrBytes::from_string));
-    let response = cluster
-        .call_coordinator(group, &request, Duration::from_secs(5))
-        .map_err(|e| HeartbeatError::Unreachable(e.to_string()))?;
-    match ResponseError::try_from_code(response.error_code) {
-        None => Ok(()),
-        Some(ResponseError::RebalanceInProgress) => {
-            Err(HeartbeatError::Rejoin(RejoinReason::Rebalancing))
-        }
-        Some(ResponseError::FencedInstanceId) if generation.instance_id.is_some() => {
-            Err(HeartbeatError::Rejoin(RejoinReason::InstanceFenced))
-        }
-        Some(
-            e @ (ResponseError::UnknownMemberId
-            | ResponseError::IllegalGeneration
-            | ResponseError::FencedInstanceId),
-        ) => Err(HeartbeatError::Rejoin(RejoinReason::Fenced(e))),
-        Some(e) => {
-            if matches!(
-                e,
-                ResponseError::NotCoordinator | ResponseError::CoordinatorNotAvailable
-            ) {
-                cluster.forget_coordinator();
-            }
-            Err(HeartbeatError::Unreachable(e.to_string()))
-        }
-    }
-}
-
-/// A live member of a group, as DescribeGroups reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MemberInfo {
-    pub member_id: String,
-    pub client_id: String,
-    pub host: String,
-    /// Its partitions of our topic.
-    pub partitions: Vec<i32>,
-}
-
-/// The group's state (`Stable`, `Empty`, `PreparingRebalance`, ...) and live members.
-pub fn describe_group(
-    cluster: &mut Cluster,
-    group: &str,
-    topic: &str,
-) -> Result<(String, Vec<MemberInfo>), KafkaError> {
-    let request = DescribeGroupsRequest::default().with_groups(vec![group_id(group)]);
-    let response = cluster.call_coordinator(group, &request, Duration::from_secs(10))?;
-    let Some(described) = response.groups.into_iter().next() else {
-        return Err(fail(
-            "describe-group",
-            format!("no answer for group {group}"),
-        ));
-    };
-    if let Some(e) = ResponseError::try_from_code(described.error_code) {
-        return Err(fail("describe-group", format!("group {group}: {e}")));
-    }
-    let members = described
-        .members
-        .iter()
-        .map(|m| MemberInfo {
-            member_id: m.member_id.to_string(),
-            client_id: m.client_id.to_string(),
-            host: m.client_host.to_string(),
-            partitions: decode_assignment(&m.member_assignment, topic),
-        })
-        .collect();
-    Ok((described.group_state.to_string(), members))
-}
-
-/// Range assignment of `partitions` over `members`: contiguous runs, sorted member ids, the
-/// first `partitions % members` members taking one extra.
-pub fn range_assign(partitions: &[i32], members: &[&str]) -> Vec<(String, Vec<i32>)> {
-    let mut partitions = partitions.to_vec();
-    partitions.sort_unstable();
-    let mut members: Vec<&str> = members.to_vec();
-    members.sort_unstable();
-    members.dedup();
-    if members.is_empty() {
-        return Vec::new();
-    }
-    let per = partitions.len() / members.len();
-    let extra = partitions.len() % members.len();
-    let mut next = 0;
-    members
-        .iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let n = per + usize::from(i < extra);
-            let mine = partitions[next..next + n].to_vec();
-            next += n;
-            (m.to_string(), mine)
-        })
-        .collect()
-}
-
-/// The consumer-protocol subscription: a version, then the subscribed topics.
-pub fn encode_subscription(topic: &str) -> Bytes {
-    let subscription = ConsumerProtocolSubscription::default()
-        .with_topics(vec![StrBytes::from_string(topic.to_string())]);
-    with_version(|buf| subscription.encode(buf, CONSUMER_PROTOCOL_VERSION))
-}
-
-fn subscribes_to(metadata: &Bytes, topic: &str) -> bool {
-    let mut buf = metadata.clone();
-    if buf.remaining() < 2 {
-        return false;
-    }
-    let version = buf.get_i16();
-    // Another member's bytes: checked before they size anything.
-    decode_consumer_protocol::<ConsumerProtocolSubscription>(false, version, &mut buf)
-        .map(|s| s.topics.iter().any(|t| t.as_str() == topic))
-        .unwrap_or(false)
-}
-
-/// The consumer-protocol assignment of `partitions` of `topic`.
-pub fn encode_assignment(topic: &str, partitions: &[i32]) -> Bytes {
-    let assignment = ConsumerProtocolAssignment::default().with_assigned_partitions(vec![
-        AssignedTopic::default()
-            .with_topic(topic_name(topic))
-            .with_partitions(partitions.to_vec()),
-    ]);
-    with_version(|buf| assignment.encode(buf, CONSUMER_PROTOCOL_VERSION))
-}
-
-/// Our topic's partitions in an assignment (empty bytes: no partitions).
-pub fn decode_assignment(bytes: &Bytes, topic: &str) -> Vec<i32> {
-    let mut buf = bytes.clone();
-    if buf.remaining() < 2 {
-        return Vec::new();
-    }
-    let version = buf.get_i16();
-    let mut partitions: Vec<i32> =
-        decode_consumer_protocol::<ConsumerProtocolAssignment>(true, version, &mut buf)
-            .map(|a| {
-                a.assigned_partitions
-                    .into_iter()
-                    .filter(|t| t.topic.0.as_str() == topic)
-                    .flat_map(|t| t.partitions)
-                    .collect()
-            })
-            .unwrap_or_default();
-    partitions.sort_unstable();
-    partitions
-}
-
-fn with_version<E>(encode: impl FnOnce(&mut BytesMut) -> Result<(), E>) -> Bytes {
-    let mut buf = BytesMut::new();
-    buf.put_i16(CONSUMER_PROTOCOL_VERSION);
-    // Encoding plain strings and integers into a growable buffer cannot fail.
-    let _ = encode(&mut buf);
-    buf.freeze()
-}
-
 fn millis(d: Duration) -> i32 {
     i32::try_from(d.as_millis()).unwrap_or(i32::MAX)
 }
 
-fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+pub(super) fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     // A panic while holding the lock leaves plain data behind; keep using it.
     state.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn range_assignment_splits_contiguously_first_members_take_the_rest() {
-        let plan = range_assign(&[2, 0, 1], &["b", "a"]);
-        assert_eq!(
-            plan,
-            vec![("a".to_string(), vec![0, 1]), ("b".to_string(), vec![2])]
-        );
-        let plan = range_assign(&[0, 1, 2], &["a", "b", "c", "d"]);
-        assert_eq!(plan[3], ("d".to_string(), vec![]));
-        assert!(range_assign(&[0], &[]).is_empty());
-    }
-
-    #[test]
-    fn consumer_protocol_bytes_round_trip() {
-        let s = encode_subscription("metrics");
-        assert!(subscribes_to(&s, "metrics"));
-        assert!(!subscribes_to(&s, "other"));
-        // Version 0 header, then an array of one string.
-        assert_eq!(&s[..2], &[0, 0]);
-        let a = encode_assignment("metrics", &[2, 0]);
-        assert_eq!(decode_assignment(&a, "metrics"), vec![0, 2]);
-        assert!(decode_assignment(&a, "other").is_empty());
-        assert!(decode_assignment(&Bytes::new(), "metrics").is_empty());
-    }
 }

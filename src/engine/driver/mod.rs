@@ -7,102 +7,31 @@
 //! ([`StoreSink`]), where offsets are committed ([`OffsetCommitter`]) and the process around it
 //! ([`Host`]: stop requests, group membership, sleeping): the consumer passes Kafka and MongoDB,
 //! the property test passes fakes, so every decision made here is under its crash test.
+//!
+//! Here: the loop's rounds and steps; `adapters` holds the traits it drives through,
+//! `recovery` the resume of a fresh engine (after a failed step, or over truncated logs).
+
+mod adapters;
+mod recovery;
 
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroUsize;
 use std::ops::ControlFlow;
-use std::time::Duration;
 
 use log::{error, info, warn};
 use time::OffsetDateTime;
 
 use super::{
-    Counts, Engine, EngineConfig, EngineError, Limits, LogId, OffsetCommitter, Publication, Record,
-    SinkErrorKind, StepReport, StoreSink,
+    Counts, Engine, EngineError, Limits, LogId, OffsetCommitter, Record, SinkErrorKind, StepReport,
+    StoreSink,
 };
 use crate::retry::Backoff;
+pub use adapters::{Adapters, DriverError, Fetch, FetchSource, Host, PartitionFetch};
+use recovery::{resume, Truncation};
 
 /// Windows a consumer may hold staged while their commit keeps failing before it stops
 /// reading (20,000 messages at the default window size).
 pub const MAX_UNPUBLISHED_WINDOWS: usize = 1_000;
-
-/// What one partition gave in one fetch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PartitionFetch {
-    /// The partition.
-    pub partition: i32,
-    /// Its records in offset order; a batch may start before the offset asked for.
-    pub records: Vec<Record>,
-    /// Where the next fetch of this partition starts once these records are processed: past
-    /// control batches and compaction gaps, or below the position when the log was truncated.
-    pub next_offset: i64,
-    /// The offset after the last record the partition holds, when the source said so.
-    pub high_watermark: Option<i64>,
-}
-
-/// The outcome of one fetch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Fetch {
-    /// Data (possibly none) for the partitions that answered, received at `arrival`.
-    Data {
-        /// Per partition that answered.
-        parts: Vec<PartitionFetch>,
-        /// When the answer came: it times the windows and stamps the documents.
-        arrival: OffsetDateTime,
-    },
-    /// Nothing was read: the fetch failed, and the source reported it and waited its backoff.
-    Failed,
-    /// The log changed under the consumer (a topic deleted and created again): the caller
-    /// takes its partitions of the new log again.
-    LogChanged,
-}
-
-/// Why the driver stopped: a stop request, or what retrying cannot fix.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DriverError {
-    /// A stop was requested (SIGINT/SIGTERM); everything completed is stored and committed.
-    Stopped,
-    /// What retrying cannot fix, written for the operator.
-    Fatal(String),
-}
-
-/// Where records come from (Kafka in production). The source retries and backs off itself.
-pub trait FetchSource {
-    /// Fetches from each partition at its position.
-    fn fetch(&mut self, positions: &BTreeMap<i32, i64>) -> Result<Fetch, DriverError>;
-
-    /// The next fetch will most likely be at `positions` (where the engine stands once the
-    /// last answer is processed): a source may fetch there while the answer is stored. The
-    /// default fetches nothing ahead.
-    fn prefetch(&mut self, _positions: &BTreeMap<i32, i64>) {}
-}
-
-/// What the driver needs from the process around it.
-pub trait Host {
-    /// A stop was requested.
-    fn stop_requested(&self) -> bool;
-    /// This consumer must rejoin its group before it stores more (a rebalance, or fenced).
-    fn rejoin_needed(&self) -> bool;
-    /// The group refused a commit for this member's generation: it must rejoin.
-    fn fenced(&mut self);
-    /// The loop is alive (the group's max step interval is measured from the last call).
-    fn stepped(&mut self);
-    /// Waits `delay`; false if a stop was requested meanwhile.
-    fn sleep(&mut self, delay: Duration) -> bool;
-    /// A staging token no other engine ever used ([`Publication::AfterCommit`]).
-    fn new_token(&mut self) -> String;
-    /// The engine is being resumed (`true`) or the resume is over (`false`): a resume gives
-    /// nothing up for a rejoin (the loop rejoins right after it), so the adapters' calls should
-    /// not be abandoned meanwhile.
-    fn resuming(&mut self, _on: bool) {}
-    /// The engine was resumed from the store: its work starts afresh (progress, for a health
-    /// check that counts failed steps as none).
-    fn resumed(&mut self) {}
-    /// A step (or a commit retry) begins.
-    fn step_started(&mut self) {}
-    /// It ended, with its report if it succeeded.
-    fn step_ended(&mut self, _report: Option<&StepReport>) {}
-}
 
 /// What the driver runs: the consumer's log, group, partitions and bounds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,18 +94,6 @@ pub struct Driver {
     totals: Totals,
     interval: Totals,
     committed: Option<Vec<(i32, i64)>>,
-}
-
-/// Borrowed adapters, passed to every call.
-pub struct Adapters<'a, F: ?Sized, S: ?Sized, C: ?Sized, H: ?Sized> {
-    /// Where records come from.
-    pub source: &'a mut F,
-    /// Where they are stored.
-    pub sink: &'a mut S,
-    /// Where offsets are committed.
-    pub committer: &'a mut C,
-    /// The process around the loop.
-    pub host: &'a mut H,
 }
 
 impl Driver {
@@ -544,114 +461,6 @@ impl Driver {
                 }
             }
         }
-    }
-
-    /// Positions past their logs' ends: the logs were truncated under us (an unclean leader
-    /// election, or records deleted by hand). What we counted there is gone from the logs; the
-    /// offsets from each new end on will hold new messages, so reading continues there. All
-    /// truncated partitions are rewound by one fresh engine and one commit (at most to where
-    /// this fetch's `ends` say each partition answered): one at a time, a consumer that resumes
-    /// after its furthest windows would move each back up while it rewinds the next.
-    fn logs_truncated<F, S, C, H>(
-        &mut self,
-        truncated: &[Truncation],
-        ends: &[(i32, i64)],
-        io: &mut Adapters<'_, F, S, C, H>,
-    ) -> Result<(), DriverError>
-    where
-        F: FetchSource + ?Sized,
-        S: StoreSink + ?Sized,
-        C: OffsetCommitter + ?Sized,
-        H: Host + ?Sized,
-    {
-        for t in truncated {
-            error!(
-                "partition {}: position {} is past the log end {} (the log was truncated): {} \
-                 offsets we counted are no longer in the log; continuing at {}",
-                t.partition,
-                t.at,
-                t.end,
-                t.at - t.end,
-                t.end
-            );
-        }
-        self.restart(io)?;
-        // The fresh engine may stand past other partitions' ends too (a window stored past a
-        // truncation): every partition of this fetch goes back to at most where it answered.
-        let mut rewound = false;
-        for &(partition, end) in ends {
-            rewound |= self.engine.rewind_to(partition, end);
-        }
-        if rewound {
-            // Committed now: a restart before the next window would resume at the old
-            // positions, past the records the logs will hold from their ends on by then.
-            if let Err(e) = self.engine.commit_positions(io.committer) {
-                for t in truncated {
-                    error!(
-                        "{e}; partition {} resumes at {} if the consumer stops before its next \
-                         window",
-                        t.partition, t.at
-                    );
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// A partition whose position lies past its log's end.
-struct Truncation {
-    partition: i32,
-    /// The position.
-    at: i64,
-    /// The log's end.
-    end: i64,
-}
-
-/// An engine over `partitions`, resumed from the store and the group's offsets. A group
-/// member's engine stages under a token of its own.
-fn resume<F, S, C, H>(
-    config: &DriverConfig,
-    partitions: &[i32],
-    io: &mut Adapters<'_, F, S, C, H>,
-) -> Result<Engine, DriverError>
-where
-    F: FetchSource + ?Sized,
-    S: StoreSink + ?Sized,
-    C: OffsetCommitter + ?Sized,
-    H: Host + ?Sized,
-{
-    let log_start = io
-        .committer
-        .log_start(partitions)
-        .map_err(|e| resume_failed(EngineError::Sink(e)))?;
-    let engine_config = EngineConfig {
-        log: config.log.clone(),
-        group: config.group.clone(),
-        partitions: partitions.to_vec(),
-        window_size: config.window_size,
-        servers_listed: config.servers_listed,
-        limits: config.limits,
-        // A group member's partitions can move while one of its writes is on its way: its
-        // windows count only once the group accepted their commit. A static consumer's cannot
-        // move, and Kafka refuses its commits while the group has members: it stores directly.
-        publication: if config.member {
-            Publication::AfterCommit {
-                token: io.host.new_token(),
-            }
-        } else {
-            Publication::Direct
-        },
-    };
-    Engine::resume(engine_config, &log_start, io.sink, io.committer).map_err(resume_failed)
-}
-
-/// A resume that failed stops the consumer: the real adapters retry everything transient.
-fn resume_failed(e: EngineError) -> DriverError {
-    match e {
-        EngineError::Sink(s) if s.kind == SinkErrorKind::Stopped => DriverError::Stopped,
-        EngineError::Sink(s) if s.kind == SinkErrorKind::Permanent => DriverError::Fatal(s.detail),
-        other => DriverError::Fatal(other.to_string()),
     }
 }
 

@@ -1,5 +1,12 @@
-//! The consumer's Kafka side: reads one topic at positions the caller owns, follows partition
-//! leaders, recognises a re-created topic, and keeps the group's committed offsets.
+//! The consumer's reads: one topic at positions the caller owns, from each partition's leader,
+//! recognising a re-created topic. The group's offsets, commits and `status`'s reads are
+//! [`super::KafkaAdmin`]'s.
+//!
+//! Here: the fetch rounds (a thread per leader, a leader that answers late holding back only
+//! its own partitions, a pause after rounds without progress); `answer` turns each
+//! partition's answer into data.
+
+mod answer;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc::{sync_channel, Receiver, TryRecvError};
@@ -9,10 +16,10 @@ use kafka_protocol::error::ResponseError;
 use log::{debug, error, warn};
 use uuid::Uuid;
 
-use super::cluster::{AutoCreate, Cluster, ToOpen, TopicMeta};
+use super::admin::{KafkaAdmin, TopicInfo};
+use super::cluster::{AutoCreate, ToOpen, TopicMeta};
 use super::connection::{Connection, WireError};
 use super::fetch::{fetch_from, FetchPosition, PartitionAnswer};
-use super::group::Generation;
 use super::security::Security;
 use super::unreadable::Suspects;
 use super::{fail, from_wire, KafkaError};
@@ -51,22 +58,6 @@ struct LateFetch {
     answer: Receiver<LeaderAnswer>,
 }
 
-/// Which log the consumer reads: the topic's current incarnation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TopicInfo {
-    pub topic_id: Uuid,
-    pub partitions: Vec<i32>,
-}
-
-impl From<&TopicMeta> for TopicInfo {
-    fn from(meta: &TopicMeta) -> Self {
-        TopicInfo {
-            topic_id: meta.topic_id,
-            partitions: meta.partition_ids(),
-        }
-    }
-}
-
 /// What one partition gave in one fetch: the engine's type, filled here.
 pub type PartitionData = crate::engine::PartitionFetch;
 
@@ -79,18 +70,12 @@ pub enum Fetched {
     TopicChanged(TopicInfo),
 }
 
-/// Reads a topic at positions the caller owns, and keeps a group's offsets in Kafka.
+/// Reads a topic at positions the caller owns.
 pub struct KafkaSource {
-    pub(super) cluster: Cluster,
-    pub(super) group: String,
-    pub(super) shutdown: Shutdown,
-    /// The log being read, once known.
-    pub(super) topic_id: Option<Uuid>,
+    /// The connections, and the log being read; out-of-range answers list offsets through it.
+    admin: KafkaAdmin,
     /// Per-partition fetch size, grown for batches larger than the default.
     fetch_bytes: HashMap<i32, i32>,
-    /// The member's generation when the consumer is a group member; commits carry it so that
-    /// a member fenced out of the group cannot commit.
-    pub(super) generation: Option<Generation>,
     /// Fetch rounds in a row that came back at once without progress.
     rounds_without_progress: u32,
     /// Per leader, a fetch that did not answer within its round.
@@ -102,12 +87,8 @@ pub struct KafkaSource {
 impl KafkaSource {
     pub fn new(brokers: Vec<String>, topic: String, group: String, shutdown: Shutdown) -> Self {
         KafkaSource {
-            cluster: Cluster::new(brokers, topic, shutdown.clone()),
-            group,
-            shutdown,
-            topic_id: None,
+            admin: KafkaAdmin::new(brokers, topic, group, shutdown),
             fetch_bytes: HashMap::new(),
-            generation: None,
             rounds_without_progress: 0,
             late: HashMap::new(),
             suspects: Suspects::default(),
@@ -116,28 +97,13 @@ impl KafkaSource {
 
     /// Secures every connection to the brokers as `security` says (TLS, SASL).
     pub fn with_security(mut self, security: Security) -> Self {
-        self.cluster.set_security(security);
+        self.admin = self.admin.with_security(security);
         self
-    }
-
-    /// The topic's id and partitions, creating the topic where the broker allows it (as a
-    /// consumer started before its producer expects). Fixes the log this source reads.
-    pub fn open(&mut self) -> Result<TopicInfo, KafkaError> {
-        let meta = self.cluster.refresh(AutoCreate::Yes)?;
-        self.topic_id = Some(meta.topic_id);
-        Ok(TopicInfo::from(&meta))
-    }
-
-    /// The topic's id and partitions, without creating it: an error when it does not exist.
-    pub fn inspect(&mut self) -> Result<TopicInfo, KafkaError> {
-        let meta = self.cluster.refresh(AutoCreate::No)?;
-        self.topic_id = Some(meta.topic_id);
-        Ok(TopicInfo::from(&meta))
     }
 
     /// Adopts the log a `Fetched::TopicChanged` announced.
     pub fn follow(&mut self, info: &TopicInfo) {
-        self.topic_id = Some(info.topic_id);
+        self.admin.follow(info);
         self.fetch_bytes.clear();
         self.suspects.clear();
     }
@@ -147,9 +113,9 @@ impl KafkaSource {
     /// failed are left out of this round (their position stays) and metadata is reloaded.
     pub fn fetch(&mut self, positions: &[(i32, i64)]) -> Result<Fetched, KafkaError> {
         let started = Instant::now();
-        let meta = match self.cluster.meta() {
+        let meta = match self.admin.cluster.meta() {
             Some(m) => m.clone(),
-            None => self.cluster.refresh(AutoCreate::No)?,
+            None => self.admin.cluster.refresh(AutoCreate::No)?,
         };
         let topic_id = meta.topic_id;
         if let Some(changed) = self.changed(&meta) {
@@ -192,7 +158,7 @@ impl KafkaSource {
                 }
                 Late::None => {}
             }
-            match self.cluster.take_or_plan(leader) {
+            match self.admin.cluster.take_or_plan(leader) {
                 Ok(connection) => {
                     running.push((leader, ps.clone(), spawn_fetch(connection, topic_id, ps)))
                 }
@@ -254,7 +220,7 @@ impl KafkaSource {
             match result {
                 Ok(answers) => {
                     if let Some(c) = connection {
-                        self.cluster.put(c);
+                        self.admin.cluster.put(c);
                     }
                     for answer in answers {
                         // An answer for a partition not asked about is not ours to read.
@@ -287,7 +253,7 @@ impl KafkaSource {
         }
 
         if refresh {
-            match self.cluster.refresh(AutoCreate::No) {
+            match self.admin.cluster.refresh(AutoCreate::No) {
                 Ok(meta) => {
                     if let Some(changed) = self.changed(&meta) {
                         return Ok(Fetched::TopicChanged(changed));
@@ -328,7 +294,7 @@ impl KafkaSource {
                     return Late::Answered(Box::new((connection, result)));
                 }
                 if let (Some(c), Ok(_)) = (connection, &result) {
-                    self.cluster.put(c);
+                    self.admin.cluster.put(c);
                 }
                 Late::None
             }
@@ -349,167 +315,7 @@ impl KafkaSource {
             "fetch round {} without progress in {took:?}; next in {pause:?}",
             self.rounds_without_progress
         );
-        self.shutdown.sleep(pause);
-    }
-
-    /// The log changed under us (a new topic id), if it did.
-    fn changed(&self, meta: &TopicMeta) -> Option<TopicInfo> {
-        match self.topic_id {
-            Some(id) if id != meta.topic_id => Some(TopicInfo::from(meta)),
-            _ => None,
-        }
-    }
-
-    /// Turns one partition's answer into data; `Ok(None)` asks for a metadata reload.
-    fn take_answer(
-        &mut self,
-        answer: PartitionAnswer,
-        at: i64,
-    ) -> Result<Option<PartitionData>, KafkaError> {
-        let partition = answer.partition;
-        match answer.error {
-            None => {}
-            Some(ResponseError::OffsetOutOfRange) => {
-                return self.out_of_range(partition, at).map(Some);
-            }
-            Some(
-                ResponseError::NotLeaderOrFollower
-                | ResponseError::LeaderNotAvailable
-                | ResponseError::UnknownTopicOrPartition
-                | ResponseError::UnknownTopicId
-                | ResponseError::InconsistentTopicId
-                | ResponseError::FencedLeaderEpoch
-                | ResponseError::UnknownLeaderEpoch
-                | ResponseError::ReplicaNotAvailable
-                | ResponseError::KafkaStorageError
-                | ResponseError::OffsetNotAvailable,
-            ) => return Ok(None),
-            Some(other) => {
-                warn!("partition {partition}: fetch at offset {at} answered {other}; retrying");
-                return Ok(None);
-            }
-        }
-        let mut decoded = answer.decoded;
-        let screened = self.suspects.screen(
-            partition,
-            std::mem::take(&mut decoded.unreadable),
-            Instant::now(),
-        );
-        for bad in &screened.passed {
-            error!(
-                "partition {partition}: {} offset(s) {}..={} cannot be read and are passed \
-                 over (two fetches returned the same bytes): {}",
-                bad.last_offset
-                    .saturating_sub(bad.first_offset)
-                    .saturating_add(1),
-                bad.first_offset,
-                bad.last_offset,
-                bad.reason
-            );
-        }
-        if let Some((bad, pause)) = screened.cut {
-            warn!(
-                "partition {partition}: offsets {}..={} cannot be read ({}); fetching them \
-                 again in {:.1} s, and passing over them if the same bytes come back",
-                bad.first_offset,
-                bad.last_offset,
-                bad.reason,
-                pause.as_secs_f64()
-            );
-            decoded.records.retain(|r| r.offset < bad.first_offset);
-            return Ok(Some(PartitionData {
-                partition,
-                records: decoded.records,
-                next_offset: bad.first_offset.max(at),
-                high_watermark: (answer.high_watermark >= 0).then_some(answer.high_watermark),
-            }));
-        }
-        let next_offset = match decoded.next_offset {
-            Some(next) => {
-                self.fetch_bytes.remove(&partition);
-                next.max(at)
-            }
-            None => {
-                if decoded.truncated {
-                    self.grow_fetch_size(partition, at);
-                }
-                at
-            }
-        };
-        Ok(Some(PartitionData {
-            partition,
-            records: decoded.records,
-            next_offset,
-            high_watermark: (answer.high_watermark >= 0).then_some(answer.high_watermark),
-        }))
-    }
-
-    /// Kafka's `auto.offset.reset=earliest`: a position before the log start restarts at the
-    /// log's start, saying how many offsets retention deleted unread. A position past the log's
-    /// end means the log was cut below what was read (an unclean leader election): reading goes
-    /// on at the end, and an ERROR line says how many offsets that passes over. A position
-    /// inside the log (an answer older than the log's state) is kept and fetched again.
-    fn out_of_range(&mut self, partition: i32, at: i64) -> Result<PartitionData, KafkaError> {
-        let bounds = self.offset_bounds(&[partition])?;
-        let Some(&(earliest, latest)) = bounds.get(&partition) else {
-            return Err(fail(
-                "list-offsets",
-                format!("partition {partition} is missing from the answer"),
-            ));
-        };
-        let next_offset = if at < earliest {
-            warn!(
-                "partition {partition}: offset {at} is before the log start {earliest}: {} \
-                 offsets were deleted by retention unread; continuing at {earliest}",
-                earliest.saturating_sub(at)
-            );
-            earliest
-        } else if at > latest {
-            error!(
-                "partition {partition}: offset {at} is past the log end {latest}: the log was \
-                 truncated below what was read (an unclean leader election?); the {} offsets \
-                 {latest}..{} cannot be read as they were, and records written there since \
-                 will be read from {latest} on",
-                at.saturating_sub(latest),
-                at.saturating_sub(1)
-            );
-            latest
-        } else {
-            warn!(
-                "partition {partition}: offset {at} answered out of range, but the log holds \
-                 {earliest}..{latest}; fetching it again"
-            );
-            at
-        };
-        Ok(PartitionData {
-            partition,
-            records: Vec::new(),
-            next_offset,
-            high_watermark: Some(latest),
-        })
-    }
-
-    /// A batch larger than the fetch size came back cut: ask for more next time.
-    fn grow_fetch_size(&mut self, partition: i32, at: i64) {
-        let size = self
-            .fetch_bytes
-            .entry(partition)
-            .or_insert(FETCH_PARTITION_BYTES);
-        if *size >= FETCH_PARTITION_BYTES_LIMIT {
-            error!(
-                "partition {partition}: the batch at offset {at} is larger than {} MiB and \
-                 cannot be read; the consumer waits here",
-                FETCH_PARTITION_BYTES_LIMIT / (1024 * 1024)
-            );
-            self.shutdown.sleep(Duration::from_secs(5));
-        } else {
-            *size = size.saturating_mul(2).min(FETCH_PARTITION_BYTES_LIMIT);
-            warn!(
-                "partition {partition}: the batch at offset {at} is larger than the fetch size; \
-                 fetching up to {} KiB",
-                *size / 1024
-            );
-        }
+        self.admin.shutdown.sleep(pause);
     }
 }
 
