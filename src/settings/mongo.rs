@@ -58,7 +58,7 @@ pub(super) fn mongodb_uri(v: &Value) -> Result<String, SettingError> {
     {
         return Err(v.error("has no host; expected e.g. mongodb://127.0.0.1:27017"));
     }
-    if let Err(e) = mongodb::options::ConnectionString::parse(&uri) {
+    if let Some(reason) = crate::store::uri_refusal(&uri) {
         // A raw reserved character makes the driver cut the password somewhere inside it, and
         // its reason may then quote a piece (`got pa` as a port): name the characters instead.
         let raw = redact::raw_reserved_in_password(&uri);
@@ -75,18 +75,10 @@ pub(super) fn mongodb_uri(v: &Value) -> Result<String, SettingError> {
         return Err(v.error(format!(
             "the MongoDB driver refuses it: {}; correct the connection string (options: \
              https://www.mongodb.com/docs/manual/reference/connection-string-options/)",
-            redact::scrub(&driver_reason(&e))
+            redact::scrub(&reason)
         )));
     }
     Ok(uri)
-}
-
-/// The driver's reason alone, without its "Kind: ..., labels: ..." wrapping.
-pub(super) fn driver_reason(e: &mongodb::error::Error) -> String {
-    match e.kind.as_ref() {
-        mongodb::error::ErrorKind::InvalidArgument { message, .. } => message.clone(),
-        other => other.to_string(),
-    }
 }
 
 /// A collection's flag, its variable, and the kind in its default name.

@@ -1,5 +1,5 @@
-//! The MongoDB adapter, the only folder that talks to MongoDB (`settings::mongo` imports the
-//! driver only for its connection-string parser, which needs no network): it turns the engine's
+//! The MongoDB adapter, the only folder that imports the `mongodb` driver (settings check a URI
+//! with its parser through [`uri_refusal`]): it turns the engine's
 //! records into documents (`documents`), writes them in batches (`writes`, `staging`), retries
 //! what is transient (`sink`, the engine's [`StoreSink`](crate::engine::StoreSink)), and reads
 //! windows back for `status`, `kpis` and a resuming engine (`reads`).
@@ -20,6 +20,7 @@ mod transcode;
 mod writes;
 
 pub use errors::{StoreError, StoreErrorKind};
+pub use setup::uri_refusal;
 pub use sink::MongoSink;
 
 use documents::*;

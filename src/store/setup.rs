@@ -3,6 +3,17 @@
 
 use super::*;
 
+/// Why the driver refuses `uri` as a connection string (its reason alone, without its "Kind:
+/// ..., labels: ..." wrapping), or `None` when it parses. Settings check the URI at start with
+/// this, so that the driver's rules stay in the one folder that imports it.
+pub fn uri_refusal(uri: &str) -> Option<String> {
+    let e = mongodb::options::ConnectionString::parse(uri).err()?;
+    Some(match e.kind.as_ref() {
+        ErrorKind::InvalidArgument { message, .. } => message.clone(),
+        other => other.to_string(),
+    })
+}
+
 impl Store {
     /// Parses the URI and prepares a client; no network traffic yet except the DNS lookups of a
     /// `mongodb+srv://` URI. An invalid URI is a permanent error.
