@@ -115,6 +115,38 @@ fn storing(sb: &Sandbox, log: &dyn Fn() -> String) -> Background {
     producer
 }
 
+/// The smallest max step interval taken (above the 10 s session timeout).
+const STUCK_STEP_SECS: u64 = 11;
+
+/// A consumer (`mode`: `--partitions ...`, or nothing for a group member) serving its endpoint
+/// on a free port, with the max step interval [`STUCK_STEP_SECS`] and an outage limit the tests
+/// never reach (so only a stuck step can turn `/healthz`), ready, storing a producer's reports
+/// and healthy for 2 s. Returns the sandbox (drop it last), the endpoint's address, the two
+/// processes and the consumer's log.
+fn storing_with_a_step_limit(
+    label: &str,
+    mode: &[&str],
+) -> (Sandbox, String, Background, Background, impl Fn() -> String) {
+    let sb = Sandbox::new(label);
+    common::kafka_wire::ensure_topic(&sb.brokers, &sb.topic);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let step = STUCK_STEP_SECS.to_string();
+    let mut args = mode.to_vec();
+    args.extend([
+        "--metrics-addr",
+        &addr,
+        "--max-step-interval",
+        &step,
+        "--health-threshold",
+        "600",
+    ]);
+    let (consumer, log) = consumer(&sb, &args);
+    wait_for(&addr, "/readyz", 200, Duration::from_secs(120), &log);
+    let producer = storing(&sb, &log);
+    healthy_for(&addr, Duration::from_secs(2), &log);
+    (sb, addr, consumer, producer, log)
+}
+
 /// Waits for `/healthz` to answer 200 again after the trouble ended at `since`, and says when.
 fn healthy_again(addr: &str, since: Instant, after: &str, log: &dyn Fn() -> String) {
     wait_for(addr, "/healthz", 200, Duration::from_secs(120), log);
@@ -205,29 +237,8 @@ fn readyz_waits_for_the_first_assignment_and_healthz_turns_503_while_the_databas
 fn healthz_turns_503_while_a_step_is_stuck_past_the_max_step_interval() {
     let _turn = my_turn();
     wait_for_no_other_tests(Duration::from_secs(3), Duration::from_secs(1800));
-    let sb = Sandbox::new("health_stuck");
-    common::kafka_wire::ensure_topic(&sb.brokers, &sb.topic);
-    let addr = format!("127.0.0.1:{}", free_port());
-    // The smallest max step interval taken (above the 10 s session timeout); an outage limit
-    // the test never reaches, so only a stuck step can turn /healthz.
-    const STEP_SECS: u64 = 11;
-    let step = STEP_SECS.to_string();
-    let (mut consumer, log) = consumer(
-        &sb,
-        &[
-            "--partitions",
-            "0,1,2",
-            "--metrics-addr",
-            &addr,
-            "--max-step-interval",
-            &step,
-            "--health-threshold",
-            "600",
-        ],
-    );
-    wait_for(&addr, "/readyz", 200, Duration::from_secs(120), &log);
-    let mut producer = storing(&sb, &log);
-    healthy_for(&addr, Duration::from_secs(2), &log);
+    let (_sb, addr, mut consumer, mut producer, log) =
+        storing_with_a_step_limit("health_stuck", &["--partitions", "0,1,2"]);
 
     // Frozen, the database neither answers nor refuses: the next step waits in its write.
     let frozen = Frozen::freeze();
@@ -236,8 +247,8 @@ fn healthz_turns_503_while_a_step_is_stuck_past_the_max_step_interval() {
     let took = frozen_at.elapsed();
     // A step that began just before the freeze is stuck from its start: half a second of room.
     assert!(
-        took >= Duration::from_millis(STEP_SECS * 1000 - 500),
-        "503 after {took:?}, before the max step interval of {STEP_SECS} s"
+        took >= Duration::from_millis(STUCK_STEP_SECS * 1000 - 500),
+        "503 after {took:?}, before the max step interval of {STUCK_STEP_SECS} s"
     );
     assert!(
         body.starts_with("a step has been running for") && body.contains("the limit is 11 s"),
@@ -271,25 +282,8 @@ fn healthz_turns_503_while_a_step_is_stuck_past_the_max_step_interval() {
 fn healthz_of_a_member_that_left_its_group_stuck_on_the_database_stays_503_until_the_thaw() {
     let _turn = my_turn();
     wait_for_no_other_tests(Duration::from_secs(3), Duration::from_secs(1800));
-    let sb = Sandbox::new("health_left");
-    common::kafka_wire::ensure_topic(&sb.brokers, &sb.topic);
-    let addr = format!("127.0.0.1:{}", free_port());
-    const STEP_SECS: u64 = 11;
-    let step = STEP_SECS.to_string();
-    let (mut consumer, log) = consumer(
-        &sb,
-        &[
-            "--metrics-addr",
-            &addr,
-            "--max-step-interval",
-            &step,
-            "--health-threshold",
-            "600",
-        ],
-    );
-    wait_for(&addr, "/readyz", 200, Duration::from_secs(120), &log);
-    let mut producer = storing(&sb, &log);
-    healthy_for(&addr, Duration::from_secs(2), &log);
+    let (_sb, addr, mut consumer, mut producer, log) =
+        storing_with_a_step_limit("health_left", &[]);
 
     let frozen = Frozen::freeze();
     let frozen_at = Instant::now();
