@@ -12,7 +12,7 @@
 //!   window are read again after a restart and counted then;
 //! - a group member ([`Publication::AfterCommit`]) stages its windows, commits under its
 //!   generation with a marker naming the last one, and publishes them only after the commit
-//!   went through: the coordinator's refusal of a fenced member's commit is the fence, so a
+//!   went through (the commit runs while the next steps store; one at a time, in order): the coordinator's refusal of a fenced member's commit is the fence, so a
 //!   write that reaches the database after a rebalance never adds a window; a resumed engine
 //!   first publishes the staged windows the committed markers name;
 //! - a consumer nobody can take partitions from ([`Publication::Direct`], static assignment)
@@ -245,9 +245,18 @@ pub struct ClosedWindow {
     pub new: bool,
 }
 
-/// The outcome of a commit a step tried: `None` when it had nothing to commit, else the
-/// offsets committed or why the commit failed.
+/// The outcome of a commit a step took: `None` when none ended, else the offsets committed
+/// or why the commit failed.
 type CommitOutcome = Option<Result<Vec<(i32, i64)>, SinkError>>;
+
+/// A commit started and not answered yet: what it covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct InFlight {
+    /// The offsets it commits.
+    offsets: Vec<(i32, i64)>,
+    /// The last staged window it covers ([`Publication::AfterCommit`]).
+    through: Option<i64>,
+}
 
 /// What one step did.
 #[derive(Debug, Clone, PartialEq)]
@@ -261,10 +270,10 @@ pub struct StepReport {
     /// ([`Publication::AfterCommit`]), those its commit made publishable (with any earlier
     /// ones whose commit had failed).
     pub windows: Vec<ClosedWindow>,
-    /// The offsets committed for the group, if the step closed a window and the commit
-    /// succeeded.
+    /// The offsets committed for the group, if a commit went through during the step (one
+    /// started by an earlier step: commits run while the steps go on).
     pub committed: Option<Vec<(i32, i64)>>,
-    /// The commit failed: nothing is lost (a restart resumes from the stored window), and the
+    /// A commit failed: nothing is lost (a restart resumes from the stored window), and the
     /// next window's commit covers these offsets.
     pub commit_error: Option<SinkError>,
 }
@@ -339,8 +348,14 @@ pub struct Engine {
     windows: TumblingWindows,
     next_seq: i64,
     /// [`Publication::AfterCommit`]: windows staged whose commit has not gone through yet (it
-    /// failed, e.g. Kafka was unreachable); the next commit that does covers them.
+    /// is in flight, or it failed, e.g. Kafka was unreachable); the next commit that does
+    /// covers them.
     unpublished: Vec<ClosedWindow>,
+    /// [`Publication::Direct`]: the offsets of the last window stored, until a commit of them
+    /// starts.
+    uncommitted: Option<Vec<(i32, i64)>>,
+    /// The commit started and not answered yet.
+    in_flight: Option<InFlight>,
     /// The last window published whose staged copy (and those before it) is not forgotten
     /// yet, and how many such windows there are.
     published_staged: Option<i64>,
@@ -402,7 +417,11 @@ impl Engine {
     /// freshly resumed engine: with messages in the open window, moving back could count them
     /// twice. Returns whether the position moved.
     pub fn rewind_to(&mut self, partition: i32, offset: i64) -> bool {
-        if self.windows.pending() > 0 || !self.unpublished.is_empty() || self.poisoned {
+        if self.windows.pending() > 0
+            || !self.unpublished.is_empty()
+            || self.in_flight.is_some()
+            || self.poisoned
+        {
             return false;
         }
         match self.positions.get_mut(&partition) {
@@ -417,6 +436,11 @@ impl Engine {
     /// Windows staged whose commit has not gone through yet.
     pub fn unpublished(&self) -> usize {
         self.unpublished.len()
+    }
+
+    /// Whether a commit was started and its outcome not taken yet.
+    pub fn commit_in_flight(&self) -> bool {
+        self.in_flight.is_some()
     }
 }
 

@@ -1,12 +1,12 @@
 //! How closed windows become KPI windows: stored directly and committed, or staged,
-//! committed with a marker and published once the commit went through; and forgetting the
-//! staged copies of published windows.
+//! committed with a marker and published once the commit went through; the commit in flight
+//! while the steps go on; and forgetting the staged copies of published windows.
 use log::info;
 
 use super::{
-    same_length, staged_marker, ClosedWindow, CommitOutcome, Engine, EngineError, OffsetCommitter,
-    Publication, SinkError, StepReport, StoreSink, WindowOutcome, WindowRecord,
-    FORGET_STAGED_EVERY,
+    same_length, staged_marker, ClosedWindow, CommitOutcome, Engine, EngineError, InFlight,
+    OffsetCommitter, Publication, SinkError, SinkErrorKind, StepReport, StoreSink, WindowOutcome,
+    WindowRecord, FORGET_STAGED_EVERY,
 };
 
 impl Engine {
@@ -26,30 +26,100 @@ impl Engine {
         committer.commit(&offsets, marker.as_deref())
     }
 
-    /// Commits the offsets the staged windows end at, with the marker of the last one, and
-    /// publishes them once the commit went through. Returns the windows published and the
-    /// commit's outcome (`None`: no window waits). A refused commit leaves them staged: a
-    /// member fenced out never publishes them (the partitions' next owner counts their
-    /// messages from the committed offsets), and after another failure the next commit that
-    /// goes through covers them.
-    pub(super) fn commit_and_publish<S, C>(
+    /// Takes the outcome of the commit in flight once it has one (with `wait`, waits for it)
+    /// and publishes the staged windows it covers if it went through. Returns the windows
+    /// published and the commit's outcome (`None`: no commit ended). A refused commit leaves
+    /// its windows staged: a member fenced out never publishes them (the partitions' next
+    /// owner counts their messages from the committed offsets), and after another failure the
+    /// next commit that goes through covers them.
+    pub(super) fn take_commit_outcome<S, C>(
         &mut self,
-        token: &str,
         store: &mut S,
         committer: &mut C,
+        wait: bool,
     ) -> Result<(Vec<ClosedWindow>, CommitOutcome), EngineError>
     where
         S: StoreSink + ?Sized,
         C: OffsetCommitter + ?Sized,
     {
-        let Some(last) = self.unpublished.last() else {
+        let Some(flight) = &self.in_flight else {
             return Ok((Vec::new(), None));
         };
-        let offsets = last.next_offsets.clone();
-        let marker = staged_marker(token, last.seq);
-        match committer.commit(&offsets, Some(&marker)) {
-            Ok(()) => Ok((self.publish(store)?, Some(Ok(offsets)))),
+        let answer = match committer.commit_outcome(wait) {
+            None if !wait => return Ok((Vec::new(), None)),
+            Some(answer) => answer,
+            None => Err(SinkError::new(
+                "committing offsets",
+                SinkErrorKind::Failed,
+                "the commit ended without an outcome",
+            )),
+        };
+        let through = flight.through;
+        let offsets = flight.offsets.clone();
+        self.in_flight = None;
+        match answer {
+            Ok(()) => {
+                let published = match through {
+                    Some(seq) => self.publish(store, seq)?,
+                    None => Vec::new(),
+                };
+                Ok((published, Some(Ok(offsets))))
+            }
             Err(e) => Ok((Vec::new(), Some(Err(e)))),
+        }
+    }
+
+    /// Takes the outcome of the commit in flight, if it has one, then, unless it failed (the
+    /// next step or round tries again), starts the commit of what waits and takes its outcome
+    /// too if it already has one. With `wait`, waits for each outcome: then nothing is left in
+    /// flight. Returns the windows published and the last outcome taken.
+    pub(super) fn settle_commits<S, C>(
+        &mut self,
+        store: &mut S,
+        committer: &mut C,
+        wait: bool,
+    ) -> Result<(Vec<ClosedWindow>, CommitOutcome), EngineError>
+    where
+        S: StoreSink + ?Sized,
+        C: OffsetCommitter + ?Sized,
+    {
+        let (mut published, earlier) = self.take_commit_outcome(store, committer, wait)?;
+        if matches!(earlier, Some(Err(_))) {
+            return Ok((published, earlier));
+        }
+        self.start_waiting_commit(committer);
+        let (more, outcome) = self.take_commit_outcome(store, committer, wait)?;
+        published.extend(more);
+        Ok((published, outcome.or(earlier)))
+    }
+
+    /// Starts the commit of what waits for one, unless a commit is in flight: the offsets the
+    /// staged windows end at, with the marker of the last one, or (stored directly) the last
+    /// stored window's offsets.
+    pub(super) fn start_waiting_commit<C: OffsetCommitter + ?Sized>(&mut self, committer: &mut C) {
+        if self.in_flight.is_some() {
+            return;
+        }
+        match &self.config.publication {
+            Publication::Direct => {
+                if let Some(offsets) = self.uncommitted.take() {
+                    committer.start_commit(&offsets, None);
+                    self.in_flight = Some(InFlight {
+                        offsets,
+                        through: None,
+                    });
+                }
+            }
+            Publication::AfterCommit { token } => {
+                if let Some(last) = self.unpublished.last() {
+                    committer
+                        .start_commit(&last.next_offsets, Some(&staged_marker(token, last.seq)));
+                    self.in_flight = Some(InFlight {
+                        offsets: last.next_offsets.clone(),
+                        through: Some(last.seq),
+                    });
+                }
+            }
         }
     }
 
@@ -70,14 +140,14 @@ impl Engine {
         Ok(())
     }
 
-    /// Tries again the commit of the windows staged since the last commit that went through,
-    /// and publishes them if it goes through now: called when no step comes to do it (the
-    /// stream went quiet, the run is about to end) or before reading more while too many
-    /// wait. The report's `committed` and `commit_error` say how it went; `consumed` is 0.
+    /// Moves the commits on when no step comes to do it (the stream went quiet, too many
+    /// windows wait, the run is about to end): [`Engine::settle_commits`]. The report's
+    /// `committed` and `commit_error` say how the last commit taken ended; `consumed` is 0.
     pub fn publish_pending<S, C>(
         &mut self,
         store: &mut S,
         committer: &mut C,
+        wait: bool,
     ) -> Result<StepReport, EngineError>
     where
         S: StoreSink + ?Sized,
@@ -86,11 +156,8 @@ impl Engine {
         if self.poisoned {
             return Err(EngineError::Poisoned);
         }
-        let Publication::AfterCommit { token } = self.config.publication.clone() else {
-            return Ok(StepReport::empty());
-        };
         self.poisoned = true;
-        let (windows, outcome) = self.commit_and_publish(&token, store, committer)?;
+        let (windows, outcome) = self.settle_commits(store, committer, wait)?;
         self.poisoned = false;
         windows.iter().for_each(log_window);
         let mut report = StepReport::empty();
@@ -104,19 +171,21 @@ impl Engine {
         Ok(report)
     }
 
-    /// Publishes the staged windows whose commit just went through, in order (their staged
-    /// copies are forgotten in batches, [`Engine::forget_staged`]). One already stored was published by a member that resumed these
-    /// partitions from the commit's marker: the same window, from the same staged copy.
+    /// Publishes the staged windows up to `through`, whose commit just went through, in order
+    /// (their staged copies are forgotten in batches, [`Engine::forget_staged`]). One already
+    /// stored was published by a member that resumed these partitions from the commit's
+    /// marker: the same window, from the same staged copy.
     fn publish<S: StoreSink + ?Sized>(
         &mut self,
         store: &mut S,
+        through: i64,
     ) -> Result<Vec<ClosedWindow>, EngineError> {
-        let Some(through) = self.unpublished.last().map(|w| w.seq) else {
+        let covered = self.unpublished.partition_point(|w| w.seq <= through);
+        if covered == 0 {
             return Ok(Vec::new());
-        };
+        }
         let outcomes = {
-            let records: Vec<WindowRecord> = self
-                .unpublished
+            let records: Vec<WindowRecord> = self.unpublished[..covered]
                 .iter()
                 .map(|w| WindowRecord {
                     window: &w.window,
@@ -130,7 +199,7 @@ impl Engine {
                 .collect();
             store.insert_windows(&records)?
         };
-        same_length("window insert", outcomes.len(), self.unpublished.len())?;
+        same_length("window insert", outcomes.len(), covered)?;
         // Their staged copies are forgotten in batches: on FerretDB a delete costs about as
         // much as inserting a step's windows, whatever it deletes.
         self.published_staged = Some(through);
@@ -140,7 +209,7 @@ impl Engine {
         }
         Ok(self
             .unpublished
-            .drain(..)
+            .drain(..covered)
             .zip(outcomes)
             .map(|(mut w, outcome)| {
                 w.new = outcome == WindowOutcome::Inserted;

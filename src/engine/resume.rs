@@ -107,6 +107,8 @@ impl Engine {
             positions,
             next_seq,
             unpublished: Vec::new(),
+            uncommitted: None,
+            in_flight: None,
             published_staged: None,
             published_staged_count: 0,
             poisoned: false,

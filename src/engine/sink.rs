@@ -365,12 +365,40 @@ pub fn parse_marker(marker: &str) -> Option<(&str, i64)> {
 
 /// The consumer group's committed offsets and the log's bounds (Kafka in production). The
 /// committer knows the group and the topic.
+///
+/// Commits run in the background: a step starts one and goes on storing while the coordinator
+/// answers (an offset commit waits, as an `acks=all` write does, for every in-sync replica of
+/// the offsets topic, which after a broker's death can take the controller's session timeout),
+/// and a later step takes its outcome. At most one commit is in flight, so commits reach the
+/// group in the order they were started.
 pub trait OffsetCommitter {
-    /// Commits, per partition, the next offset to read, with `marker` (the staged window they
-    /// end, [`Publication::AfterCommit`]) on every partition.
-    fn commit(&mut self, offsets: &[(i32, i64)], marker: Option<&str>) -> Result<(), SinkError>;
+    /// Starts committing, per partition, the next offset to read, with `marker` (the staged
+    /// window they end, [`Publication::AfterCommit`]) on every partition, and returns at once.
+    /// Only once the outcome of the commit started before was taken
+    /// ([`OffsetCommitter::commit_outcome`] answered `Some`).
+    fn start_commit(&mut self, offsets: &[(i32, i64)], marker: Option<&str>);
 
-    /// The group's committed next offset of each of these partitions, for those committed.
+    /// The outcome of the commit started last, taken: `None` while it is in flight (with
+    /// `wait`, only when no commit was started), or once its outcome was taken already. With
+    /// `wait`, blocks until it has one.
+    fn commit_outcome(&mut self, wait: bool) -> Option<Result<(), SinkError>>;
+
+    /// Commits and waits for the outcome.
+    fn commit(&mut self, offsets: &[(i32, i64)], marker: Option<&str>) -> Result<(), SinkError> {
+        self.start_commit(offsets, marker);
+        self.commit_outcome(true).unwrap_or_else(|| {
+            Err(SinkError::new(
+                "committing offsets",
+                SinkErrorKind::Failed,
+                "the commit ended without an outcome",
+            ))
+        })
+    }
+
+    /// The group's committed next offset of each of these partitions, for those committed. A
+    /// commit in flight ends first and its outcome is dropped: whoever reads the committed
+    /// offsets starts over from them, so a commit landing after the read could not be told
+    /// from one that moved the group under it.
     fn committed(&mut self, partitions: &[i32]) -> Result<HashMap<i32, Committed>, SinkError>;
 
     /// The first offset each partition's log still holds (records below it were deleted by

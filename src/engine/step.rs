@@ -1,6 +1,6 @@
 //! One step: a bounded run of records validated, stored raw or dead-lettered, counted into
 //! windows, the windows closed stored (or staged), the positions advanced and the windows'
-//! offsets committed.
+//! offsets committed in the background.
 use std::collections::BTreeMap;
 
 use log::{debug, warn};
@@ -24,9 +24,10 @@ impl Engine {
     /// In order: validates each record once; stores the valid ones raw (one unordered insert);
     /// tells replays from duplicate events among those already stored; stores dead letters
     /// (one insert); counts the valid messages into the tumbling windows; stores the windows
-    /// this step closed; advances the positions; commits the last closed window's next
-    /// offsets. Records below their partition's position, or of a partition this consumer
-    /// does not read, are skipped.
+    /// this step closed; advances the positions; takes the outcome of the commit in flight
+    /// (publishing the staged windows it covers) and starts the commit of the last closed
+    /// window's next offsets once none is in flight. Records below their partition's
+    /// position, or of a partition this consumer does not read, are skipped.
     ///
     /// On error nothing is advanced and the engine is poisoned: drop it and [`Engine::resume`]
     /// a new one (the real sinks only fail on a stop request or a permanent failure).
@@ -272,33 +273,31 @@ impl Engine {
         self.next_seq += windows.len() as i64;
         self.positions = end_positions;
 
-        // 8. Commit what the windows cover. Stored directly, a failed commit loses nothing:
-        //    the positions are in the last window, which a restart reads. Staged, the windows
-        //    wait for a commit that goes through, and are published after it.
-        let mut committed = None;
-        let mut commit_error = None;
-        let windows = match self.config.publication.clone() {
+        // 8. Commit what the windows cover, in the background: the next steps store on while
+        //    the coordinator answers, and this one takes the outcome of the commit an earlier
+        //    step started. Stored directly, a failed commit loses nothing: the positions are
+        //    in the last window, which a restart reads. Staged, the windows wait for a commit
+        //    that goes through, and are published after it.
+        let mut windows = match &self.config.publication {
             Publication::Direct => {
                 if let Some(last) = windows.last() {
-                    match committer.commit(&last.next_offsets, None) {
-                        Ok(()) => committed = Some(last.next_offsets.clone()),
-                        // Reported to the caller, which knows what the failure means (a lost
-                        // connection, or a group member fenced out) and says so once.
-                        Err(e) => commit_error = Some(e),
-                    }
+                    self.uncommitted = Some(last.next_offsets.clone());
                 }
                 windows
             }
-            Publication::AfterCommit { token } => {
+            Publication::AfterCommit { .. } => {
                 self.unpublished.extend(windows);
-                let (published, outcome) = self.commit_and_publish(&token, store, committer)?;
-                match outcome {
-                    Some(Ok(offsets)) => committed = Some(offsets),
-                    Some(Err(e)) => commit_error = Some(e),
-                    None => {}
-                }
-                published
+                Vec::new()
             }
+        };
+        let (published, outcome) = self.settle_commits(store, committer, false)?;
+        windows.extend(published);
+        let (committed, commit_error) = match outcome {
+            Some(Ok(offsets)) => (Some(offsets), None),
+            // Reported to the caller, which knows what the failure means (a lost connection,
+            // or a group member fenced out) and says so once.
+            Some(Err(e)) => (None, Some(e)),
+            None => (None, None),
         };
         windows.iter().for_each(log_window);
 

@@ -755,17 +755,17 @@ fn windows_held_while_commits_fail_are_published_once_a_commit_goes_through() {
     s.world().refuse_commits = true;
     run(&mut a, &part(0, 0, 6, "u"), &mut s, &mut k);
     assert_eq!((a.unpublished(), s.world().windows.len()), (3, 0));
-    let r = a.publish_pending(&mut s, &mut k).unwrap();
+    let r = a.publish_pending(&mut s, &mut k, true).unwrap();
     assert!(r.commit_error.is_some() && r.windows.is_empty());
     s.world().refuse_commits = false;
-    let r = a.publish_pending(&mut s, &mut k).unwrap();
+    let r = a.publish_pending(&mut s, &mut k, true).unwrap();
     assert_eq!(r.committed.as_deref(), Some(&[(0, 6)][..]));
     assert_eq!((r.windows.len(), a.unpublished()), (3, 0));
     assert_eq!(s.world().windows.len(), 3);
     a.forget_staged(&mut s).unwrap();
     assert!(s.world().staged.is_empty());
     // Nothing waits: nothing is committed.
-    let r = a.publish_pending(&mut s, &mut k).unwrap();
+    let r = a.publish_pending(&mut s, &mut k, true).unwrap();
     assert!(r.committed.is_none() && r.commit_error.is_none());
 }
 
@@ -798,4 +798,49 @@ fn staged_copies_are_forgotten_in_batches() {
     run(&mut a, &records(n - 1, 1), &mut s, &mut k);
     assert!(s.world().staged.is_empty());
     assert_eq!(s.world().windows.len(), FORGET_STAGED_EVERY);
+}
+
+#[test]
+fn steps_store_on_while_a_commit_is_in_flight_and_publish_once_it_went_through() {
+    let (mut s, mut k) = world();
+    // The coordinator answers a commit on the fifth poll: a step polls twice (before and after
+    // it starts one), so the commit window 0's step starts is answered two steps later.
+    s.world().commit_latency = 4;
+    let mut a = resume(staged(TOPIC_ID, &[0], 2, "a"), &mut s, &mut k);
+    let r = a.step(&part(0, 0, 2, "u"), T0, &mut s, &mut k).unwrap();
+    assert!(r.windows.is_empty() && r.committed.is_none());
+    assert!(a.commit_in_flight());
+    // The next step stores and stages while the commit of window 0 waits.
+    let r = a.step(&part(0, 2, 2, "u"), T0, &mut s, &mut k).unwrap();
+    assert_eq!((r.counts.stored, r.windows.len()), (2, 0));
+    {
+        let w = s.world();
+        assert_eq!((w.raw.len(), w.staged.len()), (4, 2));
+        assert!(w.windows.is_empty() && w.committed.is_empty());
+    }
+    // Answered: window 0 alone is published (window 1's commit starts only now).
+    let r = a.step(&part(0, 4, 1, "u"), T0, &mut s, &mut k).unwrap();
+    assert_eq!(r.committed.as_deref(), Some(&[(0, 2)][..]));
+    assert_eq!(r.windows.iter().map(|w| w.seq).collect::<Vec<_>>(), [0]);
+    assert_eq!((s.world().windows.len(), a.unpublished()), (1, 1));
+    // Before the run ends, the commit in flight and what waits are waited for.
+    let r = a.publish_pending(&mut s, &mut k, true).unwrap();
+    assert_eq!(r.committed.as_deref(), Some(&[(0, 4)][..]));
+    assert_eq!((s.world().windows.len(), a.unpublished()), (2, 0));
+    assert!(!a.commit_in_flight());
+}
+
+#[test]
+fn the_committed_offsets_are_read_after_the_commit_in_flight_ended() {
+    let (mut s, mut k) = world();
+    s.world().commit_latency = 5;
+    let mut a = resume(staged(TOPIC_ID, &[0], 2, "a"), &mut s, &mut k);
+    a.step(&part(0, 0, 2, "u"), T0, &mut s, &mut k).unwrap();
+    assert!(a.commit_in_flight());
+    drop(a);
+    // The next engine reads the group's offsets only once the commit landed: it publishes
+    // window 0 from the marker and resumes after it.
+    let b = resume(staged(TOPIC_ID, &[0], 2, "b"), &mut s, &mut k);
+    assert_eq!(b.positions()[&0], 2);
+    assert_eq!(s.world().windows.len(), 1);
 }

@@ -23,6 +23,7 @@
 mod admin;
 mod batch;
 mod cluster;
+mod commit_worker;
 mod committer;
 mod connection;
 #[cfg(test)]
@@ -46,6 +47,7 @@ mod versions;
 use std::fmt;
 
 pub use admin::{KafkaAdmin, MemberInfo, TopicInfo};
+pub use commit_worker::{CommitJob, CommitWorker};
 pub use committer::KafkaCommitter;
 pub use group::{Generation, GroupMember, GroupTimeouts};
 pub use producer::{Compression, Delivery, KafkaProducer};

@@ -27,7 +27,7 @@ use crate::cli::ConsumeArgs;
 use crate::engine::{
     Adapters, Driver, DriverConfig, Limits, LogId, Round, MAX_UNPUBLISHED_WINDOWS,
 };
-use crate::kafka::{GroupMember, KafkaAdmin, KafkaCommitter, TopicInfo};
+use crate::kafka::{CommitWorker, GroupMember, KafkaAdmin, KafkaCommitter, TopicInfo};
 use crate::redact::redact_uri;
 use crate::retrying::retry;
 use crate::settings::{ConsumeSettings, SettingError, Sources, GROUP_SESSION_TIMEOUT};
@@ -95,8 +95,11 @@ pub fn run(args: &ConsumeArgs) -> Result<(), CommandError> {
 struct Pipeline<'a> {
     settings: &'a ConsumeSettings,
     store: &'a Store,
-    /// Commits, looks up offsets and describes the group; the fetching is `fetch`'s.
+    /// Looks up offsets and describes the group; the fetching is `fetch`'s, the commits are
+    /// `commits`'.
     kafka: KafkaAdmin,
+    /// The thread that commits the group's offsets while the loop stores on.
+    commits: CommitWorker,
     /// The fetch worker, with connections of its own.
     fetch: KafkaFetch,
     shutdown: &'a Shutdown,
@@ -125,6 +128,7 @@ fn with_adapters<R>(
     store: &Store,
     shutdown: &Shutdown,
     kafka: &mut KafkaAdmin,
+    commits: &mut CommitWorker,
     fetch: &mut KafkaFetch,
     member: Option<&GroupMember>,
     topic: &TopicInfo,
@@ -136,7 +140,7 @@ fn with_adapters<R>(
     // again by the partitions' next owner. Not while the engine resumes.
     let abandon = || !resuming.get() && member.is_some_and(GroupMember::rejoin_needed);
     let mut sink = MongoSink::new(store, shutdown, &topic_id, &abandon);
-    let mut committer = KafkaCommitter::new(kafka, shutdown, member);
+    let mut committer = KafkaCommitter::new(kafka, commits, shutdown, member);
     let mut host = ConsumerHost::new(shutdown, member, resuming);
     f(&mut Adapters {
         source: fetch,
@@ -183,6 +187,14 @@ impl<'a> Pipeline<'a> {
         let assigned = assignment(settings, &topic, member.as_mut(), &mut kafka, shutdown)?;
         let mut fetch =
             KafkaFetch::start(settings, shutdown, topic.clone()).map_err(CommandError::Failed)?;
+        let mut commits = CommitWorker::start(
+            settings.brokers.clone(),
+            settings.topic.clone(),
+            settings.group.clone(),
+            settings.security.clone(),
+            shutdown.clone(),
+        )
+        .map_err(|e| CommandError::Failed(format!("cannot start the commit thread: {e}")))?;
         let resuming = Cell::new(false);
         let config = DriverConfig {
             log: log_id(settings, &topic),
@@ -197,6 +209,7 @@ impl<'a> Pipeline<'a> {
             store,
             shutdown,
             &mut kafka,
+            &mut commits,
             &mut fetch,
             member.as_ref(),
             &topic,
@@ -207,6 +220,7 @@ impl<'a> Pipeline<'a> {
             settings,
             store,
             kafka,
+            commits,
             fetch,
             shutdown,
             member,
@@ -225,6 +239,7 @@ impl<'a> Pipeline<'a> {
             self.store,
             self.shutdown,
             &mut self.kafka,
+            &mut self.commits,
             &mut self.fetch,
             self.member.as_ref(),
             &self.topic,
@@ -251,11 +266,15 @@ impl<'a> Pipeline<'a> {
         Ok(())
     }
 
-    /// Forgets the staged copies of the windows the engine published, before the consumer
-    /// stops (best effort, given up for nothing).
+    /// Ends the commits (the one in flight, then what still waits) and forgets the staged
+    /// copies of the windows the engine published, before the consumer stops (best effort,
+    /// given up for nothing).
     fn retire_engine(&mut self) {
         self.resuming.set(true);
-        self.drive(|driver, io| driver.retire(io.sink));
+        self.drive(|driver, io| {
+            driver.finish(io);
+            driver.retire(io.sink)
+        });
         self.resuming.set(false);
     }
 

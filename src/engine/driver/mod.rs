@@ -194,6 +194,33 @@ impl Driver {
         Ok(())
     }
 
+    /// Ends the commits before the consumer stops: waits for the one in flight and, if it went
+    /// through, commits what still waits, publishing what they cover. Once: a commit that
+    /// fails is left to the next run, which resumes from the store and the group.
+    pub fn finish<F, S, C, H>(&mut self, io: &mut Adapters<'_, F, S, C, H>)
+    where
+        F: FetchSource + ?Sized,
+        S: StoreSink + ?Sized,
+        C: OffsetCommitter + ?Sized,
+        H: Host + ?Sized,
+    {
+        // A poisoned engine's windows are left to the next run's resume, which publishes what
+        // the group's commit covers.
+        if self.engine.is_poisoned()
+            || (!self.engine.commit_in_flight() && self.engine.unpublished() == 0)
+        {
+            return;
+        }
+        match self.engine.publish_pending(io.sink, io.committer, true) {
+            Ok(report) => {
+                if let Err(e) = self.account(&report, io.host) {
+                    log::debug!("{e:?}");
+                }
+            }
+            Err(e) => warn!("{e}; the next run resumes from what is committed and stored"),
+        }
+    }
+
     /// Forgets the staged copies of the windows the engine published, before it is replaced
     /// or the consumer stops. Best effort: copies left behind are forgotten by whoever resumes
     /// these partitions next, from the last commit's marker.
@@ -248,9 +275,10 @@ impl Driver {
         if let ControlFlow::Break(round) = self.process(&records, arrival, io)? {
             return Ok(round);
         }
-        if records.is_empty() && self.engine.unpublished() > 0 {
-            // A quiet stream closes no window whose commit would cover the ones held.
-            let publish = |e: &mut Engine, s: &mut S, c: &mut C| e.publish_pending(s, c);
+        if records.is_empty() && (self.engine.unpublished() > 0 || self.engine.commit_in_flight()) {
+            // A quiet stream makes no step to take a commit's outcome or to start the commit
+            // of the windows held.
+            let publish = |e: &mut Engine, s: &mut S, c: &mut C| e.publish_pending(s, c, false);
             if let ControlFlow::Break(round) = self.call(publish, io)? {
                 return Ok(round);
             }
@@ -445,7 +473,7 @@ impl Driver {
             if io.host.stop_requested() {
                 return Err(DriverError::Stopped);
             }
-            let publish = |e: &mut Engine, s: &mut S, c: &mut C| e.publish_pending(s, c);
+            let publish = |e: &mut Engine, s: &mut S, c: &mut C| e.publish_pending(s, c, true);
             match self.call(publish, io)? {
                 ControlFlow::Break(round) => return Ok(ControlFlow::Break(round)),
                 ControlFlow::Continue(report) if report.commit_error.is_none() => {

@@ -57,6 +57,13 @@ pub struct StoredWindow {
     pub next_offsets: Vec<(i32, i64)>,
 }
 
+/// A commit started and not answered yet: its offsets and marker.
+#[derive(Debug, Clone)]
+pub struct PendingCommit {
+    pub offsets: Vec<(i32, i64)>,
+    pub marker: Option<String>,
+}
+
 /// Everything the fakes hold, shared by the store and committer handles.
 #[derive(Debug)]
 pub struct World {
@@ -99,6 +106,15 @@ pub struct World {
     pub max_held: Option<usize>,
     /// Per staging token, the `seq` its last commit that went through named.
     pub last_marker: HashMap<String, i64>,
+    /// The commit started and not answered yet.
+    pub in_flight: Option<PendingCommit>,
+    /// How many times a commit answers "still in flight" before its outcome: the
+    /// coordinator's answer arriving steps later.
+    pub commit_latency: usize,
+    /// Polls left before the commit in flight answers.
+    pub polls_left: usize,
+    /// Raw inserts made while a commit was in flight: steps that did not wait for it.
+    pub stored_during_commit: usize,
     pub partial: Partial,
     pub calls: usize,
     /// Injected crashes per operation, to show the schedule reaches every call.
@@ -129,6 +145,10 @@ impl World {
             truncated: HashMap::new(),
             max_held: None,
             last_marker: HashMap::new(),
+            in_flight: None,
+            commit_latency: 0,
+            polls_left: 0,
+            stored_during_commit: 0,
             partial: Partial::Prefix,
             calls: 0,
             crashed_in: BTreeMap::new(),

@@ -5,6 +5,7 @@ use super::*;
 impl StoreSink for FakeStore {
     fn insert_raw(&mut self, records: &[RawRecord<'_>]) -> Result<Vec<InsertOutcome>, SinkError> {
         let mut w = self.0.borrow_mut();
+        w.stored_during_commit += usize::from(w.in_flight.is_some());
         let fails = w.crashes("raw insert");
         let mode = w.partial;
         let mask = if fails {

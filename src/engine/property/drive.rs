@@ -118,7 +118,8 @@ impl Host for CaseHost<'_> {
 /// Sink calls until the next injected failure: often a few (inside the next step or two),
 /// sometimes none at all (a run that gets to the end). Half the failures are crashes (every
 /// call fails until the process is replaced), half a single failed call the loop recovers
-/// from; now and then the coordinator refuses commits for a while.
+/// from; now and then the coordinator refuses commits for a while; half the time commits are
+/// answered only some steps after they started.
 pub(super) fn arm(store: &FakeStore, rng: &mut Rng) {
     let mut w = store.world();
     w.budget = if rng.u8(..5) == 0 {
@@ -131,6 +132,8 @@ pub(super) fn arm(store: &FakeStore, rng: &mut Rng) {
     if rng.u8(..8) == 0 {
         w.commit_outage = rng.usize(1..60);
     }
+    // The coordinator answers a commit at once, or only some steps later.
+    w.commit_latency = if rng.bool() { 0 } else { rng.usize(1..4) };
 }
 
 /// The driver's configuration for the case over `partitions`.
@@ -258,6 +261,7 @@ pub(super) fn drive(
         match outcome {
             Err(_) => {
                 // The process died: a fresh one resumes from what is stored.
+                committer.die_with_commit_in_flight();
                 if let Some(d) = driver.take() {
                     coverage.steps.add(&d.totals().counts);
                 }

@@ -81,6 +81,8 @@ struct Coverage {
     /// Cases whose windows ended up in more than one stream.
     several_streams: usize,
     commit_errors_survived: usize,
+    /// Raw inserts made while a commit was in flight.
+    stored_during_commit: usize,
     truncations: usize,
     steps: Counts,
     crashed_in: BTreeMap<&'static str, usize>,
@@ -104,6 +106,7 @@ fn run_case(seed: u64, coverage: &mut Coverage) -> Result<(), String> {
     }
     let streams: BTreeSet<&str> = world.windows.values().map(|w| w.stream.as_str()).collect();
     coverage.several_streams += usize::from(streams.len() > 1);
+    coverage.stored_during_commit += world.stored_during_commit;
     check(&case, &world, pending)
 }
 
@@ -131,8 +134,8 @@ fn exactly_once_survives_a_crash_between_any_two_writes() {
         }
     }
     eprintln!(
-        "{} crashes ({:?}); {:?}",
-        coverage.crashes, coverage.crashed_in, coverage.steps
+        "{} crashes ({:?}); {:?}; {} raw inserts while a commit was in flight",
+        coverage.crashes, coverage.crashed_in, coverage.steps, coverage.stored_during_commit
     );
     if single {
         return;
@@ -154,6 +157,11 @@ fn exactly_once_survives_a_crash_between_any_two_writes() {
         "too few truncations ({}) or failures recovered in-process ({})",
         coverage.truncations,
         coverage.recovered
+    );
+    assert!(
+        coverage.stored_during_commit > 100,
+        "too few steps stored while a commit was in flight: {}",
+        coverage.stored_during_commit
     );
     assert!(
         coverage.commit_errors_survived > 10,
