@@ -376,10 +376,22 @@ fn check_nothing_lost_nothing_doubled(
     }
 
     let windows = check_windows_against_raw(sb, 20);
-    assert_eq!(
-        windows,
-        raw.len() / 20,
-        "every full window of the run stored"
+    // Each window stream (one per member and partition set) ends with an open window of up to
+    // 19 messages, so with several the full windows can be one fewer per extra stream than
+    // the raw count alone says (7,660 raw, 20 of them open across two members: 382 windows).
+    let streams: HashSet<String> = sb
+        .docs("kpis", doc! {}, doc! {})
+        .iter()
+        .map(|w| w.get_str("stream").unwrap().to_string())
+        .collect();
+    let most = raw.len() / 20;
+    let least = most.saturating_sub(streams.len().saturating_sub(1));
+    assert!(
+        (least..=most).contains(&windows),
+        "every full window of the run stored: {windows} windows of {} raw documents in {} \
+         stream(s), expected {least}..={most}",
+        raw.len(),
+        streams.len()
     );
     (records.len(), raw.len(), dlq.len(), windows)
 }
