@@ -69,10 +69,12 @@ impl Engine {
         }
     }
 
-    /// Takes the outcome of the commit in flight, if it has one, then, unless it failed (the
-    /// next step or round tries again), starts the commit of what waits and takes its outcome
-    /// too if it already has one. With `wait`, waits for each outcome: then nothing is left in
-    /// flight. Returns the windows published and the last outcome taken.
+    /// Takes the outcome of the commit in flight, if it has one, then starts the commit of what
+    /// waits and takes its outcome too if it already has one. Not after a refusal for the
+    /// member's generation or a permanent failure (the member rejoins or stops first), nor,
+    /// with `wait`, after any failure (the caller backs off first). With `wait`, waits for
+    /// each outcome: then nothing is left in flight. Returns the windows published and the last
+    /// outcome taken.
     pub(super) fn settle_commits<S, C>(
         &mut self,
         store: &mut S,
@@ -84,8 +86,12 @@ impl Engine {
         C: OffsetCommitter + ?Sized,
     {
         let (mut published, earlier) = self.take_commit_outcome(store, committer, wait)?;
-        if matches!(earlier, Some(Err(_))) {
-            return Ok((published, earlier));
+        if let Some(Err(e)) = &earlier {
+            // A step tries again at once, as it would have committed anyway: after an outage
+            // the commit in flight failed while no step could take its outcome.
+            if wait || matches!(e.kind, SinkErrorKind::Fenced | SinkErrorKind::Permanent) {
+                return Ok((published, earlier));
+            }
         }
         self.start_waiting_commit(committer);
         let (more, outcome) = self.take_commit_outcome(store, committer, wait)?;
