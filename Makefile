@@ -145,17 +145,23 @@ test-cluster:
 	faults=$$?; \
 	$(MAKE) up BROKERS=1 && [ $$failover -eq 0 ] && [ $$faults -eq 0 ]
 
-# Only the hostile leaders of tests/cluster_faults.rs on the three-node cluster (about 8 min):
-# what CI runs. Their checks are ratios measured in the same run (healthy partitions' progress
-# during the fault against before it), so a loaded machine does not fail them; the failovers of
-# tests/cluster.rs bound recovery times in seconds, which a loaded machine can miss, and stay
-# in `make test-cluster`.
+# The hostile leaders of tests/cluster_faults.rs and the two node kills of tests/cluster.rs
+# (an offsets follower or the group's coordinator SIGKILLed under two members) on the
+# three-node cluster (about 9 min): what CI runs. The hostile leaders' checks are ratios measured
+# in the same run (healthy partitions' progress during the fault against before it); the node
+# kills bound the storing pause on live partitions at 2 s where it measures 0.2-0.3 s (7.8 s
+# when a step waits for its commit). The other failovers of tests/cluster.rs bound recovery
+# times in seconds that a loaded machine can miss (the 20 s outage's 3 s, against a 2 s retry
+# backoff), and stay in `make test-cluster`.
 .PHONY: test-cluster-faults
 test-cluster-faults:
 	$(MAKE) up BROKERS=3
 	set -a && source $(SERVICES_ENV) && set +a && \
 	cargo test --test cluster_faults -- --ignored --test-threads=1 --nocapture; \
-	faults=$$?; $(MAKE) up BROKERS=1 && exit $$faults
+	faults=$$?; \
+	cargo test --test cluster -- --ignored --test-threads=1 --nocapture killed_under_load_storing_pause; \
+	kills=$$?; \
+	$(MAKE) up BROKERS=1 && [ $$faults -eq 0 ] && [ $$kills -eq 0 ]
 
 # The fault suite of issue 7: first the hostile-broker run of tests/faults.rs (a silent
 # listener first in KAFKA_BROKERS, the group stable for 60 s; issue 15, about 80 s), then

@@ -25,6 +25,9 @@ pub struct CommitJob {
     pub generation: Option<Generation>,
     /// The id of the topic's incarnation being read.
     pub topic_id: Option<Uuid>,
+    /// The group's coordinator as the consumer's other client knows it: the thread's first
+    /// commit goes there instead of looking it up through the bootstrap brokers again.
+    pub coordinator: Option<String>,
 }
 
 /// How a commit ended: the offsets it committed (or tried to), and the outcome.
@@ -57,10 +60,18 @@ impl CommitWorker {
         let thread = std::thread::Builder::new()
             .name("offset-commits".into())
             .spawn(move || {
+                // Until the thread knew a coordinator once: after a failure it looks the
+                // coordinator up itself, so another client's stale answer cannot hold it.
+                let mut adopting = true;
                 for job in queue {
+                    if let (true, Some(addr)) = (adopting, &job.coordinator) {
+                        admin.cluster.adopt_coordinator(addr);
+                    }
+                    adopting &= admin.cluster.coordinator().is_none();
                     admin.generation = job.generation;
                     admin.topic_id = job.topic_id;
                     let outcome = admin.commit(&job.offsets, job.marker.as_deref());
+                    adopting &= admin.cluster.coordinator().is_none();
                     if answers.send(outcome).is_err() {
                         break;
                     }

@@ -85,6 +85,7 @@ impl OffsetCommitter for KafkaCommitter<'_> {
             marker: marker.map(str::to_string),
             generation: self.source.generation.clone(),
             topic_id: self.source.topic_id,
+            coordinator: self.source.cluster.coordinator().map(str::to_string),
         });
     }
 

@@ -49,6 +49,19 @@ impl Cluster {
         self.coordinator = None;
     }
 
+    /// The group's coordinator, once a lookup found it.
+    pub fn coordinator(&self) -> Option<&str> {
+        self.coordinator.as_deref()
+    }
+
+    /// Takes the coordinator another client of the same process found, unless this one knows
+    /// one: a lookup asks every bootstrap broker at once, a faulty one too.
+    pub fn adopt_coordinator(&mut self, addr: &str) {
+        if self.coordinator.is_none() {
+            self.coordinator = Some(addr.to_string());
+        }
+    }
+
     /// Asks any broker for the group's coordinator. A new group, or one whose coordinator just
     /// moved, answers COORDINATOR_NOT_AVAILABLE for a moment while the offsets topic's
     /// partition loads: that is waited out (up to `LEADER_WAIT`) rather than reported.
