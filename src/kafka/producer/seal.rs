@@ -193,7 +193,16 @@ fn lz4_fast(records: &[u8], out: &mut BytesMut) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kafka_protocol::records::RecordBatchDecoder;
+    use kafka_protocol::records::{BatchDecodeInfo, RecordBatchDecoder};
+
+    /// A sealed batch read back: its header (one batch, or the test fails) and its values.
+    fn read_back(sealed: &Sealed) -> (BatchDecodeInfo, Vec<Bytes>) {
+        let mut info = RecordBatchDecoder::decode_batch_info(&mut sealed.bytes.clone()).unwrap();
+        assert_eq!(info.len(), 1, "one batch");
+        let set = RecordBatchDecoder::decode(&mut sealed.bytes.clone()).unwrap();
+        let values = set.records.into_iter().map(|r| r.value.unwrap()).collect();
+        (info.remove(0), values)
+    }
 
     #[test]
     fn a_sealed_batch_carries_the_identity_and_sequence_in_every_codec() {
@@ -224,21 +233,14 @@ mod tests {
                 (Bytes::from("web01"), Bytes::from("{}")),
             ];
             assert!(!sealed.holds(other.iter().map(Some)), "not other records");
-            let mut bytes = sealed.bytes.clone();
-            let info = RecordBatchDecoder::decode_batch_info(&mut bytes.clone()).unwrap();
-            assert_eq!(info.len(), 1, "one batch");
-            assert_eq!(info[0].producer_id, 42);
-            assert_eq!(info[0].producer_epoch, 3);
-            assert_eq!(info[0].base_sequence, i32::MAX - 1);
-            assert_eq!(info[0].record_count, 2);
-            assert_eq!(info[0].compression, compression.codec());
-            let set = RecordBatchDecoder::decode(&mut bytes).unwrap();
-            let values: Vec<&[u8]> = set
-                .records
-                .iter()
-                .map(|r| r.value.as_deref().unwrap())
-                .collect();
+            let (info, values) = read_back(&sealed);
+            assert_eq!(info.producer_id, 42);
+            assert_eq!(info.producer_epoch, 3);
+            assert_eq!(info.base_sequence, i32::MAX - 1);
+            assert_eq!(info.record_count, 2);
+            assert_eq!(info.compression, compression.codec());
             assert_eq!(values, [&b"{\"a\":1}"[..], &b"{\"a\":2}"[..]]);
+            let set = RecordBatchDecoder::decode(&mut sealed.bytes.clone()).unwrap();
             assert_eq!(set.records[1].sequence, i32::MAX);
         }
     }
@@ -274,18 +276,11 @@ mod tests {
             );
             for ((p, s), records) in sealed.iter().zip(&expected) {
                 assert!(s.holds(records.iter().map(Some)), "partition {p}");
-                let mut bytes = s.bytes.clone();
-                let info = RecordBatchDecoder::decode_batch_info(&mut bytes.clone()).unwrap();
-                assert_eq!(info[0].base_sequence, 1000 * p);
-                assert_eq!(info[0].producer_id, 7);
-                let set = RecordBatchDecoder::decode(&mut bytes).unwrap();
-                let values: Vec<&[u8]> = set
-                    .records
-                    .iter()
-                    .map(|r| r.value.as_deref().unwrap())
-                    .collect();
-                let want: Vec<&[u8]> = records.iter().map(|(_, v)| &v[..]).collect();
-                assert_eq!(values, want, "partition {p}");
+                let (info, values) = read_back(s);
+                assert_eq!(info.base_sequence, 1000 * p);
+                assert_eq!(info.producer_id, 7);
+                let want: Vec<&Bytes> = records.iter().map(|(_, v)| v).collect();
+                assert_eq!(values.iter().collect::<Vec<_>>(), want, "partition {p}");
             }
         }
     }
