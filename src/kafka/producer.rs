@@ -614,7 +614,6 @@ fn backoff() -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kafka_protocol::records::RecordBatchDecoder;
 
     #[test]
     fn sequences_wrap_as_kafkas_do() {
