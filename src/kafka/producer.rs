@@ -22,23 +22,25 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::produce_response::PartitionProduceResponse;
 use kafka_protocol::messages::{
     InitProducerIdRequest, ProduceRequest, ProduceResponse, ProducerId,
 };
-use kafka_protocol::records::{
-    self, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records;
 use log::{debug, warn};
+
+use seal::{seal_all, Sealed, Unsealed};
 
 use super::cluster::{topic_name, AutoCreate, Cluster, TopicMeta};
 use super::connection::{Connection, WireError};
 use super::security::Security;
 use super::{fail, fatal, partition_for_key, KafkaError};
 use crate::shutdown::Shutdown;
+
+mod seal;
 
 /// How long the leader may wait for all in-sync replicas before failing a produce.
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -120,28 +122,6 @@ pub struct Delivery {
 struct Identity {
     id: i64,
     epoch: i16,
-}
-
-/// A batch sealed for one partition: numbered, encoded, and kept until the leader answers.
-struct Sealed {
-    identity: Identity,
-    base_sequence: i32,
-    record_count: i32,
-    /// The records, to recognise them when the caller sends them again (cheap: `Bytes` share
-    /// the caller's buffers).
-    records: Vec<(Bytes, Bytes)>,
-    bytes: Bytes,
-}
-
-impl Sealed {
-    /// Whether `share` is exactly the records this batch was sealed from, in order: the
-    /// caller re-sending what was in doubt. (A record taken already reads as `None`.)
-    fn holds<'a>(&self, share: impl ExactSizeIterator<Item = Option<&'a (Bytes, Bytes)>>) -> bool {
-        share.len() == self.records.len()
-            && share
-                .zip(&self.records)
-                .all(|(r, sealed)| r == Some(sealed))
-    }
 }
 
 #[derive(Default)]
@@ -229,6 +209,7 @@ impl KafkaProducer {
         let mut outcomes: Vec<Result<Delivery, Refusal>> = vec![Err(not_sent); records.len()];
         let mut slots: Vec<Option<(Bytes, Bytes)>> = records.into_iter().map(Some).collect();
         let mut by_leader: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
+        let mut to_seal = Vec::new();
         for (p, idx) in &by_partition {
             let Some(leader) = meta.partitions.get(p).and_then(|l| l.broker) else {
                 self.stale = true;
@@ -243,16 +224,16 @@ impl KafkaProducer {
                 s.identity == identity && s.holds(idx.iter().map(|&i| slots[i].as_ref()))
             });
             if !reuse {
-                let batch: Vec<(Bytes, Bytes)> =
-                    idx.iter().filter_map(|&i| slots[i].take()).collect();
-                state.in_doubt = Some(seal(
-                    batch,
-                    identity,
-                    state.next_sequence,
-                    self.compression,
-                )?);
+                to_seal.push(Unsealed {
+                    partition: *p,
+                    base_sequence: state.next_sequence,
+                    records: idx.iter().filter_map(|&i| slots[i].take()).collect(),
+                });
             }
             by_leader.entry(leader).or_default().push(*p);
+        }
+        for (p, sealed) in seal_all(to_seal, identity, self.compression)? {
+            self.partitions.entry(p).or_default().in_doubt = Some(sealed);
         }
 
         let answers = self.produce(&by_leader);
@@ -604,92 +585,6 @@ fn verdict(p: &PartitionProduceResponse) -> Verdict {
     }
 }
 
-/// Numbers and encodes one partition's records as a record batch v2.
-fn seal(
-    batch: Vec<(Bytes, Bytes)>,
-    identity: Identity,
-    base_sequence: i32,
-    compression: Compression,
-) -> Result<Sealed, KafkaError> {
-    let timestamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    let record_count = batch.len() as i32;
-    let records: Vec<Record> = batch
-        .iter()
-        .enumerate()
-        .map(|(i, (key, value))| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: records::NO_PARTITION_LEADER_EPOCH,
-            producer_id: identity.id,
-            producer_epoch: identity.epoch,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: next_sequence(base_sequence, i as i32),
-            timestamp,
-            key: Some(key.clone()),
-            value: Some(value.clone()),
-            headers: Default::default(),
-        })
-        .collect();
-    let mut bytes = BytesMut::with_capacity(
-        records
-            .iter()
-            .map(|r| r.value.as_ref().map_or(0, Bytes::len) + 24)
-            .sum::<usize>()
-            + 64,
-    );
-    let options = RecordEncodeOptions {
-        version: 2,
-        compression: compression.codec(),
-    };
-    let encoded = if compression == Compression::Lz4 {
-        RecordBatchEncoder::encode_with_custom_compression(
-            &mut bytes,
-            records.iter(),
-            &options,
-            Some(|records: &mut BytesMut, out: &mut BytesMut, _| Ok(lz4_fast(records, out)?)),
-        )
-    } else {
-        RecordBatchEncoder::encode(&mut bytes, records.iter(), &options)
-    };
-    encoded.map_err(|e| {
-        fatal(
-            "produce",
-            format!("encoding a {compression} batch failed: {e}"),
-        )
-    })?;
-    Ok(Sealed {
-        identity,
-        base_sequence,
-        record_count,
-        records: batch,
-        bytes: bytes.freeze(),
-    })
-}
-
-/// Compresses a batch's records as one LZ4 frame at LZ4's fast level, as librdkafka does by
-/// default: kafka-protocol's own encoder uses the high-compression level 4, which spends several
-/// times the CPU for a few percent smaller batches of JSON. The frame layout (64 KiB independent
-/// blocks) is the one Kafka's readers expect.
-fn lz4_fast(records: &[u8], out: &mut BytesMut) -> std::io::Result<()> {
-    use bytes::BufMut;
-    use std::io::Write;
-    let mut encoder = lz4::EncoderBuilder::new()
-        .level(0)
-        .block_size(lz4::BlockSize::Max64KB)
-        .block_mode(lz4::BlockMode::Independent)
-        // No content checksum, as neither Java's producer nor librdkafka writes one: each
-        // record batch has its CRC-32C already, and hashing every byte again (XXH32) took a
-        // sixth of the time lz4 spent on a batch.
-        .checksum(lz4::ContentChecksum::NoChecksum)
-        .build(out.writer())?;
-    encoder.write_all(records)?;
-    encoder.finish().1
-}
-
 /// The sequence `n` records after `sequence`: Kafka's sequences wrap from i32::MAX to 0.
 fn next_sequence(sequence: i32, n: i32) -> i32 {
     if sequence > i32::MAX - n {
@@ -719,7 +614,6 @@ fn backoff() -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kafka_protocol::records::RecordBatchDecoder;
 
     #[test]
     fn sequences_wrap_as_kafkas_do() {
@@ -732,54 +626,6 @@ mod tests {
         assert!(spans_wrap(i32::MAX - 1, 3));
         assert!(spans_wrap(i32::MAX, 2));
         assert!(!spans_wrap(0, 1000));
-    }
-
-    #[test]
-    fn a_sealed_batch_carries_the_identity_and_sequence_in_every_codec() {
-        for compression in [
-            Compression::None,
-            Compression::Gzip,
-            Compression::Snappy,
-            Compression::Lz4,
-            Compression::Zstd,
-        ] {
-            let records = vec![
-                (Bytes::from("web01"), Bytes::from("{\"a\":1}")),
-                (Bytes::from("web01"), Bytes::from("{\"a\":2}")),
-            ];
-            let identity = Identity { id: 42, epoch: 3 };
-            let sealed = seal(records.clone(), identity, i32::MAX - 1, compression).unwrap();
-            assert_eq!(sealed.record_count, 2);
-            assert!(
-                sealed.holds(records.iter().map(Some)),
-                "recognises its own records"
-            );
-            assert!(
-                !sealed.holds(records[..1].iter().map(Some)),
-                "not a part of them"
-            );
-            let other = [
-                records[0].clone(),
-                (Bytes::from("web01"), Bytes::from("{}")),
-            ];
-            assert!(!sealed.holds(other.iter().map(Some)), "not other records");
-            let mut bytes = sealed.bytes.clone();
-            let info = RecordBatchDecoder::decode_batch_info(&mut bytes.clone()).unwrap();
-            assert_eq!(info.len(), 1, "one batch");
-            assert_eq!(info[0].producer_id, 42);
-            assert_eq!(info[0].producer_epoch, 3);
-            assert_eq!(info[0].base_sequence, i32::MAX - 1);
-            assert_eq!(info[0].record_count, 2);
-            assert_eq!(info[0].compression, compression.codec());
-            let set = RecordBatchDecoder::decode(&mut bytes).unwrap();
-            let values: Vec<&[u8]> = set
-                .records
-                .iter()
-                .map(|r| r.value.as_deref().unwrap())
-                .collect();
-            assert_eq!(values, [&b"{\"a\":1}"[..], &b"{\"a\":2}"[..]]);
-            assert_eq!(set.records[1].sequence, i32::MAX);
-        }
     }
 
     #[test]
