@@ -96,15 +96,36 @@ fn metrics_agree_with_the_database_and_with_status() {
         3.0
     );
 
-    // Lag per partition, as `status` computes it at the same moment: the consumer is caught
-    // up, so nothing moves between the two reads.
-    let status = sb.run(
-        &["status", "--json", "--max-lag", "1000000"],
-        Duration::from_secs(60),
-    );
-    let report: serde_json::Value =
-        serde_json::from_slice(&status.stdout).expect("status --json output");
-    let samples = scrape(&addr).expect("a second scrape");
+    // Lag per partition, as `status` computes it at the same moment: the consumer has read
+    // everything, and once the commit it started last went through (commits run while the
+    // steps go on; a quiet round takes the outcome) nothing moves between the two reads.
+    let agree = |samples: &[Sample], report: &serde_json::Value| {
+        let lag = per_partition(samples, "lag");
+        let log_end = per_partition(samples, "log_end_offset");
+        let committed = per_partition(samples, "committed_offset");
+        report["partitions"].as_array().is_some_and(|ps| {
+            ps.iter().all(|p| {
+                let partition = p["partition"].as_i64().unwrap_or(-1);
+                lag.get(&partition).copied() == p["lag"].as_i64()
+                    && log_end.get(&partition).copied() == p["log_end"].as_i64()
+                    && committed.get(&partition).copied() == p["committed"].as_i64()
+            })
+        })
+    };
+    let mut last = None;
+    let _ = poll(Duration::from_secs(20), Duration::from_millis(500), || {
+        let status = sb.run(
+            &["status", "--json", "--max-lag", "1000000"],
+            Duration::from_secs(60),
+        );
+        let report: serde_json::Value =
+            serde_json::from_slice(&status.stdout).expect("status --json output");
+        let samples = scrape(&addr).expect("a second scrape");
+        let settled = agree(&samples, &report);
+        last = Some((samples, report));
+        settled.then_some(())
+    });
+    let (samples, report) = last.expect("status and a scrape");
     let lag = per_partition(&samples, "lag");
     let log_end = per_partition(&samples, "log_end_offset");
     let committed = per_partition(&samples, "committed_offset");
