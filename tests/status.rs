@@ -91,10 +91,15 @@ fn owned_and_caught_up_is_healthy_and_a_lag_limit_is_enforced() {
     let sb = Sandbox::new("statusok");
     fill(&sb, 40);
     let mut consumer = sb.spawn("consumer", &["consume"]);
-    // Caught up: the two windows of each partition's 40 messages are committed.
+    // Caught up: the two windows of each partition's 40 messages are committed, and
+    // published (a window is stored once the consumer took its commit's outcome, a round
+    // after the commit went through on a quiet stream).
     let report = poll(Duration::from_secs(60), Duration::from_millis(500), || {
         let (code, report) = status(&sb, &[]);
-        (code == Some(0) && report["total_lag"] == 0).then_some(report)
+        let published = report["partitions"]
+            .as_array()
+            .is_some_and(|ps| ps.len() == 3 && ps.iter().all(|x| x["last_window_at"].is_string()));
+        (code == Some(0) && report["total_lag"] == 0 && published).then_some(report)
     })
     .unwrap_or_else(|| panic!("never healthy: {}", consumer.log_tail(30)));
     assert_eq!(report["healthy"], true);

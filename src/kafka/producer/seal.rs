@@ -50,9 +50,9 @@ pub(super) struct Unsealed {
 }
 
 /// Seals the batches of one request under `identity`, in the order given. A request big
-/// enough for threads to pay is sealed by this thread and one helper per further batch, each
-/// taking the next batch not yet taken (a helper that cannot start leaves its share to the
-/// others).
+/// enough for threads to pay is sealed by this thread and one helper per further batch, up to
+/// one worker per core, each taking the next batch not yet taken (a helper that cannot start
+/// leaves its share to the others).
 pub(super) fn seal_all(
     batches: Vec<Unsealed>,
     identity: Identity,
@@ -82,8 +82,10 @@ pub(super) fn seal_all(
             sealed.push((i, seal_one(batch)));
         }
     };
+    // One worker per core at most: a topic of many partitions gives a request many batches.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut sealed = std::thread::scope(|s| {
-        let helpers: Vec<_> = (1..count)
+        let helpers: Vec<_> = (1..count.min(cores.max(2)))
             .filter_map(|_| {
                 std::thread::Builder::new()
                     .name("seal".into())
