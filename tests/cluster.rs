@@ -44,6 +44,8 @@ use common::outages::{kill_broker, services_sh, start_broker};
 use common::process::{poll, unix_now, Background};
 use common::services::Sandbox;
 use mongodb::bson::{doc, Document};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
 
 /// The node that leads every partition of the leader-kill test's topic.
 const VICTIM: u32 = 2;
@@ -945,6 +947,12 @@ fn node_killed_under_load_with_two_members(label: &str, kill_coordinator: bool) 
         .iter()
         .map(|m| m.log_text().matches("committing offsets failed").count())
         .collect();
+    // Failed commits back off (100 ms doubling to 1 s): at most 12 in any 4 s, where a member
+    // that started a new commit at each step failed about 5 a second.
+    let failed_commits_in_4s: Vec<usize> = [&a, &b]
+        .iter()
+        .map(|m| most_within(&log_times(&m.log_text(), "committing offsets failed"), 4.0))
+        .collect();
     for member in [&mut a, &mut b] {
         assert_eq!(
             member.stop(Duration::from_secs(30)),
@@ -996,8 +1004,8 @@ fn node_killed_under_load_with_two_members(label: &str, kill_coordinator: bool) 
          longest wait between append and fetch was {around:.2} s around the kill ({counted} \
          records), {baseline:.2} s before it; {total} records ({streamed} of them written by \
          kcat to partitions 1 and 2), {stored} stored, {duplicates} duplicates dead-lettered, \
-         {windows} windows; failed commits logged by a and b: {failed_commits:?}; both members \
-         left cleanly",
+         {windows} windows; failed commits logged by a and b: {failed_commits:?}, at most \
+         {failed_commits_in_4s:?} in 4 s; both members left cleanly",
         restarted_at - killed_at
     );
     // The issue's bound: a commit waiting for the offsets topic to drop the dead replica (about
@@ -1007,4 +1015,34 @@ fn node_killed_under_load_with_two_members(label: &str, kill_coordinator: bool) 
         "partitions whose leader lived waited {around:.2} s to be read (before the kill: \
          {baseline:.2} s)"
     );
+    for (member, most) in ["a", "b"].iter().zip(&failed_commits_in_4s) {
+        assert!(
+            *most <= 12,
+            "member {member} logged {most} failed commits within 4 s: no backoff between them"
+        );
+    }
+}
+
+/// The times, in seconds since the epoch, of the log lines that contain `needle` (each line
+/// starts with its RFC 3339 timestamp).
+fn log_times(log: &str, needle: &str) -> Vec<f64> {
+    log.lines()
+        .filter(|l| l.contains(needle))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter_map(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
+        .map(|t| t.unix_timestamp_nanos() as f64 / 1e9)
+        .collect()
+}
+
+/// The most of `times` (ascending) that fall within any span of `span` seconds.
+fn most_within(times: &[f64], span: f64) -> usize {
+    let mut most = 0;
+    let mut first = 0;
+    for (last, t) in times.iter().enumerate() {
+        while t - times[first] > span {
+            first += 1;
+        }
+        most = most.max(last + 1 - first);
+    }
+    most
 }
