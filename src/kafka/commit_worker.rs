@@ -17,6 +17,7 @@ use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use log::debug;
 use uuid::Uuid;
 
 use super::{fail, Generation, KafkaAdmin, KafkaError, KafkaErrorKind, Security};
@@ -75,6 +76,10 @@ impl CommitWorker {
                 let mut not_before: Option<Instant> = None;
                 for job in queue {
                     if let Some(at) = not_before.take() {
+                        debug!(
+                            "offset commit: waiting {:.2} s after the last failure",
+                            at.saturating_duration_since(Instant::now()).as_secs_f64()
+                        );
                         // A stop request cuts the wait short: a run's last commit goes at once.
                         shutdown.sleep(at.saturating_duration_since(Instant::now()));
                     }
@@ -84,7 +89,14 @@ impl CommitWorker {
                     adopting &= admin.cluster.coordinator().is_none();
                     admin.generation = job.generation;
                     admin.topic_id = job.topic_id;
+                    let started = Instant::now();
                     let outcome = admin.commit(&job.offsets, job.marker.as_deref());
+                    debug!(
+                        "offset commit of {:?}: {} after {:.2} s",
+                        job.offsets,
+                        if outcome.is_ok() { "done" } else { "failed" },
+                        started.elapsed().as_secs_f64()
+                    );
                     adopting &= admin.cluster.coordinator().is_none();
                     match &outcome {
                         Ok(()) => backoff.reset(),

@@ -15,7 +15,7 @@ use kafka_protocol::messages::{
     BrokerId, ListOffsetsRequest, OffsetCommitRequest, OffsetFetchRequest,
 };
 use kafka_protocol::protocol::StrBytes;
-use log::warn;
+use log::{debug, warn};
 
 use super::admin::KafkaAdmin;
 use super::cluster::{group_id, topic_name, AutoCreate, REQUEST_TIMEOUT};
@@ -191,6 +191,10 @@ impl KafkaAdmin {
         if !retriable || Instant::now() >= deadline || self.shutdown.requested() {
             return Err(fail(operation, format!("group {}: {e}", self.group)));
         }
+        debug!(
+            "{operation}: group {}: {e}; asking again in 0.2 s",
+            self.group
+        );
         self.shutdown.sleep(Duration::from_millis(200));
         Ok(())
     }

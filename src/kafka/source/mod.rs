@@ -29,9 +29,12 @@ use crate::shutdown::Shutdown;
 pub const FETCH_MAX_WAIT: Duration = Duration::from_millis(500);
 /// The first and the longest pause after a fetch round that came back at once without
 /// progress (every partition leaderless, or answering an error): doubled each such round, so
-/// that a broken partition costs a request now and then, not a storm of them.
+/// that a broken partition costs a request now and then, not a storm of them. At most 1 s, as
+/// every other retry toward Kafka ([`crate::retry::Backoff::standard`]): just after a cluster
+/// came back, partitions answer errors until their leaders are elected, and a 5 s cap let the
+/// consumer sleep 1.6-3.2 s while records were already waiting (`tests/cluster.rs`).
 const NO_PROGRESS_BACKOFF_FIRST: Duration = Duration::from_millis(100);
-const NO_PROGRESS_BACKOFF_MAX: Duration = Duration::from_secs(5);
+const NO_PROGRESS_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Bytes asked per partition and fetch; a batch larger than this is still returned whole when
 /// it is the first of the response, and otherwise the size is doubled up to the limit. The
 /// consumer fetches the next batch while it stores one (two batches in memory), and storing
@@ -415,9 +418,9 @@ mod tests {
     }
 
     #[test]
-    fn rounds_without_progress_back_off_doubling_up_to_five_seconds() {
-        let pauses: Vec<u128> = (0..8).map(|r| no_progress_pause(r).as_millis()).collect();
-        assert_eq!(pauses, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+    fn rounds_without_progress_back_off_doubling_up_to_one_second() {
+        let pauses: Vec<u128> = (0..7).map(|r| no_progress_pause(r).as_millis()).collect();
+        assert_eq!(pauses, [100, 200, 400, 800, 1000, 1000, 1000]);
         assert_eq!(no_progress_pause(u32::MAX), NO_PROGRESS_BACKOFF_MAX);
     }
 }
