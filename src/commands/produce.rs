@@ -577,6 +577,39 @@ mod tests {
             .collect()
     }
 
+    /// The records sealed ahead are the ones the next request takes once this one is stored:
+    /// the messages right after it, in order, across reports, within the budget.
+    #[test]
+    fn the_next_request_is_the_messages_after_this_one_in_order() {
+        let mut o = outbox(3, 4);
+        let one = o.iter().next().unwrap().unsent[0].bytes();
+        let Taken { from, records } = take_front(&o, 3 * one, usize::MAX);
+        assert_eq!(records.len(), 3);
+        // Five within the budget, from the last of report 1 into report 2.
+        let next = take_after(&o, records.len(), 5 * one);
+        let ids_of = |records: &[(Bytes, Bytes)]| -> Vec<uuid::Uuid> {
+            records
+                .iter()
+                .map(|(_, v)| uuid_of(std::str::from_utf8(v).unwrap()).parse().unwrap())
+                .collect()
+        };
+        let want = [rid(1, 3), rid(2, 0), rid(2, 1), rid(2, 2), rid(2, 3)];
+        assert_eq!(ids_of(&next), want);
+        // This request stored whole: the next takes exactly those, the same slices.
+        settle(&mut o, &from, vec![Ok::<(), &str>(()); 3], |_, _, _| {});
+        let t = take_front(&o, usize::MAX, next.len());
+        assert_eq!(ids_of(&t.records), want);
+        assert!(t
+            .records
+            .iter()
+            .zip(&next)
+            .all(|(a, b)| a.1.as_ptr() == b.1.as_ptr()));
+        assert_eq!(t.from, [(0, 1), (1, 4)]);
+        // Nothing after the last message.
+        assert!(take_after(&o, 9, usize::MAX).is_empty());
+        assert_eq!(take_after(&o, 8, usize::MAX).len(), 1);
+    }
+
     #[test]
     fn a_request_takes_whole_reports_and_the_front_of_the_next_within_the_budget() {
         let o = outbox(3, 4);

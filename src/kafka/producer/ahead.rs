@@ -185,14 +185,26 @@ mod tests {
             next_sequence: 0,
             ..Default::default()
         };
-        assert!(!use_it(&restarted, sealed(0, 15, ID, share.clone()), &share));
+        assert!(!use_it(
+            &restarted,
+            sealed(0, 15, ID, share.clone()),
+            &share
+        ));
         // A new epoch or producer id.
         let new_epoch = Identity { id: 9, epoch: 3 };
-        assert!(!use_it(&stored, sealed(0, 15, new_epoch, share.clone()), &share));
+        assert!(!use_it(
+            &stored,
+            sealed(0, 15, new_epoch, share.clone()),
+            &share
+        ));
         // Other records, fewer, or more.
         let other = records(0, 6, 3);
         assert!(!use_it(&stored, sealed(0, 15, ID, share.clone()), &other));
-        assert!(!use_it(&stored, sealed(0, 15, ID, share.clone()), &share[..2]));
+        assert!(!use_it(
+            &stored,
+            sealed(0, 15, ID, share.clone()),
+            &share[..2]
+        ));
         let more = records(0, 5, 4);
         assert!(!use_it(&stored, sealed(0, 15, ID, share.clone()), &more));
         // Nothing sealed ahead.
