@@ -16,12 +16,12 @@
 //! batch sealed ahead can never reach a leader out of sequence order, ahead of a batch in
 //! doubt, or under a stale identity: it is the batch the next call would have sealed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use bytes::Bytes;
 
 use super::seal::{Sealed, Unsealed};
-use super::{next_sequence, partition_for_key, spans_wrap, Identity, PartitionState};
+use super::{next_sequence, partition_for_key, spans_wrap, split, Identity, PartitionState};
 
 /// The batches to seal ahead for `next`, the records the caller sends after this request: one
 /// per partition, in partition order, numbered after the batch this request holds for the
@@ -32,14 +32,10 @@ pub(super) fn plan(
     next: Vec<(Bytes, Bytes)>,
     partition_count: u32,
 ) -> Vec<Unsealed> {
-    let mut by_partition: BTreeMap<i32, Vec<(Bytes, Bytes)>> = BTreeMap::new();
-    for record in next {
-        by_partition
-            .entry(partition_for_key(&record.0, partition_count))
-            .or_default()
-            .push(record);
-    }
-    by_partition
+    let next = next
+        .into_iter()
+        .map(|record| (partition_for_key(&record.0, partition_count), record));
+    split(next, partition_count)
         .into_iter()
         .filter_map(|(partition, records)| {
             let base_sequence = partitions.get(&partition).map_or(0, after);

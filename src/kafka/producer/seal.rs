@@ -48,6 +48,9 @@ fn same(a: &Bytes, b: &Bytes) -> bool {
     (a.as_ptr() == b.as_ptr() && a.len() == b.len()) || a == b
 }
 
+/// Sealed batches, each with its partition.
+pub(super) type Batches = Vec<(i32, Sealed)>;
+
 /// One partition's records to seal, numbered from `base_sequence`.
 pub(super) struct Unsealed {
     pub partition: i32,
@@ -63,7 +66,7 @@ pub(super) fn seal_all(
     batches: Vec<Unsealed>,
     identity: Identity,
     compression: Compression,
-) -> Result<Vec<(i32, Sealed)>, KafkaError> {
+) -> Result<Batches, KafkaError> {
     let seal_one = move |b: Unsealed| {
         seal(b.records, identity, b.base_sequence, compression).map(|s| (b.partition, s))
     };
