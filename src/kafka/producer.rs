@@ -35,7 +35,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::records;
 use log::{debug, warn};
 
-use seal::{seal_all, Batches, Sealed, Unsealed};
+use seal::{seal_all, seal_in_turn, Batches, Sealed, Unsealed};
 
 use super::cluster::{topic_name, AutoCreate, Cluster, TopicMeta};
 use super::connection::{Connection, WireError};
@@ -481,8 +481,8 @@ impl KafkaProducer {
     }
 
     /// One Produce request per leader, to all leaders at once; each answer is read into a
-    /// verdict per partition. Meanwhile the batches `ahead` are sealed under `identity` on a
-    /// thread of their own and returned (none if that thread cannot start or sealing fails:
+    /// verdict per partition. Meanwhile the batches `ahead` are sealed under `identity`, in
+    /// turn on a thread of their own ([`seal_in_turn`]), and returned (none if that thread cannot start or sealing fails:
     /// sealing ahead only saves time, the next call seals what it lacks).
     fn produce(
         &mut self,
@@ -507,7 +507,7 @@ impl KafkaProducer {
             } else {
                 std::thread::Builder::new()
                     .name("seal-ahead".into())
-                    .spawn_scoped(s, move || seal_all(ahead, identity, compression))
+                    .spawn_scoped(s, move || seal_in_turn(ahead, identity, compression))
                     .ok()
             };
             let answers: Vec<(i32, Result<ProduceResponse, WireError>)> =
