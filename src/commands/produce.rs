@@ -222,11 +222,12 @@ fn produce_loop(
         let more_to_make = !no_more_reports && settings.count.is_none_or(|c| totals.reports < c);
         // Report k starts at start + k * interval, whatever the previous sends cost.
         let due = started + settings.interval.saturating_mul(totals.reports as u32);
-        // As fast as possible: reports are made until one request's worth waits (or the
-        // outbox is half full, for fleets of a few servers), then sent together.
+        // As fast as possible: reports are made until two requests' worth wait (the one sent
+        // and the next, sealed while the first is on the wire) or the outbox is half full (for
+        // fleets of a few servers), then sent.
         let make_now = more_to_make
             && if as_fast_as_possible {
-                outbox.len() < OUTBOX_REPORTS / 2 && waiting_bytes < SEND_BYTES
+                outbox.len() < OUTBOX_REPORTS / 2 && waiting_bytes < 2 * SEND_BYTES
             } else {
                 now >= due
             };
@@ -338,7 +339,7 @@ impl std::fmt::Display for SendError {
     }
 }
 
-/// The producer, and how many of the outbox's oldest messages its last request left in doubt.
+/// The producer, and how many of the outbox's oldest messages its next request should carry.
 struct Sender {
     producer: KafkaProducer,
     /// Messages refused by the last request, at the front of the outbox: the next request
@@ -347,6 +348,10 @@ struct Sender {
     /// producer give the batch up and start a new epoch, and a batch stored before the answer
     /// was lost would be stored twice.
     in_doubt: usize,
+    /// Messages the producer sealed ahead while the last request was on the wire, now at the
+    /// front of the outbox: the next request carries exactly these, so that it reuses their
+    /// batches (more, from reports made since, would change the batches and seal them again).
+    sealed_ahead: usize,
 }
 
 impl Sender {
@@ -354,31 +359,37 @@ impl Sender {
         Sender {
             producer,
             in_doubt: 0,
+            sealed_ahead: 0,
         }
     }
 
     /// Sends the oldest unsent messages, from as many reports as fit in one request
     /// ([`SEND_BYTES`]; always at least one message), or exactly those the last request left
-    /// in doubt. Messages acknowledged are logged and removed and reports left with none are
-    /// popped, so a partial failure re-sends only the others.
+    /// in doubt, or exactly those sealed ahead. The messages after them, up to a request's
+    /// worth, are sealed ahead while the request is on the wire. Messages acknowledged are
+    /// logged and removed and reports left with none are popped, so a partial failure re-sends
+    /// only the others.
     fn send_front(
         &mut self,
         outbox: &mut Outbox<PendingReport>,
         totals: &mut Totals,
         chatty: bool,
     ) -> Result<(), SendError> {
-        let most = if self.in_doubt > 0 {
-            self.in_doubt
-        } else {
-            usize::MAX
+        let most = match (self.in_doubt, self.sealed_ahead) {
+            (0, 0) => usize::MAX,
+            (0, ahead) => ahead,
+            (in_doubt, _) => in_doubt,
         };
+        self.sealed_ahead = 0;
         let Taken { from, records } = take_front(outbox, SEND_BYTES, most);
         if records.is_empty() {
             return Ok(());
         }
         let taken = records.len();
+        let next = take_after(outbox, taken, SEND_BYTES);
+        let next_count = next.len();
         let started = Instant::now();
-        let outcomes = self.producer.send(records).map_err(|e| {
+        let outcomes = self.producer.send(records, next).map_err(|e| {
             telemetry::producer().send_failed(taken, started.elapsed());
             if e.is_fatal() {
                 SendError::Fatal(e)
@@ -407,6 +418,7 @@ impl Sender {
         self.in_doubt = failed;
         telemetry::producer().sent(taken, taken.saturating_sub(failed), started.elapsed());
         if failed == 0 {
+            self.sealed_ahead = next_count;
             return Ok(());
         }
         let more = if failed > failures.len() {
@@ -438,30 +450,44 @@ struct Taken {
 /// The oldest unsent messages, up to `budget` payload bytes (at least one) and `most` messages.
 /// After [`settle`], the messages a request had refused are the oldest ones, in order.
 fn take_front(outbox: &Outbox<PendingReport>, budget: usize, most: usize) -> Taken {
-    let mut taken = Vec::new();
+    let mut from: Vec<(usize, usize)> = Vec::new();
+    let records = take(outbox, 0, budget, most, |i| match from.last_mut() {
+        Some((report, n)) if *report == i => *n += 1,
+        _ => from.push((i, 1)),
+    });
+    Taken { from, records }
+}
+
+/// The records of the unsent messages after the oldest `skip`, up to `budget` payload bytes:
+/// the request after the one [`take_front`] took, if that one is stored whole.
+fn take_after(outbox: &Outbox<PendingReport>, skip: usize, budget: usize) -> Vec<(Bytes, Bytes)> {
+    take(outbox, skip, budget, usize::MAX, |_| {})
+}
+
+/// The unsent messages after the oldest `skip`, in outbox order, up to `budget` payload bytes
+/// (at least one) and `most` messages, as records; `taken_from(report index)` hears of each.
+fn take(
+    outbox: &Outbox<PendingReport>,
+    skip: usize,
+    budget: usize,
+    most: usize,
+    mut taken_from: impl FnMut(usize),
+) -> Vec<(Bytes, Bytes)> {
     let mut records = Vec::new();
     let mut bytes = 0;
-    for (i, report) in outbox.iter().enumerate() {
-        let mut n = 0;
-        for u in &report.unsent {
-            if records.len() == most || (!records.is_empty() && bytes + u.bytes() > budget) {
-                break;
-            }
-            bytes += u.bytes();
-            records.push((u.key.clone(), u.json.clone()));
-            n += 1;
-        }
-        if n > 0 {
-            taken.push((i, n));
-        }
-        if n < report.unsent.len() {
+    let unsent = outbox
+        .iter()
+        .enumerate()
+        .flat_map(|(i, report)| report.unsent.iter().map(move |u| (i, u)));
+    for (i, u) in unsent.skip(skip) {
+        if records.len() == most || (!records.is_empty() && bytes + u.bytes() > budget) {
             break;
         }
+        bytes += u.bytes();
+        records.push((u.key.clone(), u.json.clone()));
+        taken_from(i);
     }
-    Taken {
-        from: taken,
-        records,
-    }
+    records
 }
 
 /// Applies the outcomes of the records [`take_front`] took, in order: each acknowledged
@@ -549,6 +575,39 @@ mod tests {
             .iter()
             .map(|r| r.unsent.iter().map(|u| u.message.message_uuid).collect())
             .collect()
+    }
+
+    /// The records sealed ahead are the ones the next request takes once this one is stored:
+    /// the messages right after it, in order, across reports, within the budget.
+    #[test]
+    fn the_next_request_is_the_messages_after_this_one_in_order() {
+        let mut o = outbox(3, 4);
+        let one = o.iter().next().unwrap().unsent[0].bytes();
+        let Taken { from, records } = take_front(&o, 3 * one, usize::MAX);
+        assert_eq!(records.len(), 3);
+        // Five within the budget, from the last of report 1 into report 2.
+        let next = take_after(&o, records.len(), 5 * one);
+        let ids_of = |records: &[(Bytes, Bytes)]| -> Vec<uuid::Uuid> {
+            records
+                .iter()
+                .map(|(_, v)| uuid_of(std::str::from_utf8(v).unwrap()).parse().unwrap())
+                .collect()
+        };
+        let want = [rid(1, 3), rid(2, 0), rid(2, 1), rid(2, 2), rid(2, 3)];
+        assert_eq!(ids_of(&next), want);
+        // This request stored whole: the next takes exactly those, the same slices.
+        settle(&mut o, &from, vec![Ok::<(), &str>(()); 3], |_, _, _| {});
+        let t = take_front(&o, usize::MAX, next.len());
+        assert_eq!(ids_of(&t.records), want);
+        assert!(t
+            .records
+            .iter()
+            .zip(&next)
+            .all(|(a, b)| a.1.as_ptr() == b.1.as_ptr()));
+        assert_eq!(t.from, [(0, 1), (1, 4)]);
+        // Nothing after the last message.
+        assert!(take_after(&o, 9, usize::MAX).is_empty());
+        assert_eq!(take_after(&o, 8, usize::MAX).len(), 1);
     }
 
     #[test]

@@ -12,7 +12,10 @@
 //! The caller re-sends what was not acknowledged; a partition's records that are re-sent
 //! identically reuse their sealed batch. Records given up instead (the caller dropped them)
 //! leave a gap in the sequence that the broker would refuse, so the producer then starts a new
-//! epoch, as Java's does, and numbers from 0 again. The same happens when a leader answers
+//! epoch, as Java's does, and numbers from 0 again.
+//!
+//! While a request is on the wire, the records the caller names as coming next are sealed
+//! ahead (see `ahead`), so that sealing overlaps the wait for the answer. The same happens when a leader answers
 //! OUT_OF_ORDER_SEQUENCE_NUMBER or UNKNOWN_PRODUCER_ID (it lost or expired our state); a
 //! producer fenced by a newer epoch asks for a new id.
 
@@ -32,7 +35,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::records;
 use log::{debug, warn};
 
-use seal::{seal_all, Sealed, Unsealed};
+use seal::{seal_all, seal_in_turn, Batches, Sealed, Unsealed};
 
 use super::cluster::{topic_name, AutoCreate, Cluster, TopicMeta};
 use super::connection::{Connection, WireError};
@@ -40,6 +43,7 @@ use super::security::Security;
 use super::{fail, fatal, partition_for_key, KafkaError};
 use crate::shutdown::Shutdown;
 
+mod ahead;
 mod seal;
 
 /// How long the leader may wait for all in-sync replicas before failing a produce.
@@ -129,6 +133,9 @@ struct PartitionState {
     next_sequence: i32,
     /// The batch sent last and not acknowledged: its fate is unknown until it is re-sent.
     in_doubt: Option<Sealed>,
+    /// The batch sealed ahead for the records the caller sends next; used by the next call
+    /// only if it is still exactly the batch that call would seal ([`ahead::usable`]).
+    ahead: Option<Sealed>,
 }
 
 /// Sends keyed records to one topic, idempotently.
@@ -185,22 +192,33 @@ impl KafkaProducer {
     /// Sends `(key, value)` records, one batch per partition and one request per leader. Each
     /// record gets its own outcome: a partition that failed does not hide the others that
     /// succeeded, so the caller re-sends only what was not stored (in the same order).
+    ///
+    /// `next` are the records the caller expects to send in its next call (may be empty): they
+    /// are sealed while this call waits for its answers, and that call reuses each batch that
+    /// is still exactly what it would seal (see `ahead`).
     pub fn send(
         &mut self,
         records: Vec<(Bytes, Bytes)>,
+        next: Vec<(Bytes, Bytes)>,
     ) -> Result<Vec<Result<Delivery, Refusal>>, KafkaError> {
+        // Sealed ahead by the last call; whatever this call does not use is dropped.
+        let mut ahead: HashMap<i32, Sealed> = self
+            .partitions
+            .iter_mut()
+            .filter_map(|(p, s)| Some((*p, s.ahead.take()?)))
+            .collect();
         if records.is_empty() {
             return Ok(Vec::new());
         }
         let meta = self.metadata()?;
         let partition_count = meta.partitions.len() as u32;
-        let mut by_partition: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
-        for (i, (key, _)) in records.iter().enumerate() {
-            by_partition
-                .entry(partition_for_key(key, partition_count))
-                .or_default()
-                .push(i);
-        }
+        let by_partition = split(
+            records
+                .iter()
+                .enumerate()
+                .map(|(i, (key, _))| (partition_for_key(key, partition_count), i)),
+            partition_count,
+        );
         let identity = self.identity_for(&records, &by_partition)?;
 
         // One shared text for every record's default outcome: a String each would be an
@@ -220,23 +238,37 @@ impl KafkaProducer {
                 continue;
             };
             let state = self.partitions.entry(*p).or_default();
-            let reuse = state.in_doubt.as_ref().is_some_and(|s| {
-                s.identity == identity && s.holds(idx.iter().map(|&i| slots[i].as_ref()))
-            });
+            let share = || idx.iter().map(|&i| slots[i].as_ref());
+            let reuse = state
+                .in_doubt
+                .as_ref()
+                .is_some_and(|s| s.identity == identity && s.holds(share()));
             if !reuse {
-                to_seal.push(Unsealed {
-                    partition: *p,
-                    base_sequence: state.next_sequence,
-                    records: idx.iter().filter_map(|&i| slots[i].take()).collect(),
-                });
+                match ahead::usable(ahead.remove(p), state, identity, share()) {
+                    Some(sealed) => state.in_doubt = Some(sealed),
+                    None => to_seal.push(Unsealed {
+                        partition: *p,
+                        base_sequence: state.next_sequence,
+                        records: idx.iter().filter_map(|&i| slots[i].take()).collect(),
+                    }),
+                }
             }
             by_leader.entry(leader).or_default().push(*p);
         }
+        debug!(
+            "kafka produce: {} records, {} batches to seal now",
+            slots.len(),
+            to_seal.len()
+        );
         for (p, sealed) in seal_all(to_seal, identity, self.compression)? {
             self.partitions.entry(p).or_default().in_doubt = Some(sealed);
         }
 
-        let answers = self.produce(&by_leader);
+        let next = ahead::plan(&self.partitions, next, partition_count);
+        let (answers, sealed_ahead) = self.produce(&by_leader, next, identity);
+        for (p, sealed) in sealed_ahead {
+            self.partitions.entry(p).or_default().ahead = Some(sealed);
+        }
         let mut new_epoch = None;
         let mut new_id = None;
         for (leader, answer) in answers {
@@ -270,7 +302,11 @@ impl KafkaProducer {
                             });
                         }
                     }
-                    Verdict::Retry(why) => refuse(&mut outcomes, idx, p, &why),
+                    Verdict::Retry(why) => {
+                        // Numbered after a batch that is still in doubt: of no use.
+                        state.ahead = None;
+                        refuse(&mut outcomes, idx, p, &why);
+                    }
                     Verdict::NewEpoch(why) => {
                         // The leader refused the batch: it is not in the log, so it is sealed
                         // again under the new epoch.
@@ -400,6 +436,7 @@ impl KafkaProducer {
         for state in self.partitions.values_mut() {
             state.next_sequence = 0;
             state.in_doubt = None;
+            state.ahead = None;
         }
     }
 
@@ -444,52 +481,66 @@ impl KafkaProducer {
     }
 
     /// One Produce request per leader, to all leaders at once; each answer is read into a
-    /// verdict per partition.
-    fn produce(&mut self, by_leader: &BTreeMap<i32, Vec<i32>>) -> Vec<(i32, LeaderAnswer)> {
+    /// verdict per partition. Meanwhile the batches `ahead` are sealed under `identity`, in
+    /// turn on a thread of their own ([`seal_in_turn`]), and returned (none if that thread cannot start or sealing fails:
+    /// sealing ahead only saves time, the next call seals what it lacks).
+    fn produce(
+        &mut self,
+        by_leader: &BTreeMap<i32, Vec<i32>>,
+        ahead: Vec<Unsealed>,
+        identity: Identity,
+    ) -> (Vec<(i32, LeaderAnswer)>, Batches) {
         let topic = self.cluster.topic().to_string();
         let requests: Vec<(i32, ProduceRequest)> = by_leader
             .iter()
             .map(|(leader, ps)| (*leader, self.request(&topic, ps)))
             .collect();
-        if let [(leader, request)] = requests.as_slice() {
-            // One leader (always so on one broker): no thread needed.
-            let answer = match self.cluster.take(*leader) {
-                Ok(mut connection) => {
-                    let answer = call(&mut connection, request, &self.shutdown);
-                    if !answer.as_ref().is_err_and(WireError::breaks_connection) {
-                        self.cluster.put(connection);
-                    }
-                    answer
-                }
-                Err(e) => Err(e),
-            };
-            return vec![(*leader, answer.map(|r| verdicts(&topic, r)))];
-        }
         let mut connections: Vec<(i32, Result<Connection, WireError>)> = requests
             .iter()
             .map(|(leader, _)| (*leader, self.cluster.take(*leader)))
             .collect();
         let shutdown = &self.shutdown;
-        let answers: Vec<(i32, Result<ProduceResponse, WireError>)> = std::thread::scope(|s| {
-            let running: Vec<_> = connections
-                .iter_mut()
-                .zip(&requests)
-                .map(|((leader, connection), (_, request))| {
-                    let leader = *leader;
-                    s.spawn(move || match connection {
-                        Ok(c) => (leader, call(c, request, shutdown)),
-                        Err(e) => (leader, Err(e.clone())),
-                    })
-                })
-                .collect();
-            running
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        (-1, Err(WireError::Io("a produce thread panicked".into())))
-                    })
-                })
-                .collect()
+        let compression = self.compression;
+        let (answers, sealed_ahead) = std::thread::scope(|s| {
+            let sealing = if ahead.is_empty() {
+                None
+            } else {
+                std::thread::Builder::new()
+                    .name("seal-ahead".into())
+                    .spawn_scoped(s, move || seal_in_turn(ahead, identity, compression))
+                    .ok()
+            };
+            let answers: Vec<(i32, Result<ProduceResponse, WireError>)> =
+                if let [(leader, connection)] = connections.as_mut_slice() {
+                    // One leader (always so on one broker): no thread needed.
+                    vec![(*leader, exchange(connection, &requests[0].1, shutdown))]
+                } else {
+                    let running: Vec<_> = connections
+                        .iter_mut()
+                        .zip(&requests)
+                        .map(|((leader, connection), (_, request))| {
+                            let leader = *leader;
+                            s.spawn(move || (leader, exchange(connection, request, shutdown)))
+                        })
+                        .collect();
+                    running
+                        .into_iter()
+                        .map(|h| {
+                            h.join().unwrap_or_else(|_| {
+                                (-1, Err(WireError::Io("a produce thread panicked".into())))
+                            })
+                        })
+                        .collect()
+                };
+            let sealed_ahead = match sealing.map(|h| h.join()) {
+                Some(Ok(Ok(sealed))) => sealed,
+                Some(Ok(Err(e))) => {
+                    debug!("kafka produce: sealing ahead failed ({e}); sealing in turn");
+                    Vec::new()
+                }
+                Some(Err(_)) | None => Vec::new(),
+            };
+            (answers, sealed_ahead)
         });
         for ((_, connection), (_, answer)) in connections.into_iter().zip(&answers) {
             if let Ok(c) = connection {
@@ -498,10 +549,11 @@ impl KafkaProducer {
                 }
             }
         }
-        answers
+        let answers = answers
             .into_iter()
             .map(|(leader, answer)| (leader, answer.map(|r| verdicts(&topic, r))))
-            .collect()
+            .collect();
+        (answers, sealed_ahead)
     }
 
     /// The request for one leader: the sealed batch of each of its partitions.
@@ -527,12 +579,16 @@ impl KafkaProducer {
     }
 }
 
-fn call(
-    connection: &mut Connection,
+/// One Produce exchange on a leader's connection, or why there is none.
+fn exchange(
+    connection: &mut Result<Connection, WireError>,
     request: &ProduceRequest,
     shutdown: &Shutdown,
 ) -> Result<ProduceResponse, WireError> {
-    connection.call_interruptible(request, CALL_TIMEOUT, &|| shutdown.requested())
+    match connection {
+        Ok(c) => c.call_interruptible(request, CALL_TIMEOUT, &|| shutdown.requested()),
+        Err(e) => Err(e.clone()),
+    }
 }
 
 /// A verdict per partition of our topic in a leader's answer. A partition the answer leaves
@@ -597,6 +653,32 @@ fn next_sequence(sequence: i32, n: i32) -> i32 {
 /// Whether a batch of `n` records numbered from `sequence` would pass i32::MAX.
 fn spans_wrap(sequence: i32, n: i32) -> bool {
     i64::from(sequence) + i64::from(n) - 1 > i64::from(i32::MAX)
+}
+
+/// `items` (each with its partition, below `partition_count`) by partition, in their order.
+/// Each share is sized for an even split and a quarter more up front: a map entry per record,
+/// and shares grown by doubling, were a few percent of the sending thread's work.
+fn split<T>(
+    items: impl ExactSizeIterator<Item = (i32, T)>,
+    partition_count: u32,
+) -> BTreeMap<i32, Vec<T>> {
+    let partitions = partition_count.max(1) as usize;
+    let even = items.len() / partitions;
+    let mut shares: Vec<Vec<T>> = (0..partitions).map(|_| Vec::new()).collect();
+    for (p, item) in items {
+        // `partition_for_key` is always below the count; the bound only spares a panic.
+        let share = &mut shares[(p as usize).min(partitions - 1)];
+        if share.capacity() == 0 {
+            share.reserve(even + even / 4 + 1);
+        }
+        share.push(item);
+    }
+    shares
+        .into_iter()
+        .enumerate()
+        .filter(|(_, share)| !share.is_empty())
+        .map(|(p, share)| (p as i32, share))
+        .collect()
 }
 
 /// Every record of a partition's share refused for the same reason (one text, shared).
@@ -667,6 +749,18 @@ mod tests {
         ] {
             assert!(matches!(verdict(&answer(Some(e))), Verdict::Fatal(_)));
         }
+    }
+
+    #[test]
+    fn records_split_by_partition_keep_their_order() {
+        let items = [(2, 'a'), (0, 'b'), (2, 'c'), (2, 'd'), (0, 'e')];
+        let shares = split(items.into_iter(), 4);
+        let shares: Vec<(i32, String)> = shares
+            .into_iter()
+            .map(|(p, share)| (p, share.into_iter().collect()))
+            .collect();
+        assert_eq!(shares, [(0, "be".into()), (2, "acd".into())]);
+        assert!(split(std::iter::empty::<(i32, ())>(), 3).is_empty());
     }
 
     #[test]
