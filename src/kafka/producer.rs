@@ -12,12 +12,12 @@
 //! The caller re-sends what was not acknowledged; a partition's records that are re-sent
 //! identically reuse their sealed batch. Records given up instead (the caller dropped them)
 //! leave a gap in the sequence that the broker would refuse, so the producer then starts a new
-//! epoch, as Java's does, and numbers from 0 again.
-//!
-//! While a request is on the wire, the records the caller names as coming next are sealed
-//! ahead (see `ahead`), so that sealing overlaps the wait for the answer. The same happens when a leader answers
+//! epoch, as Java's does, and numbers from 0 again. The same happens when a leader answers
 //! OUT_OF_ORDER_SEQUENCE_NUMBER or UNKNOWN_PRODUCER_ID (it lost or expired our state); a
 //! producer fenced by a newer epoch asks for a new id.
+//!
+//! While a request is on the wire, the records the caller names as coming next are sealed
+//! ahead (see `ahead`), so that sealing overlaps the wait for the answer.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -482,8 +482,9 @@ impl KafkaProducer {
 
     /// One Produce request per leader, to all leaders at once; each answer is read into a
     /// verdict per partition. Meanwhile the batches `ahead` are sealed under `identity`, in
-    /// turn on a thread of their own ([`seal_in_turn`]), and returned (none if that thread cannot start or sealing fails:
-    /// sealing ahead only saves time, the next call seals what it lacks).
+    /// turn on a thread of their own ([`seal_in_turn`]), and returned: none if that thread
+    /// cannot start or sealing fails (sealing ahead only saves time; the next call seals what
+    /// it lacks).
     fn produce(
         &mut self,
         by_leader: &BTreeMap<i32, Vec<i32>>,
