@@ -41,11 +41,9 @@ use common::kcat::{kcat_read, partition_leaders, KcatRecord};
 use common::messages::{kafka_position, uuid_of};
 use common::oracle::check_windows_against_raw;
 use common::outages::{kill_broker, services_sh, start_broker};
-use common::process::{poll, unix_now, Background};
+use common::process::{line_time, poll, unix_now, Background};
 use common::services::Sandbox;
 use mongodb::bson::{doc, Document};
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
 
 /// The node that leads every partition of the leader-kill test's topic.
 const VICTIM: u32 = 2;
@@ -1070,9 +1068,7 @@ fn node_killed_under_load_with_two_members(label: &str, kill_coordinator: bool) 
 fn log_times(log: &str, needle: &str) -> Vec<f64> {
     log.lines()
         .filter(|l| l.contains(needle))
-        .filter_map(|l| l.split_whitespace().next())
-        .filter_map(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
-        .map(|t| t.unix_timestamp_nanos() as f64 / 1e9)
+        .filter_map(line_time)
         .collect()
 }
 

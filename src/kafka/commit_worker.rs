@@ -76,12 +76,10 @@ impl CommitWorker {
                 let mut not_before: Option<Instant> = None;
                 for job in queue {
                     if let Some(at) = not_before.take() {
-                        debug!(
-                            "offset commit: waiting {:.2} s after the last failure",
-                            at.saturating_duration_since(Instant::now()).as_secs_f64()
-                        );
+                        let wait = at.saturating_duration_since(Instant::now());
+                        debug!("offset commit: waiting {wait:?} after the last failure");
                         // A stop request cuts the wait short: a run's last commit goes at once.
-                        shutdown.sleep(at.saturating_duration_since(Instant::now()));
+                        shutdown.sleep(wait);
                     }
                     if let (true, Some(addr)) = (adopting, &job.coordinator) {
                         admin.cluster.adopt_coordinator(addr);

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
-use crate::common::process::{signal_pid, text};
+use crate::common::process::{line_time, signal_pid, text};
 use crate::common::rss::{watch_peak_rss, PeakRss};
 use crate::common::services::Sandbox;
 
@@ -148,14 +148,6 @@ pub struct Ended {
     /// From the consumer's first log line to its first "starting at offset" (connecting,
     /// joining the group, resuming from the store), as its log dates them.
     pub startup_secs: Option<f64>,
-}
-
-/// The time stamp that starts a log line, in unix seconds.
-pub fn line_time(line: &str) -> Option<f64> {
-    let stamp = line.split_whitespace().next()?;
-    let t =
-        time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339).ok()?;
-    Some(t.unix_timestamp_nanos() as f64 / 1e9)
 }
 
 /// Seconds from a log's first line to its first line containing `to`.

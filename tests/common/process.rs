@@ -185,6 +185,14 @@ pub fn poll<T>(
     }
 }
 
+/// The time stamp that starts a log line, in unix seconds.
+pub fn line_time(line: &str) -> Option<f64> {
+    let stamp = line.split_whitespace().next()?;
+    let t =
+        time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339).ok()?;
+    Some(t.unix_timestamp_nanos() as f64 / 1e9)
+}
+
 /// Seconds since the Unix epoch, with sub-millisecond precision.
 pub fn unix_now() -> f64 {
     std::time::SystemTime::now()
