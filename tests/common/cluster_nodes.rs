@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use crate::common::kafka_tools::elect_preferred_leaders;
 use crate::common::kcat::partition_leaders;
 use crate::common::outages::kafka_nodes;
 use crate::common::process::poll;
@@ -29,8 +30,13 @@ pub fn java_string_hash(s: &str) -> i32 {
 }
 
 /// The node coordinating `group`: the leader of `__consumer_offsets` partition
-/// `abs(hash) % 3`, as kcat reads the cluster's metadata through `brokers`.
+/// `abs(hash) % 3`, as kcat reads the cluster's metadata through `brokers`. The offsets
+/// topic's leaders are first moved to their preferred replicas, so that the controller's
+/// periodic leader rebalance does not move the coordinator during the test (it did once in CI,
+/// 23 s into a test whose victim had to be any node but the coordinator: the earlier tests
+/// had restarted nodes).
 pub fn predicted_coordinator(brokers: &str, group: &str) -> u32 {
+    elect_preferred_leaders(brokers, "__consumer_offsets");
     let hash = java_string_hash(group);
     let partition = if hash == i32::MIN { 0 } else { hash.abs() } % OFFSETS_PARTITIONS;
     let leaders = poll(Duration::from_secs(30), Duration::from_millis(500), || {

@@ -61,6 +61,55 @@ pub fn create_topic(brokers: &str, topic: &str, args: &[&str]) {
     assert!(ready.is_some(), "topic {topic} never got leaders");
 }
 
+/// Moves the leadership of every partition of `topic` back to its preferred replica (the first
+/// of its assignment) with Kafka's own tool, retrying while a preferred replica is not yet back
+/// in sync. After a node was restarted its partitions are led elsewhere, and the controller's
+/// periodic leader rebalance (every 300 s by default) moves them back at a moment of its
+/// choosing; a test that relies on who leads what elects first, so nothing moves under it.
+pub fn elect_preferred_leaders(brokers: &str, topic: &str) {
+    // The tool takes one partition by name, or a list of them in a file.
+    let partitions = poll(Duration::from_secs(30), Duration::from_millis(500), || {
+        partition_leaders(brokers, topic).filter(|l| !l.is_empty())
+    })
+    .unwrap_or_else(|| panic!("topic {topic} has no partitions"));
+    let list: Vec<String> = partitions
+        .keys()
+        .map(|p| format!(r#"{{"topic":"{topic}","partition":{p}}}"#))
+        .collect();
+    let file = std::env::temp_dir().join(format!(
+        "metricsctl-election-{}-{}.json",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::write(&file, format!(r#"{{"partitions":[{}]}}"#, list.join(",")))
+        .expect("write the election's partition list");
+    let path = file.to_string_lossy().into_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = kafka_tool(&[
+            "leader-election",
+            "--bootstrap-server",
+            brokers,
+            "--election-type",
+            "PREFERRED",
+            "--path-to-json-file",
+            &path,
+        ]);
+        // Partitions already led by their preferred replica are not an error (the tool says
+        // so and exits 0).
+        if out.status.success() {
+            let _ = std::fs::remove_file(&file);
+            return;
+        }
+        let why = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        if Instant::now() >= deadline {
+            let _ = std::fs::remove_file(&file);
+            panic!("cannot elect the preferred leaders of {topic}: {why}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// Deletes a topic with Kafka's own tool and waits until the cluster no longer lists it.
 pub fn delete_topic_and_wait(brokers: &str, topic: &str) {
     let out = kafka_tool(&[
