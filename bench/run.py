@@ -86,7 +86,7 @@ SCALES = {
 }
 
 GOALS = {
-    "catchup": "consumer catch-up ≥ 0.8 × database ceiling (same run)",
+    "catchup": "consumer catch-up ≥ 0.8 × database ceiling (median of catch-ups, each over a ceiling run just before it)",
     "rss": "consumer peak RSS ≤ 64 MiB on the large backlog, flat in the backlog size (large/small ≤ 1.10)",
     "latency": "p99 timestamp_utc → raw received_at ≤ 250 ms at the steady rate",
     "endpoint": "consumer catch-up with `--metrics-addr` on and `/metrics` scraped every second ≥ 0.97 × off",
@@ -145,6 +145,12 @@ def ratio(a, b):
     if a is None or b is None or b == 0:
         return None
     return a / b
+
+
+def median(sorted_xs):
+    """The middle of a sorted, non-empty list (the mean of the two middle values when even)."""
+    mid = len(sorted_xs) // 2
+    return sorted_xs[mid] if len(sorted_xs) % 2 else (sorted_xs[mid - 1] + sorted_xs[mid]) / 2
 
 
 def percentile(sorted_xs, q):
@@ -751,24 +757,32 @@ class Bench:
             say(f"[ceiling {rep}/{self.cfg['repeat']}] Kafka read: {n:,} msgs in {r['wall']:.2f} s = {r['rate']:,.0f} msg/s")
             # The stored shape is the goal's reference: every repeat; the bare one, informative: once.
             for shape in ("stored", "bare") if rep == 1 else ("stored",):
-                db = self.database(f"ceil{rep}_{shape}")
-                argv = [sys.executable, Path(__file__).resolve(), "db-ceiling", "--uri", self.mongodb_uri,
-                        "--database", db, "--collection", "raw", "--payloads", self.payload_file,
-                        "--count", str(n), "--shape", shape, "--topic", self.backlog_topic]
-                out_path = self.work / f"dbceiling-{rep}-{shape}.json"
-                with open(out_path, "wb") as out, self.log_file(f"db ceiling {shape} {rep}") as log:
-                    m = Measured(self, f"pymongo insert_many ({shape}) #{rep}", argv, stdout=out, stderr=log, messages=n,
-                                 display=display_argv([".local/bench-venv/bin/python", "bench/run.py"] + [str(a) for a in argv[2:]]))
-                    r = m.wait(timeout=1800)
-                self.check_exit(r, log.name)
-                inner = json.loads(out_path.read_text())
-                r.update(kind=f"db-{shape}", repeat=rep, rate=n / inner["insert_seconds"], inner=inner)
-                if inner["count"] != n:
-                    raise BenchError(f"database ceiling stored {inner['count']} documents, expected {n}")
+                r = self.db_ceiling_run(f"ceil{rep}_{shape}", shape, f"#{rep}")
+                r.update(kind=f"db-{shape}", repeat=rep)
                 self.results["ceilings"].append(r)
                 say(f"[ceiling {rep}/{self.cfg['repeat']}] database insert_many ({shape} documents): {n:,} docs in "
-                    f"{inner['insert_seconds']:.2f} s = {r['rate']:,.0f} docs/s")
-                self.mongo.drop_database(db)
+                    f"{r['inner']['insert_seconds']:.2f} s = {r['rate']:,.0f} docs/s")
+
+    def db_ceiling_run(self, tag, shape, suffix):
+        """One run of the database ceiling: the backlog's documents in `shape` inserted with
+        pymongo's insert_many into a fresh database, which is dropped after."""
+        n = self.cfg["backlog"]
+        db = self.database(tag)
+        argv = [sys.executable, Path(__file__).resolve(), "db-ceiling", "--uri", self.mongodb_uri,
+                "--database", db, "--collection", "raw", "--payloads", self.payload_file,
+                "--count", str(n), "--shape", shape, "--topic", self.backlog_topic]
+        out_path = self.work / f"dbceiling-{tag}.json"
+        with open(out_path, "wb") as out, self.log_file(f"db ceiling {tag}") as log:
+            m = Measured(self, f"pymongo insert_many ({shape}) {suffix}", argv, stdout=out, stderr=log, messages=n,
+                         display=display_argv([".local/bench-venv/bin/python", "bench/run.py"] + [str(a) for a in argv[2:]]))
+            r = m.wait(timeout=1800)
+        self.check_exit(r, log.name)
+        inner = json.loads(out_path.read_text())
+        r.update(rate=n / inner["insert_seconds"], inner=inner)
+        if inner["count"] != n:
+            raise BenchError(f"database ceiling stored {inner['count']} documents, expected {n}")
+        self.mongo.drop_database(db)
+        return r
 
     # 3. consumers -----------------------------------------------------------------------------
     def catchup(self):
@@ -787,7 +801,22 @@ class Bench:
         for _ in range(1, self.cfg["repeat"]):
             plan += [("metricsctl-scraped", self.backlog_topic, big), ("metricsctl", self.backlog_topic, big)]
         for impl, topic, n in plan:
-            self.results["catchup"].append(self.consume_backlog(impl, topic, n))
+            paired = None
+            if impl == "metricsctl" and n == big:
+                # The database's speed drifts on the shared machine (the stored-shape ceiling
+                # moved from 3,227 to 9,694 docs/s between runs of one day), so each catch-up of
+                # the large backlog gets a ceiling run of its own just before it: their ratio is
+                # taken over the same minute of the database.
+                paired = self.db_ceiling_run(f"pair{len(self.results['catchup'])}", "stored", "(paired)")
+                paired.update(kind="db-stored-paired")
+                self.results["ceilings"].append(paired)
+                say(f"[catch-up] paired ceiling: {n:,} docs in {paired['inner']['insert_seconds']:.2f} s = "
+                    f"{paired['rate']:,.0f} docs/s")
+            r = self.consume_backlog(impl, topic, n)
+            if paired:
+                r["paired_ceiling"] = paired["rate"]
+                say(f"[catch-up] × its paired ceiling: {r['rate'] / paired['rate']:.2f}")
+            self.results["catchup"].append(r)
 
     def consumer_argv(self, impl, topic, group, db, idle, max_messages=None):
         """A consumer's command. It stops after `max_messages` (the whole backlog) when given,
@@ -1012,9 +1041,18 @@ class Bench:
         s = self.summary
         rate = lambda r: r["rate"] if r else None  # noqa: E731
         goals = []
-        cr = ratio(rate(s["mc_big"]), rate(s["db_stored"]))
-        goals.append(("catchup", f"{fmt_rate(rate(s['mc_big']))} msg/s vs ceiling {fmt_rate(rate(s['db_stored']))} docs/s = {fmt_ratio(cr)}",
-                      "≥ 0.80", cr is not None and cr >= 0.8))
+        best_cr = ratio(rate(s["mc_big"]), rate(s["db_stored"]))
+        # Each catch-up of the large backlog over the ceiling run just before it; the goal takes
+        # their median. Best against best (the ceilings of section 2, minutes earlier) is shown too.
+        pairs = [(r["rate"], r["paired_ceiling"]) for r in self.results["catchup"]
+                 if r["impl"] == "metricsctl" and r["backlog"] == big and r.get("paired_ceiling")]
+        s["catchup_pairs"] = pairs
+        pair_ratios = sorted(a / b for a, b in pairs)
+        cr = median(pair_ratios) if pair_ratios else best_cr
+        measured = (f"paired runs: {', '.join(f'{fmt_rate(a)} vs {fmt_rate(b)}' for a, b in pairs)} docs/s, "
+                    f"median **{fmt_ratio(cr)}**; best against best: " if pairs else "")
+        measured += f"{fmt_rate(rate(s['mc_big']))} msg/s vs ceiling {fmt_rate(rate(s['db_stored']))} docs/s = {fmt_ratio(best_cr)}"
+        goals.append(("catchup", measured, "≥ 0.80", cr is not None and cr >= 0.8))
         rss_big = mib(s["mc_big"]["rss_kb"]) if s["mc_big"] else None
         rss_small = mib(s["mc_small"]["rss_kb"]) if s["mc_small"] else None
         growth = ratio(rss_big, rss_small)
@@ -1321,9 +1359,12 @@ class Bench:
         w("| --- | --- | --- | --- | --- |")
         for key, kind, name in (("kafka_read", "kafka-read", "Kafka read, kcat -C -e"),
                                 ("db_stored", "db-stored", "database, insert_many (stored shape)"),
-                                ("db_bare", "db-bare", "database, insert_many (bare messages)")):
-            b = s[key]
+                                ("db_bare", "db-bare", "database, insert_many (bare messages)"),
+                                ("db_paired", "db-stored-paired", "database, stored shape, run before each catch-up (section 3)")):
             runs = [r for r in self.results["ceilings"] if r["kind"] == kind]
+            b = s.get(key) or (max(runs, key=lambda r: r["rate"]) if runs else None)
+            if not b:
+                continue
             cpus = [r["inner"]["cpu_seconds"] / cfg["backlog"] * 1000 if "inner" in r else cpu_per_1k(r) for r in runs]
             w(f"| {name} | {fmt_rate(b['rate'])} | {', '.join(fmt_rate(r['rate']) for r in runs)} | "
               f"{fmt_s(statistics.median(cpus), 3)} | {fmt_s(max(mib(r['rss_kb']) for r in runs), 1)} |")
@@ -1340,7 +1381,11 @@ class Bench:
           f"`--exit-when-idle {cfg['idle_net']:g}` is only a safety net: metricsctl at 7d77e30 starts its idle clock "
           "when a fetch returns, before it stores the batch, so a batch that takes longer than the idle time to store "
           "ends the run with messages unread (seen in a trial: 18,871 of 20,000 stored, one 22 s batch, then \"no new "
-          "messages for 3 s: stopping\"). The database ceiling is the stored-shape one of section 2. "
+          "messages for 3 s: stopping\"). The database ceiling in the table is the best stored-shape one of section 2. "
+          "Each metricsctl run of the large backlog follows a ceiling run of its own (\"paired\", section 2's last row), "
+          "since the database's speed drifts on a shared machine; the goal is the median of those paired ratios: "
+          + (", ".join(f"{fmt_rate(a)} / {fmt_rate(b)} = {fmt_ratio(a / b)}" for a, b in s.get("catchup_pairs", []))
+             or "none ran") + ". "
           "Kafka/FerretDB CPU = CPU seconds the broker and database processes used during the run (they are shared "
           "services: other load on them shows up here too).")
         w("")
