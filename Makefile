@@ -87,7 +87,7 @@ bench: up bench-env
 	  --bin $(BENCH_BIN) $(if $(BENCH_OUT),--out $(BENCH_OUT)) $(BENCH_ARGS)
 	set -a && source $(SERVICES_ENV) && set +a && \
 	$(BENCH_VENV)/bin/python bench/tls_cost.py --bin $(BENCH_BIN) \
-	  $(if $(filter smoke,$(BENCH_SCALE)),--reports 200 --repeat 1)
+	  $(if $(filter smoke,$(BENCH_SCALE)),--reports 200 --produce-reports 200 --repeat 1)
 
 # What TLS and SASL cost (bench/tls_cost.py): metricsctl's producer and consumer over the local
 # plaintext listener and over SASL_SSL (SCRAM-SHA-512), alternately; prints the throughput ratio.
