@@ -147,12 +147,6 @@ def ratio(a, b):
     return a / b
 
 
-def median(sorted_xs):
-    """The middle of a sorted, non-empty list (the mean of the two middle values when even)."""
-    mid = len(sorted_xs) // 2
-    return sorted_xs[mid] if len(sorted_xs) % 2 else (sorted_xs[mid - 1] + sorted_xs[mid]) / 2
-
-
 def percentile(sorted_xs, q):
     """Nearest-rank percentile of an ascending list."""
     if not sorted_xs:
@@ -1027,6 +1021,7 @@ class Bench:
             "kafka_read": self.best(C, "kafka-read"),
             "db_stored": self.best(C, "db-stored"),
             "db_bare": self.best(C, "db-bare"),
+            "db_paired": self.best(C, "db-stored-paired"),
         }
         cu = {}
         for r in self.results["catchup"]:  # the best run of each consumer and backlog
@@ -1047,8 +1042,7 @@ class Bench:
         pairs = [(r["rate"], r["paired_ceiling"]) for r in self.results["catchup"]
                  if r["impl"] == "metricsctl" and r["backlog"] == big and r.get("paired_ceiling")]
         s["catchup_pairs"] = pairs
-        pair_ratios = sorted(a / b for a, b in pairs)
-        cr = median(pair_ratios) if pair_ratios else best_cr
+        cr = statistics.median(a / b for a, b in pairs) if pairs else best_cr
         measured = (f"paired runs: {', '.join(f'{fmt_rate(a)} vs {fmt_rate(b)}' for a, b in pairs)} docs/s, "
                     f"median **{fmt_ratio(cr)}**; best against best: " if pairs else "")
         measured += f"{fmt_rate(rate(s['mc_big']))} msg/s vs ceiling {fmt_rate(rate(s['db_stored']))} docs/s = {fmt_ratio(best_cr)}"
@@ -1361,10 +1355,10 @@ class Bench:
                                 ("db_stored", "db-stored", "database, insert_many (stored shape)"),
                                 ("db_bare", "db-bare", "database, insert_many (bare messages)"),
                                 ("db_paired", "db-stored-paired", "database, stored shape, run before each catch-up (section 3)")):
-            runs = [r for r in self.results["ceilings"] if r["kind"] == kind]
-            b = s.get(key) or (max(runs, key=lambda r: r["rate"]) if runs else None)
+            b = s[key]
             if not b:
                 continue
+            runs = [r for r in self.results["ceilings"] if r["kind"] == kind]
             cpus = [r["inner"]["cpu_seconds"] / cfg["backlog"] * 1000 if "inner" in r else cpu_per_1k(r) for r in runs]
             w(f"| {name} | {fmt_rate(b['rate'])} | {', '.join(fmt_rate(r['rate']) for r in runs)} | "
               f"{fmt_s(statistics.median(cpus), 3)} | {fmt_s(max(mib(r['rss_kb']) for r in runs), 1)} |")

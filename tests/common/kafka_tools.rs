@@ -77,9 +77,8 @@ pub fn elect_preferred_leaders(brokers: &str, topic: &str) {
         .map(|p| format!(r#"{{"topic":"{topic}","partition":{p}}}"#))
         .collect();
     let file = std::env::temp_dir().join(format!(
-        "metricsctl-election-{}-{}.json",
-        std::process::id(),
-        fastrand::u64(..)
+        "metricsctl-election-{}.json",
+        uuid::Uuid::new_v4().simple()
     ));
     std::fs::write(&file, format!(r#"{{"partitions":[{}]}}"#, list.join(",")))
         .expect("write the election's partition list");
