@@ -489,18 +489,17 @@ fn a_second_run_on_the_same_group_stores_nothing_again_and_completes_the_open_wi
     assert_eq!(check_windows_against_raw(&sb, 20), 2);
 }
 
-#[test]
-fn a_killed_consumer_loses_nothing_and_doubles_nothing() {
-    let sb = Sandbox::new("kill9");
-    produce(&sb, 40, 21); // 200 messages, 20 windows of 10
-    let total: u64 = 200;
-    // The 200 messages are one step, stored well within a poll's interval: a kill timed by
-    // watching the database would land after the consumer finished. So a proxy in front of
-    // the database holds the consumer's next write into one collection, and the consumer is
-    // SIGKILLed while that write is held: first between storing the raw messages and staging
-    // their windows, then (the next run) between the commit and the windows' publication.
-    // The held writes are let go only once the last run is checked, as writes a killed
-    // process had already sent: they land late, and change nothing.
+/// Runs `consume` twice on `sb`'s topic of 200 messages, SIGKILLed mid-step each time: first
+/// between storing the raw messages and staging their windows, then between the commit and
+/// the windows' publication. Returns the proxies still holding the killed runs' writes.
+fn killed_in_staging_then_in_publication(sb: &Sandbox) -> Vec<HoldingProxy> {
+    produce(sb, 40, 21); // 200 messages, 20 windows of 10
+                         // The 200 messages are one step, stored well within a poll's interval: a kill timed by
+                         // watching the database would land after the consumer finished. So a proxy in front of
+                         // the database holds the consumer's next write into one collection, and the consumer is
+                         // SIGKILLed while that write is held. The held writes are let go only once the last run
+                         // is checked, as writes a killed process had already sent: they land late, and change
+                         // nothing.
     let upstream = sb.database_address();
     let mut proxies = Vec::new();
     for (name, held) in [("staging", "kpis_staged"), ("publication", "kpis")] {
@@ -536,21 +535,82 @@ fn a_killed_consumer_loses_nothing_and_doubles_nothing() {
         sb.count("kpis_staged") > 0,
         "the second run staged windows (and committed) before it was killed"
     );
-    // The last run publishes the windows the second committed, from their staged copies.
-    let log = consume(&sb, &["--window-size", "10"]);
+    proxies
+}
+
+/// After [`killed_in_staging_then_in_publication`]: a last run publishes the windows the
+/// second committed, from their staged copies, and every message is counted once; also once
+/// the killed runs' held writes have landed.
+fn last_run_publishes_the_staged_windows(sb: &Sandbox, proxies: Vec<HoldingProxy>) {
+    let log = consume(sb, &["--window-size", "10"]);
     let check = || {
-        assert_eq!(sb.count("raw"), total, "{log}");
+        assert_eq!(sb.count("raw"), 200, "{log}");
         assert_eq!(
             sb.count("dlq"),
             0,
             "nothing read twice from another position: {log}"
         );
-        assert_eq!(check_windows_against_raw(&sb, 10), 20, "{log}");
+        assert_eq!(check_windows_against_raw(sb, 10), 20, "{log}");
     };
     check();
     drop(proxies);
     std::thread::sleep(Duration::from_secs(1));
     check();
+}
+
+#[test]
+fn a_killed_consumer_loses_nothing_and_doubles_nothing() {
+    let sb = Sandbox::new("killed");
+    let proxies = killed_in_staging_then_in_publication(&sb);
+    // One staged document per step, its windows compressed: the 20 windows of the one step.
+    let staged = sb.docs("kpis_staged", doc! {}, doc! {"seq": 1});
+    assert_eq!(staged.len(), 1, "{staged:?}");
+    assert_eq!(staged[0].get_i64("windows"), Ok(20), "{:?}", staged[0]);
+    last_run_publishes_the_staged_windows(&sb, proxies);
+}
+
+#[test]
+fn windows_staged_by_the_version_before_chunks_are_published_after_an_upgrade() {
+    let sb = Sandbox::new("stagedold");
+    let proxies = killed_in_staging_then_in_publication(&sb);
+    // Rewrite what the killed run staged as `1500b90` and earlier staged it: a document per
+    // window, `{token}#{seq}`, the KPI document as uncompressed BSON in `window`.
+    let staged = sb.db().collection::<mongodb::bson::Document>("kpis_staged");
+    let chunks = sb.docs("kpis_staged", doc! {}, doc! {"seq": 1});
+    let mut legacy = Vec::new();
+    for chunk in &chunks {
+        let token = chunk.get_str("token").unwrap();
+        let packed = chunk.get_binary_generic("bson_zstd").unwrap();
+        let bson = zstd::stream::decode_all(&packed[..]).unwrap();
+        let mut rest = &bson[..];
+        while !rest.is_empty() {
+            let len = i32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+            let window = mongodb::bson::Document::from_reader(&rest[..len]).unwrap();
+            let seq = window.get_i64("seq").unwrap();
+            legacy.push(doc! {
+                "_id": format!("{token}#{seq}"),
+                "token": token,
+                "seq": seq,
+                "window_id": window.get_str("_id").unwrap(),
+                "staged_at": chunk.get_datetime("staged_at").unwrap(),
+                "window": mongodb::bson::Binary {
+                    subtype: mongodb::bson::spec::BinarySubtype::Generic,
+                    bytes: rest[..len].to_vec(),
+                },
+            });
+            rest = &rest[len..];
+        }
+    }
+    assert_eq!(
+        legacy.len(),
+        20,
+        "the killed run staged the step's 20 windows"
+    );
+    staged.delete_many(doc! {}).run().unwrap();
+    staged.insert_many(&legacy).run().unwrap();
+    last_run_publishes_the_staged_windows(&sb, proxies);
+    let left = sb.docs("kpis_staged", doc! {"window": {"$exists": true}}, doc! {});
+    assert!(left.is_empty(), "published, then forgotten: {left:?}");
 }
 
 #[test]
