@@ -306,7 +306,8 @@ pub trait StoreSink {
         partitions: &[i32],
     ) -> Result<HashMap<i32, i64>, SinkError>;
 
-    /// Stages windows under `token`, idempotent by `(token, seq)`: kept where a later
+    /// Stages windows under `token`, idempotent for a repeated call (an engine's token is its
+    /// own, and it stages each window once, so only a retry repeats one): kept where a later
     /// [`StoreSink::publish_staged`] finds them, and not KPI windows yet. Group members stage
     /// their windows before the commit that fences them ([`Publication::AfterCommit`]).
     fn stage_windows(&mut self, token: &str, windows: &[WindowRecord<'_>])
@@ -319,6 +320,8 @@ pub trait StoreSink {
     fn publish_staged(&mut self, token: &str, through: i64) -> Result<usize, SinkError>;
 
     /// Forgets the windows staged under `token` with `seq` up to `through`: they are published.
+    /// A store that keeps a call's windows together may keep a group until all of it is
+    /// published; [`StoreSink::publish_staged`] skips those already published.
     fn forget_staged(&mut self, token: &str, through: i64) -> Result<(), SinkError>;
 }
 
